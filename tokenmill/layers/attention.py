@@ -1,0 +1,110 @@
+"""Multi-head / grouped-query attention with rotary embeddings and an optional KV cache.
+
+What varies across families (q/k norms, bias, scaling, soft-capping, sliding window) is a constructor
+argument, not a branch on model_type.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..cache.base import Cache
+from .mask import AttentionMask
+from .norm import RMSNorm
+from .rope import apply_rotary
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        layer_idx: int,
+        *,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
+        scaling: float | None = None,
+        softcap: float | None = None,
+        sliding_window: int | None = None,
+        qk_norm_eps: float | None = None,
+        qk_norm_unit_offset: bool = False,
+        attn_implementation: str = "sdpa",
+    ):
+        super().__init__()
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}"
+            )
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.layer_idx = layer_idx
+        self.scaling = head_dim**-0.5 if scaling is None else scaling
+        self.softcap = softcap
+        self.sliding_window = sliding_window
+        self.attn_implementation = attn_implementation
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=out_bias)
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=qk_norm_unit_offset)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=qk_norm_unit_offset)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def project_qkv(self, hidden: torch.Tensor):
+        batch, length, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, length, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(batch, length, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(batch, length, self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [batch, q_len, hidden]
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: AttentionMask,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        q, k, v = self.project_qkv(hidden)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, heads, seq, head_dim]
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        allowed = mask.allowed
+        if cache is not None:
+            layer_cache = cache.layer(self.layer_idx)
+            k, v = layer_cache.update(k, v)
+            if allowed is not None:
+                allowed = layer_cache.visible_columns(allowed)
+        if self.attn_implementation == "eager" or self.softcap is not None:
+            out = self._eager(q, k, v, allowed, mask.is_causal)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, is_causal=mask.is_causal and allowed is None,
+                scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
+            )
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+    def _eager(self, q, k, v, allowed, is_causal):
+        groups = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        if allowed is None and is_causal:
+            q_len, k_len = scores.shape[-2:]
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, v)

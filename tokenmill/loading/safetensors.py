@@ -1,0 +1,84 @@
+"""Hugging Face weight files: single or sharded safetensors (memory-mapped), pickle only on explicit opt-in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import CheckpointError, PickleCheckpointError
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.pth")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files holding a folder's weights, in shard order."""
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
+            raise CheckpointError(index, f"invalid shard index: {error}") from None
+        shards = sorted(set(weight_map.values()))
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise CheckpointError(index, f"shard(s) listed but missing: {', '.join(missing)}")
+        return [folder / name for name in shards]
+    single = folder / SAFETENSORS_FILE
+    if single.is_file():
+        return [single]
+    others = sorted(folder.glob("*.safetensors"))
+    if others:
+        return others
+    pickles = [folder / name for name in PICKLE_FILES if (folder / name).is_file()]
+    if pickles:
+        return pickles
+    raise CheckpointError(folder, "no weights found (expected model.safetensors or model.safetensors.index.json)")
+
+
+def read_safetensors(path: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                tensors[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(path, f"cannot read safetensors (truncated or corrupt?): {error}") from None
+    return tensors
+
+
+def read_pickle(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if not allow_pickle:
+        raise PickleCheckpointError(
+            path, "pickle checkpoints can run code when loaded and are refused; convert to safetensors "
+                  "or pass allow_pickle=True if you trust this file (it is then read with weights_only=True)")
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        merged: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            merged.update(read_pickle(path.parent / shard, dtype, allow_pickle))
+        return merged
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises many types for bad pickles
+        raise CheckpointError(path, f"cannot read pickle checkpoint with weights_only=True: {error}") from None
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state.items()}
+
+
+def read_folder_weights(folder: Path, dtype: torch.dtype | None, allow_pickle: bool = False,
+                        progress=None) -> dict[str, torch.Tensor]:
+    files = weight_files(folder)
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            state.update(read_safetensors(path, dtype))
+        else:
+            state.update(read_pickle(path, dtype, allow_pickle))
+        if progress is not None:
+            progress.update(1)
+    return state

@@ -1,0 +1,152 @@
+"""What every decoder-only model shares: the layer loop, masks, rotary tables, logits, weight loading.
+
+An architecture file subclasses CausalLM, builds its layers, and overrides the small hooks
+(`embed_scale`, `sanitize`, `final_logit_softcap`) where its family differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..cache.base import Cache
+from ..cache.dynamic import DynamicCache
+from ..config import ModelConfig
+from ..generation.generate import GenerationMixin
+from ..layers.mask import AttentionMask, build_attention_mask
+from ..layers.rope import RotaryEmbedding
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # [batch, kept positions, vocab]
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
+class DecoderModel(nn.Module):
+    """Token embeddings → layers → final norm. Layers expose `sliding_window` and `rope_key`."""
+
+    def __init__(self, embed_tokens: nn.Module, layers: list[nn.Module], norm: nn.Module,
+                 rotaries: dict[str, RotaryEmbedding], embed_scale: float | None = None):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+        self.rotaries = nn.ModuleDict(rotaries)
+        self.embed_scale = embed_scale
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            # scale rounded to the activation dtype, as the reference implementations do
+            hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
+        return hidden
+
+    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False):
+        batch, query_length, _ = hidden.shape
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + query_length, device=hidden.device)
+            position_ids = position_ids.unsqueeze(0).expand(batch, -1)
+        rope = {key: rotary(position_ids, hidden.dtype) for key, rotary in self.rotaries.items()}
+        masks: dict[int | None, AttentionMask] = {}
+        all_hidden = [hidden] if output_hidden_states else None
+        for layer in self.layers:
+            window = getattr(layer, "sliding_window", None)
+            if window not in masks:
+                masks[window] = build_attention_mask(
+                    attention_mask, past_length, query_length, batch, hidden.device, window
+                )
+            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache)
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden[-1] = hidden
+        return hidden, all_hidden
+
+
+class CausalLM(nn.Module, GenerationMixin):
+    """Base of every architecture: `self.model` is a DecoderModel, `self.lm_head` maps to the vocabulary."""
+
+    config: ModelConfig
+    model: DecoderModel
+    lm_head: nn.Linear
+    final_logit_softcap: float | None = None
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.generation_config = None
+
+    # ---- hooks an architecture may override ----
+    @classmethod
+    def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Turn a checkpoint's tensors into this module's parameter names (drop buffers, fix quirks)."""
+        return {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ---- the forward pass ----
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool = True,
+        logits_to_keep: int | torch.Tensor = 0,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        **unused,
+    ) -> CausalLMOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        hidden = self.model.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        cache = past_key_values if use_cache else None
+        hidden, all_hidden = self.model(hidden, attention_mask, position_ids, cache, output_hidden_states)
+        if isinstance(logits_to_keep, int):
+            kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:
+            kept = hidden[:, logits_to_keep]
+        logits = self.lm_head(kept)
+        if self.final_logit_softcap is not None:
+            logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
+        return CausalLMOutput(logits=logits, past_key_values=cache,
+                              hidden_states=tuple(all_hidden) if all_hidden is not None else None)
+
+    __call__ = nn.Module.__call__
+
+    # ---- conveniences users of transformers expect ----
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        seen = {id(p): p.numel() for p in self.parameters()}
+        return sum(seen.values())
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def reset_non_persistent_buffers(self) -> None:
+        """Rotary tables are derived, not loaded: rebuild them after a meta-device construction."""
+        for rotary in self.model.rotaries.values():
+            rotary.inv_freq = rotary._initial_inv_freq().to(self.device)
