@@ -1,0 +1,53 @@
+"""`tokenmill <command>`: each command lives in tokenmill/commands/<name>.py with add_args(parser) and main(args)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import TokenmillError
+
+COMMANDS = {
+    "generate": "generate text from a prompt",
+    "chat": "interactive, streaming multi-turn chat",
+    "info": "describe a checkpoint (architecture, parameters, quant types, context, template)",
+    "convert": "convert a GGUF file into a Hugging Face folder",
+    "bench": "measure speed and memory, side by side with transformers",
+    "serve": "serve a model over HTTP (OpenAI and TGI APIs)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenmill", description="LLM inference in native PyTorch")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"tokenmill.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"tokenmill.commands.{name}":
+                raise
+            continue
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_args(command_parser)
+        command_parser.set_defaults(run=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except TokenmillError as error:
+        print(f"tokenmill: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
