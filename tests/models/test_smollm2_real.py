@@ -1,0 +1,146 @@
+"""The real SmolLM2-135M-Instruct GGUF, loaded by tokenmill and by transformers from the same file.
+
+Tolerance: float32 logits within 1e-4 absolute (both dequantize the same Q4_1 blocks to float32; what is
+left is summation order). Greedy continuations must be token-identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenmill import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer, set_seed
+from tokenmill.cache import DynamicCache
+
+LOGIT_ATOL = 1e-4
+GREEDY_TOKENS = 32
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You answer in one short sentence."},
+     {"role": "user", "content": "Why do cats purr?"}],
+    [{"role": "user", "content": "Write a haiku about the sea."},
+     {"role": "assistant", "content": "Waves fold into foam"},
+     {"role": "user", "content": "Now one about mountains, with an emoji 🏔️."}],
+]
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_gguf):
+    return AutoModelForCausalLM.from_pretrained(smollm2_gguf, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_gguf):
+    return AutoTokenizer.from_pretrained(smollm2_gguf)
+
+
+def chat_ids(tokenizer, chat) -> torch.Tensor:
+    return tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def oracle_greedy(hf_smollm2, hf_smollm2_tokenizer):
+    """transformers' greedy continuations, computed once for the module."""
+    results = []
+    for chat in CHATS:
+        ids = hf_smollm2_tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt",
+                                                       return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = hf_smollm2.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY_TOKENS,
+                                      min_new_tokens=GREEDY_TOKENS, do_sample=False)
+        results.append((ids, out[0, ids.shape[1]:]))
+    return results
+
+
+def test_chat_template_renders_like_transformers(tokenizer, hf_smollm2_tokenizer):
+    for chat in CHATS:
+        for add_prompt in (False, True):
+            ours = tokenizer.apply_chat_template(chat, add_generation_prompt=add_prompt, tokenize=False)
+            theirs = hf_smollm2_tokenizer.apply_chat_template(chat, add_generation_prompt=add_prompt, tokenize=False)
+            assert ours == theirs
+
+
+def test_prompt_logits_match_transformers(model, tokenizer, hf_smollm2):
+    text = "The quick brown fox jumps over the lazy dog.\n\tdef f(x):\n        return x ** 2  # 平方 😀 café"
+    ids = torch.tensor([tokenizer.encode(text)])
+    with torch.no_grad():
+        ours = model(ids).logits
+        theirs = hf_smollm2(ids).logits
+    torch.testing.assert_close(ours, theirs, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_greedy_continuations_identical(model, oracle_greedy):
+    for prompt_ids, expected in oracle_greedy:
+        out = model.generate(prompt_ids, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, do_sample=False)
+        assert out[0, prompt_ids.shape[1]:].tolist() == expected.tolist()
+
+
+def test_incremental_decoding_equals_recompute(model, tokenizer):
+    ids = chat_ids(tokenizer, CHATS[1])
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = DynamicCache()
+        split = ids.shape[1] - 6
+        pieces = [model(ids[:, :split], past_key_values=cache).logits]
+        for step in range(split, ids.shape[1]):
+            pieces.append(model(ids[:, step:step + 1], past_key_values=cache).logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_batched_left_padded_generation_equals_one_by_one(model, tokenizer):
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CHATS]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+    together = model.generate(**batch, max_new_tokens=16, do_sample=False)
+    width = batch["input_ids"].shape[1]
+    for row, prompt in enumerate(prompts):
+        alone_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        alone = model.generate(**alone_ids, max_new_tokens=16, do_sample=False)
+        new_alone = alone[0, alone_ids["input_ids"].shape[1]:].tolist()
+        new_batched = together[row, width:width + len(new_alone)].tolist()
+        assert new_batched == new_alone, f"row {row} differs"
+
+
+def test_seeded_sampling_is_reproducible(model, tokenizer):
+    ids = chat_ids(tokenizer, CHATS[0])
+    runs = []
+    for _ in range(2):
+        set_seed(1234)
+        runs.append(model.generate(ids, do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=12).tolist())
+    assert runs[0] == runs[1]
+    set_seed(99)
+    other = model.generate(ids, do_sample=True, temperature=1.5, max_new_tokens=12, num_return_sequences=3)
+    assert other.shape[0] == 3
+
+
+def test_stop_string_spanning_tokens_stops_generation(model, tokenizer, oracle_greedy):
+    prompt_ids, expected = oracle_greedy[0]
+    full_text = tokenizer.decode(expected, skip_special_tokens=True)
+    stop = full_text[4:12]  # text in the middle of the continuation, likely across token boundaries
+    out = model.generate(prompt_ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, stop_strings=[stop],
+                         tokenizer=tokenizer)
+    produced = tokenizer.decode(out[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+    assert produced.endswith(stop) or stop in produced
+    assert len(out[0]) < prompt_ids.shape[1] + len(expected)
+
+
+def test_iterator_streamer_text_equals_decode(model, tokenizer):
+    import threading
+
+    ids = chat_ids(tokenizer, CHATS[2])
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=model.generate(
+        ids, max_new_tokens=24, do_sample=False, streamer=streamer)))
+    worker.start()
+    streamed = "".join(streamer)
+    worker.join()
+    assert streamed == tokenizer.decode(result["out"][0, ids.shape[1]:], skip_special_tokens=True)
+    assert "\ufffd" not in streamed
+
+
+def test_too_long_prompt_is_a_clear_error(model):
+    ids = torch.ones(1, model.config.max_position_embeddings + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="more than the model's context length"):
+        model.generate(ids, max_new_tokens=2)

@@ -1,0 +1,59 @@
+"""Arguments and loading shared by the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..loading.default_model import default_model_path
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help="folder, .gguf file or Hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (folder or Hub repo)")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--do-sample", action="store_true", help="sample (implied by --temperature/--top-p/...)")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--min-p", type=float)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--seed", type=int, help="makes sampling reproducible")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """generate() keyword arguments from the flags the user actually set."""
+    kwargs = {"max_new_tokens": args.max_new_tokens}
+    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    sampled = args.do_sample or any(k in kwargs for k in ("temperature", "top_k", "top_p", "min_p"))
+    kwargs["do_sample"] = sampled
+    if args.stop:
+        kwargs["stop_strings"] = args.stop
+    return kwargs
+
+
+def model_source(args: argparse.Namespace):
+    return args.model if args.model is not None else default_model_path()
+
+
+def load_model_and_tokenizer(args: argparse.Namespace):
+    from ..auto import AutoModelForCausalLM, AutoTokenizer
+
+    source = model_source(args)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
+                                                 device=args.device)
+    print(f"loaded {source} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return model, tokenizer
