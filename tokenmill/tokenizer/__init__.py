@@ -1,0 +1,6 @@
+"""Tokenizer (transformers' fast-tokenizer surface over `tokenizers`) and sandboxed chat templates."""
+
+from .batch_encoding import BatchEncoding
+from .tokenizer import Tokenizer
+
+__all__ = ["BatchEncoding", "Tokenizer"]
