@@ -70,8 +70,6 @@ def test_logits_match_oracle_with_left_padding(llama_pair, attn):
 def test_incremental_decoding_equals_full_recompute(llama_pair):
     _, folder = llama_pair
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if model.config.rope_parameters["rope_type"] == "dynamic":
-        pytest.xfail("dynamic NTK changes frequencies with length, in transformers too")
     ids, mask = prompt_batch()
     with torch.no_grad():
         full = model(ids, attention_mask=mask, use_cache=False).logits
