@@ -114,6 +114,7 @@ class AutoTokenizer:
 
 
 def generation_config_from_pretrained(source, gguf_file: str | None = None, **hub_kwargs) -> GenerationConfig:
+    """GenerationConfig.from_pretrained for any source: folder, GGUF file or Hub id."""
     resolved = _resolve(source, gguf_file, **hub_kwargs)
     return load_generation_config(resolved, _open_gguf(resolved.gguf_path) if resolved.is_gguf else None)
 

@@ -53,3 +53,14 @@ def test_gguf_file_in_folder(tmp_path):
     assert resolved.gguf_path == tmp_path / "m.gguf"
     with pytest.raises(CheckpointError, match="GGUF file not found"):
         resolve(tmp_path, gguf_file="other.gguf")
+
+
+def test_generation_config_from_hub_id_and_gguf(hub_cache, monkeypatch, smollm2_gguf):
+    from tokenmill import GenerationConfig
+
+    cache, oracle = hub_cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from_hub = GenerationConfig.from_pretrained(REPO_ID, cache_dir=cache)
+    assert from_hub.to_dict() == GenerationConfig.from_pretrained(resolve(REPO_ID, cache_dir=cache).folder).to_dict()
+    from_gguf = GenerationConfig.from_pretrained(smollm2_gguf)
+    assert (from_gguf.bos_token_id, from_gguf.eos_token_id, from_gguf.pad_token_id) == (1, 2, 2)

@@ -238,6 +238,13 @@ class GenerationConfig:
         transformers, so that a model still loads); validate() / generate() raise for them.
         """
         name = config_file_name or GENERATION_CONFIG_NAME
+        if str(folder).lower().endswith(".gguf") or kwargs.get("gguf_file") or not Path(folder).exists():
+            from ..auto import generation_config_from_pretrained  # a GGUF file or a Hub id: resolve first
+
+            hub_keys = ("gguf_file", "revision", "cache_dir", "local_files_only")
+            located = generation_config_from_pretrained(folder, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
+            located.update(**kwargs)
+            return located
         folder = Path(folder)
         path = folder if folder.is_file() else folder / name
         if not path.is_file():
