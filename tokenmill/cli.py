@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args) or 0
-    except TokenmillError as error:
+    except (TokenmillError, ValueError) as error:  # bad input: a message, not a traceback
         print(f"tokenmill: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

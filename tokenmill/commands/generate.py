@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import TokenmillError
 from .common import add_model_args, add_sampling_args, load_model_and_tokenizer, sampling_kwargs
 
 
@@ -27,11 +28,18 @@ def build_inputs(tokenizer, prompt: str, chat: bool, system: str | None):
                                          return_dict=True)
 
 
+def read_stdin_text() -> str:
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TokenmillError(f"the prompt on standard input is not valid UTF-8 ({error})") from None
+
+
 def main(args: argparse.Namespace) -> int:
     from ..generation.streamers import TextStreamer
     from ..generation.utils import set_seed
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin_text() if args.prompt == "-" else args.prompt
     model, tokenizer = load_model_and_tokenizer(args)
     if args.seed is not None:
         set_seed(args.seed)
