@@ -6,6 +6,8 @@ assembles transformers-shaped outputs. Beam search and other strategies plug in 
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -29,6 +31,9 @@ class GenerationRequest:
     criteria: StoppingCriteriaList
     cache: object
     streamer: object | None
+    tokenizer: object | None = None
+    assistant_model: object | None = None  # assisted decoding's drafter (see speculative.py)
+    assistant_tokenizer: object | None = None
 
 
 def _as_list(value) -> list[int]:
@@ -100,6 +105,24 @@ def sample_loop(model, request: GenerationRequest):
 
 
 STRATEGIES = {"sample": sample_loop}
+# strategies living in their own modules, imported on first use (they import this module's helpers)
+LAZY_STRATEGIES = {
+    "beam": ("beam_search", "beam_search_loop"),
+    "group_beam": ("group_beam_search", "group_beam_search_loop"),
+    "assisted": ("speculative", "assisted_loop"),
+    "contrastive": ("contrastive", "contrastive_search_loop"),
+    "dola": ("contrastive", "dola_loop"),
+}
+# strategies whose prompt rows are repeated num_beams times before prefill, as transformers does
+BEAM_STRATEGIES = {"beam", "group_beam"}
+
+
+def strategy_function(name: str):
+    if name not in STRATEGIES and name in LAZY_STRATEGIES:
+        module_name, function_name = LAZY_STRATEGIES[name]
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        STRATEGIES[name] = getattr(module, function_name)
+    return STRATEGIES[name]
 
 
 def _resolve_config(model, generation_config, kwargs) -> tuple[GenerationConfig, dict]:
@@ -112,11 +135,39 @@ def _resolve_config(model, generation_config, kwargs) -> tuple[GenerationConfig,
     return config, unused
 
 
+def _processors_with_watermark(model, config: GenerationConfig, prompt_length: int, user_processors,
+                               attention_mask: torch.Tensor):
+    """The config's processors; a watermarking_config becomes its processor (it needs the vocabulary size)."""
+    watermarking = getattr(config, "watermarking_config", None)
+    watermark = None
+    if watermarking is not None:
+        from .watermark import WatermarkLogitsProcessor
+
+        watermark = WatermarkLogitsProcessor.from_config(watermarking, model.config.vocab_size, model.device)
+    # the mask lets the repetition penalty ignore left padding, as transformers does
+    return build_logits_processor(config, prompt_length, user_processors, watermark_processor=watermark,
+                                  attention_mask=attention_mask, device=model.device)
+
+
 def _max_length(config: GenerationConfig, prompt_length: int) -> None:
     if config.max_new_tokens is not None:
         config.max_length = prompt_length + config.max_new_tokens
     if config.min_new_tokens is not None:
         config.min_length = prompt_length + config.min_new_tokens
+
+
+def _run_strategy(model, strategy, request: GenerationRequest, resilient: bool):
+    """Run a strategy; if `resilient` and memory runs out, start over once with an offloaded cache."""
+    from ..cache.offloaded import OffloadedCache, is_out_of_memory
+
+    try:
+        return strategy(model, request)
+    except (RuntimeError, MemoryError) as error:
+        if not resilient or not is_out_of_memory(error) or isinstance(request.cache, OffloadedCache):
+            raise
+    warnings.warn("generate() ran out of memory; retrying with the offloaded KV cache", RuntimeWarning)
+    request.cache = OffloadedCache()
+    return strategy(model, request)
 
 
 class GenerationMixin:
@@ -136,6 +187,9 @@ class GenerationMixin:
         **kwargs,
     ):
         input_ids = kwargs.pop("input_ids", inputs)
+        assistant_model = kwargs.pop("assistant_model", None)
+        assistant_tokenizer = kwargs.pop("assistant_tokenizer", None)
+        resilient = bool(kwargs.pop("resilient", False))  # on out-of-memory, retry with the offloaded cache
         if input_ids is None:
             raise ValueError("generate() needs input_ids (a [batch, length] tensor of token ids)")
         if input_ids.dim() == 1:
@@ -159,34 +213,53 @@ class GenerationMixin:
             raise ValueError(
                 f"the prompt has {prompt_length} tokens, more than the model's context length of {context}"
             )
-        repeats = config.num_return_sequences or 1
+        strategy_name = "assisted" if assistant_model is not None else self._strategy_name(config)
+        if streamer is not None and strategy_name in BEAM_STRATEGIES:
+            raise ValueError("a streamer cannot be used with beam search (num_beams > 1): beams change until the end")
+        repeats = config.num_beams if strategy_name in BEAM_STRATEGIES else (config.num_return_sequences or 1)
         if repeats > 1:
             input_ids = input_ids.repeat_interleave(repeats, dim=0)
             attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         cache = past_key_values if past_key_values is not None else make_cache(
-            config.cache_implementation, self, input_ids.shape[0], config.max_length)
+            config.cache_implementation, self, input_ids.shape[0], config.max_length,
+            getattr(config, "cache_config", None))
         request = GenerationRequest(
             input_ids=input_ids, attention_mask=attention_mask, config=config,
-            processors=build_logits_processor(config, prompt_length, logits_processor),
+            processors=_processors_with_watermark(self, config, prompt_length, logits_processor, attention_mask),
             criteria=build_stopping_criteria(config, tokenizer, stopping_criteria),
-            cache=cache, streamer=streamer,
+            cache=cache, streamer=streamer, tokenizer=tokenizer,
+            assistant_model=assistant_model, assistant_tokenizer=assistant_tokenizer,
         )
-        strategy = STRATEGIES[self._strategy_name(config)]
+        strategy = strategy_function(strategy_name)
         try:
-            sequences, scores, logits = strategy(self, request)
+            result = _run_strategy(self, strategy, request, resilient and past_key_values is None)
+            cache = request.cache
         finally:
             if streamer is not None:
                 streamer.end()
+        if not isinstance(result, tuple):  # a strategy with its own output class (beam search)
+            return result if config.return_dict_in_generate else result.sequences
+        sequences, scores, logits = result
         if not config.return_dict_in_generate:
             return sequences
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits, past_key_values=cache)
 
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits=False):
+        """transformers' method: per generated token score, following beam ancestry (see transition_scores)."""
+        from .transition_scores import compute_transition_scores
+
+        return compute_transition_scores(sequences, scores, beam_indices, normalize_logits)
+
     @staticmethod
     def _strategy_name(config: GenerationConfig) -> str:
         if (config.num_beams or 1) > 1:
-            if "beam" not in STRATEGIES:
-                raise NotImplementedError("beam search (num_beams > 1) is not available yet")
-            return "beam"
+            return "group_beam" if (getattr(config, "num_beam_groups", None) or 1) > 1 else "beam"
+        if getattr(config, "prompt_lookup_num_tokens", None) or getattr(config, "assistant_early_exit", None):
+            return "assisted"
+        if getattr(config, "dola_layers", None) is not None:
+            return "dola"
+        if (getattr(config, "penalty_alpha", None) or 0) > 0 and (config.top_k or 0) > 1 and not config.do_sample:
+            return "contrastive"
         return "sample"

@@ -19,3 +19,9 @@ class GenerateDecoderOnlyOutput:
 
     def __contains__(self, key) -> bool:
         return getattr(self, key, None) is not None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(GenerateDecoderOnlyOutput):
+    sequences_scores: torch.Tensor | None = None  # [batch * num_return_sequences] length-penalised log-prob
+    beam_indices: torch.Tensor | None = None  # [batch * num_return_sequences, generated] row of each step, -1 past end

@@ -1,0 +1,70 @@
+"""Per-token logprobs / top-n alternatives (the servers' `logprobs`, `top_logprobs`, `top_n_tokens`) and
+compute_transition_scores, against transformers' compute_transition_scores on the same generations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenmill import AutoModelForCausalLM
+from tokenmill.generation.transition_scores import compute_transition_scores, token_logprobs
+
+# single_thread is an autouse fixture (one intra-op thread for tiny models)
+try:  # tests/generation is a plain folder on sys.path, or a package
+    from decoding_fixtures import left_padded_prompts, save_tiny_llama, single_thread  # noqa: F401
+except ImportError:
+    from .decoding_fixtures import left_padded_prompts, save_tiny_llama, single_thread  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scores-llama")
+    oracle = save_tiny_llama(folder, logit_scale=3.0)
+    return oracle, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("settings", [dict(do_sample=False), dict(do_sample=True, temperature=0.7, top_k=20),
+                                      dict(num_beams=3, num_return_sequences=2)])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_transition_scores_match_oracle(pair, settings, normalize):
+    oracle, model = pair
+    ids, mask = left_padded_prompts()
+    common = dict(max_new_tokens=8, return_dict_in_generate=True, output_scores=True, eos_token_id=None, **settings)
+    torch.manual_seed(0)
+    out = model.generate(ids, attention_mask=mask, **common)
+    ours = compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None), normalize)
+    theirs = oracle.compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None), normalize)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_token_logprobs_of_greedy_generation(pair):
+    oracle, model = pair
+    ids, mask = left_padded_prompts()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None,
+                         return_dict_in_generate=True, output_logits=True)
+    chosen = out.sequences[:, ids.shape[1]:]
+    result = token_logprobs(out.logits, chosen, top_n=5)
+    # greedy picks the most likely token: rank 1, equal to the best alternative
+    assert bool((result.ranks == 1).all())
+    assert torch.equal(result.top_ids[..., 0], chosen)
+    torch.testing.assert_close(result.top_logprobs[..., 0], result.chosen)
+    # the values are log-softmax of the oracle's logits for the same sequences
+    with torch.no_grad():
+        full_mask = torch.cat([mask, torch.ones_like(chosen)], dim=1)
+        logits = oracle(out.sequences, attention_mask=full_mask).logits[:, ids.shape[1] - 1:-1]
+    expected = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(result.chosen, expected.gather(-1, chosen[..., None]).squeeze(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.top_logprobs, expected.topk(5, dim=-1).values, atol=1e-5, rtol=0)
+    assert bool((result.top_logprobs[..., :-1] >= result.top_logprobs[..., 1:]).all())
+
+
+def test_token_logprobs_ranks_and_errors():
+    logits = torch.tensor([[[0.0, 2.0, 1.0, -1.0]]])
+    result = token_logprobs(logits, torch.tensor([[2]]), top_n=2)
+    assert result.ranks.tolist() == [[2]] and result.top_ids.tolist() == [[[1, 2]]]
+    torch.testing.assert_close(result.chosen.exp().sum() + 0, torch.softmax(logits, -1)[0, 0, 2])
+    assert token_logprobs(logits, torch.tensor([[2]])).top_ids.shape == (1, 1, 0)
+    with pytest.raises(ValueError, match="top_n"):
+        token_logprobs(logits, torch.tensor([[2]]), top_n=9)
+    with pytest.raises(ValueError, match="chosen_ids"):
+        token_logprobs(logits, torch.tensor([[2, 1]]))
