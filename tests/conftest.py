@@ -51,13 +51,15 @@ def hf_smollm2(smollm2_gguf):
     return _oracle_from_gguf(smollm2_gguf)
 
 
-@pytest.fixture(scope="session")
-def hf_smollm2_tokenizer(smollm2_gguf):
+def _oracle_tokenizer_from_gguf(path: Path):
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(
-        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name
-    )
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(smollm2_gguf):
+    return _oracle_tokenizer_from_gguf(smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +69,18 @@ def hf_gemma3(gemma3_gguf):
 
 @pytest.fixture(scope="session")
 def hf_gemma3_tokenizer(gemma3_gguf):
+    return _oracle_tokenizer_from_gguf(gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """(transformers model, folder it saved): a 2-layer GQA Llama for loader tests."""
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(
-        str(gemma3_gguf.parent), gguf_file=gemma3_gguf.name
-    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    oracle = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    oracle.save_pretrained(folder)
+    return oracle, folder

@@ -6,20 +6,14 @@ import json
 
 import pytest
 import torch
-import transformers
 
 from tokenmill import AutoModelForCausalLM
 from tokenmill.errors import CheckpointError, PickleCheckpointError, UnsupportedArchitectureError
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2)
-    oracle = transformers.LlamaForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("tiny")
-    oracle.save_pretrained(folder)
+def tiny_folder(tiny_llama):
+    oracle, folder = tiny_llama
     return folder, oracle
 
 

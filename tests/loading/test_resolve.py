@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
-import transformers
 
 from tokenmill import AutoModelForCausalLM
 from tokenmill.errors import CheckpointError
@@ -15,16 +16,13 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
+def hub_cache(tmp_path_factory, tiny_llama):
     """models--org--name/{refs/main, snapshots/<sha>/...}: the layout huggingface_hub reads."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2)
-    oracle = transformers.LlamaForCausalLM(config).eval()
+    oracle, folder = tiny_llama
     cache = tmp_path_factory.mktemp("hf-cache")
     repo = cache / ("models--" + REPO_ID.replace("/", "--"))
     snapshot = repo / "snapshots" / REVISION
-    oracle.save_pretrained(snapshot)
+    shutil.copytree(folder, snapshot)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(REVISION)
     return cache, oracle
