@@ -1,0 +1,8 @@
+"""The serving engine: paged KV cache, continuous batching, per-request sampling."""
+
+from .engine import EngineConfig, LLMEngine
+from .llm import LLM
+from .outputs import CompletionOutput, RequestOutput
+from .sampling_params import SamplingParams
+
+__all__ = ["LLM", "SamplingParams", "LLMEngine", "EngineConfig", "RequestOutput", "CompletionOutput"]

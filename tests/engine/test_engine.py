@@ -1,0 +1,190 @@
+"""The engine on a tiny random Llama: continuous batching, chunked prefill, preemption and prefix caching
+must leave every request's greedy output identical to transformers generating it alone."""
+
+import pytest
+import torch
+
+from tokenmill.engine import LLM, EngineConfig, LLMEngine, SamplingParams
+
+
+def _prompts(count, seed, low=3, high=40, vocab=96):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(low, high, (count,), generator=generator).tolist()
+    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _greedy(max_tokens, **kw):
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, **kw)
+
+
+def _drain(engine, finished):
+    for output in engine.step():
+        if output.finished:
+            finished[output.request_id] = output
+
+
+def test_requests_joining_and_leaving_match_generate_alone(tiny_model, hf_greedy):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4, max_num_batched_tokens=24))
+    prompts = _prompts(9, seed=1)
+    lengths = [3, 12, 7, 1, 15, 5, 9, 2, 11]
+    finished = {}
+    # three waves: requests arrive while others are mid-prefill or mid-decode
+    for step_count, wave in ((2, range(0, 3)), (3, range(3, 6)), (0, range(6, 9))):
+        for i in wave:
+            engine.add_request(str(i), prompts[i], _greedy(lengths[i]))
+        for _ in range(step_count):
+            _drain(engine, finished)
+    while engine.has_unfinished_requests():
+        _drain(engine, finished)
+    for i, prompt in enumerate(prompts):
+        got = finished[str(i)].outputs[0].token_ids
+        assert got == hf_greedy(prompt, lengths[i]), f"request {i} diverged under batching"
+    assert engine.blocks.num_used_blocks == 0  # every block came back
+
+
+def test_preemption_by_recompute_keeps_outputs_exact(tiny_model, hf_greedy):
+    llm = LLM(tiny_model, num_blocks=12, block_size=4, max_num_batched_tokens=32, max_num_seqs=8,
+              enable_prefix_caching=False)
+    prompts = _prompts(8, seed=2, low=4, high=14)
+    outputs = llm.generate(prompts, _greedy(12))
+    assert llm.engine.scheduler.num_preemptions > 0, "the pool was meant to be too small for every request"
+    for prompt, output in zip(prompts, outputs):
+        assert output.outputs[0].token_ids == hf_greedy(prompt, 12)
+        assert output.outputs[0].finish_reason == "length"
+
+
+def test_prefix_cache_reuses_shared_prompts_exactly(tiny_model, hf_greedy):
+    llm = LLM(tiny_model, num_blocks=64, block_size=4)
+    system = _prompts(1, seed=3, low=17, high=18)[0]
+    prompts = [system + tail for tail in _prompts(6, seed=4, low=2, high=6)]
+    first = llm.generate(prompts[:1], _greedy(6))
+    rest = llm.generate(prompts[1:], _greedy(6))
+    assert all(o.num_cached_tokens == 16 for o in rest), [o.num_cached_tokens for o in rest]
+    assert llm.engine.blocks.prefix_hit_rate > 0.5
+    for prompt, output in zip(prompts, first + rest):
+        assert output.outputs[0].token_ids == hf_greedy(prompt, 6)
+
+
+def test_paged_step_logits_match_transformers(tiny_model, hf_tiny):
+    """One step mixing a decode row, a prefill chunk and a full prefill: logits vs transformers' forward."""
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4, max_num_batched_tokens=64))
+    prompts = _prompts(3, seed=5, low=5, high=20)
+    engine.add_request("a", prompts[0], _greedy(5))
+    engine.step()  # "a" is now decoding
+    engine.add_request("b", prompts[1], _greedy(5))
+    engine.add_request("c", prompts[2], _greedy(5))
+    plan = engine.scheduler.schedule()
+    logits, _ = engine.runner.run(plan.chunks)
+    for chunk, row in zip(plan.chunks, logits):
+        tokens = chunk.seq.all_token_ids[:chunk.start + chunk.count]
+        with torch.no_grad():
+            expected = hf_tiny(torch.tensor([tokens])).logits[0, -1]
+        torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_logprobs_match_transformers_scores(tiny_model, hf_tiny):
+    llm = LLM(tiny_model, num_blocks=32, block_size=4)
+    prompt = _prompts(1, seed=6)[0]
+    output = llm.generate([prompt], _greedy(4, logprobs=3))[0].outputs[0]
+    with torch.no_grad():
+        ref = hf_tiny.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False, output_logits=True,
+                               return_dict_in_generate=True)
+    for entry, logits in zip(output.logprobs, ref.logits):
+        log_probs = logits[0].log_softmax(-1)
+        assert entry.logprob == pytest.approx(float(log_probs[entry.token_id]), abs=1e-4)
+        top_values, top_ids = log_probs.topk(3)
+        assert [t for t, _ in entry.top] == top_ids.tolist()
+        assert [v for _, v in entry.top] == pytest.approx(top_values.tolist(), abs=1e-4)
+
+
+def test_repetition_penalty_matches_transformers(tiny_model, hf_greedy):
+    llm = LLM(tiny_model, num_blocks=32, block_size=4)
+    prompt = _prompts(1, seed=7)[0]
+    output = llm.generate([prompt], _greedy(10, repetition_penalty=1.5))[0]
+    assert output.outputs[0].token_ids == hf_greedy(prompt, 10, repetition_penalty=1.5)
+
+
+def test_seeded_sampling_is_reproducible_and_n_choices_differ(tiny_model):
+    llm = LLM(tiny_model, num_blocks=64, block_size=4)
+    prompt = _prompts(1, seed=8)[0]
+    params = SamplingParams(temperature=1.5, top_p=0.95, top_k=40, max_tokens=12, seed=1234, n=3, ignore_eos=True)
+    first = llm.generate([prompt], params)[0]
+    again = llm.generate([prompt, _prompts(1, seed=9)[0]], [params, params])[0]  # different batch company
+    assert [o.token_ids for o in first.outputs] == [o.token_ids for o in again.outputs]
+    assert len({tuple(o.token_ids) for o in first.outputs}) == 3
+    top1 = llm.generate([prompt], SamplingParams(temperature=1.0, top_k=1, max_tokens=6, seed=5, ignore_eos=True))
+    assert top1[0].outputs[0].token_ids == llm.generate([prompt], _greedy(6))[0].outputs[0].token_ids
+
+
+def test_stop_token_and_min_tokens(tiny_model, hf_greedy):
+    llm = LLM(tiny_model, num_blocks=32, block_size=4)
+    prompt = _prompts(1, seed=10)[0]
+    reference = hf_greedy(prompt, 8)
+    stop_at = reference[3]
+    first_index = reference.index(stop_at)
+    output = llm.generate([prompt], _greedy(8, stop_token_ids=[stop_at]))[0].outputs[0]
+    assert output.token_ids == reference[:first_index + 1]
+    assert (output.finish_reason, output.stop_reason) == ("stop", stop_at)
+
+
+def test_abort_frees_blocks(tiny_model):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4))
+    engine.add_request("x", _prompts(1, seed=11)[0], _greedy(50))
+    engine.step()
+    assert engine.blocks.num_used_blocks > 0
+    engine.abort_request("x")
+    (report,) = engine.step()
+    assert report.finished and report.outputs[0].finish_reason == "abort"
+    assert engine.blocks.num_used_blocks == 0 and not engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("prompt, params, message", [
+    ([], SamplingParams(max_tokens=2), "prompt is empty"),
+    ([1] * 200, SamplingParams(max_tokens=2), "prompt has 200 tokens"),
+    ([1, 2], SamplingParams(max_tokens=500), "exceeds the limit of 128 tokens"),
+    ([1, 500], SamplingParams(max_tokens=2), "out of range"),
+])
+def test_bad_requests_are_clear_errors(tiny_model, prompt, params, message):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    with pytest.raises(ValueError, match=message):
+        engine.add_request("bad", prompt, params)
+    assert not engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 0}, "n must be"), ({"logprobs": 50}, "logprobs"),
+])
+def test_bad_sampling_params_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_llm_loads_a_folder_by_path(tiny_llama_dir, tiny_model, hf_greedy):
+    llm = LLM(str(tiny_llama_dir), skip_tokenizer_init=True, dtype="float32", num_blocks=16, block_size=4)
+    prompt = _prompts(1, seed=12)[0]
+    assert llm.generate([prompt], _greedy(5))[0].outputs[0].token_ids == hf_greedy(prompt, 5)
+
+
+def test_prompt_logprobs_over_chunked_prefill_match_transformers(tiny_model, hf_tiny):
+    llm = LLM(tiny_model, num_blocks=32, block_size=4, max_num_batched_tokens=7)  # the prompt takes 4 steps
+    prompt = _prompts(1, seed=13, low=25, high=26)[0]
+    output = llm.generate([prompt], _greedy(2, prompt_logprobs=2))[0]
+    with torch.no_grad():
+        log_probs = hf_tiny(torch.tensor([prompt])).logits[0].log_softmax(-1)
+    assert output.prompt_logprobs[0] is None and len(output.prompt_logprobs) == len(prompt)
+    for position, entry in enumerate(output.prompt_logprobs[1:], start=1):
+        assert entry.token_id == prompt[position]
+        assert entry.logprob == pytest.approx(float(log_probs[position - 1, prompt[position]]), abs=1e-4)
+        assert [t for t, _ in entry.top] == log_probs[position - 1].topk(2).indices.tolist()
+
+
+def test_presence_and_frequency_penalties_follow_openai_rule():
+    from tokenmill.engine.sampler import apply_penalties
+    from tokenmill.engine.sequence import Sequence
+
+    seq = Sequence("p", 0, [0], SamplingParams(presence_penalty=0.5, frequency_penalty=0.25))
+    seq.output_token_ids = [2, 2, 3]
+    logits = apply_penalties(torch.zeros(5), seq, seq.params)
+    # token 2: 2 * 0.25 + 0.5; token 3: 1 * 0.25 + 0.5; the prompt token 0 is not penalized
+    assert logits.tolist() == [0.0, 0.0, -1.0, -0.75, 0.0]

@@ -1,0 +1,81 @@
+"""Bad requests: each a 4xx in its API's error shape with a message naming the problem; the server unaffected."""
+
+import httpx2
+import pytest
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _post(served, path, **kwargs):
+    return httpx2.post(f"{served.url}{path}", timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize("path, kwargs, status, fragment", [
+    (CHAT, {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+    (CHAT, {"content": b'{"model": "smollm2", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+            "headers": {"content-type": "application/json"}}, 400, "must be UTF-8 encoded JSON"),
+    (CHAT, {"json": {"model": "smollm2", "messages": "hello"}}, 400, "messages"),
+    (CHAT, {"json": {"model": "smollm2", "messages": MESSAGES, "max_tokens": "many"}}, 400, "max_tokens"),
+    (CHAT, {"json": {"model": "smollm2", "messages": MESSAGES, "max_tokens": -1}}, 400, "at least 1"),
+    (CHAT, {"json": {"model": "smollm2", "messages": MESSAGES, "max_tokens": 10**9}}, 400,
+     "must be <= 1024: the input has"),
+    (CHAT, {"json": {"model": "smollm2", "messages": []}}, 400, "messages"),
+    (CHAT, {"json": {"model": "nope", "messages": MESSAGES}}, 404, "'nope' does not exist"),
+    (CHAT, {"json": {"model": "smollm2", "messages": MESSAGES, "response_format": {"type": "json_object"}}},
+     400, "not supported yet"),
+    ("/v1/completions", {"json": {"model": "smollm2", "prompt": ""}}, 400, "prompt is empty"),
+    ("/v1/completions", {"json": {"model": "smollm2", "prompt": "word " * 1200}}, 400,
+     "more than the limit of 1023 input tokens"),
+    ("/v1/completions", {"json": {"model": "smollm2", "prompt": [1, 2, 10**7]}}, 400, "out of range"),
+    ("/v1/completions", {"json": {"model": "smollm2", "prompt": "hi", "logit_bias": {"x": 1}}}, 400,
+     "logit_bias keys must be token ids"),
+])
+def test_openai_errors(served, path, kwargs, status, fragment):
+    response = _post(served, path, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["type"]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"inputs": ""}, "`inputs` cannot be empty"),
+    ({"inputs": "hi", "parameters": {"max_new_tokens": 0}}, "`max_new_tokens` must be strictly positive"),
+    ({"inputs": "hi", "parameters": {"temperature": 0}}, "`temperature` must be strictly positive"),
+    ({"inputs": "hi", "parameters": {"stop": ["a", "b", "c", "d", "e"]}}, "up to 4 stop sequences"),
+    ({"inputs": "hi", "parameters": {"best_of": 2}}, "you must use sampling when `best_of` is > 1"),
+    ({"inputs": 42}, "inputs"),
+    ({"inputs": "word " * 1200}, "more than the limit of 1023 input tokens"),
+])
+def test_tgi_errors(served, body, fragment):
+    response = _post(served, "/generate", json=body)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert payload["error_type"] == "validation" and fragment in payload["error"]
+
+
+def test_oversized_body_is_413(served):
+    response = _post(served, "/generate", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "more than the limit" in response.json()["error"]
+
+
+def test_server_still_serves_after_bad_requests(served):
+    assert httpx2.get(f"{served.url}/health").status_code == 200
+    response = _post(served, "/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
+    assert response.status_code == 200 and response.json()["generated_text"]
+    assert served.engine.blocks.num_used_blocks == 0 and not served.engine.has_unfinished_requests()
+    assert 'tokenmill_requests_total{outcome="rejected"}' in httpx2.get(f"{served.url}/metrics").text
+
+
+def test_a_failed_engine_step_is_a_424_and_the_server_recovers(served, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(served.engine.runner, "run", broken)
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
+    response = _post(served, "/generate", json=body)
+    assert response.status_code == 424, response.text
+    assert response.json() == {"error": "generation failed: simulated kernel failure", "error_type": "generation"}
+    monkeypatch.undo()
+    assert _post(served, "/generate", json=body).status_code == 200
+    assert served.engine.blocks.num_used_blocks == 0 and not served.engine.has_unfinished_requests()

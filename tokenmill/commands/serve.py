@@ -1,0 +1,71 @@
+"""`tokenmill serve MODEL`: one HTTP server speaking the OpenAI API and TGI's API over a continuous-batching engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None,
+                        help="folder, .gguf file or Hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (folder or Hub repo)")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
+    parser.add_argument("--max-concurrent-requests", type=int, default=128, help="beyond this: 429")
+    parser.add_argument("--max-input-tokens", type=int, default=None, help="longest prompt accepted (422 beyond)")
+    parser.add_argument("--max-total-tokens", type=int, default=None, help="prompt + new tokens limit (422 beyond)")
+    parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on generation routes")
+    parser.add_argument("--cors-allow-origin", action="append", default=None, metavar="ORIGIN",
+                        help="allow cross-origin requests from ORIGIN (repeatable; '*' for any)")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    parser.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks (default: memory)")
+    parser.add_argument("--kv-cache-memory", type=float, default=None, help="KV pool size in GiB (default: auto)")
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="largest running batch")
+    parser.add_argument("--max-batch-tokens", type=int, default=512, help="tokens computed per step (chunked prefill)")
+    parser.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 is faster on a busy shared CPU)")
+    parser.add_argument("--log-level", default="info")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..auto import AutoModelForCausalLM, AutoTokenizer
+    from ..engine.engine import EngineConfig
+    from ..loading.default_model import default_model_path
+    from ..server.app import build_server_app
+    from ..server.runner import make_server
+    from ..server.settings import ServerSettings
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)  # before the engine thread starts, which inherits it
+    source = args.model if args.model is not None else default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
+                                                 device=args.device)
+    engine_config = EngineConfig(
+        block_size=args.block_size, num_blocks=args.num_kv_blocks,
+        kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+    settings = ServerSettings(
+        model_name=args.served_model_name or (args.model or "SmolLM2-135M-Instruct"),
+        max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
+        default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
+    )
+    app = build_server_app(model, tokenizer, engine_config, settings)
+    engine = app.state.tokenmill.engine.engine
+    print(f"tokenmill: serving {settings.model_name!r} on http://{args.host}:{args.port} "
+          f"({engine.blocks.num_blocks} KV blocks of {engine.config.block_size} tokens)", file=sys.stderr)
+    make_server(app, args.host, args.port, args.log_level).run()
+    app.state.tokenmill.engine.shutdown()
+    return 0

@@ -1,0 +1,138 @@
+"""The engine behind the server: one background thread steps the engine; asyncio callers stream outputs.
+
+Callers never touch the engine directly: add/abort are commands queued to the engine thread, outputs come
+back through per-request asyncio queues. A caller that stops iterating (client disconnect, cancellation)
+aborts its request, which frees its KV blocks at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from .engine import LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineStepError(RuntimeError):
+    """The model step failed; every request in flight at that moment fails with this."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, on_step: Callable[[LLMEngine, float], None] | None = None):
+        self.engine = engine
+        self.on_step = on_step
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._loop, name="tokenmill-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    def new_request_id(self) -> str:
+        return f"req-{next(self._ids)}"
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield a RequestOutput after every step that produced something for this request."""
+        self.engine.validate(prompt_token_ids, params)  # ValueError here, before anything is queued
+        request_id = request_id or self.new_request_id()
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        self._send(("add", request_id, prompt_token_ids, params))
+        finished = False
+        try:
+            while True:
+                item = await stream.outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._send(("abort", request_id))
+
+    def abort(self, request_id: str) -> None:
+        self._send(("abort", request_id))
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # ---- the engine thread ----
+    def _send(self, command) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
+    def _deliver(self, request_id: str, item) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None and not stream.loop.is_closed():
+            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                _, request_id, prompt, params = command
+                if request_id not in self._streams:
+                    continue  # the caller left before the request started
+                try:
+                    self.engine.add_request(request_id, prompt, params)
+                except ValueError as error:
+                    self._deliver(request_id, error)
+            else:
+                self.engine.abort_request(command[1])
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._drain_commands()
+            if not self.engine.has_unfinished_requests():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            started = time.perf_counter()
+            try:
+                outputs = self.engine.step()
+            except Exception as error:  # noqa: BLE001 - a failed step must not kill the server
+                log.exception("engine step failed")
+                self._fail_all(EngineStepError(f"generation failed: {error}"))
+                continue
+            for output in outputs:
+                self._deliver(output.request_id, output)
+            if self.on_step is not None:
+                self.on_step(self.engine, time.perf_counter() - started)
+
+    def _fail_all(self, error: Exception) -> None:
+        for request_id in self.engine.abort_all():
+            self._deliver(request_id, error)

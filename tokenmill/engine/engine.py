@@ -1,0 +1,259 @@
+"""The synchronous engine: add requests, call step() repeatedly, read per-request outputs.
+
+One step = schedule (continuous batching) → one model forward over every scheduled chunk → sample the
+sequences whose tokens are all computed → stop checks → outputs. Requests join and leave at any step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..cache.paged import PagedKVPool
+from .block_manager import BlockManager
+from .detokenize import SequenceText
+from .model_runner import ModelRunner
+from .outputs import CompletionOutput, RequestOutput
+from .sampler import prompt_logprobs, sample
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence, SequenceStatus
+
+DEFAULT_KV_MEMORY_CAP = 2 << 30
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int | None = None  # None: from kv_cache_memory, else from available memory
+    kv_cache_memory: int | None = None  # bytes
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None  # None: the model's context length
+    enable_prefix_caching: bool = True
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def pool_blocks(model, config: EngineConfig) -> int:
+    """Blocks from the explicit count, else from a memory budget (a fifth of available memory, capped)."""
+    if config.num_blocks is not None:
+        return config.num_blocks
+    mc = model.config
+    per_token = PagedKVPool.bytes_per_token(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, model.dtype)
+    budget = config.kv_cache_memory or min(_available_memory() // 5, DEFAULT_KV_MEMORY_CAP)
+    return max(1, budget // (per_token * config.block_size))
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence]
+    texts: list[SequenceText | None]
+    reported_tokens: list[int]
+    reported_logprobs: list[int]
+    seeds: list[int | None]
+
+
+class LLMEngine:
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None,
+                 eos_token_ids: list[int] | None = None):
+        self.config = config or EngineConfig()
+        self.tokenizer = tokenizer
+        self.max_model_len = self.config.max_model_len or model.config.max_position_embeddings
+        self.vocab_size = model.config.vocab_size
+        self.eos_token_ids = self._eos_ids(model, tokenizer) if eos_token_ids is None else list(eos_token_ids)
+        num_blocks = pool_blocks(model, self.config)
+        self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.runner = ModelRunner(model, num_blocks, self.config.block_size)
+        self.capacity_tokens = num_blocks * self.config.block_size
+        self._requests: dict[str, _Request] = {}
+        self._pending_final: list[RequestOutput] = []
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    @staticmethod
+    def _eos_ids(model, tokenizer) -> list[int]:
+        ids = []
+        generation = getattr(model, "generation_config", None)
+        value = getattr(generation, "eos_token_id", None) if generation is not None else None
+        if value is None:
+            value = getattr(model.config, "eos_token_id", None)
+        ids += value if isinstance(value, (list, tuple)) else ([] if value is None else [value])
+        token = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        if token is not None and token not in ids:
+            ids.append(token)
+        return [int(i) for i in ids]
+
+    # ---- requests ----
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Check a request against the model and pool; returns its effective max_tokens."""
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty (it encodes to zero tokens)")
+        bad = [t for t in prompt_token_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        prompt_len = len(prompt_token_ids)
+        limit = min(self.max_model_len, self.capacity_tokens)
+        if prompt_len >= limit:
+            raise ValueError(f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
+                             f"the limit of {limit} tokens")
+        max_tokens = params.max_tokens if params.max_tokens is not None else limit - prompt_len
+        if prompt_len + max_tokens > limit:
+            raise ValueError(f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) = "
+                             f"{prompt_len + max_tokens} exceeds the limit of {limit} tokens")
+        return max_tokens
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_token_ids = [int(t) for t in prompt_token_ids]
+        max_tokens = self.validate(prompt_token_ids, params)
+        if params.max_tokens != max_tokens:
+            params = SamplingParams(**{**params.__dict__, "max_tokens": max_tokens})
+        seqs, texts, seeds = [], [], []
+        for index in range(params.n):
+            seq = Sequence(request_id, index, list(prompt_token_ids), params)
+            seed = None
+            if params.sampled:
+                seed = params.seed + index if params.seed is not None else random.getrandbits(63)
+                seq.generator = torch.Generator().manual_seed(seed)
+            if params.prompt_logprobs is not None:
+                seq.prompt_logprobs = [None]
+            seqs.append(seq)
+            seeds.append(seed)
+            texts.append(SequenceText(self.tokenizer, params.stop, params.skip_special_tokens,
+                                      params.include_stop_str_in_output) if self.tokenizer is not None else None)
+            self.scheduler.add(seq)
+        self._requests[request_id] = _Request(request_id, prompt_token_ids, params, seqs, texts,
+                                              [0] * params.n, [0] * params.n, seeds)
+        self.tokens_in += len(prompt_token_ids)
+
+    def abort_request(self, request_id: str) -> None:
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        for seq in request.seqs:
+            self.scheduler.finish(seq, "abort")
+        self._pending_final.append(self._report(request))
+
+    def abort_all(self) -> list[str]:
+        """Abort every request without reporting (after a failed step); returns their ids."""
+        request_ids = list(self._requests)
+        for request_id in request_ids:
+            self.abort_request(request_id)
+        self._pending_final.clear()
+        return request_ids
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests) or bool(self._pending_final)
+
+    # ---- one step ----
+    def step(self) -> list[RequestOutput]:
+        reports, self._pending_final = self._pending_final, []
+        plan = self.scheduler.schedule()
+        if not plan.chunks:
+            return reports
+        all_rows = {i for i, chunk in enumerate(plan.chunks)
+                    if chunk.seq.prompt_logprobs is not None and chunk.start < len(chunk.seq.prompt_token_ids)}
+        last_logits, every_position = self.runner.run(plan.chunks, all_rows)
+        ready, rows = [], []
+        for i, chunk in enumerate(plan.chunks):
+            self.scheduler.record_computed(chunk)
+            if i in every_position:
+                self._record_prompt_logprobs(chunk, every_position[i])
+            if chunk.completes_sequence:
+                ready.append(chunk.seq)
+                rows.append(i)
+        touched: dict[str, _Request] = {}
+        if ready:
+            logits = last_logits if len(rows) == len(plan.chunks) else last_logits[torch.tensor(rows)]
+            for seq, token in zip(ready, sample(logits, ready, self.eos_token_ids)):
+                self._append_token(seq, token)
+                touched[seq.request_id] = self._requests[seq.request_id]
+        for request in touched.values():
+            reports.append(self._report(request))
+        return reports
+
+    def _record_prompt_logprobs(self, chunk, logits: torch.Tensor) -> None:
+        seq = chunk.seq
+        entries = prompt_logprobs(logits, seq, chunk.start, seq.params.prompt_logprobs)
+        skip = len(seq.prompt_logprobs) - (chunk.start + 1)  # positions already recorded (recompute)
+        if skip >= 0:
+            seq.prompt_logprobs.extend(entries[skip:])
+
+    def _append_token(self, seq: Sequence, token: int) -> None:
+        request = self._requests[seq.request_id]
+        seq.output_token_ids.append(token)
+        self.tokens_out += 1
+        if seq.first_token_time is None:
+            seq.first_token_time = time.monotonic()
+        params = seq.params
+        text = request.texts[seq.index]
+        reason, stop_reason = None, None
+        if token in self.eos_token_ids and not params.ignore_eos:
+            reason = "stop"
+        elif token in params.stop_token_ids:
+            reason, stop_reason = "stop", token
+        if reason is None and text is not None:
+            text.add(seq.output_token_ids)
+            if text.stopped_by is not None:
+                reason, stop_reason = "stop", text.stopped_by
+        if reason is None and (len(seq.output_token_ids) >= params.max_tokens
+                               or seq.num_tokens >= self.max_model_len):
+            reason = "length"
+        if reason is not None:
+            seq.stop_text = stop_reason
+            self.scheduler.finish(seq, reason)
+
+    # ---- outputs ----
+    def _report(self, request: _Request) -> RequestOutput:
+        outputs = []
+        for i, seq in enumerate(request.seqs):
+            text = request.texts[i]
+            finished = seq.status is SequenceStatus.FINISHED
+            if text is not None and finished:
+                text.finish(seq.output_token_ids)
+            new_ids = seq.output_token_ids[request.reported_tokens[i]:]
+            new_logprobs = seq.output_logprobs[request.reported_logprobs[i]:]
+            request.reported_tokens[i] = len(seq.output_token_ids)
+            request.reported_logprobs[i] = len(seq.output_logprobs)
+            outputs.append(CompletionOutput(
+                index=i, text=text.text if text is not None else "", token_ids=list(seq.output_token_ids),
+                delta_text=text.take_delta(finished) if text is not None else "", delta_token_ids=new_ids,
+                delta_logprobs=new_logprobs,
+                logprobs=list(seq.output_logprobs) if seq.params.logprobs is not None else None,
+                finish_reason=seq.finish_reason, stop_reason=seq.stop_text, seed=request.seeds[i],
+            ))
+        done = all(seq.is_finished for seq in request.seqs)
+        if done:
+            self._requests.pop(request.request_id, None)
+        return RequestOutput(request.request_id, request.prompt_token_ids, outputs, done,
+                             num_cached_tokens=request.seqs[0].num_cached_prompt_tokens,
+                             prompt_logprobs=request.seqs[0].prompt_logprobs)
+
+    # ---- observability ----
+    def stats(self) -> dict[str, float]:
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_blocks_used": self.blocks.num_used_blocks,
+            "kv_blocks_total": self.blocks.num_blocks,
+            "prefix_cache_hit_rate": self.blocks.prefix_hit_rate,
+            "preemptions": self.scheduler.num_preemptions,
+        }

@@ -1,0 +1,125 @@
+"""Next-token choice per sequence from its own SamplingParams: bias, penalties, warpers, seeded sampling, logprobs.
+
+Greedy rows without penalties take the batched argmax fast path; other rows are processed one by one
+(a batch is at most a few dozen rows, and each row's parameters differ).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sampling_params import SamplingParams
+from .sequence import Sequence, TokenLogprob
+
+
+def apply_penalties(logits: torch.Tensor, seq: Sequence, params: SamplingParams) -> torch.Tensor:
+    if params.repetition_penalty != 1.0:
+        # transformers' rule over prompt + output: shrink positive scores, grow negative ones
+        seen = torch.tensor(sorted(set(seq.all_token_ids)), dtype=torch.long, device=logits.device)
+        picked = logits[seen]
+        logits[seen] = torch.where(picked < 0, picked * params.repetition_penalty,
+                                   picked / params.repetition_penalty)
+    if (params.presence_penalty or params.frequency_penalty) and seq.output_token_ids:
+        # OpenAI's rule over generated tokens: logit -= count * frequency + (count > 0) * presence
+        counts = torch.bincount(torch.tensor(seq.output_token_ids, device=logits.device),
+                                minlength=logits.shape[-1])[: logits.shape[-1]].to(logits.dtype)
+        logits -= counts * params.frequency_penalty + (counts > 0).to(logits.dtype) * params.presence_penalty
+    return logits
+
+
+def apply_warpers(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.typical_p < 1.0:
+        logits = _typical(logits, params.typical_p)
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the token that crosses
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
+    if params.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def _typical(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    log_probs = logits.log_softmax(-1)
+    probs = log_probs.exp()
+    entropy = -(torch.nan_to_num(log_probs) * probs).sum()
+    surprise_gap = (-log_probs - entropy).abs()
+    gap_sorted, order = torch.sort(surprise_gap)
+    cumulative = probs[order].cumsum(-1)
+    last = int((cumulative < mass).sum().clamp(max=logits.shape[-1] - 1))
+    drop_sorted = torch.arange(logits.shape[-1], device=logits.device) > last
+    return logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
+
+
+def _blocked_tokens(seq: Sequence, eos_ids: list[int]) -> list[int]:
+    """Tokens that may not end the sequence yet (min_tokens)."""
+    if len(seq.output_token_ids) >= seq.params.min_tokens:
+        return []
+    return list(eos_ids) + list(seq.params.stop_token_ids)
+
+
+def choose_token(logits: torch.Tensor, seq: Sequence, eos_ids: list[int]) -> int:
+    params = seq.params
+    logits = logits.clone()
+    if params.logit_bias:
+        for token, bias in params.logit_bias.items():
+            if 0 <= token < logits.shape[-1]:
+                logits[token] += bias
+    blocked = _blocked_tokens(seq, eos_ids)
+    if blocked:
+        logits[torch.tensor(blocked, dtype=torch.long)] = float("-inf")
+    logits = apply_penalties(logits, seq, params)
+    if not params.sampled:
+        return int(logits.argmax())
+    probs = apply_warpers(logits, params).softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=seq.generator))
+
+
+def needs_slow_path(seq: Sequence) -> bool:
+    params = seq.params
+    return params.sampled or params.needs_history or bool(params.logit_bias)
+
+
+def token_logprob(logits: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
+    """Log-probabilities under the model's own distribution (before sampling transforms)."""
+    log_probs = logits.log_softmax(-1)
+    top: list[tuple[int, float]] = []
+    if top_n:
+        values, ids = torch.topk(log_probs, top_n)
+        top = list(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token, float(log_probs[token]), top)
+
+
+def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> list[int]:
+    """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs."""
+    tokens: list[int] = rows.argmax(-1).tolist()  # greedy rows need nothing more
+    for i, seq in enumerate(seqs):
+        if needs_slow_path(seq):
+            tokens[i] = choose_token(rows[i], seq, eos_ids)
+        if seq.params.logprobs is not None:
+            seq.output_logprobs.append(token_logprob(rows[i], tokens[i], seq.params.logprobs))
+    return tokens
+
+
+def prompt_logprobs(logits: torch.Tensor, seq: Sequence, start: int, top_n: int) -> list[TokenLogprob]:
+    """Logprob of each prompt token given the ones before it; logits[j] predicts token start + j + 1."""
+    results = []
+    prompt = seq.prompt_token_ids
+    log_probs = logits.log_softmax(-1)
+    for j in range(logits.shape[0]):
+        position = start + j + 1
+        if position >= len(prompt):
+            break
+        token = prompt[position]
+        top = []
+        if top_n:
+            values, ids = torch.topk(log_probs[j], top_n)
+            top = list(zip(ids.tolist(), values.tolist()))
+        results.append(TokenLogprob(token, float(log_probs[j, token]), top))
+    return results

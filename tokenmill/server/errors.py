@@ -1,0 +1,83 @@
+"""Errors in each API's own shape: OpenAI `{"error": {...}}` under /v1, TGI `{"error", "error_type"}` elsewhere."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..engine.async_engine import EngineStepError
+
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                 413: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable",
+                 500: "server_error", 424: "server_error"}
+_TGI_TYPES = {400: "validation", 401: "authentication", 404: "not_found", 413: "validation", 422: "validation",
+              429: "overloaded", 424: "generation", 503: "unhealthy", 500: "generation"}
+
+
+class APIError(Exception):
+    """Raised by routes; `status` is TGI's code, `openai_status` the OpenAI one (422 → 400)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+_UNPARSABLE = "There was an error parsing the body"  # FastAPI's detail when the body is not even text
+
+
+def error_response(path: str, status: int, message: str, param: str | None = None) -> JSONResponse:
+    if message == _UNPARSABLE:
+        message = "the request body could not be parsed: it must be UTF-8 encoded JSON"
+    if is_openai_path(path):
+        status = 400 if status == 422 else status
+        body = {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "invalid_request_error"),
+                          "param": param, "code": None}}
+    else:
+        body = {"error": message, "error_type": _TGI_TYPES.get(status, "validation")}
+    return JSONResponse(body, status_code=status)
+
+
+def stream_error_event(path: str, message: str) -> dict:
+    """The payload of an error that happens after a stream has started (the status is already 200)."""
+    if is_openai_path(path):
+        return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+    return {"error": message, "error_type": "generation"}
+
+
+def _describe_validation(error: RequestValidationError) -> tuple[str, str | None]:
+    problems, param = [], None
+    for item in error.errors():
+        location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        if item.get("type") == "json_invalid":
+            return f"the request body is not valid JSON: {item.get('msg')}", None
+        param = param or location or None
+        problems.append(f"{location or 'body'}: {item.get('msg')}")
+    return "invalid request: " + "; ".join(problems), param
+
+
+def install_error_handlers(app) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, error: APIError):
+        _count_rejected(request, error.status)
+        return error_response(request.url.path, error.status, error.message, error.param)
+
+    @app.exception_handler(EngineStepError)
+    async def _engine_error(request: Request, error: EngineStepError):
+        return error_response(request.url.path, 424 if not is_openai_path(request.url.path) else 500, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError):
+        _count_rejected(request, 422)
+        message, param = _describe_validation(error)
+        return error_response(request.url.path, 422, message, param)
+
+
+def _count_rejected(request: Request, status: int) -> None:
+    state = getattr(request.app.state, "tokenmill", None)
+    if state is not None and status in (400, 404, 413, 422):
+        state.metrics.requests.labels(outcome="rejected").inc()

@@ -1,0 +1,207 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions (streaming via SSE), /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..engine.outputs import CompletionOutput, RequestOutput
+from ..engine.async_engine import EngineStepError
+from .errors import APIError, stream_error_event
+from .openai_protocol import ChatCompletionRequest, CompletionRequest
+from .sse import SSE_DONE, SSE_HEADERS, sse_event
+from .state import ServerState, final_output, merge
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.tokenmill
+
+
+def _finish_reason(output: CompletionOutput) -> str | None:
+    if output.finish_reason in ("abort", "error"):
+        return "stop"
+    return output.finish_reason
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def _chat_logprobs(tokenizer, entries) -> dict | None:
+    if entries is None:
+        return None
+    content = []
+    for entry in entries:
+        text = _token_text(tokenizer, entry.token_id)
+        top = [{"token": _token_text(tokenizer, t), "logprob": lp, "bytes": list(_token_text(tokenizer, t).encode())}
+               for t, lp in entry.top]
+        content.append({"token": text, "logprob": entry.logprob, "bytes": list(text.encode()), "top_logprobs": top})
+    return {"content": content}
+
+
+def _completion_logprobs(tokenizer, entries, offset: int) -> dict | None:
+    if entries is None:
+        return None
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for entry in entries:
+        text = _token_text(tokenizer, entry.token_id)
+        tokens.append(text)
+        token_logprobs.append(entry.logprob)
+        top.append({_token_text(tokenizer, t): lp for t, lp in entry.top})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
+    tokenizer = state.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise APIError(422, "this model has no chat template; use /v1/completions", param="messages")
+    try:
+        text = tokenizer.apply_chat_template(body.plain_messages(), add_generation_prompt=True, tokenize=False)
+    except Exception as error:  # noqa: BLE001 - a template error is the request's fault
+        raise APIError(422, f"the chat template failed on these messages: {error}", param="messages") from None
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = _state(request)
+    state.check_model(body.model)
+    if body.response_format is not None and body.response_format.type != "text":
+        raise APIError(422, f"response_format {body.response_format.type!r} is not supported yet (structured "
+                            "output is not implemented); use 'text'", param="response_format")
+    prompt = _chat_prompt(state, body)
+    max_tokens = state.resolve_max_tokens(len(prompt), body.requested_max_tokens())
+    params = body.sampling_params(max_tokens, body.logprobs_count(), state.engine.engine.vocab_size)
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
+    tokenizer = state.tokenizer
+    outputs = state.stream(prompt, params)
+    state.acquire()
+    if not body.stream:
+        try:
+            final = await final_output(request, outputs)
+        finally:
+            state.release()
+        choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
+                        "logprobs": _chat_logprobs(tokenizer, o.logprobs), "finish_reason": _finish_reason(o)}
+                   for o in final.outputs]
+        return {**meta, "object": "chat.completion", "choices": choices,
+                "usage": _usage(len(prompt), final.num_generated_tokens)}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events():
+        try:
+            chunk = {**meta, "object": "chat.completion.chunk"}
+            for i in range(body.n):
+                yield sse_event({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                       "logprobs": None, "finish_reason": None}]})
+            generated = 0
+            async for output in outputs:
+                generated = output.num_generated_tokens
+                for o in output.outputs:
+                    if not o.delta_text and not o.finished and not (o.logprobs is not None and o.delta_logprobs):
+                        continue
+                    choice = {"index": o.index, "delta": {"content": o.delta_text} if o.delta_text else {},
+                              "logprobs": _chat_logprobs(tokenizer, o.delta_logprobs if o.logprobs is not None
+                                                         else None),
+                              "finish_reason": _finish_reason(o) if o.finished else None}
+                    yield sse_event({**chunk, "choices": [choice]})
+            if include_usage:
+                yield sse_event({**chunk, "choices": [], "usage": _usage(len(prompt), generated)})
+            yield SSE_DONE
+        except EngineStepError as error:
+            yield sse_event(stream_error_event(request.url.path, str(error)))
+        finally:
+            state.release()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _completion_prompt_ids(state: ServerState, prompt) -> list[int]:
+    if isinstance(prompt, str):
+        return state.encode(prompt)
+    return list(prompt)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = _state(request)
+    state.check_model(body.model)
+    if body.suffix:
+        raise APIError(422, "suffix is not supported", param="suffix")
+    prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
+    limits = [state.resolve_max_tokens(len(p), body.max_tokens) for p in prompts]
+    params = [body.sampling_params(m, body.logprobs, state.engine.engine.vocab_size) for m in limits]
+    tokenizer = state.tokenizer
+    echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name,
+            "object": "text_completion"}
+    prompt_tokens = sum(len(p) for p in prompts)
+    streams = [state.stream(p, q) for p, q in zip(prompts, params)]
+    state.acquire()
+    if not body.stream:
+        try:
+            finals: list[RequestOutput] = await asyncio.gather(*(final_output(request, s) for s in streams))
+        finally:
+            state.release()
+        choices = []
+        for k, final in enumerate(finals):
+            for o in final.outputs:
+                choices.append({"index": k * body.n + o.index, "text": echoes[k] + o.text,
+                                "logprobs": _completion_logprobs(tokenizer, o.logprobs, len(echoes[k])),
+                                "finish_reason": _finish_reason(o)})
+        generated = sum(f.num_generated_tokens for f in finals)
+        return {**meta, "choices": choices, "usage": _usage(prompt_tokens, generated)}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events():
+        try:
+            generated = [0] * len(streams)
+            sent_echo = set()
+            offsets = {}
+            async for k, output in merge(streams):
+                generated[k] = output.num_generated_tokens
+                for o in output.outputs:
+                    index = k * body.n + o.index
+                    text = o.delta_text
+                    if index not in sent_echo:
+                        sent_echo.add(index)
+                        text = echoes[k] + text
+                    if not text and not o.finished:
+                        continue
+                    logprobs = None
+                    if o.logprobs is not None:
+                        logprobs = _completion_logprobs(tokenizer, o.delta_logprobs, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + len(text)
+                    yield sse_event({**meta, "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                                          "finish_reason": _finish_reason(o) if o.finished
+                                                          else None}]})
+            if include_usage:
+                yield sse_event({**meta, "choices": [], "usage": _usage(prompt_tokens, sum(generated))})
+            yield SSE_DONE
+        except EngineStepError as error:
+            yield sse_event(stream_error_event(request.url.path, str(error)))
+        finally:
+            state.release()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    state = _state(request)
+    return {"object": "list", "data": [{"id": state.settings.model_name, "object": "model", "created": 0,
+                                        "owned_by": "tokenmill",
+                                        "max_model_len": state.max_total_tokens}]}

@@ -1,0 +1,14 @@
+"""Server-sent events: `data: <json>\n\n` frames, and OpenAI's closing `data: [DONE]`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def sse_event(payload: Any) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
