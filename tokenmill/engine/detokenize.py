@@ -1,37 +1,37 @@
-"""Per-sequence text: byte-safe incremental detokenization and stop-string handling.
+"""Per-sequence text: byte-safe incremental detokenization (the shared IncrementalDetokenizer) plus stop strings.
 
-Text is decoded from the whole output so multi-token characters come out whole; a trailing U+FFFD means
-an incomplete UTF-8 sequence and is held back until the next token completes it. Text that could still
-turn into a stop string is also held back, so a stream never shows a stop string it then retracts.
+Text that could still turn into a stop string is held back, so a stream never shows a stop string it then
+retracts.
 """
 
 from __future__ import annotations
 
-REPLACEMENT = "\ufffd"
+from ..tokenizer.detokenizer import IncrementalDetokenizer
 
 
 class SequenceText:
     def __init__(self, tokenizer, stop: list[str], skip_special_tokens: bool, include_stop: bool):
-        self.tokenizer = tokenizer
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
         self.stop = stop
-        self.skip_special_tokens = skip_special_tokens
         self.include_stop = include_stop
-        self.text = ""  # decoded so far (safe characters only)
+        self.text = ""  # finalized text so far (complete characters only)
         self.emitted = 0  # characters of `text` already handed out
+        self.fed = 0  # output tokens given to the detokenizer
         self.stopped_by: str | None = None
 
+    def _feed(self, output_token_ids: list[int], final: bool) -> None:
+        new_ids = output_token_ids[self.fed:]
+        self.fed = len(output_token_ids)
+        self.text += self.detokenizer.add(new_ids) if new_ids else ""
+        if final:
+            self.text += self.detokenizer.flush()
+
     def add(self, output_token_ids: list[int]) -> None:
-        """Re-decode after new tokens; sets `stopped_by` when a stop string appears."""
+        """Decode the new tokens; sets `stopped_by` when a stop string appears."""
         if self.stopped_by is not None:
             return
-        decoded = self.tokenizer.decode(output_token_ids, skip_special_tokens=self.skip_special_tokens)
-        while decoded.endswith(REPLACEMENT):
-            decoded = decoded[:-1]
-        if len(decoded) < len(self.text) or not decoded.startswith(self.text):
-            # a later token changed earlier characters (rare merges); keep what was already emitted
-            decoded = self.text[: self.emitted] + decoded[self.emitted:] if len(decoded) >= self.emitted else self.text
         search_from = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
-        self.text = decoded
+        self._feed(output_token_ids, final=False)
         for stop in self.stop:
             found = self.text.find(stop, search_from)
             if found != -1:
@@ -42,7 +42,7 @@ class SequenceText:
     def finish(self, output_token_ids: list[int]) -> None:
         """At the end, flush everything, including a final incomplete character as U+FFFD."""
         if self.stopped_by is None:
-            self.text = self.tokenizer.decode(output_token_ids, skip_special_tokens=self.skip_special_tokens)
+            self._feed(output_token_ids, final=True)
 
     def take_delta(self, final: bool) -> str:
         """New text safe to show: while running, withhold a tail that may begin a stop string."""
