@@ -11,6 +11,11 @@ from typing import Any
 from .errors import CheckpointError
 
 
+# GPT-2-style config keys → the field names tokenmill reads (transformers' attribute_map)
+FIELD_ALIASES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+                 "n_positions": "max_position_embeddings", "n_inner": "intermediate_size"}
+
+
 @dataclass
 class ModelConfig:
     """Declared fields use transformers' names; every other key of the source dict is kept in `extra`."""
@@ -58,6 +63,9 @@ class ModelConfig:
         if "dtype" in values and "torch_dtype" not in values:
             values["torch_dtype"] = values.pop("dtype")
         values["rope_parameters"] = _standard_rope_parameters(values)
+        for source_key, field_name in FIELD_ALIASES.items():  # the source key stays in `extra` for saving
+            if values.get(source_key) is not None and field_name not in values:
+                values[field_name] = values[source_key]
         declared = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {key: values.pop(key) for key in list(values) if key in declared}
         return cls(**known, extra=values)

@@ -91,6 +91,18 @@ class CausalLM(nn.Module, GenerationMixin):
         """Turn a checkpoint's tensors into this module's parameter names (drop buffers, fix quirks)."""
         return {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
 
+    @classmethod
+    def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of sanitize: this module's tensors under the names and layout checkpoints use."""
+        if config.tie_word_embeddings:
+            weights = {name: t for name, t in weights.items() if name != "lm_head.weight"}
+        return weights
+
+    @classmethod
+    def checkpoint_config(cls, config_dict: dict) -> dict:
+        """config.json as transformers expects it for this family (default: ModelConfig's own fields)."""
+        return config_dict
+
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -146,7 +158,27 @@ class CausalLM(nn.Module, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", **unused) -> list[str]:
+        """Write a Hugging Face folder (config.json, safetensors, generation_config.json)."""
+        from ..loading.save import save_pretrained
+
+        return save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the vocabulary; kept rows are untouched, new rows start at the mean embedding."""
+        from .resize import resize_token_embeddings
+
+        return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+
     def reset_non_persistent_buffers(self) -> None:
         """Rotary tables are derived, not loaded: rebuild them after a meta-device construction."""
         for rotary in self.model.rotaries.values():
             rotary.inv_freq = rotary._initial_inv_freq().to(self.device)
+        self.fuse_projections()  # build_model calls this once the weights are in place
+
+    def fuse_projections(self) -> None:
+        """Fuse q/k/v and gate/up matmuls in every layer that supports it (parameter names are unchanged)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "fuse_projections"):
+                module.fuse_projections()

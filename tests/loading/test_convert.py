@@ -1,0 +1,70 @@
+"""GGUF → Hugging Face folder: the converted SmolLM2 loads in transformers with the logits transformers gets
+from the GGUF itself; the tokenizer files round-trip; unsupported inputs fail with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from tokenmill import AutoModelForCausalLM
+from tokenmill.cli import main as cli_main
+from tokenmill.errors import UnsupportedArchitectureError
+from tokenmill.loading.convert import convert_gguf
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
+ATOL = 1e-5  # both sides dequantize the same blocks to float32
+
+
+@pytest.fixture(scope="module")
+def converted(smollm2_gguf, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("smollm2-hf")
+    assert cli_main(["convert", str(smollm2_gguf), str(folder), "--no-progress"]) == 0
+    return folder
+
+
+def test_folder_has_the_hugging_face_files(converted):
+    names = {path.name for path in converted.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json"} <= names
+
+
+def test_transformers_loads_the_folder_with_gguf_logits(converted, hf_smollm2, hf_smollm2_tokenizer):
+    model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
+    for prompt in PROMPTS:
+        ids = hf_smollm2_tokenizer(prompt, return_tensors="pt").input_ids
+        assert tokenizer(prompt, return_tensors="pt").input_ids.tolist() == ids.tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, hf_smollm2(ids).logits, atol=ATOL, rtol=0)
+
+
+def test_tokenmill_loads_the_folder_like_the_gguf(converted, smollm2_gguf, hf_smollm2_tokenizer):
+    from_folder = AutoModelForCausalLM.from_pretrained(converted)
+    from_gguf = AutoModelForCausalLM.from_pretrained(smollm2_gguf)
+    ids = hf_smollm2_tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(from_folder(ids).logits, from_gguf(ids).logits)
+    assert from_folder.generation_config.eos_token_id == from_gguf.generation_config.eos_token_id
+
+
+def test_missing_gguf_is_a_clear_error(tmp_path, capsys):
+    assert cli_main(["convert", str(tmp_path / "absent.gguf"), str(tmp_path / "out")]) == 1
+    assert "GGUF file not found" in capsys.readouterr().err
+
+
+def test_unsupported_family_names_the_supported_ones(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "falcon.gguf"
+    writer = gguf.GGUFWriter(str(path), "falcon")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedArchitectureError) as error:
+        convert_gguf(path, tmp_path / "out", progress=False)
+    assert "'falcon'" in str(error.value) and "gemma3" in str(error.value) and "qwen2" in str(error.value)
+    assert not (tmp_path / "out").exists()

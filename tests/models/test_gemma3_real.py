@@ -1,0 +1,68 @@
+"""The real Gemma 3 270M (Q4_K_M GGUF), loaded by tokenmill and by transformers from the same file.
+
+Tolerance: float32 logits within 1e-4 absolute (both dequantize the same Q4_K blocks to float32; what is left
+is summation order — measured 0.0 on this machine). Greedy continuations must be token-identical. One prompt is
+longer than the 512-token sliding window, so local layers really drop keys.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenmill import AutoModelForCausalLM, AutoTokenizer
+
+LOGIT_ATOL = 1e-4
+GREEDY_TOKENS = 16
+PROMPTS = [
+    "The capital of France is",
+    "Here is a short poem about the sea:\n",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "In 1969, the first person to walk on the Moon was",
+]
+LONG_PROMPT = " ".join(f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7 % 13} stones."
+                       for i in range(60)) + " Summary: the red boxes hold"
+
+
+@pytest.fixture(scope="module")
+def model(gemma3_gguf):
+    return AutoModelForCausalLM.from_pretrained(gemma3_gguf, dtype=torch.float32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(gemma3_gguf):
+    return AutoTokenizer.from_pretrained(gemma3_gguf)
+
+
+def test_config_is_gemma3_with_local_and_global_layers(model):
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    windows = [layer.sliding_window for layer in model.model.layers]
+    assert windows[5] is None and windows[0] == 512 and windows.count(None) == len(windows) // 6
+
+
+def test_tokenizer_matches_transformers(tokenizer, hf_gemma3_tokenizer):
+    for prompt in PROMPTS + [LONG_PROMPT]:
+        assert tokenizer(prompt).input_ids == hf_gemma3_tokenizer(prompt).input_ids
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_logits_and_greedy_continuation_match(model, hf_gemma3, hf_gemma3_tokenizer, prompt):
+    ids = hf_gemma3_tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, hf_gemma3(ids).logits, atol=LOGIT_ATOL, rtol=0)
+        expected = hf_gemma3.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS)
+        actual = model.generate(ids, do_sample=False, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS)
+    assert actual.tolist() == expected.tolist()
+
+
+def test_prompt_longer_than_the_sliding_window(model, hf_gemma3, hf_gemma3_tokenizer):
+    ids = hf_gemma3_tokenizer(LONG_PROMPT, return_tensors="pt").input_ids
+    assert ids.shape[1] > 512 + 50
+    with torch.no_grad():
+        ours, theirs = model(ids, logits_to_keep=64).logits, hf_gemma3(ids, logits_to_keep=64).logits
+        torch.testing.assert_close(ours, theirs, atol=LOGIT_ATOL, rtol=0)
+        expected = hf_gemma3.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                                      min_new_tokens=8)
+        actual = model.generate(ids, do_sample=False, max_new_tokens=8, min_new_tokens=8)
+    assert actual.tolist() == expected.tolist()

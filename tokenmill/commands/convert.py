@@ -1,0 +1,29 @@
+"""`tokenmill convert MODEL.gguf OUT_DIR`: a GGUF file → a Hugging Face folder (float weights + tokenizer)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..auto import parse_dtype
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("gguf", help="the .gguf file to convert")
+    parser.add_argument("output_dir", help="folder to write (created if missing)")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--max-shard-size", default="5GB", help="split weights into shards above this size")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..loading.convert import convert_gguf
+
+    started = time.perf_counter()
+    written = convert_gguf(args.gguf, args.output_dir, dtype=parse_dtype(args.dtype, "float32"),
+                           max_shard_size=args.max_shard_size, progress=not args.no_progress)
+    print(f"wrote {len(written)} files to {args.output_dir} in {time.perf_counter() - started:.1f} s:")
+    for name in sorted({Path(name).name for name in written}):
+        print(f"  {name}")
+    return 0

@@ -1,0 +1,46 @@
+"""Gemma 2: alternating local (sliding-window) and global layers, norms before and after attention and MLP,
+attention-score and final-logit soft-capping, queries scaled by query_pre_attn_scalar^-0.5."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from ..layers.attention import Attention
+from ..layers.decoder import SandwichBlock, layer_windows
+from ..layers.mlp import GatedMLP
+from ..layers.norm import RMSNorm
+from .family import FamilyLM, default_rotary
+from .gemma import gemma_activation
+
+
+def gemma_norm(config: ModelConfig, dim: int | None = None) -> RMSNorm:
+    return RMSNorm(dim or config.hidden_size, config.rms_norm_eps, unit_offset=True)
+
+
+def gemma_scaling(config: ModelConfig) -> float:
+    return float(config.get("query_pre_attn_scalar") or config.head_dim) ** -0.5
+
+
+def sandwich_block(attention: Attention, config: ModelConfig, window: int | None, rope_key: str = "default"):
+    mlp = GatedMLP(config.hidden_size, config.intermediate_size, gemma_activation(config))
+    return SandwichBlock(attention, mlp, gemma_norm(config), gemma_norm(config), gemma_norm(config),
+                         gemma_norm(config), sliding_window=window, rope_key=rope_key)
+
+
+class Gemma2ForCausalLM(FamilyLM):
+    def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
+        super().__init__(config)
+        self.final_logit_softcap = config.get("final_logit_softcapping")
+        windows = layer_windows(config, sliding_pattern=2)
+        layers = [self.block(config, i, windows[i], attn_implementation) for i in range(config.num_hidden_layers)]
+        self.assemble(layers, gemma_norm(config), {"default": default_rotary(config)},
+                      embed_scale=config.hidden_size**0.5)
+
+    @staticmethod
+    def block(config: ModelConfig, layer_idx: int, window: int | None, attn_implementation: str) -> SandwichBlock:
+        attention = Attention(
+            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim, layer_idx,
+            qkv_bias=config.attention_bias, out_bias=config.attention_bias, scaling=gemma_scaling(config),
+            softcap=config.get("attn_logit_softcapping"), sliding_window=window,
+            attn_implementation=attn_implementation,
+        )
+        return sandwich_block(attention, config, window)

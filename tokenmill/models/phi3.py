@@ -1,0 +1,82 @@
+"""Phi-3 / Phi-3.5 / Phi-4-mini: Llama's layout, with q/k/v and gate/up fused in the checkpoint, partial
+rotary dimensions and LongRoPE (su) scaling; every layer windowed when the config sets sliding_window."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..config import ModelConfig
+from ..layers.attention import Attention
+from ..layers.decoder import PreNormBlock
+from ..layers.mlp import GatedMLP
+from ..layers.norm import RMSNorm
+from .family import FamilyLM, default_rotary
+
+_FUSED_QKV = re.compile(r"^(?P<prefix>.+\.self_attn)\.qkv_proj\.(?P<kind>weight|bias)$")
+_FUSED_GATE_UP = re.compile(r"^(?P<prefix>.+\.mlp)\.gate_up_proj\.(?P<kind>weight|bias)$")
+
+
+def phi3_rope_parameters(config: ModelConfig) -> dict:
+    """LongRoPE reads original_max_position_embeddings, which Phi-3 configs keep at the top level."""
+    params = dict(config.rope_parameters)
+    if config.get("original_max_position_embeddings") is not None:
+        params.setdefault("original_max_position_embeddings", config.get("original_max_position_embeddings"))
+    return params
+
+
+class Phi3ForCausalLM(FamilyLM):
+    def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
+        super().__init__(config)
+        window = config.get("sliding_window") or None
+        layers = [self.block(config, i, window, attn_implementation) for i in range(config.num_hidden_layers)]
+        self.assemble(layers, RMSNorm(config.hidden_size, config.rms_norm_eps),
+                      {"default": default_rotary(config, phi3_rope_parameters(config))})
+
+    @staticmethod
+    def block(config: ModelConfig, layer_idx: int, window: int | None, attn_implementation: str) -> PreNormBlock:
+        attention = Attention(
+            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim, layer_idx,
+            sliding_window=window, attn_implementation=attn_implementation,
+        )
+        return PreNormBlock(
+            attention, GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act),
+            RMSNorm(config.hidden_size, config.rms_norm_eps), RMSNorm(config.hidden_size, config.rms_norm_eps),
+            sliding_window=window,
+        )
+
+    @staticmethod
+    def _qkv_sizes(config: ModelConfig) -> list[int]:
+        kv = config.num_key_value_heads * config.head_dim
+        return [config.num_attention_heads * config.head_dim, kv, kv]
+
+    @classmethod
+    def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Split the checkpoint's qkv_proj into q/k/v and gate_up_proj into gate/up (gate rows first)."""
+        out = {}
+        for name, tensor in super().sanitize(config, weights).items():
+            if match := _FUSED_QKV.match(name):
+                for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split(cls._qkv_sizes(config))):
+                    out[f"{match['prefix']}.{part}.{match['kind']}"] = piece
+            elif match := _FUSED_GATE_UP.match(name):
+                gate, up = tensor.chunk(2, dim=0)
+                out[f"{match['prefix']}.gate_proj.{match['kind']}"] = gate
+                out[f"{match['prefix']}.up_proj.{match['kind']}"] = up
+            else:
+                out[name] = tensor
+        return out
+
+    @classmethod
+    def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fuse q/k/v and gate/up back into the layout Phi-3 checkpoints use."""
+        weights = dict(super().checkpoint_weights(config, weights))
+        for name in [n for n in weights if n.endswith(".self_attn.q_proj.weight")]:
+            prefix = name[: -len(".q_proj.weight")]
+            parts = [weights.pop(f"{prefix}.{p}.weight") for p in ("q_proj", "k_proj", "v_proj")]
+            weights[f"{prefix}.qkv_proj.weight"] = torch.cat(parts, dim=0)
+        for name in [n for n in weights if n.endswith(".mlp.gate_proj.weight")]:
+            prefix = name[: -len(".gate_proj.weight")]
+            parts = [weights.pop(f"{prefix}.{p}.weight") for p in ("gate_proj", "up_proj")]
+            weights[f"{prefix}.gate_up_proj.weight"] = torch.cat(parts, dim=0)
+        return weights
