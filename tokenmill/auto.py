@@ -77,6 +77,7 @@ class AutoModelForCausalLM:
                         progress: bool = True, torch_dtype=None, **hub_kwargs):
         from .loading.safetensors import read_folder_weights
         from .loading.weights import build_model
+        from .models.registry import model_class
 
         started = time.perf_counter()
         resolved = _resolve(source, gguf_file, **hub_kwargs)
@@ -84,11 +85,13 @@ class AutoModelForCausalLM:
         if resolved.is_gguf:
             gguf = _open_gguf(resolved.gguf_path)
             config = ModelConfig.from_dict(gguf.config_dict())
+            model_class(config.model_type)  # an unsupported family fails before any weight is read
             target_dtype = parse_dtype(dtype or torch_dtype, "float32")
             weights = gguf.state_dict(dtype=target_dtype, progress=progress)
             origin = resolved.gguf_path
         else:
             config = ModelConfig.from_json_file(resolved.folder / "config.json")
+            model_class(config.model_type)
             target_dtype = parse_dtype(dtype or torch_dtype, config.torch_dtype)
             weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle)
             origin = resolved.folder
