@@ -14,6 +14,10 @@ class CheckpointError(TokenmillError, ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The source names no local file or folder and is not in the Hugging Face cache (an OSError, as in transformers)."""
+
+
 class UnsupportedArchitectureError(TokenmillError, ValueError):
     """The checkpoint's architecture (model_type or GGUF general.architecture) is not implemented."""
 

@@ -25,7 +25,7 @@ def copy_folder(src, dst):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "nowhere" / "model")
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
 
 
 @dataclass
@@ -38,7 +38,7 @@ def _from_hub(repo_id: str, gguf_file: str | None, revision: str | None, cache_d
                                         allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
         return ResolvedSource(folder)
     except LocalEntryNotFoundError:
-        raise CheckpointError(repo_id, "not a local path and not in the Hugging Face cache "
+        raise CheckpointNotFoundError(repo_id, "not a local path and not in the Hugging Face cache "
                                        "(offline: HF_HUB_OFFLINE is set or local_files_only=True)") from None
     except HFValidationError as error:
         raise CheckpointError(repo_id, f"not a local path nor a valid Hub id: {error}") from None
@@ -57,11 +57,11 @@ def resolve(source: str | os.PathLike, gguf_file: str | None = None, revision: s
         if gguf_file is not None:
             gguf_path = path / gguf_file
             if not gguf_path.is_file():
-                raise CheckpointError(gguf_path, "GGUF file not found")
+                raise CheckpointNotFoundError(gguf_path, "GGUF file not found")
             return ResolvedSource(path, gguf_path)
         return ResolvedSource(path)
     if str(source).lower().endswith(".gguf") and not _looks_like_hub_id(str(source)):
-        raise CheckpointError(path, "GGUF file not found")
+        raise CheckpointNotFoundError(path, "GGUF file not found")
     if _looks_like_hub_id(str(source)):
         return _from_hub(str(source), gguf_file, revision, cache_dir, local_files_only)
-    raise CheckpointError(path, "no such file or folder")
+    raise CheckpointNotFoundError(path, "no such file or folder")
