@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cache.paged import PagedKVPool
+from ..generation.constrained import StructuredOutputProcessor
 from .block_manager import BlockManager
 from .detokenize import SequenceText
 from .model_runner import ModelRunner
@@ -67,6 +68,7 @@ class _Request:
     reported_tokens: list[int]
     reported_logprobs: list[int]
     seeds: list[int | None]
+    constraints: list[StructuredOutputProcessor] | None = None  # one per choice: each keeps its own state
 
 
 class LLMEngine:
@@ -117,7 +119,16 @@ class LLMEngine:
         if prompt_len + max_tokens > limit:
             raise ValueError(f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) = "
                              f"{prompt_len + max_tokens} exceeds the limit of {limit} tokens")
+        if params.structured_output is not None and (self.tokenizer is None or not self.eos_token_ids):
+            raise ValueError("structured output needs the engine to have a tokenizer and the model's eos token id")
         return max_tokens
+
+    def _constraints(self, prompt_len: int, params: SamplingParams) -> list[StructuredOutputProcessor] | None:
+        if params.structured_output is None:
+            return None
+        kind, value = params.structured_output
+        return [StructuredOutputProcessor.from_spec(kind, value, self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                                    prompt_length=prompt_len) for _ in range(params.n)]
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if request_id in self._requests:
@@ -126,6 +137,7 @@ class LLMEngine:
         max_tokens = self.validate(prompt_token_ids, params)
         if params.max_tokens != max_tokens:
             params = SamplingParams(**{**params.__dict__, "max_tokens": max_tokens})
+        constraints = self._constraints(len(prompt_token_ids), params)  # before any state: a bad spec raises here
         seqs, texts, seeds = [], [], []
         for index in range(params.n):
             seq = Sequence(request_id, index, list(prompt_token_ids), params)
@@ -141,7 +153,7 @@ class LLMEngine:
                                       params.include_stop_str_in_output) if self.tokenizer is not None else None)
             self.scheduler.add(seq)
         self._requests[request_id] = _Request(request_id, prompt_token_ids, params, seqs, texts,
-                                              [0] * params.n, [0] * params.n, seeds)
+                                              [0] * params.n, [0] * params.n, seeds, constraints)
         self.tokens_in += len(prompt_token_ids)
 
     def abort_request(self, request_id: str) -> None:
@@ -183,12 +195,18 @@ class LLMEngine:
         touched: dict[str, _Request] = {}
         if ready:
             logits = last_logits if len(rows) == len(plan.chunks) else last_logits[torch.tensor(rows)]
-            for seq, token in zip(ready, sample(logits, ready, self.eos_token_ids)):
+            for seq, token in zip(ready, sample(logits, ready, self.eos_token_ids, self._ready_constraints(ready))):
                 self._append_token(seq, token)
                 touched[seq.request_id] = self._requests[seq.request_id]
         for request in touched.values():
             reports.append(self._report(request))
         return reports
+
+    def _ready_constraints(self, ready: list[Sequence]) -> list[StructuredOutputProcessor | None] | None:
+        constraints = [self._requests[seq.request_id].constraints for seq in ready]
+        if not any(constraints):
+            return None
+        return [c[seq.index] if c else None for c, seq in zip(constraints, ready)]
 
     def _record_prompt_logprobs(self, chunk, logits: torch.Tensor) -> None:
         seq = chunk.seq

@@ -1,7 +1,8 @@
 """Next-token choice per sequence from its own SamplingParams: bias, penalties, warpers, seeded sampling, logprobs.
 
 Greedy rows without penalties take the batched argmax fast path; other rows are processed one by one
-(a batch is at most a few dozen rows, and each row's parameters differ).
+(a batch is at most a few dozen rows, and each row's parameters differ). A row with structured output first
+has every token that would leave its grammar masked by its own processor.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def choose_token(logits: torch.Tensor, seq: Sequence, eos_ids: list[int]) -> int
                 logits[token] += bias
     blocked = _blocked_tokens(seq, eos_ids)
     if blocked:
-        logits[torch.tensor(blocked, dtype=torch.long)] = float("-inf")
+        kept = logits.index_fill(0, torch.tensor(blocked, dtype=torch.long), float("-inf"))
+        if bool(torch.isfinite(kept).any()):  # a finished grammar allows only eos: it outranks min_tokens
+            logits = kept
     logits = apply_penalties(logits, seq, params)
     if not params.sampled:
         return int(logits.argmax())
@@ -96,11 +99,23 @@ def token_logprob(logits: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
     return TokenLogprob(token, float(log_probs[token]), top)
 
 
-def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> list[int]:
-    """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs."""
+def constrain(logits: torch.Tensor, seq: Sequence, processor) -> torch.Tensor:
+    """Mask the tokens the sequence's grammar forbids; the processor re-syncs from prompt + output ids."""
+    token_ids = torch.tensor([seq.all_token_ids], dtype=torch.long)
+    return processor(token_ids, logits[None])[0]
+
+
+def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constraints: list | None = None
+           ) -> list[int]:
+    """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs.
+    `constraints[i]`: sequence i's structured-output processor, or None (unconstrained)."""
     tokens: list[int] = rows.argmax(-1).tolist()  # greedy rows need nothing more
     for i, seq in enumerate(seqs):
-        if needs_slow_path(seq):
+        processor = constraints[i] if constraints else None
+        if processor is not None:
+            allowed = constrain(rows[i], seq, processor)
+            tokens[i] = choose_token(allowed, seq, eos_ids) if needs_slow_path(seq) else int(allowed.argmax())
+        elif needs_slow_path(seq):
             tokens[i] = choose_token(rows[i], seq, eos_ids)
         if seq.params.logprobs is not None:
             seq.output_logprobs.append(token_logprob(rows[i], tokens[i], seq.params.logprobs))

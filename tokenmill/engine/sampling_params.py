@@ -28,6 +28,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     do_sample: bool | None = None  # None: sample iff temperature > 0
+    # (kind, value): kind in json_schema | regex | choice | grammar (generation/constrained.py); None: free text
+    structured_output: tuple[str, object] | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -61,6 +63,8 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.structured_output is not None:
+            check_structured_output(self.structured_output)
 
     @property
     def sampled(self) -> bool:
@@ -73,3 +77,25 @@ class SamplingParams:
         """Whether the logits depend on tokens already produced (penalties)."""
         return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
                 or self.min_tokens > 0)
+
+
+def check_structured_output(spec) -> None:
+    """Compile and check a (kind, value) spec without a tokenizer, so a bad schema fails before any compute."""
+    from ..generation.constrained import GRAMMAR_KINDS
+
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 2):
+        raise ValueError(f"structured_output must be a (kind, value) pair, got {spec!r}")
+    kind, value = spec
+    if kind not in GRAMMAR_KINDS:
+        raise ValueError(f"unknown structured-output kind {kind!r}; use one of {sorted(GRAMMAR_KINDS)}")
+    if kind in ("regex", "grammar") and not (isinstance(value, str) and value):
+        raise ValueError(f"a structured-output {kind} must be a non-empty string, got {value!r}")
+    try:
+        grammar = GRAMMAR_KINDS[kind](value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid {kind} for structured output: {error}") from None
+    import llguidance  # importable: compiling the grammar above needed it
+
+    problem = llguidance.LLMatcher.validate_grammar(grammar)
+    if problem and not problem.startswith("WARNING"):
+        raise ValueError(f"invalid {kind} for structured output: {problem.strip()}")

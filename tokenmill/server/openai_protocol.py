@@ -6,12 +6,19 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.sampling_params import SamplingParams
+from ..engine.sampling_params import SamplingParams, check_structured_output
+from ..generation.constrained import spec_from_openai
 from .errors import APIError
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
 
 
 class _Sampling(BaseModel):
@@ -34,8 +41,34 @@ class _Sampling(BaseModel):
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    response_format: ResponseFormat | None = None
+    guided_json: Union[dict[str, Any], str, None] = None  # vLLM's extra-body structured output
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+    def structured_output(self) -> tuple[str, object] | None:
+        """(kind, value) for SamplingParams, checked here so a bad schema is a 400 naming the field."""
+        response_format = self.response_format.model_dump() if self.response_format is not None else None
+        guided = {name: getattr(self, name) for name in ("guided_json", "guided_regex", "guided_choice",
+                                                           "guided_grammar")}
+        try:
+            spec = spec_from_openai(response_format, **guided)
+            if spec is not None:
+                check_structured_output(spec)
+            return spec
+        except ValueError as error:
+            chosen = [name for name, value in guided.items() if value is not None]
+            param = chosen[0] if len(chosen) == 1 and response_format is None else "response_format"
+            raise APIError(422, str(error), param=param) from None
 
     def sampling_params(self, max_tokens: int, logprobs: int | None, vocab_size: int) -> SamplingParams:
+        try:
+            return self._sampling_params(max_tokens, logprobs, vocab_size)
+        except ValueError as error:  # a value the pydantic bounds let through but SamplingParams refuses
+            raise APIError(422, str(error)) from None
+
+    def _sampling_params(self, max_tokens: int, logprobs: int | None, vocab_size: int) -> SamplingParams:
         return SamplingParams(
             n=self.n, max_tokens=max_tokens, min_tokens=self.min_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -43,7 +76,7 @@ class _Sampling(BaseModel):
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty or 1.0, logit_bias=_logit_bias(self.logit_bias, vocab_size),
             seed=self.seed, stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
-            ignore_eos=self.ignore_eos, logprobs=logprobs,
+            ignore_eos=self.ignore_eos, logprobs=logprobs, structured_output=self.structured_output(),
         )
 
 
@@ -72,18 +105,11 @@ class ChatMessage(BaseModel):
     content: Union[str, list[dict[str, Any]], None] = None
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: Literal["text", "json_object", "json_schema"]
-
-
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: ResponseFormat | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

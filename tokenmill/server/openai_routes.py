@@ -79,9 +79,6 @@ def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    if body.response_format is not None and body.response_format.type != "text":
-        raise APIError(422, f"response_format {body.response_format.type!r} is not supported yet (structured "
-                            "output is not implemented); use 'text'", param="response_format")
     prompt = _chat_prompt(state, body)
     max_tokens = state.resolve_max_tokens(len(prompt), body.requested_max_tokens())
     params = body.sampling_params(max_tokens, body.logprobs_count(), state.engine.engine.vocab_size)

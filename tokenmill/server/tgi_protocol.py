@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.sampling_params import SamplingParams
+from ..generation.constrained import spec_from_tgi
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 4
@@ -63,7 +64,6 @@ def validate_parameters(p: TGIParameters) -> None:
            f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(p.stop)}")
     _check(p.top_n_tokens is None or 0 <= p.top_n_tokens <= MAX_TOP_N_TOKENS,
            f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}")
-    _check(p.grammar is None, "grammar-constrained generation is not supported")
     if p.best_of is not None and p.best_of > 1:
         _check(p.best_of <= MAX_BEST_OF, f"`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {p.best_of}")
         _check(uses_sampling(p), "you must use sampling when `best_of` is > 1")
@@ -78,6 +78,13 @@ def uses_sampling(p: TGIParameters) -> bool:
 
 
 def sampling_params(p: TGIParameters, max_new_tokens: int) -> SamplingParams:
+    try:
+        return _sampling_params(p, max_new_tokens, spec_from_tgi(p.grammar))
+    except ValueError as error:  # a bad grammar: TGI answers 422 validation
+        raise APIError(422, f"`grammar`: {error}") from None
+
+
+def _sampling_params(p: TGIParameters, max_new_tokens: int, structured_output) -> SamplingParams:
     sampled = uses_sampling(p)
     best_of = p.best_of or 1
     top_n = p.top_n_tokens or 0
@@ -88,4 +95,5 @@ def sampling_params(p: TGIParameters, max_new_tokens: int) -> SamplingParams:
         frequency_penalty=p.frequency_penalty or 0.0, seed=p.seed, stop=list(p.stop),
         logprobs=top_n, prompt_logprobs=0 if p.decoder_input_details else None,
         skip_special_tokens=True, include_stop_str_in_output=True,  # TGI keeps the stop sequence
+        structured_output=structured_output,
     )
