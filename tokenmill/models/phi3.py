@@ -8,11 +8,8 @@ import re
 import torch
 
 from ..config import ModelConfig
-from ..layers.attention import Attention
-from ..layers.decoder import PreNormBlock
-from ..layers.mlp import GatedMLP
-from ..layers.norm import RMSNorm
-from .family import FamilyLM, default_rotary
+from ..layers.rope import RotaryEmbedding
+from .family import RMSPreNormLM, default_rotary, uniform_windows
 
 _FUSED_QKV = re.compile(r"^(?P<prefix>.+\.self_attn)\.qkv_proj\.(?P<kind>weight|bias)$")
 _FUSED_GATE_UP = re.compile(r"^(?P<prefix>.+\.mlp)\.gate_up_proj\.(?P<kind>weight|bias)$")
@@ -26,25 +23,12 @@ def phi3_rope_parameters(config: ModelConfig) -> dict:
     return params
 
 
-class Phi3ForCausalLM(FamilyLM):
-    def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
-        super().__init__(config)
-        window = config.get("sliding_window") or None
-        layers = [self.block(config, i, window, attn_implementation) for i in range(config.num_hidden_layers)]
-        self.assemble(layers, RMSNorm(config.hidden_size, config.rms_norm_eps),
-                      {"default": default_rotary(config, phi3_rope_parameters(config))})
+class Phi3ForCausalLM(RMSPreNormLM):
+    layer_windows = staticmethod(uniform_windows)
 
     @staticmethod
-    def block(config: ModelConfig, layer_idx: int, window: int | None, attn_implementation: str) -> PreNormBlock:
-        attention = Attention(
-            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim, layer_idx,
-            sliding_window=window, attn_implementation=attn_implementation,
-        )
-        return PreNormBlock(
-            attention, GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act),
-            RMSNorm(config.hidden_size, config.rms_norm_eps), RMSNorm(config.hidden_size, config.rms_norm_eps),
-            sliding_window=window,
-        )
+    def rotary(config: ModelConfig) -> RotaryEmbedding:
+        return default_rotary(config, phi3_rope_parameters(config))
 
     @staticmethod
     def _qkv_sizes(config: ModelConfig) -> list[int]:

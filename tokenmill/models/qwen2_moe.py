@@ -6,12 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from ..layers.attention import Attention
-from ..layers.decoder import PreNormBlock, layer_windows
 from ..layers.mlp import GatedMLP
 from ..layers.moe import Experts, SparseMoeBlock, TopKRouter, fuse_expert_weights, split_expert_weights
-from ..layers.norm import RMSNorm
-from .family import FamilyLM, default_rotary
+from .family import RMSPreNormLM
 
 EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 
@@ -22,12 +19,10 @@ def is_sparse_layer(config: ModelConfig, layer_idx: int) -> bool:
             and (layer_idx + 1) % step == 0)
 
 
-class Qwen2MoeForCausalLM(FamilyLM):
-    def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
-        super().__init__(config)
-        windows = layer_windows(config)
-        layers = [self.block(config, i, windows[i], attn_implementation) for i in range(config.num_hidden_layers)]
-        self.assemble(layers, RMSNorm(config.hidden_size, config.rms_norm_eps), {"default": default_rotary(config)})
+class Qwen2MoeForCausalLM(RMSPreNormLM):
+    @staticmethod
+    def attention_options(config: ModelConfig) -> dict:
+        return {"qkv_bias": bool(config.get("qkv_bias", True))}
 
     @staticmethod
     def feed_forward(config: ModelConfig, layer_idx: int):
@@ -43,17 +38,6 @@ class Qwen2MoeForCausalLM(FamilyLM):
             shared_expert=GatedMLP(hidden, shared_size, act) if shared_size else None,
             shared_expert_gate=torch.nn.Linear(hidden, 1, bias=False) if shared_size else None,
         )
-
-    @classmethod
-    def block(cls, config: ModelConfig, layer_idx: int, window: int | None, attn_implementation: str):
-        attention = Attention(
-            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim, layer_idx,
-            qkv_bias=bool(config.get("qkv_bias", True)), sliding_window=window,
-            attn_implementation=attn_implementation,
-        )
-        return PreNormBlock(attention, cls.feed_forward(config, layer_idx),
-                            RMSNorm(config.hidden_size, config.rms_norm_eps),
-                            RMSNorm(config.hidden_size, config.rms_norm_eps), sliding_window=window)
 
     @classmethod
     def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
-from ..layers.attention import Attention
-from ..layers.decoder import PreNormBlock, layer_windows
-from ..layers.mlp import GatedMLP
-from ..layers.norm import RMSNorm
-from .family import FamilyLM, default_rotary
+from .family import RMSPreNormLM
 
 
-class Qwen3ForCausalLM(FamilyLM):
-    def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
-        super().__init__(config)
-        windows = layer_windows(config)
-        layers = [self.block(config, i, windows[i], attn_implementation) for i in range(config.num_hidden_layers)]
-        self.assemble(layers, RMSNorm(config.hidden_size, config.rms_norm_eps), {"default": default_rotary(config)})
-
+class Qwen3ForCausalLM(RMSPreNormLM):
     @staticmethod
-    def block(config: ModelConfig, layer_idx: int, window: int | None, attn_implementation: str) -> PreNormBlock:
-        attention = Attention(
-            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim, layer_idx,
-            qkv_bias=config.attention_bias, out_bias=config.attention_bias, sliding_window=window,
-            qk_norm_eps=config.rms_norm_eps, attn_implementation=attn_implementation,
-        )
-        return PreNormBlock(
-            attention, GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act),
-            RMSNorm(config.hidden_size, config.rms_norm_eps), RMSNorm(config.hidden_size, config.rms_norm_eps),
-            sliding_window=window,
-        )
+    def attention_options(config: ModelConfig) -> dict:
+        return {"qkv_bias": config.attention_bias, "out_bias": config.attention_bias,
+                "qk_norm_eps": config.rms_norm_eps}
