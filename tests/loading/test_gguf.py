@@ -18,16 +18,6 @@ SHARED_FIELDS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
                  "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"]
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_gguf):
-    return GGUFCheckpoint(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def gemma3(gemma3_gguf):
-    return GGUFCheckpoint(gemma3_gguf)
-
-
 def rope_theta_of(config, layer_type=None) -> float:
     params = config.rope_parameters
     return params[layer_type]["rope_theta"] if layer_type else params["rope_theta"]

@@ -34,16 +34,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_gguf):
-    return GGUFCheckpoint(smollm2_gguf)
-
-
-@pytest.fixture(scope="module")
-def gemma3(gemma3_gguf):
-    return GGUFCheckpoint(gemma3_gguf)
-
-
-@pytest.fixture(scope="module")
 def smollm2_tokenizer(smollm2):
     return smollm2.tokenizer()
 
