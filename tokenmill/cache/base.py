@@ -26,6 +26,24 @@ class LayerCache:
         """Given a mask over every position seen [.., q, seen], keep the columns of the stored entries."""
         return mask
 
+    def visible_mask(self, allowed: torch.Tensor | None, is_causal: bool,
+                     query_length: int) -> tuple[torch.Tensor | None, bool]:
+        """(allowed, is_causal) over the keys the last update() returned; called right after update().
+
+        Exact kinds return keys for every position seen, so the model's mask applies as is. Kinds that store
+        fewer columns (windows) or more (preallocated slots) override this; `causal_over_seen` helps.
+        """
+        if allowed is None:
+            return None, is_causal
+        return self.visible_columns(allowed), False
+
+    def nbytes(self) -> int:
+        """Bytes held by this layer's stored keys/values (for memory reports)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (getattr(self, "keys", None), getattr(self, "values", None)) if t is not None]
+
     def crop(self, length: int) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot be cropped")
 
@@ -38,6 +56,16 @@ class LayerCache:
 
     def release(self) -> None:
         """Send this layer's tensors back to the host after use (offloaded kinds)."""
+
+
+def causal_over_seen(allowed: torch.Tensor | None, past_length: int, query_length: int,
+                     device: torch.device) -> torch.Tensor:
+    """The model's mask over every position seen [b|1, 1, q, past + q]; a None mask means plain causal."""
+    if allowed is not None:
+        return allowed
+    query_positions = torch.arange(past_length, past_length + query_length, device=device)[:, None]
+    key_positions = torch.arange(past_length + query_length, device=device)[None, :]
+    return (key_positions <= query_positions)[None, None]
 
 
 class Cache:
@@ -76,6 +104,10 @@ class Cache:
 
     def batch_select_indices(self, index: torch.Tensor) -> None:
         self.reorder_cache(index)
+
+    def nbytes(self) -> int:
+        """Bytes of keys/values stored over every layer."""
+        return sum(layer.nbytes() for layer in self.layers)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if not self.layers:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from ..cache.base import Cache
 from .mask import AttentionMask
+from .mlp import FusedProjection, fuse
 from .norm import RMSNorm
 from .rope import apply_rotary
 
@@ -56,9 +57,22 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=qk_norm_unit_offset)
         else:
             self.q_norm = self.k_norm = None
+        self._qkv: FusedProjection | None = None
+
+    def fuse_projections(self) -> None:
+        """One [q|k|v] matmul per call instead of three (see FusedProjection); called once weights are loaded."""
+        self._qkv = fuse([self.q_proj, self.k_proj, self.v_proj])
+
+    def _fused_qkv(self) -> FusedProjection | None:
+        fused = self._qkv
+        return fused if fused is not None and fused.is_current() else None
 
     def project_qkv(self, hidden: torch.Tensor):
         batch, length, _ = hidden.shape
+        fused = self._fused_qkv()
+        if fused is not None:
+            qkv = fused(hidden).view(batch, length, -1, self.head_dim)
+            return qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         q = self.q_proj(hidden).view(batch, length, self.num_heads, self.head_dim)
         k = self.k_proj(hidden).view(batch, length, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden).view(batch, length, self.num_kv_heads, self.head_dim)
@@ -72,27 +86,41 @@ class Attention(nn.Module):
         cache: Cache | None,
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
-        q, k, v = self.project_qkv(hidden)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, heads, seq, head_dim]
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        allowed = mask.allowed
+        q, k, v = self.rotated_qkv(hidden, rope)
+        allowed, is_causal = mask.allowed, mask.is_causal
         if cache is not None:
             layer_cache = cache.layer(self.layer_idx)
             k, v = layer_cache.update(k, v)
-            if allowed is not None:
-                allowed = layer_cache.visible_columns(allowed)
+            # the cache may store fewer (window) or more (preallocated) columns than positions seen
+            allowed, is_causal = layer_cache.visible_mask(allowed, is_causal, length)
         if self.attn_implementation == "eager" or self.softcap is not None:
-            out = self._eager(q, k, v, allowed, mask.is_causal)
+            out = self._eager(q, k, v, allowed, is_causal)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, is_causal=mask.is_causal and allowed is None,
+                q, k, v, attn_mask=allowed, is_causal=is_causal and allowed is None,
                 scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
             )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(out)
+
+    def rotated_qkv(self, hidden: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as [batch, heads, seq, head_dim], q and k normed (if the family does) and rotated."""
+        fused = self._fused_qkv() if self.q_norm is None else None
+        if fused is not None:  # q and k are adjacent in the fused output: rotate both in one pass
+            batch, length, _ = hidden.shape
+            qkv = fused(hidden).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            qk, v = qkv.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=1)
+            if rope is not None:
+                qk = apply_rotary(qk, *rope)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+            return q, k, v
+        q, k, v = self.project_qkv(hidden)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, v
 
     def _eager(self, q, k, v, allowed, is_causal):
         groups = self.num_heads // self.num_kv_heads

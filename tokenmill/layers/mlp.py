@@ -24,6 +24,46 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(sorted(_ACTIVATIONS))}") from None
 
 
+class FusedProjection:
+    """Several nn.Linear reading the same input, run as one matmul.
+
+    Their weights (and biases) become row-views of one matrix, so parameter names, loading and saving are
+    unchanged and no memory is added. If a parameter is later replaced (`.to()`, `load_state_dict(assign=True)`)
+    or needs gradients, `is_current()` turns False and the caller goes back to the separate projections.
+    """
+
+    def __init__(self, linears: list[nn.Linear]):
+        self.linears = linears
+        self.sizes = [linear.out_features for linear in linears]
+        self.weight = torch.cat([linear.weight.detach() for linear in linears])
+        has_bias = linears[0].bias is not None
+        self.bias = torch.cat([linear.bias.detach() for linear in linears]) if has_bias else None
+        for index, (linear, rows) in enumerate(zip(linears, self.weight.split(self.sizes))):
+            linear.weight = nn.Parameter(rows, requires_grad=False)
+            if has_bias:
+                linear.bias = nn.Parameter(self.bias.split(self.sizes)[index], requires_grad=False)
+        self._pointers = [linear.weight.data_ptr() for linear in linears]
+
+    @staticmethod
+    def fusable(linears: list[nn.Linear]) -> bool:
+        first = linears[0].weight
+        return (first.device.type != "meta" and all(
+            linear.weight.dtype == first.dtype and linear.weight.device == first.device
+            and (linear.bias is None) == (linears[0].bias is None) for linear in linears))
+
+    def is_current(self) -> bool:
+        first = self.linears[0].weight
+        return not first.requires_grad and all(
+            linear.weight.data_ptr() == pointer for linear, pointer in zip(self.linears, self._pointers))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def fuse(linears: list[nn.Linear]) -> FusedProjection | None:
+    return FusedProjection(linears) if FusedProjection.fusable(linears) else None
+
+
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)): SwiGLU with silu, GeGLU with gelu."""
 
@@ -33,6 +73,17 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self.act = activation(act)
+        self._gate_up: FusedProjection | None = None
+
+    def fuse_projections(self) -> None:
+        """One [gate|up] matmul per call instead of two (see FusedProjection)."""
+        self._gate_up = fuse([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self._gate_up
+        # only for one token row: at 8+ rows the wider matmul ran ~20% slower on CPU (MKL, 2 threads) and the
+        # chunked halves make SiLU/mul strided
+        if fused is not None and x.numel() == x.shape[-1] and fused.is_current():
+            gate, up = fused(x).chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,153 @@
+"""`tokenmill bench` end to end on a tiny model, against transformers: every JSON field, the table, the plots,
+and the memory-limit search stopping cleanly."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+import transformers
+
+from tokenmill import cli
+from tokenmill.bench.backends import TokenmillBackend
+from tokenmill.bench.limits import search_limit
+from tokenmill.bench.measure import Workload
+
+TIMED_FIELDS = ("ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "prefill_tokens_per_cpu_s",
+                "decode_tokens_per_cpu_s")
+RUN_FIELDS = {"out_of_memory", "repeats", "fell_back_to_offloaded", *TIMED_FIELDS, "peak_rss_bytes",
+              "peak_rss_delta_bytes", "memory_growth_per_token_bytes", "kv_cache_bytes", "kv_cache_bytes_per_token",
+              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes"}
+# tiny model: 2 layers x (keys + values) x 2 kv heads x head_dim 8 x 4 bytes
+KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 8 * 4
+STAT_FIELDS = {"median", "min", "max", "spread_pct", "runs"}
+POINT_FIELDS = {"prompt_length", "new_tokens", "batch_size", "dtype", "attn_implementation",
+                "cache_implementation", "threads", "results", "ratios"}
+LIMIT_FIELDS = {"longest_fit", "first_failure", "stopped_because", "budget_bytes", "fallback_to_offloaded_at",
+                "tried"}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    folder = tmp_path_factory.mktemp("tiny-llama-bench")
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_folder, tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench-out")
+    argv = ["bench", "-m", str(tiny_folder), "--prompt-lengths", "4,8", "--new-tokens", "4", "--batch-sizes", "2",
+            "--caches", "dynamic,quantized", "--repeats", "2", "--warmup", "1", "--vs", "transformers",
+            "--limit-search", "--limit-start", "16", "--limit-max", "40", "--memory-budget", "64GiB",
+            "--no-progress", "-o", str(output)]
+    assert cli.main(argv) == 0
+    return json.loads((output / "bench.json").read_text()), output
+
+
+def test_every_point_has_every_field_for_both_engines(bench_run):
+    report, _ = bench_run
+    assert len(report["points"]) == 2 * 2  # prompts x caches
+    for point in report["points"]:
+        assert set(point) == POINT_FIELDS
+        mine = point["results"]["tokenmill"]
+        assert set(mine) == RUN_FIELDS and mine["repeats"] == 2 and not mine["out_of_memory"]
+        for field in TIMED_FIELDS:
+            stats = mine[field]
+            assert set(stats) == STAT_FIELDS and len(stats["runs"]) == 2
+            assert stats["median"] == statistics.median(stats["runs"]) > 0
+            assert stats["min"] <= stats["median"] <= stats["max"]
+        # prefill rate is the prompt tokens over the time to first token
+        assert mine["prefill_tokens_per_s"]["median"] == pytest.approx(
+            statistics.median(point["batch_size"] * point["prompt_length"] / t for t in mine["ttft_s"]["runs"]))
+        assert mine["peak_rss_bytes"] > 0
+        # exact bytes; the quantized cache's 32-token full-precision residual still holds all 11 positions
+        assert mine["kv_cache_bytes_per_token"] == KV_BYTES_PER_TOKEN
+        other = point["results"]["transformers"]
+        if point["cache_implementation"] == "quantized":  # transformers needs optimum-quanto for it
+            assert "unsupported" in other and point["ratios"] == {}
+            continue
+        assert set(other) == RUN_FIELDS
+        ratio = point["ratios"]["vs_transformers"]
+        assert ratio["decode_tokens_per_s"] == pytest.approx(
+            mine["decode_tokens_per_s"]["median"] / other["decode_tokens_per_s"]["median"])
+        assert ratio["ttft_s"] == pytest.approx(other["ttft_s"]["median"] / mine["ttft_s"]["median"])
+        assert set(ratio) == set(TIMED_FIELDS)
+        assert other["kv_cache_bytes_per_token"] == KV_BYTES_PER_TOKEN  # transformers' cache, same layout
+
+
+def test_environment_models_limits_and_outputs(bench_run):
+    report, output = bench_run
+    environment = report["environment"]
+    assert {"date_utc", "model", "versions", "note", "sweep", "load_average_at_start"} <= set(environment)
+    assert environment["versions"]["transformers"] == transformers.__version__
+    assert set(report["models"]) == {"tokenmill float32 sdpa", "transformers float32 sdpa"}
+    for info in report["models"].values():
+        assert info["load_seconds"] > 0 and info["weight_bytes"] > 0
+    tokenmill_weights = report["models"]["tokenmill float32 sdpa"]["weight_bytes"]
+    assert tokenmill_weights == sum(p.numel() * 4 for p in transformers.LlamaForCausalLM.from_pretrained(
+        environment["model"]).parameters())
+    for limit in report["limits"].values():
+        assert set(limit) == LIMIT_FIELDS
+        assert [t["sequence_length"] for t in limit["tried"]] == [20, 36, 40]  # 16, 32, then the 36-token cap
+        assert limit["longest_fit"] == 40 and limit["first_failure"] is None
+        assert "context" not in limit["stopped_because"]
+    for name in ("tokens_per_s.png", "memory.png"):
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_is_printed(bench_run, capsys, tiny_folder, tmp_path):
+    argv = ["bench", "-m", str(tiny_folder), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
+            "--warmup", "0", "--no-progress", "--no-plots", "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "decode tok/s" in out and "4+3 x1 float32 sdpa dynamic t2" in out and "bench.json" in out
+
+
+def test_limit_search_stops_cleanly_at_out_of_memory(tiny_folder, monkeypatch):
+    backend = TokenmillBackend(tiny_folder)
+    model = backend.model("float32", "sdpa")
+    real_generate = TokenmillBackend.generate
+
+    def generate(self, model, input_ids, *args, **kwargs):
+        if input_ids.shape[1] >= 20:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return real_generate(self, model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(TokenmillBackend, "generate", generate)
+    workload = Workload(5, 2, 1)
+    result = search_limit(backend, model, workload, start=5, maximum=None, budget=None)
+    assert [t["sequence_length"] for t in result["tried"]] == [7, 12, 22]
+    assert result["longest_fit"] == 12 and result["first_failure"] == 22
+    assert result["stopped_because"] == "out of memory"
+
+
+def test_limit_search_budget_and_context(tiny_folder):
+    backend = TokenmillBackend(tiny_folder)
+    model = backend.model("float32", "sdpa")
+    over = search_limit(backend, model, Workload(8, 2, 1), start=8, maximum=None, budget=1)
+    assert over["longest_fit"] is None and over["first_failure"] == 10 and "budget" in over["stopped_because"]
+    full = search_limit(backend, model, Workload(8, 2, 1), start=8, maximum=None, budget=None)
+    assert [t["sequence_length"] for t in full["tried"]] == [10, 18, 34, 64]
+    assert full["stopped_because"] == "reached the model's context length (64)"
+
+
+def test_bench_serve_dispatches_to_the_serving_bench(monkeypatch):
+    from tokenmill.bench import serving
+
+    seen = {}
+    monkeypatch.setattr(serving, "main", lambda args: seen.setdefault("url", args.url) and 0)
+    assert cli.main(["bench", "serve", "--url", "http://127.0.0.1:9"]) == 0
+    assert seen["url"] == "http://127.0.0.1:9"
+
+
+def test_bad_arguments_are_refused(tiny_folder):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "-m", str(tiny_folder), "--prompt-lengths", "0"])
+    with pytest.raises(SystemExit, match="--vs supports transformers"):
+        cli.main(["bench", "-m", str(tiny_folder), "--vs", "vllm", "--no-progress"])

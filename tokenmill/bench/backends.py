@@ -1,0 +1,123 @@
+"""The engines a bench compares: tokenmill itself, and (when asked and importable) transformers or llama.cpp.
+
+Each backend loads a model for a (dtype, attention implementation) pair once, and runs one greedy generation
+of exactly `new_tokens` tokens, reporting each token's arrival to a `TokenClock`. transformers is imported
+only here, only for `--vs transformers`: it is the comparison, never a dependency of tokenmill itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import torch
+
+from .memory import weight_bytes
+
+
+class TokenClock:
+    """A streamer that timestamps each generated step (generate() first puts the prompt, then every step)."""
+
+    def __init__(self, on_step=None):
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []  # process CPU seconds: robust when other jobs share the cores
+        self._prompt_seen = False
+        self.on_step = on_step
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
+        if self.on_step is not None:
+            self.on_step(len(self.times))
+
+    def end(self) -> None:
+        pass
+
+
+class Backend:
+    name = "base"
+
+    def __init__(self, source: Path, gguf_file: str | None = None):
+        self.source, self.gguf_file = source, gguf_file
+        self.models: dict[tuple, object] = {}
+        self.load_info: dict[tuple, dict] = {}
+
+    def model(self, dtype: str, attn: str):
+        key = (dtype, attn)
+        if key not in self.models:
+            started = time.perf_counter()
+            model = self._load(dtype, attn)
+            self.models[key] = model
+            self.load_info[key] = {"load_seconds": time.perf_counter() - started, "weight_bytes": weight_bytes(model)}
+        return self.models[key]
+
+    def supports_cache(self, kind: str) -> bool:
+        return True
+
+    def _load(self, dtype: str, attn: str):
+        raise NotImplementedError
+
+    def generate_kwargs(self, cache: str, resilient: bool) -> dict:
+        return {} if cache == "dynamic" else {"cache_implementation": cache}
+
+    def generate(self, model, input_ids, attention_mask, new_tokens: int, cache: str, clock: TokenClock,
+                 resilient: bool = False):
+        with torch.inference_mode():
+            return model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False, streamer=clock,
+                                  return_dict_in_generate=True, **self.generate_kwargs(cache, resilient))
+
+
+class TokenmillBackend(Backend):
+    name = "tokenmill"
+
+    def _load(self, dtype: str, attn: str):
+        from ..auto import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
+                                                    attn_implementation=attn, progress=False)
+
+    def generate_kwargs(self, cache: str, resilient: bool) -> dict:
+        kwargs = {"cache_implementation": cache, "resilient": resilient}
+        if cache == "sliding_window":  # a window as long as the context: exact, measures the kind's overhead
+            kwargs["cache_config"] = {"sliding_window": 1 << 20}
+        return kwargs
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+    CACHE_KINDS = ("dynamic", "static", "offloaded")
+
+    def __init__(self, source: Path, gguf_file: str | None = None):
+        super().__init__(source, gguf_file)
+        try:
+            self.transformers = importlib.import_module("transformers")
+        except ImportError:
+            raise ValueError("--vs transformers needs transformers installed (pip install transformers)") from None
+
+    def supports_cache(self, kind: str) -> bool:
+        return kind in self.CACHE_KINDS
+
+    def _load(self, dtype: str, attn: str):
+        source = Path(self.source)
+        if source.suffix == ".gguf":
+            folder, gguf_file = str(source.parent), source.name
+        else:
+            folder, gguf_file = str(source), self.gguf_file
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        model = self.transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, dtype), attn_implementation=attn, **kwargs)
+        return model.eval()
+
+
+BACKENDS = {"tokenmill": TokenmillBackend, "transformers": TransformersBackend}
+
+
+def make_backend(name: str, source: Path, gguf_file: str | None = None) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"cannot compare against {name!r}; supported: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name](source, gguf_file)

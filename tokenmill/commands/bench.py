@@ -1,0 +1,112 @@
+"""`tokenmill bench`: speed and memory over a sweep, optionally side by side with transformers.
+
+`tokenmill bench serve ...` benchmarks a running server instead (tokenmill.bench.serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .common import model_source
+
+DEFAULT_OUTPUT = Path("bench-results")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _size(text: str) -> int:
+    from ..loading.save import parse_size
+
+    return parse_size(int(text) if text.isdigit() else text)
+
+
+def _serving_module():
+    try:
+        return importlib.import_module("tokenmill.bench.serving")
+    except ModuleNotFoundError as error:
+        if error.name != "tokenmill.bench.serving":
+            raise
+        return None
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None, help="folder, .gguf file or Hub id (default: SmolLM2)")
+    parser.add_argument("--gguf-file", default=None)
+    parser.add_argument("--prompt-lengths", type=_int_list, default=[32, 128, 512])
+    parser.add_argument("--new-tokens", type=_int_list, default=[32], help="decode lengths")
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1])
+    parser.add_argument("--dtypes", type=_str_list, default=["float32"])
+    parser.add_argument("--attn", type=_str_list, default=["sdpa"], help="attention implementations: sdpa,eager")
+    parser.add_argument("--caches", type=_str_list, default=["dynamic"],
+                        help="cache kinds: dynamic,static,offloaded,quantized,sliding_window,sink")
+    parser.add_argument("--threads", type=_int_list, default=[2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
+                        help="also run this engine, interleaved (transformers)")
+    parser.add_argument("--limit-search", action="store_true",
+                        help="grow the sequence until memory runs out (or the context ends), then report it")
+    parser.add_argument("--limit-start", type=int, default=256)
+    parser.add_argument("--limit-max", type=int, default=None, help="largest sequence length to try")
+    parser.add_argument("--limit-batch", type=int, default=1, help="batch size of the limit search")
+    parser.add_argument("--memory-budget", type=_size, default=None,
+                        help="peak RSS that counts as out of memory on a CPU (e.g. 8GiB; default 80%% of available)")
+    parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT, help="folder for JSON and PNG files")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    serving = _serving_module()
+    if serving is not None:
+        modes = parser.add_subparsers(dest="bench_mode", metavar="serve")
+        serve_parser = modes.add_parser("serve", help="benchmark a running server (OpenAI API)")
+        serving.add_args(serve_parser)
+
+
+def _options(args: argparse.Namespace):
+    from ..bench.run import BenchOptions
+    from ..bench.sweep import SweepSpec
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("tokenmill: error: --repeats must be >= 1 and --warmup >= 0")
+    unknown = [name for name in args.vs if name not in ("transformers", "llama.cpp")]
+    if unknown:
+        raise SystemExit(f"tokenmill: error: --vs supports transformers (and llama.cpp), not {unknown}")
+    if "llama.cpp" in args.vs:
+        raise SystemExit("tokenmill: error: --vs llama.cpp is not implemented in this build")
+    spec = SweepSpec(args.prompt_lengths, args.new_tokens, args.batch_sizes, args.dtypes, args.attn, args.caches,
+                     args.threads, args.repeats, args.warmup)
+    return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
+                        limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
+                        limit_batch=args.limit_batch, memory_budget=args.memory_budget,
+                        progress=not args.no_progress)
+
+
+def main(args: argparse.Namespace) -> int:
+    if getattr(args, "bench_mode", None) == "serve":
+        return _serving_module().main(args)
+    from ..bench.report import format_table, write_json, write_plots
+    from ..bench.run import run_bench
+
+    report = run_bench(_options(args))
+    json_path = args.output / "bench.json"
+    write_json(report, json_path)
+    plots = [] if args.no_plots else write_plots(report, args.output)
+    print(format_table(report))
+    print(f"\nwrote {json_path}" + "".join(f", {p}" for p in plots))
+    if not args.no_plots and not plots:
+        print("(no plots: pip install matplotlib)", file=sys.stderr)
+    return 0
