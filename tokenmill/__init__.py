@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AutoConfig": "auto", "AutoModelForCausalLM": "auto", "AutoTokenizer": "auto",
-    "Cache": "cache", "DynamicCache": "cache", "ModelConfig": "config",
+    "Cache": "cache", "DynamicCache": "cache", "StaticCache": "cache", "SlidingWindowCache": "cache",
+    "SinkCache": "cache", "QuantizedCache": "cache", "OffloadedCache": "cache", "ModelConfig": "config",
     "GenerationConfig": "generation.config",
     "LogitsProcessor": "generation.logits_process", "LogitsProcessorList": "generation.logits_process",
     "StoppingCriteria": "generation.stopping_criteria", "StoppingCriteriaList": "generation.stopping_criteria",
