@@ -56,13 +56,21 @@ def output_fill_value(config) -> int:
     return config.pad_token_id if config.pad_token_id else eos[0]
 
 
+def sample_candidates(accumulated: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw `keep` continuations without replacement, returned best-first by accumulated log-prob."""
+    flat_index = torch.multinomial(torch.softmax(accumulated, dim=-1), num_samples=keep)
+    log_probs = accumulated.gather(1, flat_index)
+    # best-first like transformers: the first `beams` slots are the ones allowed to join the finished pool
+    log_probs, order = log_probs.sort(dim=-1, descending=True)
+    return log_probs, flat_index.gather(1, order)
+
+
 def top_candidates(state: BeamState, accumulated: torch.Tensor, cur_len: int, prompt_length: int,
                    keep: int, do_sample: bool):
     """accumulated [batch, beams * vocab] → the `keep` best (or sampled) continuations over all beams."""
     batch, beams = state.running_scores.shape
     if do_sample:
-        flat_index = torch.multinomial(torch.softmax(accumulated, dim=-1), num_samples=keep)
-        log_probs = accumulated.gather(1, flat_index)
+        log_probs, flat_index = sample_candidates(accumulated, keep)
     else:
         log_probs, flat_index = accumulated.topk(keep, dim=1)
     vocab = accumulated.shape[-1] // beams
