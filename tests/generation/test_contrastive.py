@@ -1,6 +1,7 @@
-"""Contrastive search and DoLa. transformers 5.23 no longer ships either in its core (both moved to Hub
-`custom_generate` repos, unreachable here), so the oracle is a direct, cache-free implementation of each paper's
-formula on transformers' own model, recomputing everything from scratch at every step."""
+"""Contrastive search and DoLa against a direct, cache-free implementation of each paper's formula on
+transformers' own model (recomputing everything at every step), and each formula on small hand-made tensors.
+transformers 5.x no longer ships either in its core; test_legacy_oracle.py checks both against transformers 4.55,
+the last release that did."""
 
 from __future__ import annotations
 
@@ -53,14 +54,15 @@ def reference_contrastive(oracle, prompt: torch.Tensor, alpha: float, k: int) ->
 def reference_dola(oracle, prompt: torch.Tensor, layers: list[int]) -> torch.Tensor:
     """Chuang et al. 2023: premature layer = the candidate most divergent from the final layer; score =
     log p_final - log p_layer on the tokens with p_final >= 0.1 max p_final; greedy. The divergence is the one
-    the paper's reference code computes: 0.5 * (KL(M || final) + KL(M || layer)), mean over the vocabulary."""
+    the paper's reference code computes: 0.5 * (KL(M || final) + KL(M || layer)), mean over the vocabulary; an
+    early layer is read through lm_head alone, as that code (and transformers) does."""
     sequence = prompt.clone()
     for _ in range(NEW_TOKENS):
         out = oracle(sequence, output_hidden_states=True)
         final = torch.log_softmax(out.logits[0, -1], -1)
         best_layer, best_jsd = None, -math.inf
         for layer in layers:
-            early = torch.log_softmax(oracle.lm_head(oracle.model.norm(out.hidden_states[layer][0, -1])), -1)
+            early = torch.log_softmax(oracle.lm_head(out.hidden_states[layer][0, -1]), -1)
             mixture = 0.5 * (final.exp() + early.exp())
             jsd = 0.5 * (torch.mean(mixture * (mixture.log() - final)) + torch.mean(mixture * (mixture.log() - early)))
             if jsd > best_jsd:
@@ -96,10 +98,10 @@ def test_dola_matches_paper_formula(pair, dola_layers):
     oracle, model = pair
     ids, _ = left_padded_prompts(batch=2, pads=(0, 0), length=8)
     layers = dola_candidate_layers(dola_layers, 4, tied_embeddings=False)
-    ours = model.generate(ids, dola_layers=dola_layers, max_new_tokens=NEW_TOKENS, eos_token_id=None,
-                          do_sample=False)
-    for row in range(ids.shape[0]):
-        assert torch.equal(ours[row:row + 1], reference_dola(oracle, ids[row:row + 1], layers))
+    for row in range(ids.shape[0]):  # one prompt per call: transformers picks one premature layer per batch
+        ours = model.generate(ids[row:row + 1], dola_layers=dola_layers, max_new_tokens=NEW_TOKENS,
+                              eos_token_id=None, do_sample=False)
+        assert torch.equal(ours, reference_dola(oracle, ids[row:row + 1], layers))
 
 
 def test_dola_layer_presets():
@@ -107,6 +109,8 @@ def test_dola_layer_presets():
     assert dola_candidate_layers("high", 30, True) == list(range(15, 30, 2))
     assert dola_candidate_layers("low", 48, True) == list(range(2, 20, 2))
     assert dola_candidate_layers("high", 48, False) == list(range(28, 48, 2))
+    assert dola_candidate_layers("low", 2, True) == [1]  # transformers starts at 1 for a tied 2-layer model
+    assert dola_candidate_layers([0, 5, 40], 30, False) == [0, 5]
     with pytest.raises(ValueError, match="dola_layers"):
         dola_candidate_layers("middle", 30, False)
 
@@ -130,3 +134,41 @@ def test_stop_on_eos_and_streamer(pair):
         generated = out[0, ids.shape[1]:].tolist()
         assert generated[-1] == eos and eos not in generated[:-1]
         assert sum(chunks[1:-1], []) == generated and chunks[-1] == "end"
+
+
+# ---- the formulas on small tensors ----
+
+def test_degeneration_penalty_and_choice_on_small_tensors():
+    """Su et al. eq. 5 by hand: context vectors e1, e2 (and a padded slot), candidates along e1 and e3."""
+    from tokenmill.generation.contrastive import contrastive_choice, degeneration_penalty
+
+    context = torch.tensor([[[1.0, 0, 0], [0, 2.0, 0], [0, 0, 5.0]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third context slot is padding: never a repeat
+    candidates = torch.tensor([[[3.0, 0, 0], [0, 0, 1.0]]])
+    penalty = degeneration_penalty(context, mask, candidates)
+    torch.testing.assert_close(penalty, torch.tensor([[1.0, 0.0]]))
+    probs = torch.tensor([[0.7, 0.3]])
+    # alpha 0.2: 0.8*0.7-0.2*1 = 0.36 > 0.24 → the likelier candidate; alpha 0.6: 0.28-0.6 < 0.12 → the novel one
+    assert contrastive_choice(probs, penalty, 0.2).tolist() == [0]
+    assert contrastive_choice(probs, penalty, 0.6).tolist() == [1]
+
+
+def test_dola_formulas_on_small_tensors():
+    """Jensen-Shannon divergence, the 0.1 x max plausibility filter and the layer contrast, computed by hand."""
+    from tokenmill.generation.contrastive import dola_contrast, jensen_shannon, relative_top_filter
+
+    final = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    layers = torch.log(torch.tensor([[[0.25, 0.25, 0.25, 0.25]], [[0.6, 0.3, 0.05, 0.05]]]))
+    p, q = final.exp()[0], layers.exp()[0, 0]
+    m = (p + q) / 2
+    by_hand = 0.5 * ((m * (m / p).log()).mean() + (m * (m / q).log()).mean())
+    divergence = jensen_shannon(final, layers)
+    torch.testing.assert_close(divergence[0, 0], by_hand)
+    assert float(divergence[1, 0]) == 0.0  # identical distributions
+    kept, base = relative_top_filter(final, layers[0])
+    assert torch.isinf(kept[0, 2:]).all() and torch.isfinite(kept[0, :2]).all()  # 0.05 < 0.1 * 0.6
+    assert (base[0, 2:] == -1e-3).all()
+    # the contrast picks the most divergent (uniform) layer: log p_final - log(1/4) on the plausible tokens
+    contrast = dola_contrast(final, layers)
+    torch.testing.assert_close(contrast[0, :2], final[0, :2] - math.log(0.25))
+    assert torch.isinf(contrast[0, 2:]).all()

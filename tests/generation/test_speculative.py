@@ -56,13 +56,14 @@ class Recorder:
         self.ended = True
 
 
-@pytest.mark.parametrize("mode", ["prompt_lookup", "assistant", "assistant_heuristic"])
+@pytest.mark.parametrize("mode", ["prompt_lookup", "assistant", "assistant_heuristic", "early_exit"])
 def test_greedy_equals_plain_greedy_and_oracle(models_pair, mode):
     oracle, oracle_draft, target, draft = models_pair
     ids = repetitive_prompt()
     ours = {"prompt_lookup": dict(prompt_lookup_num_tokens=4, max_matching_ngram_size=3),
             "assistant": dict(assistant_model=draft, num_assistant_tokens=5),
-            "assistant_heuristic": dict(assistant_model=draft, num_assistant_tokens_schedule="heuristic")}[mode]
+            "assistant_heuristic": dict(assistant_model=draft, num_assistant_tokens_schedule="heuristic"),
+            "early_exit": dict(assistant_early_exit=1, num_assistant_tokens=3)}[mode]
     theirs = {**ours, "assistant_model": oracle_draft} if "assistant_model" in ours else ours
     common = dict(max_new_tokens=30, do_sample=False, eos_token_id=None)
     plain = target.generate(ids, **common)
@@ -100,15 +101,22 @@ def test_eos_stop_and_streamer_match_plain_greedy(models_pair):
         assert sum(fast_stream.chunks, []) == sum(plain_stream.chunks, []) and fast_stream.ended
 
 
-def test_scores_match_plain_greedy(models_pair):
+@pytest.mark.parametrize("drafter", ["assistant", "prompt_lookup", "early_exit"])
+def test_scores_and_logits_match_plain_greedy(models_pair, drafter):
+    """Per-step processed scores (a repetition penalty makes them differ from the logits) and raw logits."""
     _, _, target, draft = models_pair
     ids = repetitive_prompt()
+    extra = {"assistant": dict(assistant_model=draft), "prompt_lookup": dict(prompt_lookup_num_tokens=4),
+             "early_exit": dict(assistant_early_exit=1)}[drafter]
     common = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, return_dict_in_generate=True,
-                  output_scores=True, output_logits=True)
+                  output_scores=True, output_logits=True, repetition_penalty=1.3)
     plain = target.generate(ids, **common)
-    fast = target.generate(ids, assistant_model=draft, **common)
-    assert len(fast.scores) == len(plain.scores) == 12
+    fast = target.generate(ids, **common, **extra)
+    assert torch.equal(fast.sequences, plain.sequences)
+    assert len(fast.scores) == len(plain.scores) == len(fast.logits) == 12
+    torch.testing.assert_close(torch.stack(fast.scores), torch.stack(plain.scores), atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.stack(fast.logits), torch.stack(plain.logits), atol=1e-4, rtol=0)
+    assert not torch.allclose(torch.stack(fast.scores), torch.stack(fast.logits)), "the penalty must show"
 
 
 def test_unsupported_requests_are_refused(models_pair):
@@ -117,8 +125,10 @@ def test_unsupported_requests_are_refused(models_pair):
         target.generate(repetitive_prompt().repeat(2, 1), prompt_lookup_num_tokens=3, max_new_tokens=4)
     with pytest.raises(TypeError, match="tokenmill model"):
         target.generate(repetitive_prompt(), assistant_model=models_pair[1], max_new_tokens=4)
-    with pytest.raises(ValueError, match="assistant_early_exit"):
-        target.generate(repetitive_prompt(), assistant_early_exit=1, max_new_tokens=4)
+    with pytest.raises(ValueError, match="assistant_early_exit must be between 1 and 1"):
+        target.generate(repetitive_prompt(), assistant_early_exit=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="not both"):
+        target.generate(repetitive_prompt(), assistant_early_exit=1, assistant_model=target, max_new_tokens=4)
     with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
         target.generate(repetitive_prompt(), assistant_model=target, num_assistant_tokens_schedule="fast",
                         max_new_tokens=4)
@@ -163,6 +173,30 @@ def test_speculative_sampling_keeps_target_distribution(small_vocab_pair):
         counts[0, out[0, 4]] += 1
         counts[1, out[0, 5]] += 1
     # sampling noise at n=800 over 16 tokens: TV ≈ 0.04; the draft's own distribution is 0.8 / 0.5 away
+    assert total_variation(counts[0] / samples, p_first) < 0.08
+    assert total_variation(counts[1] / samples, p_second) < 0.08
+
+
+def test_prompt_lookup_sampling_keeps_target_distribution(small_vocab_pair):
+    """Without draft probabilities each position's token is the target's own sample and drafts are kept while
+    they agree, so the output is distributed as the target's (checked where lookup really drafts: the prompt
+    repeats itself, and its last token recurs)."""
+    target, _ = small_vocab_pair
+    start = torch.tensor([[3, 7, 11]])
+    greedy = target.generate(start, do_sample=False, max_new_tokens=3, eos_token_id=None)
+    prompt = torch.cat([greedy, start], dim=1)  # "3 7 11 a b c 3 7 11": lookup drafts "a b", often the target's
+    p_first, p_second = exact_marginals(target, prompt)
+    samples, counts, drafted = 800, torch.zeros(2, SMALL_VOCAB), 0
+    torch.manual_seed(0)
+    for _ in range(samples):
+        counter = CountingForward(target)
+        out = target.generate(prompt, do_sample=True, top_k=0, max_new_tokens=3, eos_token_id=None,
+                              prompt_lookup_num_tokens=2, max_matching_ngram_size=2)
+        counter.handle.remove()
+        drafted += counter.calls < 3
+        counts[0, out[0, 9]] += 1
+        counts[1, out[0, 10]] += 1
+    assert drafted > samples // 4, "lookup drafts must be accepted now and then for the test to bite"
     assert total_variation(counts[0] / samples, p_first) < 0.08
     assert total_variation(counts[1] / samples, p_second) < 0.08
 

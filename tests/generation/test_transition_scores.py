@@ -68,3 +68,38 @@ def test_token_logprobs_ranks_and_errors():
         token_logprobs(logits, torch.tensor([[2]]), top_n=9)
     with pytest.raises(ValueError, match="chosen_ids"):
         token_logprobs(logits, torch.tensor([[2, 1]]))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(do_sample=False, eos_token_id="frequent"),
+    dict(do_sample=True, temperature=0.7, top_k=20, num_return_sequences=2, eos_token_id="frequent"),
+    dict(do_sample=False, repetition_penalty=1.4, eos_token_id=None),
+    dict(num_beams=3, num_return_sequences=2, length_penalty=0.7, eos_token_id="frequent"),
+], ids=["greedy", "sample-nrs2", "greedy-penalty", "beam"])
+def test_output_dict_matches_oracle(pair, settings):
+    """return_dict_in_generate with output_scores + output_logits: every field transformers fills, on a batch of
+    left-padded prompts, equal to transformers 5.24's (the scores differ from the logits: processors ran)."""
+    oracle, model = pair
+    ids, mask = left_padded_prompts()
+    if settings["eos_token_id"] == "frequent":  # a token greedy decoding emits, so that rows really end early
+        free = oracle.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None)
+        settings = dict(settings, eos_token_id=int(free[:, ids.shape[1]:].flatten().mode().values))
+    common = dict(max_new_tokens=8, return_dict_in_generate=True, output_scores=True, output_logits=True, **settings)
+    eos = settings["eos_token_id"]
+    torch.manual_seed(0)
+    theirs = oracle.generate(ids, attention_mask=mask, **common)
+    torch.manual_seed(0)
+    ours = model.generate(ids, attention_mask=mask, **common)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    for field in ("scores", "logits"):
+        got, want = torch.stack(getattr(ours, field)), torch.stack(getattr(theirs, field))
+        assert got.shape == want.shape
+        finite = torch.isfinite(want)
+        assert torch.equal(torch.isfinite(got), finite), field
+        torch.testing.assert_close(got[finite], want[finite], atol=1e-4, rtol=0)
+    if "num_beams" in settings:
+        torch.testing.assert_close(ours.sequences_scores, theirs.sequences_scores, atol=1e-4, rtol=0)
+        assert torch.equal(ours.beam_indices, theirs.beam_indices)
+    if settings != dict(do_sample=False, eos_token_id=eos):  # processors ran: scores are not the raw logits
+        assert not torch.allclose(torch.stack(ours.scores), torch.stack(ours.logits))
+    assert eos is None or bool((ours.sequences[:, ids.shape[1]:] == eos).any()), "eos should end some row early"

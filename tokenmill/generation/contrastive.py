@@ -6,8 +6,9 @@ h_j being the last-layer hidden states of the context. Each step runs the k cand
 k-fold copy of the cache (Cache.batch_repeat_interleave) and keeps the chosen rows (Cache.reorder_cache).
 
 DoLa: contrast the final layer's next-token log-probabilities with an earlier ("premature") layer's, read through
-the final norm and lm_head (early exit); the premature layer is the candidate whose distribution is furthest
-from the final one (Jensen-Shannon), and only tokens within 10x of the final layer's top probability are kept.
+lm_head alone, as the paper's code and transformers 4.55 do (no final norm); the premature layer is the candidate
+whose distribution is furthest from the final one (Jensen-Shannon, averaged over the batch as transformers does),
+and only tokens within 10x of the final layer's top probability are kept.
 """
 
 from __future__ import annotations
@@ -89,9 +90,16 @@ def contrastive_search_loop(model, request: GenerationRequest):
 
 # ---------------- DoLa ----------------
 
+def dola_start_layer(num_layers: int, tied_embeddings: bool) -> int:
+    """With tied embeddings the embedding output read through lm_head is a poor early exit: skip it (transformers)."""
+    if not tied_embeddings:
+        return 0
+    return 2 if num_layers > 2 else (1 if num_layers == 2 else 0)
+
+
 def dola_candidate_layers(dola_layers, num_layers: int, tied_embeddings: bool) -> list[int]:
     """Indices into hidden_states (0 = embeddings) to contrast with, per transformers' 'low'/'high' presets."""
-    start = 2 if tied_embeddings else 0  # with tied embeddings the embedding output is a poor early exit
+    start = dola_start_layer(num_layers, tied_embeddings)
     if dola_layers == "low":
         if start == num_layers // 2:
             return [start]
@@ -99,7 +107,7 @@ def dola_candidate_layers(dola_layers, num_layers: int, tied_embeddings: bool) -
     if dola_layers == "high":
         return list(range(num_layers // 2, num_layers, 2)) if num_layers <= 40 else \
             list(range(num_layers - 20, num_layers, 2))
-    if isinstance(dola_layers, int):
+    if isinstance(dola_layers, int) and not isinstance(dola_layers, bool):
         dola_layers = [dola_layers]
     if isinstance(dola_layers, (list, tuple)) and all(isinstance(i, int) for i in dola_layers):
         layers = [i for i in dola_layers if 0 <= i < num_layers]
@@ -132,21 +140,15 @@ def dola_contrast(final_logits: torch.Tensor, premature_logits: torch.Tensor) ->
     """final_logits [b, v], premature_logits [L, b, v] → contrasted scores [b, v]."""
     final = torch.log_softmax(final_logits.float(), dim=-1)
     layers = torch.log_softmax(premature_logits.float(), dim=-1)
-    if layers.shape[0] == 1:
-        base = layers[0]
-    else:
-        chosen = jensen_shannon(final, layers).argmax(dim=0)  # [b]: per row, so a row's output is batch-independent
-        base = layers[chosen, torch.arange(final.shape[0])]
-    final, base = relative_top_filter(final, base)
+    # one premature layer for the whole batch, the most divergent on average (transformers' choice)
+    chosen = int(jensen_shannon(final, layers).mean(-1).argmax()) if layers.shape[0] > 1 else 0
+    final, base = relative_top_filter(final, layers[chosen])
     return final - base
 
 
 def early_exit_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """An intermediate hidden state read out like the last layer: final norm, lm_head, softcap."""
-    logits = model.lm_head(model.model.norm(hidden))
-    if model.final_logit_softcap is not None:
-        logits = torch.tanh(logits / model.final_logit_softcap) * model.final_logit_softcap
-    return logits.float()
+    """An intermediate hidden state read through lm_head alone (DoLa's reference code and transformers)."""
+    return model.lm_head(hidden).float()
 
 
 def dola_loop(model, request: GenerationRequest):

@@ -11,6 +11,7 @@ import torch
 from .beam_search import FINISHED_PENALTY
 from .generate import GenerationRequest, _as_list, positions_from_mask
 from .outputs import GenerateBeamDecoderOnlyOutput
+from .stopping_criteria import StopStringCriteria
 
 
 class Hypotheses:
@@ -19,13 +20,16 @@ class Hypotheses:
     def __init__(self, size: int, length_penalty: float, early_stopping, max_length: int):
         self.size, self.length_penalty = size, length_penalty
         self.early_stopping, self.max_length = early_stopping, max_length
-        self.beams: list[tuple[float, torch.Tensor, list[int]]] = []  # (score, tokens, beam row per step)
+        # (score, tokens, beam row per step, eos_follows): eos-ended hypotheses are stored without their eos and,
+        # like running beams, get eos_token_id[0] after them on return (transformers 4.55); stop-string-ended do not
+        self.beams: list[tuple[float, torch.Tensor, list[int], bool]] = []
         self.done = False
 
-    def add(self, tokens: torch.Tensor, sum_logprobs: float, generated: int, ancestry: list[int]) -> None:
+    def add(self, tokens: torch.Tensor, sum_logprobs: float, generated: int, ancestry: list[int],
+            eos_follows: bool = True) -> None:
         score = sum_logprobs / (generated ** self.length_penalty)
         if len(self.beams) < self.size or score > self.worst():
-            self.beams.append((score, tokens, ancestry))
+            self.beams.append((score, tokens, ancestry, eos_follows))
             self.beams.sort(key=lambda beam: beam[0], reverse=True)
             del self.beams[self.size:]
 
@@ -50,13 +54,29 @@ def hamming_penalty(scores: torch.Tensor, earlier_tokens: torch.Tensor, penalty:
     return scores - penalty * counts.to(scores.dtype).repeat_interleave(group_size, dim=0)
 
 
-def group_step(state, group: int, log_probs, sequences, cur_len, prompt_length):
-    """Advance one group of every prompt; returns (rows kept [batch, g], tokens [batch, g], scores [batch, g])."""
+def stop_string_hits(stop_criteria, sequences, top_index, group, state, cur_len, vocab) -> list[list[bool]]:
+    """[batch][keep]: does the candidate (its beam's tokens + the new token) end on a stop string?"""
+    batch, keep = top_index.shape
+    if not stop_criteria:
+        return [[False] * keep for _ in range(batch)]
+    beam, token = top_index // vocab, top_index % vocab
+    rows = torch.arange(batch)[:, None] * state["beams"] + group * state["group_size"] + beam
+    candidates = torch.cat([sequences[rows.flatten(), :cur_len], token.reshape(-1, 1)], dim=1)
+    hits = torch.zeros(batch * keep, dtype=torch.bool)
+    for criterion in stop_criteria:
+        hits |= criterion(candidates, None).cpu()
+    return hits.view(batch, keep).tolist()
+
+
+def group_step(state, group: int, log_probs, sequences, cur_len, prompt_length, stop_criteria=()):
+    """Advance one group of every prompt; returns (rows kept [batch, g], tokens [batch, g], scores [batch, g]).
+    A top-`size` candidate ending on eos (or on a stop string) becomes a finished hypothesis of its group."""
     batch, beams, size = state["batch"], state["beams"], state["group_size"]
     vocab = log_probs.shape[-1]
     keep = max(2, 1 + len(state["eos"])) * size
     totals = (log_probs + state["scores"][:, group * size:(group + 1) * size].reshape(-1, 1)).view(batch, -1)
     top_scores, top_index = totals.topk(keep, dim=1)
+    stopped = stop_string_hits(stop_criteria, sequences, top_index, group, state, cur_len, vocab)
     rows, tokens, scores = [], [], []
     for prompt in range(batch):
         pool = state["pools"][prompt][group]
@@ -67,10 +87,13 @@ def group_step(state, group: int, log_probs, sequences, cur_len, prompt_length):
         for rank, (score, index) in enumerate(zip(top_scores[prompt].tolist(), top_index[prompt].tolist())):
             beam, token = index // vocab, index % vocab
             row = prompt * beams + group * size + beam
-            if token in state["eos"]:
+            if token in state["eos"] or stopped[prompt][rank]:
                 if rank < size:  # only a top-`size` candidate may end a hypothesis
-                    pool.add(sequences[row, :cur_len].clone(), score, cur_len + 1 - prompt_length,
-                             state["ancestry"][row] + [row])
+                    ended_by_eos = token in state["eos"]
+                    hypothesis = sequences[row, :cur_len] if ended_by_eos else \
+                        torch.cat([sequences[row, :cur_len], sequences.new_tensor([token])])
+                    pool.add(hypothesis.clone(), score, cur_len + 1 - prompt_length, state["ancestry"][row] + [row],
+                             ended_by_eos)
             else:
                 kept_rows.append(row), kept_tokens.append(token), kept_scores.append(score)
             if len(kept_rows) == size:
@@ -107,6 +130,8 @@ def group_beam_search_loop(model, request: GenerationRequest):
              "ancestry": [[] for _ in range(batch * beams)],  # per running row: the row behind each step
              "pools": [[Hypotheses(size, length_penalty, early_stopping, config.max_length) for _ in range(groups)]
                        for _ in range(batch)]}
+    # stop strings end single hypotheses, like eos (transformers 5's beam search); other criteria end the search
+    stop_criteria = [criterion for criterion in request.criteria if isinstance(criterion, StopStringCriteria)]
     step_ids, scores_seen, logits_seen = sequences[:, cache.get_seq_length():], [], []
     while True:
         cur_len = sequences.shape[1]
@@ -122,7 +147,8 @@ def group_beam_search_loop(model, request: GenerationRequest):
             diverse = hamming_penalty(log_probs_all[members], next_tokens[:, :group * size], penalty, size)
             processed = request.processors(sequences[members], diverse)
             processed_all[members] = processed
-            rows, tokens, kept = group_step(state, group, processed, sequences, cur_len, prompt_length)
+            rows, tokens, kept = group_step(state, group, processed, sequences, cur_len, prompt_length,
+                                            stop_criteria)
             state["scores"][:, group * size:(group + 1) * size] = kept
             next_tokens[:, group * size:(group + 1) * size] = tokens
             source_rows[:, group * size:(group + 1) * size] = rows
@@ -154,18 +180,18 @@ def finalize(state, sequences, returned, prompt_length, max_length, scores_seen,
                     pool.add(sequences[row], float(state["scores"][prompt, group * size + i]),
                              sequences.shape[1] - prompt_length, state["ancestry"][row])
         candidates = sorted((beam for pool in pools for beam in pool.beams), key=lambda beam: beam[0], reverse=True)
-        best += [(tokens, ancestry) for _, tokens, ancestry in candidates[:returned]]
-        best_scores += [score for score, _, _ in candidates[:returned]]
-    lengths = [len(tokens) for tokens, _ in best]
+        best += [(tokens, ancestry, eos_follows) for _, tokens, ancestry, eos_follows in candidates[:returned]]
+        best_scores += [beam[0] for beam in candidates[:returned]]
+    lengths = [len(tokens) for tokens, _, _ in best]
     width = min(max(lengths) + 1, max_length)
     output = torch.full((len(best), width), state["pad"], dtype=torch.long, device=sequences.device)
-    steps = max(len(ancestry) for _, ancestry in best)
+    steps = max(len(ancestry) for _, ancestry, _ in best)
     beam_indices = torch.full((len(best), steps), -1, dtype=torch.long, device=sequences.device)
-    for i, (tokens, ancestry) in enumerate(best):
+    for i, (tokens, ancestry, eos_follows) in enumerate(best):
         output[i, :len(tokens)] = tokens
         beam_indices[i, :len(ancestry)] = torch.tensor(ancestry, dtype=torch.long)
-        if len(tokens) < width and eos:
-            output[i, len(tokens)] = eos[0]  # finished hypotheses are stored without their eos
+        if len(tokens) < width and eos and eos_follows:
+            output[i, len(tokens)] = eos[0]
     return GenerateBeamDecoderOnlyOutput(
         sequences=output, sequences_scores=torch.tensor(best_scores) if scores_seen else None,
         scores=tuple(scores_seen) or None, logits=tuple(logits_seen) or None, beam_indices=beam_indices,

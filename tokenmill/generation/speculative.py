@@ -1,13 +1,15 @@
 """Assisted / speculative decoding: a cheap drafter proposes tokens, the target model checks them in one pass.
 
-Drafters: an assistant model with the same vocabulary (`assistant_model`), n-gram lookup in the text so far
-(`prompt_lookup_num_tokens`), or an assistant with another tokenizer (`assistant_tokenizer`, see
-universal_assisted.py). Greedy verification keeps the longest prefix the target would have chosen itself plus
+Drafters: an assistant model with the same vocabulary (`assistant_model`), the model's own first layers
+(`assistant_early_exit`, self-speculation), n-gram lookup in the text so far (`prompt_lookup_num_tokens`), or an
+assistant with another tokenizer (`assistant_tokenizer`, see universal_assisted.py). Greedy verification keeps the longest prefix the target would have chosen itself plus
 one target token, so results equal plain greedy decoding. With sampling and draft probabilities, the
 speculative-sampling rule (Leviathan et al. 2023, algorithm 1) keeps the target's distribution exactly.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -128,12 +130,30 @@ def verify_greedy_or_sampled(draft_ids: torch.Tensor, target_scores: torch.Tenso
     return chosen[:int(agree.sum()) + 1]
 
 
+def early_exit_model(model, layers: int):
+    """The model's first `layers` decoder layers, then its final norm and lm_head: the drafter of self-speculative
+    decoding (transformers' assistant_early_exit). A shallow view: every weight is shared, none copied."""
+    total = len(model.model.layers)
+    if not 0 < layers < total:
+        raise ValueError(f"assistant_early_exit must be between 1 and {total - 1} (the model has {total} layers), "
+                         f"got {layers}")
+    decoder = copy.copy(model.model)
+    decoder._modules = dict(model.model._modules)  # its own module table, so the original keeps all its layers
+    decoder._modules["layers"] = torch.nn.ModuleList(list(model.model.layers)[:layers])
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view._modules["model"] = decoder
+    return view
+
+
 def make_drafter(model, request: GenerationRequest, assistant_model=None, assistant_tokenizer=None,
                  tokenizer=None):
     config = request.config
-    if getattr(config, "assistant_early_exit", None):
-        raise ValueError("assistant_early_exit (self-speculation from an early layer) is not supported; pass "
-                         "assistant_model= or prompt_lookup_num_tokens=")
+    early_exit = getattr(config, "assistant_early_exit", None)
+    if early_exit:
+        if assistant_model is not None:
+            raise ValueError("pass either assistant_model= or assistant_early_exit=, not both")
+        return AssistantDrafter(early_exit_model(model, int(early_exit)), request.processors, config)
     if assistant_model is not None:
         from ..models.base import CausalLM
 
