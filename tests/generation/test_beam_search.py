@@ -80,11 +80,15 @@ def test_transition_scores_recover_sequence_scores(pair, frequent_tokens):
     assert torch.equal(via_model, transition)
 
 
-def test_beam_sampling_matches_oracle_with_same_seed(pair, frequent_tokens):
+@pytest.mark.parametrize("settings", [dict(), dict(num_return_sequences=2, length_penalty=0.5, early_stopping=True),
+                                      dict(num_return_sequences=3, early_stopping="never", top_k=10)],
+                         ids=["default", "nrs2-early-true", "nrs3-never-topk"])
+def test_beam_sampling_matches_oracle_with_same_seed(pair, frequent_tokens, settings):
     oracle, model = pair
     ids, mask = left_padded_prompts()
     common = dict(max_new_tokens=10, do_sample=True, num_beams=3, top_k=0, temperature=0.7,
                   eos_token_id=frequent_tokens, return_dict_in_generate=True, output_scores=True)
+    common.update(settings)
     for seed in range(3):
         torch.manual_seed(seed)
         expected = oracle.generate(ids, attention_mask=mask, **common)

@@ -55,45 +55,62 @@ def setup(smollm2_gguf, tmp_path_factory):
     return model, tokenizer, prompt
 
 
-def constrained_text(setup, kind, value, seed, **generate_kwargs):
+def constrained_texts(setup, kind, value, seed, rows=1, **generate_kwargs) -> list[str]:
+    """`rows` copies of the prompt sampled side by side (each row has its own matcher); the text of each row."""
     model, tokenizer, prompt = setup
     processor = StructuredOutputProcessor.from_spec(kind, value, tokenizer, model.config.vocab_size,
                                                     tokenizer.eos_token_id)
     torch.manual_seed(seed)
     settings = dict(do_sample=True, top_k=0, max_new_tokens=120, eos_token_id=tokenizer.eos_token_id)
     settings.update(generate_kwargs)
-    out = model.generate(prompt, logits_processor=[processor], **settings)
-    generated = out[0, prompt.shape[1]:].tolist()
-    assert generated[-1] == tokenizer.eos_token_id, "generation must end by the grammar's own eos"
-    return tokenizer.decode(generated[:-1])
+    out = model.generate(prompt.repeat(rows, 1), logits_processor=[processor], **settings)
+    texts = []
+    for row in out[:, prompt.shape[1]:].tolist():
+        assert tokenizer.eos_token_id in row, "generation must end by the grammar's own eos"
+        texts.append(tokenizer.decode(row[:row.index(tokenizer.eos_token_id)]))
+    return texts
+
+
+def constrained_text(setup, kind, value, seed, **generate_kwargs) -> str:
+    return constrained_texts(setup, kind, value, seed, **generate_kwargs)[0]
 
 
 def test_json_schema_output_always_validates(setup):
-    texts = [constrained_text(setup, "json_schema", SCHEMA, seed) for seed in range(12)]
+    texts = [text for seed in range(4) for text in constrained_texts(setup, "json_schema", SCHEMA, seed, rows=8)]
     for text in texts:
         assert satisfies_schema(json.loads(text)), text
-    assert len(set(texts)) > 6, "sampling should explore different valid documents"
+    assert len(texts) == 32 and len(set(texts)) > 16, "sampling should explore different valid documents"
 
 
 def test_regex_output_always_matches(setup):
     pattern = r"[0-9]{3}-[a-z]{2,4}( ok)?"
-    for seed in range(10):
-        text = constrained_text(setup, "regex", pattern, seed)
+    texts = [text for seed in range(3) for text in constrained_texts(setup, "regex", pattern, seed, rows=10)]
+    for text in texts:
         assert re.fullmatch(pattern, text), text
+    assert len(set(texts)) > 10
 
 
 def test_choice_output_is_one_of_the_choices(setup):
     choices = ["red", "green", "blue sky"]
-    seen = {constrained_text(setup, "choice", choices, seed) for seed in range(12)}
-    assert seen <= set(choices) and len(seen) >= 2
+    seen = [text for seed in range(3) for text in constrained_texts(setup, "choice", choices, seed, rows=10)]
+    assert set(seen) == set(choices), seen  # 30 samples: every choice comes up, nothing else does
 
 
 def test_gbnf_grammar_output_parses(setup):
     gbnf = 'root ::= expr\nexpr ::= term ("+" term)*\nterm ::= [1-9] | "(" expr ")"\n'
-    for seed in range(8):
-        text = constrained_text(setup, "grammar", gbnf, seed, max_new_tokens=200)
+    texts = [text for seed in range(3) for text in constrained_texts(setup, "grammar", gbnf, seed, rows=8,
+                                                                   max_new_tokens=200)]
+    for text in texts:
         assert re.fullmatch(r"[1-9()+]+", text) and text.count("(") == text.count(")"), text
         assert isinstance(eval(text, {"__builtins__": {}}), int), text  # well-formed arithmetic
+
+
+def test_lark_grammar_output_parses(setup):
+    """llguidance's own Lark dialect (the GBNF test goes through its GBNF → Lark conversion)."""
+    lark = 'start: item ("," item)*\nitem: /[a-z]{1,5}/ "=" /[0-9]{1,3}/\n'
+    texts = [text for seed in range(2) for text in constrained_texts(setup, "grammar", lark, seed, rows=8)]
+    for text in texts:
+        assert re.fullmatch(r"[a-z]{1,5}=[0-9]{1,3}(,[a-z]{1,5}=[0-9]{1,3})*", text), text
 
 
 def test_json_schema_with_beam_search_and_prompt_lookup(setup):

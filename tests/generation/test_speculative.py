@@ -134,6 +134,45 @@ def test_unsupported_requests_are_refused(models_pair):
                         max_new_tokens=4)
 
 
+def test_num_assistant_tokens_schedules(models_pair):
+    """transformers' rules: 'heuristic' adds 2 after a fully accepted draft and takes 1 (down to 1) otherwise, and
+    keeps the adapted length on the assistant's generation_config for the next call; 'heuristic_transient' adapts
+    within a call only; 'constant' never adapts. Settings not given to the call come from the assistant's config."""
+    import copy
+
+    from tokenmill.generation.config import GenerationConfig
+    from tokenmill.generation.speculative import AssistantDrafter
+
+    _, _, target, draft = models_pair
+    drafter = AssistantDrafter(draft, None, GenerationConfig(num_assistant_tokens=6,
+                                                             num_assistant_tokens_schedule="heuristic"))
+    drafter.feedback(drafted=6, accepted=6)
+    assert drafter.num_tokens == 8
+    drafter.feedback(drafted=8, accepted=3)
+    assert drafter.num_tokens == 7
+    drafter.num_tokens = 1
+    drafter.feedback(drafted=1, accepted=0)
+    assert drafter.num_tokens == 1
+    constant = AssistantDrafter(draft, None, GenerationConfig(num_assistant_tokens=6))
+    constant.feedback(drafted=6, accepted=6)
+    assert constant.num_tokens == 6
+
+    ids = repetitive_prompt()
+    common = dict(max_new_tokens=30, do_sample=False, eos_token_id=None)
+    plain = target.generate(ids, **common)
+    own = copy.copy(draft)  # a shallow copy with its own generation config, so the fixture's stays untouched
+    own.generation_config = GenerationConfig(num_assistant_tokens=7, num_assistant_tokens_schedule="heuristic_transient")
+    assert torch.equal(target.generate(ids, assistant_model=own, **common), plain)
+    assert own.generation_config.num_assistant_tokens == 7  # transient: nothing carried over
+    own.generation_config.num_assistant_tokens_schedule = "heuristic"  # read from the assistant's config
+    assert torch.equal(target.generate(ids, assistant_model=own, **common), plain)
+    carried = own.generation_config.num_assistant_tokens
+    assert carried != 7, "the adapted draft length is kept for the next call"
+    assert torch.equal(target.generate(ids, assistant_model=own, num_assistant_tokens_schedule="constant",
+                                       **common), plain)
+    assert own.generation_config.num_assistant_tokens == carried  # constant (from the call) keeps it as it was
+
+
 # ---- sampling: the output distribution is the target's ----
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ import torch
 from .generate import GenerationRequest, positions_from_mask
 
 
-def setting(config, name: str, default):
-    value = getattr(config, name, None)
-    return default if value is None else value
-
-
 class PromptLookupDrafter:
     """Propose the continuation of the earliest earlier occurrence of the sequence's last n-gram."""
 
@@ -46,6 +41,18 @@ class PromptLookupDrafter:
         pass
 
 
+def assistant_setting(config, assistant, name: str):
+    """An assisted-decoding setting: the call's value when it differs from the default, else the assistant's own
+    generation_config (where transformers reads these), else the default."""
+    from .config import DEFAULTS
+
+    value = getattr(config, name, None)
+    if value is not None and value != DEFAULTS[name]:
+        return value
+    own = getattr(getattr(assistant, "generation_config", None), name, None)
+    return own if own is not None else DEFAULTS[name]
+
+
 class AssistantDrafter:
     """A smaller model with the same vocabulary drafts tokens autoregressively, with its own KV cache."""
 
@@ -54,12 +61,12 @@ class AssistantDrafter:
 
         self.assistant, self.processors = assistant, processors
         self.do_sample = config.do_sample
-        self.num_tokens = int(setting(config, "num_assistant_tokens", 20))
-        self.schedule = setting(config, "num_assistant_tokens_schedule", "constant")
+        self.num_tokens = int(assistant_setting(config, assistant, "num_assistant_tokens"))
+        self.schedule = assistant_setting(config, assistant, "num_assistant_tokens_schedule")
         if self.schedule not in ("constant", "heuristic", "heuristic_transient"):
             raise ValueError(f"unknown num_assistant_tokens_schedule {self.schedule!r}; "
                              "use 'constant', 'heuristic' or 'heuristic_transient'")
-        self.confidence = setting(config, "assistant_confidence_threshold", 0.4)
+        self.confidence = assistant_setting(config, assistant, "assistant_confidence_threshold")
         self.cache = DynamicCache()
         self.seen = None  # ids whose keys/values the assistant cache holds
 
@@ -99,6 +106,13 @@ class AssistantDrafter:
     def feedback(self, drafted: int, accepted: int) -> None:
         if self.schedule in ("heuristic", "heuristic_transient"):
             self.num_tokens = self.num_tokens + 2 if accepted == drafted else max(1, self.num_tokens - 1)
+
+    def finish(self) -> None:
+        """'heuristic' carries the adapted draft length over to the next call (on the assistant's generation
+        config, as transformers does); 'heuristic_transient' starts every call afresh."""
+        own = getattr(self.assistant, "generation_config", None)
+        if self.schedule == "heuristic" and own is not None:
+            own.num_assistant_tokens = self.num_tokens
 
 
 def speculative_accept(draft_ids: torch.Tensor, draft_scores: torch.Tensor, target_scores: torch.Tensor):
@@ -173,7 +187,7 @@ def make_drafter(model, request: GenerationRequest, assistant_model=None, assist
                              "pass tokenizer= and assistant_tokenizer= for universal assisted decoding")
         return AssistantDrafter(assistant_model, request.processors, config)
     return PromptLookupDrafter(int(config.prompt_lookup_num_tokens),
-                               int(setting(config, "max_matching_ngram_size", 2)))
+                               int(getattr(config, "max_matching_ngram_size", None) or 2))
 
 
 class DraftStats:
@@ -241,5 +255,7 @@ def assisted_loop(model, request: GenerationRequest, drafter=None):
         drafter.stats.drafted += drafted
         drafter.stats.accepted += accepted
         drafter.stats.target_passes += 1
+    if hasattr(drafter, "finish"):
+        drafter.finish()
     return (input_ids, tuple(scores_seen) if config.output_scores else None,
             tuple(logits_seen) if config.output_logits else None)

@@ -42,3 +42,6 @@ class UniversalAssistantDrafter:
 
     def feedback(self, drafted: int, accepted: int) -> None:
         self.drafter.feedback(drafted, accepted)
+
+    def finish(self) -> None:
+        self.drafter.finish()
