@@ -74,7 +74,12 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(source, *, dtype=None, device=None, gguf_file: str | None = None,
                         attn_implementation: str = "sdpa", allow_pickle: bool = False,
-                        progress: bool = True, torch_dtype=None, **hub_kwargs):
+                        progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
+                        **hub_kwargs):
+        """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
+        with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
+        float32 on the CPU and the kernels could be built; False: dequantize every tensor at load."""
+        from .kernels import available as kernels_available
         from .loading.safetensors import read_folder_weights
         from .loading.weights import build_model
         from .models.registry import model_class
@@ -87,7 +92,10 @@ class AutoModelForCausalLM:
             config = ModelConfig.from_dict(gguf.config_dict())
             model_class(config.model_type)  # an unsupported family fails before any weight is read
             target_dtype = parse_dtype(dtype or torch_dtype, "float32")
-            weights = gguf.state_dict(dtype=target_dtype, progress=progress)
+            if keep_quantized is None:
+                keep_quantized = target_dtype == torch.float32 and parse_device(device).type == "cpu"
+            weights = gguf.state_dict(dtype=target_dtype, progress=progress,
+                                      keep_quantized=keep_quantized and kernels_available())
             origin = resolved.gguf_path
         else:
             config = ModelConfig.from_json_file(resolved.folder / "config.json")

@@ -16,6 +16,11 @@ import torch
 from .memory import weight_bytes
 
 
+# tokenmill's `weights` sweep values -> from_pretrained(keep_quantized=...): GGUF blocks through the float32
+# kernels, weights dequantized at load, or tokenmill's default (blocks on the CPU in float32)
+WEIGHT_KINDS = {"gguf": True, "dense": False, "auto": None}
+
+
 class TokenClock:
     """A streamer that timestamps each generated step (generate() first puts the prompt, then every step)."""
 
@@ -46,11 +51,14 @@ class Backend:
         self.models: dict[tuple, object] = {}
         self.load_info: dict[tuple, dict] = {}
 
-    def model(self, dtype: str, attn: str):
-        key = (dtype, attn)
+    def model_key(self, dtype: str, attn: str, weights: str) -> tuple:
+        return dtype, attn, weights
+
+    def model(self, dtype: str, attn: str, weights: str = "auto"):
+        key = self.model_key(dtype, attn, weights)
         if key not in self.models:
             started = time.perf_counter()
-            model = self._load(dtype, attn)
+            model = self._load(*key)
             self.models[key] = model
             self.load_info[key] = {"load_seconds": time.perf_counter() - started, "weight_bytes": weight_bytes(model)}
         return self.models[key]
@@ -58,7 +66,7 @@ class Backend:
     def supports_cache(self, kind: str) -> bool:
         return True
 
-    def _load(self, dtype: str, attn: str):
+    def _load(self, dtype: str, attn: str, weights: str = "auto"):
         raise NotImplementedError
 
     def generate_kwargs(self, cache: str, resilient: bool) -> dict:
@@ -75,11 +83,12 @@ class Backend:
 class TokenmillBackend(Backend):
     name = "tokenmill"
 
-    def _load(self, dtype: str, attn: str):
+    def _load(self, dtype: str, attn: str, weights: str = "auto"):
         from ..auto import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
-                                                    attn_implementation=attn, progress=False)
+                                                    attn_implementation=attn, progress=False,
+                                                    keep_quantized=WEIGHT_KINDS[weights])
 
     def generate_kwargs(self, cache: str, resilient: bool) -> dict:
         kwargs = {"cache_implementation": cache, "resilient": resilient}
@@ -101,6 +110,9 @@ class TransformersBackend(Backend):
 
     def supports_cache(self, kind: str) -> bool:
         return kind in self.CACHE_KINDS
+
+    def model_key(self, dtype: str, attn: str, weights: str) -> tuple:
+        return dtype, attn  # transformers always dequantizes a GGUF: one model serves every weight kind
 
     def _load(self, dtype: str, attn: str):
         source = Path(self.source)

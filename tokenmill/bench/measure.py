@@ -31,10 +31,11 @@ class Workload:
     attn_implementation: str = "sdpa"
     cache_implementation: str = "dynamic"
     threads: int = 2
+    weights: str = "auto"  # tokenmill only: gguf (kept as blocks), dense (dequantized at load), auto
 
     def label(self) -> str:
         return (f"p{self.prompt_length} n{self.new_tokens} b{self.batch_size} {self.dtype} "
-                f"{self.attn_implementation} {self.cache_implementation} t{self.threads}")
+                f"{self.attn_implementation} {self.cache_implementation} t{self.threads} w:{self.weights}")
 
 
 def prompt_ids(workload: Workload, vocab_size: int, device: torch.device) -> torch.Tensor:

@@ -62,8 +62,8 @@ def reset_gpu_peak(device: torch.device) -> None:
 
 
 def weight_bytes(model) -> int:
-    """Bytes of the model's parameters, each counted once (tied weights share one tensor)."""
+    """Bytes of the model's parameters and buffers (GGUF blocks are buffers), each tensor counted once."""
     seen: dict[int, int] = {}
-    for tensor in model.parameters():
+    for tensor in (*model.parameters(), *model.buffers()):
         seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
     return sum(seen.values())

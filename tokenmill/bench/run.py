@@ -52,8 +52,7 @@ def run_bench(options: BenchOptions) -> dict:
     backends += [make_backend(name, options.source, options.gguf_file) for name in options.versus]
     report = {"environment": environment(options)}
     report["points"] = run_sweep(options.spec, backends, progress=options.progress)
-    report["models"] = {f"{b.name} {dtype} {attn}": info for b in backends
-                        for (dtype, attn), info in b.load_info.items()}
+    report["models"] = {" ".join((b.name, *key)): info for b in backends for key, info in b.load_info.items()}
     if options.limit_search:
         report["limits"] = run_limit_search(options, backends)
     report["environment"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -63,14 +62,15 @@ def run_bench(options: BenchOptions) -> dict:
 def run_limit_search(options: BenchOptions, backends) -> dict:
     spec = options.spec
     workload = Workload(options.limit_start, min(spec.new_tokens), options.limit_batch, spec.dtypes[0],
-                        spec.attn_implementations[0], spec.cache_implementations[0], spec.threads[0])
+                        spec.attn_implementations[0], spec.cache_implementations[0], spec.threads[0],
+                        spec.weights[0])
     budget = options.memory_budget or default_budget()
     limits = {}
     for backend in backends:
         if not backend.supports_cache(workload.cache_implementation):
             continue
         torch.set_num_threads(workload.threads)
-        model = backend.model(workload.dtype, workload.attn_implementation)
+        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights)
         if options.progress:
             print(f"limit search: {backend.name} from {options.limit_start} tokens", file=sys.stderr)
         limits[backend.name] = search_limit(backend, model, workload, options.limit_start, options.limit_max,

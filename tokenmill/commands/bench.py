@@ -55,6 +55,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caches", type=_str_list, default=["dynamic"],
                         help="cache kinds: dynamic,static,offloaded,quantized,sliding_window,sink")
     parser.add_argument("--threads", type=_int_list, default=[2])
+    parser.add_argument("--weights", type=_str_list, default=["auto"],
+                        help="tokenmill's GGUF weights: gguf (blocks, float32 kernels), dense (dequantized at "
+                             "load), auto (gguf on the CPU in float32); transformers always dequantizes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
@@ -87,8 +90,11 @@ def _options(args: argparse.Namespace):
         raise SystemExit(f"tokenmill: error: --vs supports transformers (and llama.cpp), not {unknown}")
     if "llama.cpp" in args.vs:
         raise SystemExit("tokenmill: error: --vs llama.cpp is not implemented in this build")
+    bad_weights = [kind for kind in args.weights if kind not in ("gguf", "dense", "auto")]
+    if bad_weights:
+        raise SystemExit(f"tokenmill: error: --weights takes gguf, dense or auto, not {bad_weights}")
     spec = SweepSpec(args.prompt_lengths, args.new_tokens, args.batch_sizes, args.dtypes, args.attn, args.caches,
-                     args.threads, args.repeats, args.warmup)
+                     args.threads, args.repeats, args.warmup, args.weights)
     return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,

@@ -34,15 +34,20 @@ GEMMA2_LAYER = DECODER_LAYER | {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 PHI3_LAYER = DECODER_LAYER | {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
-QWEN2MOE_LAYER = DECODER_LAYER | {
+# routed experts, stacked per layer (llama.cpp's merged *_exps tensors), as transformers v5 keeps them
+ROUTED_EXPERTS = {
     "ffn_gate_inp": "mlp.gate",
+    "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_exps": "mlp.experts.gate_up_proj",
+    "ffn_up_exps": "mlp.experts.gate_up_proj",
+}
+# llama.cpp writes Mixtral as "llama" with expert tensors; a dense Llama file simply has none of them
+LLAMA_LAYER = DECODER_LAYER | ROUTED_EXPERTS
+QWEN2MOE_LAYER = DECODER_LAYER | ROUTED_EXPERTS | {
     "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
     "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
     "ffn_up_shexp": "mlp.shared_expert.up_proj",
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
-    "ffn_down_exps": "mlp.experts.down_proj",
-    "ffn_gate_exps": "mlp.experts.gate_up_proj",
-    "ffn_up_exps": "mlp.experts.gate_up_proj",
 }
 # transformers stores fused expert weights as bare parameters (no ".weight")
 BARE_PARTS = {"ffn_down_exps", "ffn_gate_exps", "ffn_up_exps"}
@@ -133,7 +138,15 @@ def decoder_config(m: Metadata, tensors: dict, model_type: str, class_name: str)
 
 
 def llama_config(m: Metadata, tensors: dict, read) -> dict:
-    config = decoder_config(m, tensors, "llama", "LlamaForCausalLM")
+    experts = int(m("expert_count", 0) or 0)
+    if experts:
+        config = decoder_config(m, tensors, "mixtral", "MixtralForCausalLM")
+        config.update(num_local_experts=experts, num_experts_per_tok=int(m("expert_used_count")),
+                      sliding_window=None, router_jitter_noise=0.0)  # llama.cpp runs Mixtral without a window
+        if config["intermediate_size"] is None:
+            config["intermediate_size"] = int(tensors["blk.0.ffn_gate_exps.weight"].shape[1])
+    else:  # Llama, and Mistral, which llama.cpp also writes (and runs) as plain llama
+        config = decoder_config(m, tensors, "llama", "LlamaForCausalLM")
     rotary = m("rope.dimension_count")
     if not m.has("attention.key_length") and rotary:
         config["head_dim"] = int(rotary)
@@ -336,6 +349,11 @@ class ArchSpec:
     def needs_fixup(self, gguf_name: str) -> bool:
         return self.norm_offset and gguf_name.endswith("norm.weight")
 
+    def keeps_rows(self, gguf_name: str) -> bool:
+        """Whether the checkpoint's rows are the module's rows (no transpose, no stacking into experts)."""
+        part = GGUF_TENSOR_NAME.match(gguf_name)["part"]
+        return part not in self.transposed and part not in FUSED_SLOTS
+
     def fixup(self, gguf_name: str, tensor: torch.Tensor, config: dict) -> torch.Tensor:
         """Undo llama.cpp's value/layout changes on one tensor."""
         part = GGUF_TENSOR_NAME.match(gguf_name)["part"]
@@ -369,7 +387,7 @@ def unpermute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 ARCHITECTURES = {
-    "llama": ArchSpec("llama", llama_config, permute_qk=True),
+    "llama": ArchSpec("llama", llama_config, layer_names=LLAMA_LAYER, permute_qk=True),
     "qwen2": ArchSpec("qwen2", qwen2_config),
     "qwen3": ArchSpec("qwen3", qwen3_config),
     "qwen2moe": ArchSpec("qwen2moe", qwen2moe_config, layer_names=QWEN2MOE_LAYER),

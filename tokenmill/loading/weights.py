@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..config import ModelConfig
+from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
 from ..models.registry import model_class
+from .gguf import one_thread_per_op
 
 
 def _describe(names, limit: int = 8) -> str:
@@ -31,7 +34,29 @@ def check_weights(source: Path, expected: dict[str, torch.Size], weights: dict[s
                         f"the config implies {tuple(shape)}")
 
 
-def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, source: Path,
+def install_quantized(model: torch.nn.Module, weights: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Put each QuantizedWeight in place as a quantized layer; returns the remaining (float) weights.
+
+    A quantized weight whose module is not a plain Linear or Embedding (a fused expert tensor, a router kept
+    as a parameter) is dequantized instead: the kernels only replace what they exactly reproduce.
+    """
+    remaining = {}
+    for name, tensor in weights.items():
+        if not isinstance(tensor, QuantizedWeight):
+            remaining[name] = tensor
+            continue
+        path, leaf = name.rpartition(".")[::2]
+        module = model.get_submodule(path) if leaf == "weight" else None
+        if type(module) is nn.Linear:
+            model.set_submodule(path, QuantizedLinear(tensor, bias=module.bias is not None))
+        elif type(module) is nn.Embedding:
+            model.set_submodule(path, QuantizedEmbedding(tensor))
+        else:
+            remaining[name] = tensor.dequantize(dtype)
+    return remaining
+
+
+def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 attn_implementation: str = "sdpa"):
     cls = model_class(config.model_type)
@@ -42,9 +67,11 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, source
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
     check_weights(source, expected, weights)
     device = torch.device(device)
+    weights = install_quantized(model, weights, dtype)
     converted = {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
                  for name, t in weights.items()}
     model.load_state_dict(converted, strict=False, assign=True)
     model.tie_weights()
-    model.reset_non_persistent_buffers()
+    with one_thread_per_op():  # fusing copies weights: memory-bound, and immune to a busy second core
+        model.reset_non_persistent_buffers()
     return model.eval().requires_grad_(False)

@@ -16,6 +16,7 @@ from ..cache.dynamic import DynamicCache
 from ..config import ModelConfig
 from ..generation.generate import GenerationMixin
 from ..layers.mask import AttentionMask, build_attention_mask
+from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
 from ..layers.rope import RotaryEmbedding
 
 
@@ -104,8 +105,13 @@ class CausalLM(nn.Module, GenerationMixin):
         return config_dict
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        if not self.config.tie_word_embeddings:
+            return
+        embed = self.model.embed_tokens
+        if isinstance(embed, QuantizedEmbedding):
+            self.lm_head = embed.as_linear()
+        else:
+            self.lm_head.weight = embed.weight
 
     # ---- the forward pass ----
     def forward(
@@ -151,7 +157,31 @@ class CausalLM(nn.Module, GenerationMixin):
 
     def num_parameters(self) -> int:
         seen = {id(p): p.numel() for p in self.parameters()}
+        # quantized layers hold bytes, not parameters: count their logical weights (a tied head once)
+        seen.update({module.blocks.data_ptr(): module.quantized_weight.shape.numel()
+                     for module in self.modules() if is_quantized(module)})
         return sum(seen.values())
+
+    def is_quantized(self) -> bool:
+        """Whether some weights are kept in GGUF block formats (see layers/quantized_linear.py)."""
+        return any(is_quantized(module) for module in self.modules())
+
+    def dequantize(self):
+        """Replace every quantized layer by its float32 equivalent (as transformers' `model.dequantize()`)."""
+        for name, module in list(self.named_modules()):
+            if is_quantized(module) and name != "lm_head":
+                self.set_submodule(name, dense_copy(module))
+        if is_quantized(self.lm_head) and not self.config.tie_word_embeddings:
+            self.lm_head = dense_copy(self.lm_head)
+        self.tie_weights()
+        self.fuse_projections()
+        return self
+
+    def to(self, *args, **kwargs):
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and torch.device(device).type != "cpu" and self.is_quantized():
+            self.dequantize()  # the GGUF kernels run on the CPU; elsewhere the weights become float
+        return super().to(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
@@ -170,6 +200,8 @@ class CausalLM(nn.Module, GenerationMixin):
         """Grow or shrink the vocabulary; kept rows are untouched, new rows start at the mean embedding."""
         from .resize import resize_token_embeddings
 
+        if self.is_quantized():
+            self.dequantize()  # new rows are float: the whole table becomes float first
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     def reset_non_persistent_buffers(self) -> None:

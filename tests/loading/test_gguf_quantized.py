@@ -1,0 +1,111 @@
+"""Tiny GGUF files with block-quantized tensors, loaded with the weights kept as blocks (float32 kernels) and
+dequantized at load, and by transformers: same logits, same greedy tokens, for every architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from gguf import GGMLQuantizationType, GGUFWriter, quants
+
+import test_gguf  # the tiny-model GGUF writer of the loading tests (same folder)
+from tokenmill import AutoModelForCausalLM
+from tokenmill.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
+
+# rotated across tensors so that every 32-element type the writer can quantize is exercised in each file
+TYPES = [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0,
+         GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q8_0]
+# float32 summation-order differences, relative to the largest logit: the tiny models' N(0, 1) weights make
+# activations large, and the rounding of a dot product scales with its terms, not its result
+RELATIVE_TOLERANCE = 2e-5
+
+
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    atol = RELATIVE_TOLERANCE * expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
+class QuantizingWriter(GGUFWriter):
+    """Writes every 2-D weight whose rows are whole 32-element blocks in one of TYPES (others stay float)."""
+
+    count = 0
+
+    def add_tensor(self, name, tensor, raw_shape=None, raw_dtype=None, **kwargs):
+        if tensor.ndim == 2 and tensor.shape[1] % 32 == 0 and name.endswith(".weight") and raw_dtype is None:
+            kind = TYPES[QuantizingWriter.count % len(TYPES)]
+            QuantizingWriter.count += 1
+            tensor, raw_dtype = quants.quantize(np.ascontiguousarray(tensor, dtype=np.float32), kind), kind
+        return super().add_tensor(name, tensor, raw_shape=raw_shape, raw_dtype=raw_dtype, **kwargs)
+
+
+@pytest.fixture
+def write_quantized(monkeypatch, tmp_path):
+    monkeypatch.setattr(test_gguf, "GGUFWriter", QuantizingWriter)
+
+    def write(arch: str):
+        QuantizingWriter.count = 0  # the same types for the same tensors, whatever ran before
+        model = test_gguf.tiny_model(arch)
+        test_gguf.write_tiny_gguf(tmp_path / "tiny.gguf", arch, model)
+        return tmp_path / "tiny.gguf"
+
+    return write
+
+
+def load_both(path):
+    kept = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, progress=False, keep_quantized=True)
+    dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, progress=False, keep_quantized=False)
+    return kept, dense
+
+
+PROMPT = torch.tensor([[1, 5, 17, 33, 60, 2, 9, 41, 77, 12, 3, 90]])
+
+
+@pytest.mark.parametrize("arch", test_gguf.ORACLE_LOADABLE + ["qwen2moe", "gemma"])
+def test_kept_blocks_match_dequantized_weights(write_quantized, arch):
+    kept, dense = load_both(write_quantized(arch))
+    quantized = [m for m in kept.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))]
+    assert quantized or arch == "gpt2"  # gpt2's transposed weights are dequantized; the rest keep blocks
+    assert not dense.is_quantized()
+    assert kept.num_parameters() == dense.num_parameters()
+    with torch.no_grad():
+        assert_logits_close(kept(PROMPT).logits, dense(PROMPT).logits)
+        greedy = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
+        assert kept.generate(PROMPT, **greedy).tolist() == dense.generate(PROMPT, **greedy).tolist()
+    dense_state = dense.state_dict()  # state_dict() of kept blocks is the dequantized float weights
+    for name, tensor in kept.state_dict().items():
+        assert torch.equal(tensor, dense_state[name]), name
+
+
+# not gemma2/3 here: their tiny models keep transformers' default query_pre_attn_scalar (256) beside head_dim 16,
+# which a GGUF cannot express (tokenmill, like llama.cpp, scales by head_dim); the real Gemma 3 test covers it
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "phi3"])
+def test_kept_blocks_match_transformers(write_quantized, arch):
+    path = write_quantized(arch)
+    oracle = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                               dtype=torch.float32).eval()
+    kept = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, progress=False)
+    assert kept.is_quantized()  # the default on the CPU in float32
+    with torch.no_grad():
+        assert_logits_close(kept(PROMPT).logits, oracle(PROMPT).logits)
+
+
+def test_dequantize_resize_and_move(write_quantized):
+    kept, dense = load_both(write_quantized("llama"))
+    with torch.no_grad():
+        before = kept(PROMPT).logits
+    kept.resize_token_embeddings(kept.config.vocab_size + 3)  # the quantized table becomes float first
+    assert not kept.is_quantized()
+    with torch.no_grad():
+        assert_logits_close(kept(PROMPT).logits[..., :-3], before)
+    again, _ = load_both(write_quantized("llama"))
+    assert again.to("cpu").is_quantized()  # staying on the CPU keeps the blocks
+    assert not again.to("meta").is_quantized()  # any other device gets float weights
+
+
+def test_save_pretrained_of_kept_blocks_loads_in_transformers(write_quantized, tmp_path):
+    kept, dense = load_both(write_quantized("qwen2"))
+    kept.save_pretrained(tmp_path / "saved")
+    oracle = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert_logits_close(oracle(PROMPT).logits, dense(PROMPT).logits)

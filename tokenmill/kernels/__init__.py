@@ -1,0 +1,143 @@
+"""Native CPU kernels: float32 matmuls over GGUF block-quantized weights (see gguf_blocks.c).
+
+The C source is compiled once per machine with the system C compiler and loaded with ctypes; no build step
+at install time and no compiler headers from torch. It links libgomp by soname, so it shares the OpenMP
+runtime torch has already loaded. If no compiler is present (or TOKENMILL_KERNELS=0), `available()` is
+False and callers keep dense float32 weights instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).with_name(name) for name in ("gguf_blocks.c", "gguf_avx512.c")]
+# no fp contraction: `d * q + m` must round twice, exactly as the torch dequantizers do
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp", "-fPIC",
+         "-shared", "-std=c11"]
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TOKENMILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tokenmill")
+    return Path(root) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a binary built for one CPU may not run on another."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _library_path(compiler: str) -> Path:
+    digest = hashlib.sha256()
+    for part in (*(source.read_bytes() for source in SOURCES), " ".join(FLAGS).encode(), compiler.encode(), _cpu_signature().encode()):
+        digest.update(part)
+    return _cache_dir() / f"gguf_blocks-{digest.hexdigest()[:16]}.so"
+
+
+def _compile(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename: concurrent processes never load a half-written file
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
+        partial = Path(handle.name)
+    try:
+        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial)], check=True, capture_output=True,
+                       text=True, timeout=120)
+        os.replace(partial, target)
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"{compiler} failed: {error.stderr.strip()[-400:]}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    library.tm_supports.argtypes = [ctypes.c_int]
+    library.tm_matmul.argtypes = [ptr, i64, ctypes.c_int, i64, i64, ptr, i64, ptr, ctypes.c_int]
+    library.tm_dequant_rows.argtypes = [ptr, i64, ctypes.c_int, i64, ptr, i64, ptr, ctypes.c_int]
+    for function in (library.tm_supports, library.tm_matmul, library.tm_dequant_rows):
+        function.restype = ctypes.c_int
+    return library
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get("TOKENMILL_KERNELS", "1") == "0":
+        raise RuntimeError("disabled by TOKENMILL_KERNELS=0")
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        raise RuntimeError(f"no kernels for {platform.machine()}")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    path = _library_path(compiler)
+    if not path.is_file():
+        _compile(compiler, path)
+    return _bind(ctypes.CDLL(str(path)))
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None (with one warning) if that is impossible."""
+    try:
+        return _load()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        warnings.warn(f"tokenmill: GGUF kernels unavailable ({error}); using dense float32 weights",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def supports(ggml_type: int) -> bool:
+    lib = library()
+    return lib is not None and bool(lib.tm_supports(ggml_type))
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def matmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
+    """x [..., in_features] float32 (CPU) times the block-stored W [out, in]^T -> [..., out] float32."""
+    x2d = x.reshape(-1, in_features)
+    if not x2d.is_contiguous():
+        x2d = x2d.contiguous()
+    rows = blocks.shape[0]
+    out = torch.empty(x2d.shape[0], rows, dtype=torch.float32)
+    status = library().tm_matmul(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features,
+                                x2d.data_ptr(), x2d.shape[0], out.data_ptr(), _threads())
+    if status:
+        raise RuntimeError(f"GGUF matmul failed (status {status}) for ggml type {ggml_type}")
+    return out.view(*x.shape[:-1], rows)
+
+
+def dequantize_rows(blocks: torch.Tensor, ggml_type: int, in_features: int,
+                    ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows `ids` (all rows if None) of the block-stored matrix, dequantized to float32 [n, in_features]."""
+    if ids is not None:
+        ids = ids.reshape(-1).to(torch.int64).contiguous()
+    count = blocks.shape[0] if ids is None else ids.numel()
+    out = torch.empty(count, in_features, dtype=torch.float32)
+    status = library().tm_dequant_rows(blocks.data_ptr(), blocks.shape[1], ggml_type, in_features,
+                                      None if ids is None else ids.data_ptr(), count, out.data_ptr(), _threads())
+    if status:
+        raise RuntimeError(f"GGUF dequantization failed (status {status}) for ggml type {ggml_type}")
+    return out

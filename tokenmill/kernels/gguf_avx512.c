@@ -1,0 +1,274 @@
+/* AVX-512 paths of tm_matmul for the common GGUF types (the scalar code in gguf_blocks.c covers the rest).
+ *
+ * Per block, the weights are dequantized into zmm registers with the same float32 operations, in the same
+ * order, as loading/dequant.py (a multiply, then an add or subtract: bit-identical values), then multiplied
+ * into up to ROWS rows of x at once, so a block is unpacked once per ROWS activation rows. Each output is
+ * accumulated in the same order whatever the number of rows: results do not depend on the batch size.
+ */
+#include <stdint.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__F16C__)
+#include <immintrin.h>
+
+#define TILE_N 4 /* weight rows per register tile */
+#define TILE_M 4 /* activation rows per register tile */
+
+static inline __m512 broadcast_half(const uint8_t *p) {
+    uint16_t bits = (uint16_t)(p[0] | (p[1] << 8));
+    return _mm512_set1_ps(_cvtsh_ss(bits));
+}
+
+/* the two float16 fields at p (d, then m) broadcast to all lanes */
+static inline void broadcast_two_halves(const uint8_t *p, __m512 *d, __m512 *m) {
+    int32_t word;
+    __builtin_memcpy(&word, p, 4);
+    __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128(word));
+    *d = _mm512_broadcastss_ps(both);
+    *m = _mm512_broadcastss_ps(_mm_movehdup_ps(both));
+}
+
+/* 16 bytes -> their low nibbles and their high nibbles, each as 16 int32 lanes */
+static inline void nibbles32(const uint8_t *p, __m512i *low, __m512i *high) {
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    *low = _mm512_and_si512(bytes, _mm512_set1_epi32(0x0F));
+    *high = _mm512_srli_epi32(bytes, 4);
+}
+
+/* 16 bytes -> 16 floats of their low (shift 0) or high (shift 4) nibbles */
+static inline __m512 nibbles16(__m128i bytes, int shift) {
+    __m128i part = _mm_and_si128(shift ? _mm_srli_epi16(bytes, 4) : bytes, _mm_set1_epi8(0x0F));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part));
+}
+
+/* five-bit values: nibbles plus 16 where the qh mask has a bit */
+static inline __m512 with_high_bit(__m512i nibbles, __mmask16 high) {
+    return _mm512_cvtepi32_ps(_mm512_mask_or_epi32(nibbles, high, nibbles, _mm512_set1_epi32(16)));
+}
+
+static inline uint32_t word_at(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* Each dequant_* writes the block's weights as 16-float vectors into w; returns the vector count. */
+static inline int dequant_q4_0(const uint8_t *b, __m512 *w) {
+    __m512 d = broadcast_half(b), eight = _mm512_set1_ps(8.0f);
+    __m512i low, high;
+    nibbles32(b + 2, &low, &high);
+    w[0] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(low), eight), d);
+    w[1] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(high), eight), d);
+    return 2;
+}
+
+static inline int dequant_q4_1(const uint8_t *b, __m512 *w) {
+    __m512 d, m;
+    __m512i low, high;
+    broadcast_two_halves(b, &d, &m);
+    nibbles32(b + 4, &low, &high);
+    w[0] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(low), d), m);
+    w[1] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(high), d), m);
+    return 2;
+}
+
+static inline int dequant_q5_0(const uint8_t *b, __m512 *w) {
+    __m512 d = broadcast_half(b), sixteen = _mm512_set1_ps(16.0f);
+    uint32_t qh = word_at(b + 2);
+    __m512i low, high;
+    nibbles32(b + 6, &low, &high);
+    w[0] = _mm512_mul_ps(_mm512_sub_ps(with_high_bit(low, (__mmask16)(qh & 0xFFFF)), sixteen), d);
+    w[1] = _mm512_mul_ps(_mm512_sub_ps(with_high_bit(high, (__mmask16)(qh >> 16)), sixteen), d);
+    return 2;
+}
+
+static inline int dequant_q5_1(const uint8_t *b, __m512 *w) {
+    __m512 d, m;
+    broadcast_two_halves(b, &d, &m);
+    uint32_t qh = word_at(b + 4);
+    __m512i low, high;
+    nibbles32(b + 8, &low, &high);
+    w[0] = _mm512_add_ps(_mm512_mul_ps(with_high_bit(low, (__mmask16)(qh & 0xFFFF)), d), m);
+    w[1] = _mm512_add_ps(_mm512_mul_ps(with_high_bit(high, (__mmask16)(qh >> 16)), d), m);
+    return 2;
+}
+
+static inline int dequant_q8_0(const uint8_t *b, __m512 *w) {
+    __m512 d = broadcast_half(b);
+    for (int v = 0; v < 2; v++) {
+        __m128i q = _mm_loadu_si128((const __m128i *)(b + 2 + 16 * v));
+        w[v] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d);
+    }
+    return 2;
+}
+
+static inline int dequant_q4_k(const uint8_t *b, __m512 *w) {
+    const float d = _cvtsh_ss((uint16_t)(b[0] | (b[1] << 8))), dmin = _cvtsh_ss((uint16_t)(b[2] | (b[3] << 8)));
+    const uint8_t *p = b + 4, *qs = b + 16;
+    for (int sub = 0; sub < 8; sub++) {
+        int j = sub & 3;
+        int scale = sub < 4 ? (p[j] & 0x3F) : ((p[8 + j] & 0x0F) | ((p[j] >> 2) & 0x30));
+        int minimum = sub < 4 ? (p[4 + j] & 0x3F) : ((p[8 + j] >> 4) | ((p[4 + j] >> 2) & 0x30));
+        __m512 dl = _mm512_set1_ps(d * (float)scale), ml = _mm512_set1_ps(dmin * (float)minimum);
+        const uint8_t *chunk = qs + (sub / 2) * 32;
+        int shift = (sub & 1) * 4;
+        for (int half = 0; half < 2; half++) {
+            __m128i bytes = _mm_loadu_si128((const __m128i *)(chunk + 16 * half));
+            w[sub * 2 + half] = _mm512_sub_ps(_mm512_mul_ps(nibbles16(bytes, shift), dl), ml);
+        }
+    }
+    return 16;
+}
+
+static inline int dequant_q6_k(const uint8_t *b, __m512 *w) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *scales = (const int8_t *)(b + 192);
+    const float d = _cvtsh_ss((uint16_t)(b[208] | (b[209] << 8)));
+    for (int group = 0; group < 16; group++) {
+        int e = group * 16, half = e / 128, rest = e % 128;
+        __m128i low = _mm_loadu_si128((const __m128i *)(ql + half * 64 + rest % 64));
+        __m128i high = _mm_loadu_si128((const __m128i *)(qh + half * 32 + rest % 32));
+        low = _mm_and_si128(_mm_srl_epi16(low, _mm_cvtsi32_si128(4 * (rest / 64))), _mm_set1_epi8(0x0F));
+        high = _mm_and_si128(_mm_srl_epi16(high, _mm_cvtsi32_si128(2 * (rest / 32))), _mm_set1_epi8(3));
+        __m128i q = _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
+        __m512 values = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+        w[group] = _mm512_mul_ps(values, _mm512_set1_ps(d * (float)scales[group]));
+    }
+    return 16;
+}
+
+/* The block's weights as 16-float vectors; `type` is a compile-time constant at every call site. */
+static inline __attribute__((always_inline)) int dequant_block(int type, const uint8_t *b, __m512 *w) {
+    switch (type) {
+    case 2: return dequant_q4_0(b, w);
+    case 3: return dequant_q4_1(b, w);
+    case 6: return dequant_q5_0(b, w);
+    case 7: return dequant_q5_1(b, w);
+    case 8: return dequant_q8_0(b, w);
+    case 12: return dequant_q4_k(b, w);
+    default: return dequant_q6_k(b, w);
+    }
+}
+
+/* y[(r0 + r) * ldy + n0 + i] = x[r0 + r] . W[n0 + i] for a tile of `nb` weight rows by `mb` activation rows
+ * (both compile-time constants). One accumulator per output, fed block by block and vector by vector in the
+ * same order whatever the tile: results do not depend on how many rows are computed together. */
+static inline __attribute__((always_inline)) void tile_dot(int type, int block_elements, int block_bytes,
+                                                          const uint8_t *w, int64_t row_bytes, int64_t n0,
+                                                          const int nb, const float *x, int64_t k, int64_t r0,
+                                                          const int mb, float *y, int64_t ldy) {
+    __m512 acc[TILE_N][TILE_M];
+    for (int i = 0; i < nb; i++)
+        for (int r = 0; r < mb; r++) acc[i][r] = _mm512_setzero_ps();
+    const uint8_t *row = w + n0 * row_bytes;
+    for (int64_t e = 0; e < k; e += block_elements, row += block_bytes) {
+        __m512 weights[TILE_N][16];
+        int vectors = 0;
+        for (int i = 0; i < nb; i++) vectors = dequant_block(type, row + i * row_bytes, weights[i]);
+        for (int v = 0; v < vectors; v++)
+            for (int r = 0; r < mb; r++) {
+                __m512 xv = _mm512_loadu_ps(x + (r0 + r) * k + e + 16 * v);
+                for (int i = 0; i < nb; i++) acc[i][r] = _mm512_fmadd_ps(weights[i][v], xv, acc[i][r]);
+            }
+    }
+    for (int i = 0; i < nb; i++)
+        for (int r = 0; r < mb; r++) y[(r0 + r) * ldy + n0 + i] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+/* the same tile, reading weight rows already dequantized into `scratch` ([nb][k] floats); same sum order */
+static inline __attribute__((always_inline)) void tile_dot_dense(const float *scratch, int64_t n0, const int nb,
+                                                                const float *x, int64_t k, int64_t r0,
+                                                                const int mb, float *y, int64_t ldy) {
+    __m512 acc[TILE_N][TILE_M];
+    for (int i = 0; i < nb; i++)
+        for (int r = 0; r < mb; r++) acc[i][r] = _mm512_setzero_ps();
+    for (int64_t e = 0; e < k; e += 16) {
+        __m512 weights[TILE_N];
+        for (int i = 0; i < nb; i++) weights[i] = _mm512_loadu_ps(scratch + i * k + e);
+        for (int r = 0; r < mb; r++) {
+            __m512 xv = _mm512_loadu_ps(x + (r0 + r) * k + e);
+            for (int i = 0; i < nb; i++) acc[i][r] = _mm512_fmadd_ps(weights[i], xv, acc[i][r]);
+        }
+    }
+    for (int i = 0; i < nb; i++)
+        for (int r = 0; r < mb; r++) y[(r0 + r) * ldy + n0 + i] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+static inline __attribute__((always_inline)) void dequant_rows_to(int type, int block_elements, int block_bytes,
+                                                                 const uint8_t *row, int64_t row_bytes, int nb,
+                                                                 int64_t k, float *scratch) {
+    for (int i = 0; i < nb; i++, row += row_bytes)
+        for (int64_t e = 0; e < k; e += block_elements) {
+            __m512 weights[16];
+            int vectors = dequant_block(type, row + (e / block_elements) * block_bytes, weights);
+            for (int v = 0; v < vectors; v++) _mm512_storeu_ps(scratch + i * k + e + 16 * v, weights[v]);
+        }
+}
+
+#define TILE(NB, MB)                                                                                        \
+    (dense ? tile_dot_dense(scratch, n0, NB, x, k, r0, MB, y, n_rows)                                     \
+           : tile_dot(type, block_elements, block_bytes, w, row_bytes, n0, NB, x, k, r0, MB, y, n_rows))
+
+/* weight rows [start, end) against every row of x, in register tiles of TILE_N x TILE_M outputs. With more
+ * than TILE_M rows of x, a tile's weight rows are dequantized once into L1 scratch and reused by every pass. */
+static inline __attribute__((always_inline)) void rows_of(int type, int block_elements, int block_bytes,
+                                                         const uint8_t *w, int64_t row_bytes, int64_t start,
+                                                         int64_t end, int64_t n_rows, int64_t k,
+                                                         const float *x, int64_t m, float *y, float *scratch) {
+    const int dense = m > TILE_M;
+    for (int64_t n0 = start; n0 < end;) {
+        const int full = end - n0 >= TILE_N;
+        if (dense)
+            dequant_rows_to(type, block_elements, block_bytes, w + n0 * row_bytes, row_bytes, full ? TILE_N : 1,
+                            k, scratch);
+        for (int64_t r0 = 0; r0 < m; r0 += TILE_M) {
+            switch ((m - r0 < TILE_M ? (int)(m - r0) : TILE_M) + (full ? 0 : 10)) {
+            case 1: TILE(TILE_N, 1); break;
+            case 2: TILE(TILE_N, 2); break;
+            case 3: TILE(TILE_N, 3); break;
+            case 4: TILE(TILE_N, 4); break;
+            case 11: TILE(1, 1); break;
+            case 12: TILE(1, 2); break;
+            case 13: TILE(1, 3); break;
+            default: TILE(1, 4); break;
+            }
+        }
+        n0 += full ? TILE_N : 1;
+    }
+}
+
+#define TYPE_CASE(TYPE, ELEMENTS, BYTES) \
+    case TYPE: rows_of(TYPE, ELEMENTS, BYTES, w, row_bytes, start, end, n_rows, k, x, m, y, scratch); return 0;
+
+/* Returns 0 if it computed rows [start, end), -1 if this type has no AVX-512 path. */
+int tm_rows_avx512(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t start, int64_t end,
+                   int64_t n_rows, int64_t k, const float *x, int64_t m, float *y, float *scratch) {
+    switch (ggml_type) {
+    TYPE_CASE(2, 32, 18)
+    TYPE_CASE(3, 32, 20)
+    TYPE_CASE(6, 32, 22)
+    TYPE_CASE(7, 32, 24)
+    TYPE_CASE(8, 32, 34)
+    TYPE_CASE(12, 256, 144)
+    TYPE_CASE(14, 256, 210)
+    default: return -1;
+    }
+}
+
+int tm_has_avx512(int ggml_type) {
+    return ggml_type == 2 || ggml_type == 3 || ggml_type == 6 || ggml_type == 7 || ggml_type == 8
+        || ggml_type == 12 || ggml_type == 14;
+}
+
+#else
+
+int tm_rows_avx512(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t start, int64_t end,
+                   int64_t n_rows, int64_t k, const float *x, int64_t m, float *y, float *scratch) {
+    (void)w; (void)row_bytes; (void)ggml_type; (void)start; (void)end; (void)n_rows; (void)k; (void)x;
+    (void)m; (void)y; (void)scratch;
+    return -1;
+}
+
+int tm_has_avx512(int ggml_type) {
+    (void)ggml_type;
+    return 0;
+}
+
+#endif

@@ -1,0 +1,163 @@
+"""Linear and embedding layers whose weights stay in GGUF block formats (Q4_0 … Q8_0, K-quants, IQ4).
+
+The arithmetic is float32 on exactly the values a dequantizer produces; only the storage differs, so a
+decode step reads ~4.5 bits per weight instead of 32 (see kernels/gguf_blocks.c). `state_dict()` yields the
+dequantized float weights under the usual names, so saving and converting see an ordinary model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import kernels
+
+# above this many activation rows (a long prefill) one dense matmul over the dequantized weight is faster
+DENSE_ABOVE_ROWS = 96
+
+
+@dataclass
+class QuantizedWeight:
+    """A [rows, in_features] matrix kept as the GGUF bytes of each row (`blocks`: uint8 [rows, row_bytes])."""
+
+    blocks: torch.Tensor
+    ggml_type: int
+    in_features: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.blocks.shape[0], self.in_features))
+
+    def split(self, sizes, dim: int = 0) -> list[QuantizedWeight]:
+        if dim != 0:
+            raise ValueError("a quantized weight can only be split into groups of rows")
+        return [QuantizedWeight(part, self.ggml_type, self.in_features) for part in self.blocks.split(sizes)]
+
+    def chunk(self, count: int, dim: int = 0) -> list[QuantizedWeight]:
+        return self.split(self.shape[0] // count, dim)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return kernels.dequantize_rows(self.blocks, self.ggml_type, self.in_features).to(dtype)
+
+
+def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    rows = x.numel() // weight.in_features
+    if rows > DENSE_ABOVE_ROWS:
+        return F.linear(x.float(), weight.dequantize())
+    return kernels.matmul(x.float(), weight.blocks, weight.ggml_type, weight.in_features)
+
+
+class QuantizedLinear(nn.Module):
+    def __init__(self, weight: QuantizedWeight, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = weight.in_features, weight.shape[0]
+        self.ggml_type = weight.ggml_type
+        self.register_buffer("blocks", weight.blocks, persistent=False)
+        self.bias = nn.Parameter(torch.empty(self.out_features, device="meta"), requires_grad=False) if bias else None
+
+    @property
+    def quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.blocks, self.ggml_type, self.in_features)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float32 weight (computed on each access: for inspection, not for the hot path)."""
+        return self.quantized_weight.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _kernel_matmul(x, self.quantized_weight)
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out.to(x.dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, ggml_type={self.ggml_type}"
+
+
+class QuantizedEmbedding(nn.Module):
+    def __init__(self, weight: QuantizedWeight):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.ggml_type = weight.ggml_type
+        self.register_buffer("blocks", weight.blocks, persistent=False)
+
+    @property
+    def quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.blocks, self.ggml_type, self.embedding_dim)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.quantized_weight.dequantize()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = kernels.dequantize_rows(self.blocks, self.ggml_type, self.embedding_dim, ids)
+        return rows.view(*ids.shape, self.embedding_dim)
+
+    def as_linear(self) -> QuantizedLinear:
+        """A tied output head reading the same blocks."""
+        return QuantizedLinear(self.quantized_weight)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, ggml_type={self.ggml_type}"
+
+
+class QuantizedFusedProjection:
+    """Several QuantizedLinear of one type reading the same input, as one kernel call over stacked rows.
+
+    As with the float FusedProjection, each layer's blocks become row-views of the stacked buffer: no memory is
+    added and each layer still works alone.
+    """
+
+    def __init__(self, linears: list[QuantizedLinear]):
+        self.linears = linears
+        self.weight = QuantizedWeight(torch.cat([linear.blocks for linear in linears]), linears[0].ggml_type,
+                                      linears[0].in_features)
+        for linear, rows in zip(linears, self.weight.blocks.split([linear.out_features for linear in linears])):
+            linear.blocks = rows
+        has_bias = linears[0].bias is not None
+        self.bias = torch.cat([linear.bias.float() for linear in linears]) if has_bias else None
+        self._pointers = [linear.blocks.data_ptr() for linear in linears]
+
+    @staticmethod
+    def fusable(linears: list[nn.Module]) -> bool:
+        first = linears[0]
+        return all(isinstance(linear, QuantizedLinear) and linear.ggml_type == first.ggml_type
+                   and linear.in_features == first.in_features and linear.blocks.device == first.blocks.device
+                   and (linear.bias is None) == (first.bias is None) for linear in linears)
+
+    def is_current(self) -> bool:
+        return all(linear.blocks.data_ptr() == pointer for linear, pointer in zip(self.linears, self._pointers))
+
+    def accepts(self, x: torch.Tensor) -> bool:
+        return True  # one kernel pass over stacked rows is never slower than several
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = _kernel_matmul(x, self.weight)
+        return (out if self.bias is None else out + self.bias).to(x.dtype)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, (QuantizedLinear, QuantizedEmbedding))
+
+
+def dense_copy(module: nn.Module) -> nn.Module:
+    """The float32 nn.Linear / nn.Embedding equivalent of a quantized layer."""
+    if isinstance(module, QuantizedEmbedding):
+        return nn.Embedding.from_pretrained(module.weight, freeze=True)
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                       device=module.blocks.device)
+    linear.weight = nn.Parameter(module.weight, requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach().float(), requires_grad=False)
+    return linear.requires_grad_(False)
