@@ -5,9 +5,9 @@ open-ended one (explain something: nothing to look up, so assisted decoding's ca
 checked token-identical to plain greedy. Rounds are interleaved (the order rotates each round) and medians are
 printed, because the machine is shared.
 
-    .venv/bin/python scripts/speculative_bench.py [--threads 1] [--rounds 3] [--new-tokens 96] [--universal]
+    .venv/bin/python scripts/speculative_bench.py [--threads 1] [--rounds 3] [--new-tokens 96] [--parts edit,explain]
 
---universal adds Gemma-3-270M as the target with SmolLM2 as its drafter (different tokenizers).
+--parts universal runs Gemma-3-270M as the target with SmolLM2 as its drafter (different tokenizers).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ class StatsRecorder:
 
 
 def chat_ids(tokenizer, text: str) -> torch.Tensor:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                           add_generation_prompt=True)
-    return torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                               add_generation_prompt=True)
+        return torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+    return torch.tensor([tokenizer.encode(f"Question: {text}\nAnswer:")])  # a base-model style prompt
 
 
 def run_cases(model, ids, cases: dict, rounds: int, common: dict, recorder: StatsRecorder) -> dict:
@@ -93,7 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=96)
-    parser.add_argument("--universal", action="store_true")
+    parser.add_argument("--parts", default="edit,explain", help="comma-separated: edit, explain, universal")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -103,20 +105,23 @@ def main() -> None:
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), Tokenizer.from_gguf(path)
     recorder = StatsRecorder()
     common = dict(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id)
-    edit_ids = chat_ids(tokenizer, TASKS["edit"])
-    report("edit (input-grounded)", run_cases(model, edit_ids, {
-        "plain": {},
-        "prompt lookup (10 tokens, 2-gram)": dict(prompt_lookup_num_tokens=10, max_matching_ngram_size=2),
-        "prompt lookup (5 tokens, 3-gram)": dict(prompt_lookup_num_tokens=5, max_matching_ngram_size=3),
-    }, args.rounds, common, recorder), edit_ids.shape[1])
-    explain_ids = chat_ids(tokenizer, TASKS["explain"])
-    report("explain (open-ended)", run_cases(model, explain_ids, {
-        "plain": {},
-        "prompt lookup (10 tokens, 2-gram)": dict(prompt_lookup_num_tokens=10, max_matching_ngram_size=2),
-        "assistant: own first 26 of 30 layers": dict(assistant_early_exit=26, num_assistant_tokens=4),
-        "assistant: itself (acceptance 1 bound)": dict(assistant_model=model, num_assistant_tokens=4),
-    }, args.rounds, common, recorder), explain_ids.shape[1])
-    if args.universal:
+    parts = args.parts.split(",")
+    if "edit" in parts:
+        edit_ids = chat_ids(tokenizer, TASKS["edit"])
+        report("edit (input-grounded)", run_cases(model, edit_ids, {
+            "plain": {},
+            "prompt lookup (10 tokens, 2-gram)": dict(prompt_lookup_num_tokens=10, max_matching_ngram_size=2),
+            "prompt lookup (5 tokens, 3-gram)": dict(prompt_lookup_num_tokens=5, max_matching_ngram_size=3),
+        }, args.rounds, common, recorder), edit_ids.shape[1])
+    if "explain" in parts:
+        explain_ids = chat_ids(tokenizer, TASKS["explain"])
+        report("explain (open-ended)", run_cases(model, explain_ids, {
+            "plain": {},
+            "prompt lookup (10 tokens, 2-gram)": dict(prompt_lookup_num_tokens=10, max_matching_ngram_size=2),
+            "assistant: own first 26 of 30 layers": dict(assistant_early_exit=26, num_assistant_tokens=4),
+            "assistant: itself (acceptance 1 bound)": dict(assistant_model=model, num_assistant_tokens=4),
+        }, args.rounds, common, recorder), explain_ids.shape[1])
+    if "universal" in parts:
         universal(args, model, tokenizer, recorder)
 
 

@@ -123,6 +123,20 @@ def test_json_schema_with_beam_search_and_prompt_lookup(setup):
         assert satisfies_schema(json.loads(text)), text
 
 
+def test_json_schema_with_assisted_decoding(setup, tmp_path_factory):
+    """The drafter runs the same processor (its matchers rewind when drafts are rejected): greedy output equals
+    constrained greedy decoding, and speculative sampling's outputs all validate."""
+    model, tokenizer, _ = setup
+    folder = tmp_path_factory.mktemp("constrained-draft")
+    save_tiny_llama(folder, seed=4, layers=1, vocab=len(tokenizer), eos=tokenizer.eos_token_id, logit_scale=4.0)
+    draft = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    greedy = constrained_text(setup, "json_schema", SCHEMA, 0, do_sample=False)
+    assert constrained_text(setup, "json_schema", SCHEMA, 0, do_sample=False, assistant_model=draft) == greedy
+    for seed in range(6):
+        text = constrained_text(setup, "json_schema", SCHEMA, seed, assistant_model=draft, num_assistant_tokens=4)
+        assert satisfies_schema(json.loads(text)), text
+
+
 def test_batched_rows_are_constrained_independently(setup):
     model, tokenizer, prompt = setup
     processor = StructuredOutputProcessor.for_regex(r"(yes|no)", tokenizer, model.config.vocab_size,

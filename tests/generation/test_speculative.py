@@ -314,3 +314,41 @@ def test_speculative_accept_rule_on_small_tensors():
     assert total_variation(first / trials, p0) < 0.035  # noise at n=4000 over 6 tokens ≈ 0.012
     expected_acceptance = float(torch.minimum(p0, q0).sum())
     assert abs(accepted / trials - expected_acceptance) < 0.035  # binomial sd ≈ 0.008
+
+
+@pytest.fixture
+def captured_drafter(monkeypatch):
+    """The drafter of the last assisted generate() call (its stats count drafted and accepted tokens)."""
+    import tokenmill.generation.speculative as speculative
+
+    holder, original = {}, speculative.make_drafter
+
+    def capture(*args, **kwargs):
+        holder["drafter"] = original(*args, **kwargs)
+        return holder["drafter"]
+
+    monkeypatch.setattr(speculative, "make_drafter", capture)
+    return holder
+
+
+def test_drafts_are_really_accepted_when_the_drafter_agrees(smollm2_gguf, tmp_path_factory, captured_drafter):
+    """The target drafting for itself must be accepted throughout — directly (same tokenizer) and through the
+    universal path's detokenise/retokenise round trip — so the equality tests above cannot pass vacuously."""
+    from tokenmill.tokenizer import Tokenizer
+
+    tokenizer, assistant_tokenizer = Tokenizer.from_gguf(smollm2_gguf), Tokenizer.from_gguf(smollm2_gguf)
+    folder = tmp_path_factory.mktemp("self-draft")
+    save_tiny_llama(folder, vocab=len(tokenizer), eos=tokenizer.eos_token_id, logit_scale=4.0)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([tokenizer.encode("The weather today is", add_special_tokens=False)])
+    # no confidence cut-off: a random model is never confident, and every draft should run its full length
+    common = dict(max_new_tokens=24, do_sample=False, eos_token_id=None, assistant_confidence_threshold=0.0)
+    plain = model.generate(ids, **common)
+    assert torch.equal(model.generate(ids, assistant_model=model, num_assistant_tokens=4, **common), plain)
+    stats = captured_drafter["drafter"].stats
+    assert stats.acceptance_rate == 1.0 and stats.target_passes <= 24 // 5 + 1
+    universal = model.generate(ids, assistant_model=model, tokenizer=tokenizer,
+                               assistant_tokenizer=assistant_tokenizer, num_assistant_tokens=4, **common)
+    assert torch.equal(universal, plain)
+    stats = captured_drafter["drafter"].stats
+    assert stats.acceptance_rate > 0.6 and stats.target_passes < 12, vars(stats)
