@@ -50,7 +50,11 @@ def _yarn_inv_freq(base: float, dim: int, params: dict[str, Any], max_positions:
 
 
 class RotaryEmbedding(nn.Module):
-    """Maps position ids to (cos, sin) of shape [batch, seq, rotary_dim]; stateless across calls."""
+    """Maps position ids to (cos, signed_sin), each [batch, 1, seq, rotary_dim]; stateless across calls.
+
+    signed_sin is sin with its first half negated, so that rotate_half(x) * sin == x.roll(half) * signed_sin
+    exactly (a sign flip is exact): one table made per step instead of a slice/negate/concat in every layer.
+    """
 
     def __init__(self, head_dim: int, rope_parameters: dict[str, Any], max_position_embeddings: int):
         super().__init__()
@@ -112,19 +116,16 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((angles, angles), dim=-1)
         cos = emb.cos() * self.attention_scaling
         sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
+        half = sin.shape[-1] // 2
+        signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return cos.to(dtype).unsqueeze(1), signed_sin.to(dtype).unsqueeze(1)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [batch, heads, seq, head_dim]; cos/sin: [batch, seq, rotary_dim] (rotary_dim may be < head_dim)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: [batch, heads, seq, head_dim]; cos/signed_sin from RotaryEmbedding: [batch, 1, seq, rotary_dim]
+    (rotary_dim may be < head_dim). Equals x * cos + rotate_half(x) * sin (the usual form), bit for bit."""
     rotary_dim = cos.shape[-1]
     if rotary_dim == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return x * cos + x.roll(rotary_dim // 2, dims=-1) * signed_sin
     rotated, passthrough = x[..., :rotary_dim], x[..., rotary_dim:]
-    return torch.cat((rotated * cos + rotate_half(rotated) * sin, passthrough), dim=-1)
+    return torch.cat((rotated * cos + rotated.roll(rotary_dim // 2, dims=-1) * signed_sin, passthrough), dim=-1)
