@@ -50,22 +50,36 @@ def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
     return kernels.matmul(x.float(), weight.blocks, weight.ggml_type, weight.in_features)
 
 
-class QuantizedLinear(nn.Module):
-    def __init__(self, weight: QuantizedWeight, bias: bool = False):
+class BlockStorage(nn.Module):
+    """What quantized layers share: the blocks buffer, and the float weight they stand for."""
+
+    def __init__(self, weight: QuantizedWeight):
         super().__init__()
-        self.in_features, self.out_features = weight.in_features, weight.shape[0]
         self.ggml_type = weight.ggml_type
+        self.columns = weight.in_features
         self.register_buffer("blocks", weight.blocks, persistent=False)
-        self.bias = nn.Parameter(torch.empty(self.out_features, device="meta"), requires_grad=False) if bias else None
 
     @property
     def quantized_weight(self) -> QuantizedWeight:
-        return QuantizedWeight(self.blocks, self.ggml_type, self.in_features)
+        return QuantizedWeight(self.blocks, self.ggml_type, self.columns)
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized float32 weight (computed on each access: for inspection, not for the hot path)."""
         return self.quantized_weight.dequantize()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight
+        for name, parameter in self._parameters.items():
+            if parameter is not None:
+                destination[prefix + name] = parameter
+
+
+class QuantizedLinear(BlockStorage):
+    def __init__(self, weight: QuantizedWeight, bias: bool = False):
+        super().__init__(weight)
+        self.in_features, self.out_features = weight.in_features, weight.shape[0]
+        self.bias = nn.Parameter(torch.empty(self.out_features, device="meta"), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _kernel_matmul(x, self.quantized_weight)
@@ -73,29 +87,14 @@ class QuantizedLinear(nn.Module):
             out = out + self.bias.float()
         return out.to(x.dtype)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight
-        if self.bias is not None:
-            destination[prefix + "bias"] = self.bias
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, ggml_type={self.ggml_type}"
 
 
-class QuantizedEmbedding(nn.Module):
+class QuantizedEmbedding(BlockStorage):
     def __init__(self, weight: QuantizedWeight):
-        super().__init__()
+        super().__init__(weight)
         self.num_embeddings, self.embedding_dim = weight.shape
-        self.ggml_type = weight.ggml_type
-        self.register_buffer("blocks", weight.blocks, persistent=False)
-
-    @property
-    def quantized_weight(self) -> QuantizedWeight:
-        return QuantizedWeight(self.blocks, self.ggml_type, self.embedding_dim)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.quantized_weight.dequantize()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = kernels.dequantize_rows(self.blocks, self.ggml_type, self.embedding_dim, ids)
@@ -104,9 +103,6 @@ class QuantizedEmbedding(nn.Module):
     def as_linear(self) -> QuantizedLinear:
         """A tied output head reading the same blocks."""
         return QuantizedLinear(self.quantized_weight)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, ggml_type={self.ggml_type}"
@@ -148,7 +144,7 @@ class QuantizedFusedProjection:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    return isinstance(module, (QuantizedLinear, QuantizedEmbedding))
+    return isinstance(module, BlockStorage)
 
 
 def dense_copy(module: nn.Module) -> nn.Module:
