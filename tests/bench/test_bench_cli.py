@@ -24,7 +24,7 @@ RUN_FIELDS = {"out_of_memory", "repeats", "fell_back_to_offloaded", *TIMED_FIELD
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 8 * 4
 STAT_FIELDS = {"median", "min", "max", "spread_pct", "runs"}
 POINT_FIELDS = {"prompt_length", "new_tokens", "batch_size", "dtype", "attn_implementation",
-                "cache_implementation", "threads", "results", "ratios"}
+                "cache_implementation", "threads", "weights", "results", "ratios"}
 LIMIT_FIELDS = {"longest_fit", "first_failure", "stopped_because", "budget_bytes", "fallback_to_offloaded_at",
                 "tried"}
 
@@ -151,3 +151,55 @@ def test_bad_arguments_are_refused(tiny_folder):
         cli.main(["bench", "-m", str(tiny_folder), "--prompt-lengths", "0"])
     with pytest.raises(SystemExit, match="--vs supports transformers"):
         cli.main(["bench", "-m", str(tiny_folder), "--vs", "vllm", "--no-progress"])
+    with pytest.raises(SystemExit, match="--weights takes gguf, dense or auto"):
+        cli.main(["bench", "-m", str(tiny_folder), "--weights", "int4", "--no-progress"])
+
+
+def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):
+    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
+            "--warmup", "0", "--weights", "gguf,dense", "--no-progress", "--no-plots", "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [point["weights"] for point in report["points"]] == ["gguf", "dense"]
+    weights = {name: info["weight_bytes"] for name, info in report["models"].items()}
+    # Q4_1/Q8_0 blocks against float32: about 4.5-8.5 bits per weight instead of 32
+    assert weights["tokenmill float32 sdpa gguf"] < weights["tokenmill float32 sdpa dense"] / 4
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: greedy 'generation' that counts up from the last prompt token."""
+
+    def __init__(self, model_path, n_threads, **kwargs):
+        self.model_path, self.n_threads = model_path, n_threads
+
+    def n_vocab(self):
+        return 97
+
+    def generate(self, tokens, **sampling):
+        assert sampling["temp"] == 0.0 and sampling["top_k"] == 1
+        token = tokens[-1]
+        while True:  # like llama-cpp-python: endless until the caller stops
+            token = (token + 1) % 97
+            yield token
+
+
+def test_versus_llama_cpp_runs_batch_one_and_marks_the_rest(smollm2_gguf, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=FakeLlama))
+    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--batch-sizes", "1,2",
+            "--repeats", "1", "--warmup", "0", "--vs", "llama.cpp", "--no-progress", "--no-plots", "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    one, two = json.loads((tmp_path / "bench.json").read_text())["points"]
+    assert one["results"]["llama.cpp"]["decode_tokens_per_s"]["median"] > 0
+    assert "vs_llama.cpp" in one["ratios"]
+    assert "one sequence at a time" in two["results"]["llama.cpp"]["unsupported"]
+
+
+def test_versus_llama_cpp_without_the_package_is_a_clear_error(smollm2_gguf, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    assert cli.main(["bench", "-m", str(smollm2_gguf), "--vs", "llama.cpp", "--no-progress"]) == 1
+    assert "pip install llama-cpp-python" in capsys.readouterr().err

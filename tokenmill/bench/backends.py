@@ -66,6 +66,11 @@ class Backend:
     def supports_cache(self, kind: str) -> bool:
         return True
 
+    def unsupported_reason(self, workload) -> str | None:
+        """Why this engine cannot run `workload` (None: it can)."""
+        kind = workload.cache_implementation
+        return None if self.supports_cache(kind) else f"{self.name} has no {kind!r} cache"
+
     def _load(self, dtype: str, attn: str, weights: str = "auto"):
         raise NotImplementedError
 
@@ -126,7 +131,65 @@ class TransformersBackend(Backend):
         return model.eval()
 
 
-BACKENDS = {"tokenmill": TokenmillBackend, "transformers": TransformersBackend}
+class LlamaCppModel:
+    """A llama_cpp.Llama with the two attributes the measurements read."""
+
+    def __init__(self, llm, path: Path):
+        self.llm = llm
+        self.config = type("Config", (), {"vocab_size": llm.n_vocab()})()
+        self.device = torch.device("cpu")
+        self.weight_bytes = path.stat().st_size  # llama.cpp computes on the file's own blocks
+
+
+class LlamaCppBackend(Backend):
+    """llama.cpp through llama-cpp-python, on the same GGUF. It computes with the file's own quantized types
+    (and 8-bit activations in its dot products), so it is a speed reference, not a float32 one."""
+
+    name = "llama.cpp"
+
+    def __init__(self, source: Path, gguf_file: str | None = None):
+        super().__init__(source, gguf_file)
+        try:
+            self.llama_cpp = importlib.import_module("llama_cpp")
+        except ImportError:
+            raise ValueError("--vs llama.cpp needs llama-cpp-python (pip install llama-cpp-python; it compiles "
+                             "llama.cpp from source, ~12 minutes on 2 cores)") from None
+        path = Path(source) / gguf_file if gguf_file else Path(source)
+        if path.suffix != ".gguf":
+            raise ValueError(f"--vs llama.cpp needs a .gguf model, got {path}")
+        self.path = path
+
+    def unsupported_reason(self, workload) -> str | None:
+        if workload.batch_size != 1:
+            return "llama-cpp-python generates one sequence at a time"
+        if workload.cache_implementation != "dynamic":
+            return f"llama.cpp has no {workload.cache_implementation!r} cache"
+        return None
+
+    def supports_cache(self, kind: str) -> bool:
+        return kind == "dynamic"
+
+    def model_key(self, dtype: str, attn: str, weights: str) -> tuple:
+        return ("gguf", str(torch.get_num_threads()))  # one model per thread count: llama.cpp fixes it at load
+
+    def _load(self, kind: str, threads: str):
+        llm = self.llama_cpp.Llama(model_path=str(self.path), n_ctx=0, n_threads=int(threads),
+                                   n_threads_batch=int(threads), verbose=False)
+        return LlamaCppModel(llm, self.path)
+
+    def generate(self, model, input_ids, attention_mask, new_tokens: int, cache: str, clock: TokenClock,
+                 resilient: bool = False):
+        clock.put(input_ids)  # the prompt, as generate() streams it first
+        steps = model.llm.generate(input_ids[0].tolist(), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                                   repeat_penalty=1.0, reset=True)
+        for count, token in enumerate(steps, start=1):  # greedy, eos ignored: exactly new_tokens tokens
+            clock.put(torch.tensor([token]))
+            if count == new_tokens:
+                break
+        return None
+
+
+BACKENDS = {"tokenmill": TokenmillBackend, "transformers": TransformersBackend, "llama.cpp": LlamaCppBackend}
 
 
 def make_backend(name: str, source: Path, gguf_file: str | None = None) -> Backend:

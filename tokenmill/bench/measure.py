@@ -35,7 +35,7 @@ class Workload:
 
     def label(self) -> str:
         return (f"p{self.prompt_length} n{self.new_tokens} b{self.batch_size} {self.dtype} "
-                f"{self.attn_implementation} {self.cache_implementation} t{self.threads} w:{self.weights}")
+                f"{self.attn_implementation} {self.cache_implementation} t{self.threads} {self.weights}")
 
 
 def prompt_ids(workload: Workload, vocab_size: int, device: torch.device) -> torch.Tensor:

@@ -62,8 +62,11 @@ def reset_gpu_peak(device: torch.device) -> None:
 
 
 def weight_bytes(model) -> int:
-    """Bytes of the model's parameters and buffers (GGUF blocks are buffers), each tensor counted once."""
+    """Bytes of the model's parameters and GGUF blocks (quantized layers' buffers), each tensor counted once."""
+    if not hasattr(model, "parameters"):  # another engine's handle (llama.cpp): it says what it holds
+        return model.weight_bytes
+    blocks = [module.blocks for module in model.modules() if isinstance(getattr(module, "blocks", None), torch.Tensor)]
     seen: dict[int, int] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in (*model.parameters(), *blocks):
         seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
     return sum(seen.values())

@@ -23,8 +23,9 @@ RATIO_LABELS = {"decode_tokens_per_s": "decode", "prefill_tokens_per_s": "prefil
 
 def _row_cells(point: dict, name: str, result: dict) -> list[str]:
     workload = (f"{point['prompt_length']}+{point['new_tokens']} x{point['batch_size']} {point['dtype']} "
-                f"{point['attn_implementation']} {point['cache_implementation']} t{point['threads']}"
-                f" w:{point.get('weights', 'auto')}")
+                f"{point['attn_implementation']} {point['cache_implementation']} t{point['threads']}")
+    if point.get("weights", "auto") != "auto":
+        workload += f" {point['weights']}"
     blank = [""] * (len(HEADERS) - 3)
     if "unsupported" in result:
         return [workload, name, "unsupported"] + blank

@@ -52,7 +52,8 @@ def run_bench(options: BenchOptions) -> dict:
     backends += [make_backend(name, options.source, options.gguf_file) for name in options.versus]
     report = {"environment": environment(options)}
     report["points"] = run_sweep(options.spec, backends, progress=options.progress)
-    report["models"] = {" ".join((b.name, *key)): info for b in backends for key, info in b.load_info.items()}
+    report["models"] = {" ".join((b.name, *(part for part in key if part != "auto"))): info
+                        for b in backends for key, info in b.load_info.items()}
     if options.limit_search:
         report["limits"] = run_limit_search(options, backends)
     report["environment"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -67,7 +68,7 @@ def run_limit_search(options: BenchOptions, backends) -> dict:
     budget = options.memory_budget or default_budget()
     limits = {}
     for backend in backends:
-        if not backend.supports_cache(workload.cache_implementation):
+        if backend.unsupported_reason(workload) is not None:
             continue
         torch.set_num_threads(workload.threads)
         model = backend.model(workload.dtype, workload.attn_implementation, workload.weights)

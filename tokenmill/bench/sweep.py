@@ -51,9 +51,9 @@ def ratios(mine: dict, other: dict) -> dict:
 
 def run_workload(workload: Workload, backends: list, repeats: int, warmup: int, advance) -> dict:
     torch.set_num_threads(workload.threads)
-    active = [b for b in backends if b.supports_cache(workload.cache_implementation)]
-    results = {b.name: {"unsupported": f"{b.name} has no {workload.cache_implementation!r} cache"}
-               for b in backends if b not in active}
+    reasons = {b.name: b.unsupported_reason(workload) for b in backends}
+    active = [b for b in backends if reasons[b.name] is None]
+    results = {name: {"unsupported": reason} for name, reason in reasons.items() if reason is not None}
     for _ in range((len(backends) - len(active)) * (repeats + warmup)):
         advance()  # skipped runs still count toward the progress bar's total
     models = {b.name: b.model(workload.dtype, workload.attn_implementation, workload.weights) for b in active}

@@ -61,7 +61,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
-                        help="also run this engine, interleaved (transformers)")
+                        help="also run this engine, interleaved: transformers, or llama.cpp (needs llama-cpp-python)")
     parser.add_argument("--limit-search", action="store_true",
                         help="grow the sequence until memory runs out (or the context ends), then report it")
     parser.add_argument("--limit-start", type=int, default=256)
@@ -88,8 +88,6 @@ def _options(args: argparse.Namespace):
     unknown = [name for name in args.vs if name not in ("transformers", "llama.cpp")]
     if unknown:
         raise SystemExit(f"tokenmill: error: --vs supports transformers (and llama.cpp), not {unknown}")
-    if "llama.cpp" in args.vs:
-        raise SystemExit("tokenmill: error: --vs llama.cpp is not implemented in this build")
     bad_weights = [kind for kind in args.weights if kind not in ("gguf", "dense", "auto")]
     if bad_weights:
         raise SystemExit(f"tokenmill: error: --weights takes gguf, dense or auto, not {bad_weights}")
