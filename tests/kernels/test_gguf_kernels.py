@@ -87,3 +87,15 @@ def test_leading_dimensions_and_strided_input():
 def test_unsupported_type_is_an_error():
     with pytest.raises(RuntimeError, match="ggml type 1"):
         kernels.matmul(torch.randn(1, 32), torch.zeros(4, 64, dtype=torch.uint8), TYPE_IDS["F16"], 32)
+
+
+def test_bad_inputs_are_errors_not_crashes():
+    blocks = random_blocks("Q4_0", 8, 64)
+    with pytest.raises(RuntimeError, match="run on the CPU"):
+        kernels.matmul(torch.randn(1, 64, device="meta"), blocks, TYPE_IDS["Q4_0"], 64)
+    with pytest.raises(ValueError, match="float32 activations"):
+        kernels.matmul(torch.randn(1, 64, dtype=torch.float64), blocks, TYPE_IDS["Q4_0"], 64)
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        kernels.matmul(torch.randn(1, 64), blocks.t(), TYPE_IDS["Q4_0"], 64)
+    with pytest.raises(IndexError, match=r"row ids must be in \[0, 8\)"):
+        kernels.dequantize_rows(blocks, TYPE_IDS["Q4_0"], 64, torch.tensor([3, 8]))  # an embedding id out of range

@@ -115,8 +115,22 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def _check_blocks(blocks: torch.Tensor, *others: torch.Tensor) -> None:
+    """The C code reads raw CPU pointers: anything else would be a crash, so it is an error here."""
+    for tensor in (blocks, *others):
+        if tensor.device.type != "cpu":
+            raise RuntimeError(f"the GGUF kernels run on the CPU, got a tensor on {tensor.device}; call "
+                               "model.dequantize() (or move the whole model, which does it) first")
+    if blocks.dtype != torch.uint8 or blocks.dim() != 2 or not blocks.is_contiguous():
+        raise ValueError(f"GGUF blocks must be a contiguous uint8 [rows, row_bytes] tensor, got "
+                         f"{blocks.dtype} {tuple(blocks.shape)}")
+
+
 def matmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
     """x [..., in_features] float32 (CPU) times the block-stored W [out, in]^T -> [..., out] float32."""
+    _check_blocks(blocks, x)
+    if x.dtype != torch.float32:
+        raise ValueError(f"the GGUF kernels take float32 activations, got {x.dtype}")
     x2d = x.reshape(-1, in_features)
     if not x2d.is_contiguous():
         x2d = x2d.contiguous()
@@ -132,7 +146,10 @@ def matmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: i
 def dequantize_rows(blocks: torch.Tensor, ggml_type: int, in_features: int,
                     ids: torch.Tensor | None = None) -> torch.Tensor:
     """Rows `ids` (all rows if None) of the block-stored matrix, dequantized to float32 [n, in_features]."""
+    _check_blocks(blocks)
     if ids is not None:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= blocks.shape[0]):
+            raise IndexError(f"row ids must be in [0, {blocks.shape[0]}), got {int(ids.min())}..{int(ids.max())}")
         ids = ids.reshape(-1).to(torch.int64).contiguous()
     count = blocks.shape[0] if ids is None else ids.numel()
     out = torch.empty(count, in_features, dtype=torch.float32)
