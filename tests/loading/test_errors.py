@@ -136,3 +136,64 @@ def test_invalid_dtype_and_attention(tiny_folder):
         AutoModelForCausalLM.from_pretrained(tiny_folder[0], dtype="float8")
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
         AutoModelForCausalLM.from_pretrained(tiny_folder[0], attn_implementation="flash")
+
+
+def test_folder_without_weights(tmp_path, tiny_folder):
+    folder = copy_folder(tiny_folder[0], tmp_path / "m")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights found"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_corrupt_shard_index(tmp_path, tiny_folder):
+    folder = copy_folder(tiny_folder[0], tmp_path / "m")
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": ')
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json: invalid shard index"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_folder_without_tokenizer(tiny_folder):
+    from tokenmill import AutoTokenizer
+
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        AutoTokenizer.from_pretrained(tiny_folder[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    from test_gguf import tiny_model, write_tiny_gguf
+
+    model = tiny_model("llama")
+    path = tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf"
+    write_tiny_gguf(path, "llama", model)
+    return path, model
+
+
+def test_gguf_file_inside_a_folder(tiny_gguf):
+    """from_pretrained(folder, gguf_file=name) is the same model and tokenizer as the file's own path."""
+    from tokenmill import AutoTokenizer
+
+    path, oracle = tiny_gguf
+    by_name = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, device="cpu", dtype="float32",
+                                                   progress=False)
+    assert by_name.device.type == "cpu" and by_name.dtype == torch.float32
+    ids = torch.randint(3, 96, (1, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(by_name(ids).logits, oracle(ids).logits, atol=1e-4, rtol=0)
+    text = "t5 t17 t3"
+    assert AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).encode(text) == \
+        AutoTokenizer.from_pretrained(path).encode(text)
+    with pytest.raises(CheckpointError, match="GGUF file not found"):
+        AutoModelForCausalLM.from_pretrained(path.parent, gguf_file="other.gguf")
+
+
+@pytest.mark.parametrize("cut", [100, -100])
+def test_truncated_gguf_through_the_public_api(tmp_path, tiny_gguf, cut):
+    from tokenmill import AutoTokenizer
+
+    data = tiny_gguf[0].read_bytes()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(data[:cut])
+    for load in (AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained):
+        with pytest.raises(CheckpointError, match="broken.gguf: truncated"):
+            load(broken)

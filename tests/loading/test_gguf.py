@@ -181,7 +181,15 @@ def llama_cpp_tensors(arch: str, model) -> dict[str, np.ndarray]:
     return tensors
 
 
-def write_tiny_gguf(path, arch: str, model, extra_tensors: dict | None = None) -> None:
+def add_metadata(writer: GGUFWriter, arch: str, values: dict) -> None:
+    """`values` under the architecture's prefix (or as given when the key starts with "general.")."""
+    adders = ((bool, writer.add_bool), (str, writer.add_string), (float, writer.add_float32), (int, writer.add_uint32))
+    for key, value in values.items():
+        full_key = key if key.startswith("general.") else f"{arch}.{key}"
+        next(add for kind, add in adders if isinstance(value, kind))(full_key, value)
+
+
+def write_tiny_gguf(path, arch: str, model, extra_tensors: dict | None = None, metadata: dict | None = None) -> None:
     config = model.config
     writer = GGUFWriter(str(path), arch)
     values = {"block_count": config.num_hidden_layers, "embedding_length": config.hidden_size,
@@ -203,8 +211,7 @@ def write_tiny_gguf(path, arch: str, model, extra_tensors: dict | None = None) -
         values.update({"expert_count": config.num_experts, "expert_used_count": config.num_experts_per_tok,
                        "expert_feed_forward_length": config.moe_intermediate_size,
                        "expert_shared_feed_forward_length": config.shared_expert_intermediate_size})
-    for key, value in values.items():
-        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{arch}.{key}", value)
+    add_metadata(writer, arch, values | (metadata or {}))
     tokens = ["<unk>", "<s>", "</s>"] + [f"t{index}" for index in range(config.vocab_size - 3)]
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)

@@ -1,4 +1,4 @@
-"""model.save_pretrained writes a folder transformers and tokenmill load with the original logits: per-family
+"""model.save_pretrained writes a folder transformers and tokenmill load with the original logits, for every family:
 checkpoint layouts (GPT-2 Conv1D, Phi-3 fused, per-expert MoE, Gemma 3 rope), sharding with an index,
 transformers v5 config spelling; and add_tokens + resize_token_embeddings + save + reload."""
 
@@ -12,13 +12,20 @@ import transformers
 from tokenizers import Tokenizer as Backend
 from tokenizers import models, pre_tokenizers
 
-from models import test_gemma3, test_gpt2, test_mixtral, test_phi3, test_qwen2_moe
+from models import (test_gemma, test_gemma2, test_gemma3, test_gpt2, test_llama, test_mistral, test_mixtral, test_phi3,
+                    test_qwen2, test_qwen2_moe, test_qwen3)
 from models.parity import prompt_batch, save_tiny
 from tokenmill import AutoModelForCausalLM, AutoTokenizer
 from tokenmill.loading.save import parse_size
 
 ATOL = 1e-5
 FAMILIES = {
+    "llama": (test_llama.tiny_llama_config, transformers.LlamaForCausalLM),
+    "mistral": (test_mistral.tiny_config, transformers.MistralForCausalLM),
+    "qwen2": (test_qwen2.tiny_config, transformers.Qwen2ForCausalLM),
+    "qwen3": (test_qwen3.tiny_config, transformers.Qwen3ForCausalLM),
+    "gemma": (test_gemma.tiny_config, transformers.GemmaForCausalLM),
+    "gemma2": (test_gemma2.tiny_config, transformers.Gemma2ForCausalLM),
     "gpt2": (test_gpt2.tiny_config, transformers.GPT2LMHeadModel),
     "phi3": (test_phi3.tiny_config, transformers.Phi3ForCausalLM),
     "mixtral": (test_mixtral.tiny_config, transformers.MixtralForCausalLM),
@@ -81,10 +88,45 @@ def test_sharded_save_writes_an_index(tmp_path_factory):
     config = json.loads((out / "config.json").read_text())
     assert set(config["rope_parameters"]) == {"full_attention", "sliding_attention"}
     ids, mask, expected = oracle_logits(pair.oracle, pair.vocab_size)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    real = mask.bool()
+    for reloaded in (transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval(),
+                     AutoModelForCausalLM.from_pretrained(out)):
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(ids, attention_mask=mask).logits[real], expected[real], atol=ATOL,
+                                       rtol=0)
+    pair.load().save_pretrained(out)  # saving again unsharded leaves no stale shard or index behind
+    assert sorted(path.name for path in out.glob("model*")) == ["model.safetensors"]
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids, attention_mask=mask).logits[mask.bool()], expected[mask.bool()],
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(ids, attention_mask=mask).logits[real],
+                                   expected[real], atol=ATOL, rtol=0)
+
+
+def test_model_and_tokenizer_saved_together_load_in_both(tmp_path_factory, smollm2_gguf, hf_smollm2_tokenizer):
+    """A complete folder: weights, config, generation config, tokenizer files with the chat template."""
+    config = transformers.LlamaConfig(vocab_size=len(hf_smollm2_tokenizer), hidden_size=32, intermediate_size=40,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    pair = save_tiny(tmp_path_factory, "llama-full", transformers.LlamaForCausalLM, config)
+    model, tokenizer = pair.load(), AutoTokenizer.from_pretrained(smollm2_gguf)
+    model.generation_config.eos_token_id = [2, 0]
+    out = tmp_path_factory.mktemp("llama-full-saved")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    chat = [{"role": "user", "content": "Hi there 👋"}]
+    expected_text = hf_smollm2_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ours_tokenizer = AutoTokenizer.from_pretrained(out)
+    theirs_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    for loaded in (ours_tokenizer, theirs_tokenizer):
+        assert loaded.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == expected_text
+    ids = theirs_tokenizer(expected_text, return_tensors="pt").input_ids
+    assert ours_tokenizer(expected_text, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    assert transformers.GenerationConfig.from_pretrained(out).eos_token_id == [2, 0]
+    assert AutoModelForCausalLM.from_pretrained(out).generation_config.eos_token_id == [2, 0]
+    with torch.no_grad():
+        expected = pair.oracle(ids).logits
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(ids).logits, expected, atol=ATOL, rtol=0)
+        torch.testing.assert_close(transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids)
+                                   .logits, expected, atol=ATOL, rtol=0)
 
 
 def test_generation_config_is_saved(tmp_path_factory):

@@ -34,6 +34,10 @@ def tiny_llama_config(rope=None, tied=False, bias=False) -> transformers.LlamaCo
 def save_tiny(tmp_path_factory, name, config, **save_kwargs):
     torch.manual_seed(0)
     oracle = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # transformers starts norms at 1 and biases at 0: perturbed, a dropped one shows
+        for parameter in oracle.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
     folder = tmp_path_factory.mktemp(name)
     oracle.save_pretrained(folder, **save_kwargs)
     return oracle, folder
@@ -116,8 +120,60 @@ def test_sharded_checkpoint_loads_and_matches(tmp_path_factory):
 
 
 def test_bfloat16_load_keeps_dtype(llama_pair):
-    _, folder = llama_pair
+    oracle, folder = llama_pair
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="bfloat16")
     assert model.dtype == torch.bfloat16
     ids, _ = prompt_batch(pad_rows=())
-    assert model(ids).logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = model(ids).logits
+        expected = oracle(ids).logits
+    assert logits.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: the float32 logits to within a few of its steps
+    torch.testing.assert_close(logits.float(), expected, atol=0.05 * float(expected.abs().max()), rtol=0)
+
+
+def test_dynamic_rope_past_the_context_length(tmp_path_factory):
+    """Dynamic NTK scaling only acts beyond max_position_embeddings: a 60-token prompt on a 32-token context, and a
+    cached decode that crosses the context length, as transformers computes them."""
+    config = tiny_llama_config({"rope_type": "dynamic", "factor": 2.0})
+    config.max_position_embeddings = 32
+    oracle, folder = save_tiny(tmp_path_factory, "llama-dynamic-long", config)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids, mask = prompt_batch(length=60)
+    with torch.no_grad():
+        expected = oracle(ids, attention_mask=mask).logits
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[mask.bool()], expected[mask.bool()],
+                                   atol=ATOL, rtol=0)
+        short, short_mask = prompt_batch(length=24)
+        settings = dict(attention_mask=short_mask, do_sample=False, max_new_tokens=12, min_new_tokens=12, pad_token_id=0,
+                        return_dict_in_generate=True, output_logits=True)
+        ours, theirs = model.generate(short, **settings), oracle.generate(short, **settings)
+    assert ours.sequences.tolist() == theirs.sequences.tolist()
+    torch.testing.assert_close(torch.stack(ours.logits), torch.stack(theirs.logits), atol=ATOL, rtol=0)
+
+
+def test_mlp_bias(tmp_path_factory):
+    config = tiny_llama_config(bias=True)
+    config.mlp_bias = True
+    oracle, folder = save_tiny(tmp_path_factory, "llama-mlp-bias", config)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.model.layers[0].mlp.up_proj.bias is not None
+    ids, mask = prompt_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[mask.bool()],
+                                   oracle(ids, attention_mask=mask).logits[mask.bool()], atol=ATOL, rtol=0)
+
+
+def test_per_row_position_ids_and_returned_cache(llama_pair):
+    """Rows with their own position offsets; the output's past_key_values continues the sequence."""
+    oracle, folder = llama_pair
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids, _ = prompt_batch(pad_rows=())
+    positions = torch.arange(ids.shape[1]) + torch.tensor([[0], [3], [11]])
+    with torch.no_grad():
+        out = model(ids[:, :-1], position_ids=positions[:, :-1])
+        torch.testing.assert_close(out.logits, oracle(ids[:, :-1], position_ids=positions[:, :-1]).logits,
+                                   atol=ATOL, rtol=0)
+        assert out.past_key_values.get_seq_length() == ids.shape[1] - 1
+        step = model(ids[:, -1:], position_ids=positions[:, -1:], past_key_values=out.past_key_values).logits
+        torch.testing.assert_close(step, oracle(ids, position_ids=positions).logits[:, -1:], atol=ATOL, rtol=0)

@@ -4,9 +4,11 @@ context, sliding window."""
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers
 
-from .parity import assert_cache_matches_recompute, assert_greedy_matches, assert_logits_match, save_tiny
+from .parity import (ATOL, PAD_ID, assert_cache_matches_recompute, assert_greedy_matches, assert_logits_match,
+                     prompt_batch, save_tiny)
 
 
 def tiny_config(**overrides) -> transformers.Phi3Config:
@@ -37,3 +39,16 @@ def test_cache_equals_recompute(pair):
 
 def test_greedy_generation_matches(pair):
     assert_greedy_matches(pair)
+
+
+def test_short_prompt_uses_short_factors_and_switches_when_decoding_past_the_original_context(pair):
+    """A 10-token prompt (under original_max_position_embeddings=16) is rotated with the short factors; greedy
+    decoding past position 16 switches to the long ones exactly where transformers does."""
+    model = pair.load()
+    ids, mask = prompt_batch(pair.vocab_size, length=10, pad_rows=((0, 3),))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[mask.bool()],
+                                   pair.oracle(ids, attention_mask=mask).logits[mask.bool()], atol=ATOL, rtol=0)
+    settings = dict(attention_mask=mask, do_sample=False, max_new_tokens=16, min_new_tokens=16, pad_token_id=PAD_ID)
+    with torch.no_grad():
+        assert model.generate(ids, **settings).tolist() == pair.oracle.generate(ids, **settings).tolist()

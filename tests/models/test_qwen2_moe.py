@@ -52,3 +52,11 @@ def test_stacked_expert_weights_load_as_transformers_holds_them(pair):
     ids = torch.randint(3, pair.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, pair.oracle(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_renormalised_top_k_and_sparse_step(tmp_path_factory):
+    """norm_topk_prob=True rescales the kept router weights; decoder_sparse_step=2 makes every other layer dense."""
+    pair = save_tiny(tmp_path_factory, "qwen2_moe-norm", transformers.Qwen2MoeForCausalLM,
+                     tiny_config(norm_topk_prob=True, mlp_only_layers=[], decoder_sparse_step=2, num_hidden_layers=4))
+    assert_logits_match(pair, "sdpa")
+    assert_greedy_matches(pair)

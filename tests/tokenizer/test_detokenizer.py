@@ -162,3 +162,30 @@ def test_with_tokenmills_own_tokenizer(smollm2_gguf):
         ids = tok.encode(text, add_special_tokens=False)
         for skip in (False, True):
             check_stream(tok, ids, skip_special_tokens=skip)
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_streamers_with_tokenmills_tokenizer(request, model):
+    """TextStreamer / TextIteratorStreamer over tokenmill's own tokenizers (byte-level BPE and SentencePiece with
+    byte fallback): no piece holds half a character, and the pieces join up to decode(all generated ids)."""
+    from tokenmill import AutoTokenizer, TextIteratorStreamer, TextStreamer
+
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue(f"{model}_gguf"))
+    prompt = tok.encode("Reply with emoji, CJK and accents:")
+    for text in TEXTS:
+        reply = tok.encode(text, add_special_tokens=False)
+        printed = []
+
+        class Recording(TextStreamer):
+            def on_finalized_text(self, text, stream_end=False):
+                printed.append(text)
+
+        for streamer in (Recording(tok, skip_prompt=True), TextIteratorStreamer(tok, skip_prompt=True)):
+            streamer.put(torch.tensor([prompt]))
+            for token in reply:
+                streamer.put(torch.tensor([token]))
+            streamer.end()
+            pieces = printed if isinstance(streamer, Recording) else list(streamer)
+            assert "".join(pieces) == tok.decode(reply), text
+            assert not any(FFFD in piece for piece in pieces), pieces
+            assert sum(1 for piece in pieces if piece) > 1

@@ -297,3 +297,58 @@ def test_concurrent_calls_keep_their_own_options(tokenizer, hf_smollm2_tokenizer
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda case: dict(tokenizer(BATCH, **case)), cases))
     assert results == expected
+
+
+def test_legacy_folder_with_special_tokens_map(oracle_folder, tmp_path):
+    """An older folder: special tokens only in special_tokens_map.json, padding side in tokenizer_config.json."""
+    import transformers
+
+    from tokenmill import AutoTokenizer
+
+    (tmp_path / "tokenizer.json").write_bytes((oracle_folder / "tokenizer.json").read_bytes())
+    config = json.loads((oracle_folder / "tokenizer_config.json").read_text())
+    for key in ("added_tokens_decoder", "bos_token", "eos_token", "pad_token", "unk_token", "extra_special_tokens"):
+        config.pop(key, None)
+    config.update(padding_side="left", model_max_length=2048)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|im_start|>", "pad_token": "<|endoftext|>",
+        "eos_token": {"content": "<|im_end|>", "lstrip": False, "normalized": False, "rstrip": False,
+                      "single_word": False},
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}))
+    ours, theirs = AutoTokenizer.from_pretrained(tmp_path), transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token", "padding_side", "model_max_length",
+                 "all_special_tokens", "all_special_ids", "special_tokens_map"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.padding_side == "left"
+    assert dict(ours(BATCH, padding=True)) == dict(theirs(BATCH, padding=True))
+    right = AutoTokenizer.from_pretrained(tmp_path, padding_side="right")
+    assert right.padding_side == "right"
+    assert dict(right(BATCH, padding=True)) == \
+        dict(transformers.AutoTokenizer.from_pretrained(str(tmp_path), padding_side="right")(BATCH, padding=True))
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_auto_tokenizer_from_gguf_matches_transformers(name, request):
+    """AutoTokenizer on the real GGUF files: special tokens, sizes and padding side as transformers has them."""
+    from tokenmill import AutoTokenizer
+
+    path = request.getfixturevalue(f"{name}_gguf")
+    theirs = request.getfixturevalue(f"hf_{name}_tokenizer")
+    ours = AutoTokenizer.from_pretrained(path)
+    for attribute in ("special_tokens_map", "all_special_tokens", "all_special_ids", "padding_side", "bos_token_id",
+                      "eos_token_id", "pad_token_id", "add_bos_token", "chat_template"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert len(ours) == len(theirs)
+    assert AutoTokenizer.from_pretrained(path, padding_side="left").padding_side == "left"
+
+
+def test_text_that_is_not_unicode_is_a_clear_error(tokenizer):
+    """Broken UTF-8 that Python decoded with surrogateescape: a ValueError naming the character, for every entry point."""
+    broken = "caf\udcc3("
+    for call in (lambda: tokenizer(broken), lambda: tokenizer(["fine", broken], padding=True),
+                 lambda: tokenizer.encode("fine", broken), lambda: tokenizer.apply_chat_template(
+                     [{"role": "user", "content": broken}])):
+        with pytest.raises(ValueError, match=r"not valid Unicode: '\\udcc3' at character \d+"):
+            call()
+    assert tokenizer("café").input_ids == tokenizer.encode("café")  # good text is untouched

@@ -6,7 +6,17 @@ import argparse
 import sys
 import time
 
+from ..errors import TokenmillError
 from ..loading.default_model import default_model_path
+
+
+def require_valid_text(text: str, where: str) -> str:
+    """Python keeps undecodable argv/stdin bytes as lone surrogates; refuse them before any work is done."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TokenmillError(f"{where} is not valid UTF-8 (undecodable byte at character {error.start})") from None
+    return text
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

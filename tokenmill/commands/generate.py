@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import TokenmillError
-from .common import add_model_args, add_sampling_args, load_model_and_tokenizer, sampling_kwargs
+from .common import add_model_args, add_sampling_args, load_model_and_tokenizer, require_valid_text, sampling_kwargs
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,9 @@ def main(args: argparse.Namespace) -> int:
     from ..generation.streamers import TextStreamer
     from ..generation.utils import set_seed
 
-    prompt = read_stdin_text() if args.prompt == "-" else args.prompt
+    prompt = read_stdin_text() if args.prompt == "-" else require_valid_text(args.prompt, "the prompt")
+    if args.system is not None:
+        require_valid_text(args.system, "the --system message")
     model, tokenizer = load_model_and_tokenizer(args)
     if args.seed is not None:
         set_seed(args.seed)

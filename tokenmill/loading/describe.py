@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -50,16 +49,20 @@ def _describe_gguf(path: Path) -> dict:
 
 
 def _folder_tokenizer_config(folder: Path) -> dict:
-    path = folder / "tokenizer_config.json"
-    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        config["chat_template"] = jinja.read_text(encoding="utf-8")
+    from ..tokenizer.tokenizer_files import read_chat_templates, read_json_object
+
+    config = read_json_object(folder / "tokenizer_config.json") or {}
+    templates = read_chat_templates(folder)
+    if templates is not None:
+        config["chat_template"] = templates
     return config
 
 
 def _describe_folder(folder: Path) -> dict:
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    from ..config import ModelConfig
+
+    # through ModelConfig: a missing or broken config.json is a clear error, GPT-2's n_embd reads as hidden_size
+    config = ModelConfig.from_json_file(folder / "config.json").to_dict()
     files = weight_files(folder)
     parameters, types = 0, Counter()
     for path in files:

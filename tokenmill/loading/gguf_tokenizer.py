@@ -16,6 +16,7 @@ from ..errors import CheckpointError
 # llama.cpp token types
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 SPIECE_SPACE = "\u2581"
+GEMMA_MASK_TOKEN = "<mask>"
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -249,6 +250,10 @@ def tokenizer_config(metadata: dict) -> dict:
         "model_max_length": metadata.get(f"{architecture}.context_length", int(1e30)),
         "clean_up_tokenization_spaces": False,
     }
+    if architecture.startswith("gemma"):  # what transformers' Gemma tokenizer class sets by default
+        config["padding_side"] = "left"
+        if GEMMA_MASK_TOKEN in tokens:
+            config["mask_token"] = GEMMA_MASK_TOKEN
     if isinstance(metadata.get("tokenizer.chat_template"), str):
         config["chat_template"] = metadata["tokenizer.chat_template"]
     return config

@@ -40,13 +40,15 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(folder, "no weights found (expected model.safetensors or model.safetensors.index.json)")
 
 
-def read_safetensors(path: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, dtype: torch.dtype | None, on_tensor=None) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
                 tensor = handle.get_tensor(name)
                 tensors[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                if on_tensor is not None:
+                    on_tensor(1)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(path, f"cannot read safetensors (truncated or corrupt?): {error}") from None
     return tensors
@@ -70,15 +72,34 @@ def read_pickle(path: Path, dtype: torch.dtype | None, allow_pickle: bool) -> di
     return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state.items()}
 
 
+def _tensor_count(files: list[Path]) -> int | None:
+    """How many tensors the safetensors files hold, from their headers; None if one cannot be read."""
+    try:
+        count = 0
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                count += len(handle.keys())
+        return count
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None  # read_safetensors reports the bad file with its reason
+
+
+def _loading_bar(files: list[Path], enabled: bool):
+    """A tqdm bar that appears only if loading is still running after half a second."""
+    from tqdm.auto import tqdm
+
+    total = _tensor_count([path for path in files if path.suffix == ".safetensors"]) if enabled else None
+    return tqdm(total=total, desc="Loading safetensors", unit="tensor", delay=0.5, leave=False, disable=not enabled)
+
+
 def read_folder_weights(folder: Path, dtype: torch.dtype | None, allow_pickle: bool = False,
-                        progress=None) -> dict[str, torch.Tensor]:
+                        progress: bool = True) -> dict[str, torch.Tensor]:
     files = weight_files(folder)
     state: dict[str, torch.Tensor] = {}
-    for path in files:
-        if path.suffix == ".safetensors":
-            state.update(read_safetensors(path, dtype))
-        else:
-            state.update(read_pickle(path, dtype, allow_pickle))
-        if progress is not None:
-            progress.update(1)
+    with _loading_bar(files, progress) as bar:
+        for path in files:
+            if path.suffix == ".safetensors":
+                state.update(read_safetensors(path, dtype, on_tensor=bar.update))
+            else:
+                state.update(read_pickle(path, dtype, allow_pickle))
     return state

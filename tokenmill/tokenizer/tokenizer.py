@@ -38,6 +38,21 @@ def _merged_config(tokenizer_config: dict | None, special_tokens_map: dict | Non
     return config
 
 
+def _raise_if_not_unicode(inputs) -> None:
+    """A clear error for text the backend cannot take: lone surrogates, which is how Python keeps broken UTF-8."""
+    pending = [inputs]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"the text is not valid Unicode: {error.object[error.start:error.end]!r} at "
+                                 f"character {error.start} (broken UTF-8 decoded with surrogateescape?)") from None
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+
+
 def _side(value: str, what: str) -> str:
     if value not in _SIDES:
         raise ValueError(f"{what} must be 'left' or 'right', got {value!r}")
@@ -218,9 +233,14 @@ class Tokenizer(TokenSurfaceMixin, ChatTemplateMixin):
             self._configure_backend(options, stride, padding_side)
             self._backend.encode_special_tokens = (
                 self.split_special_tokens if split_special_tokens is None else split_special_tokens)
-            encodings = self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens,
-                                                   is_pretokenized=is_split_into_words)
-            self._backend.encode_special_tokens = self.split_special_tokens
+            try:
+                encodings = self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens,
+                                                       is_pretokenized=is_split_into_words)
+            except TypeError:
+                _raise_if_not_unicode(inputs)
+                raise
+            finally:
+                self._backend.encode_special_tokens = self.split_special_tokens
         wanted = {
             "token_type_ids": _default(return_token_type_ids, "token_type_ids" in self.model_input_names),
             "attention_mask": _default(return_attention_mask, "attention_mask" in self.model_input_names),
