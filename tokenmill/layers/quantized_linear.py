@@ -43,11 +43,17 @@ class QuantizedWeight:
         return kernels.dequantize_rows(self.blocks, self.ggml_type, self.in_features).to(dtype)
 
 
-def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
-    rows = x.numel() // weight.in_features
+def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input)."""
+    x32 = x if x.dtype == torch.float32 else x.float()
+    rows = x32.numel() // weight.in_features
     if rows > DENSE_ABOVE_ROWS:
-        return F.linear(x.float(), weight.dequantize())
-    return kernels.matmul(x.float(), weight.blocks, weight.ggml_type, weight.in_features)
+        out = F.linear(x32, weight.dequantize(), bias)
+    else:
+        out = kernels.matmul(x32, weight.blocks, weight.ggml_type, weight.in_features)
+        if bias is not None:
+            out = out + bias
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class BlockStorage(nn.Module):
@@ -82,10 +88,7 @@ class QuantizedLinear(BlockStorage):
         self.bias = nn.Parameter(torch.empty(self.out_features, device="meta"), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _kernel_matmul(x, self.quantized_weight)
-        if self.bias is not None:
-            out = out + self.bias.float()
-        return out.to(x.dtype)
+        return _kernel_matmul(x, self.quantized_weight, None if self.bias is None else self.bias.float())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, ggml_type={self.ggml_type}"
@@ -139,8 +142,7 @@ class QuantizedFusedProjection:
         return True  # one kernel pass over stacked rows is never slower than several
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = _kernel_matmul(x, self.weight)
-        return (out if self.bias is None else out + self.bias).to(x.dtype)
+        return _kernel_matmul(x, self.weight, self.bias)
 
 
 def is_quantized(module: nn.Module) -> bool:
