@@ -31,7 +31,10 @@ def parse_dtype(dtype, checkpoint_dtype: str | None) -> torch.dtype:
 
 
 def parse_device(device) -> torch.device:
-    if device in (None, "auto"):
+    """None means the CPU, as in transformers; "auto" picks CUDA when one is present."""
+    if device is None:
+        return torch.device("cpu")
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
@@ -101,7 +104,7 @@ class AutoModelForCausalLM:
             config = ModelConfig.from_json_file(resolved.folder / "config.json")
             model_class(config.model_type)
             target_dtype = parse_dtype(dtype or torch_dtype, config.torch_dtype)
-            weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle)
+            weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle, progress=progress)
             origin = resolved.folder
         model = build_model(config, weights, source=origin, dtype=target_dtype, device=parse_device(device),
                             attn_implementation=attn_implementation)
