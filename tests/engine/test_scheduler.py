@@ -46,26 +46,22 @@ def test_max_num_seqs_caps_the_running_batch():
     scheduler.finish(scheduler.running[0], "stop")
     _run(scheduler, plan)
     plan = scheduler.schedule()
-    assert [c.seq.request_id for c in plan.chunks] == ["r1"]  # a decode step (they alternate with prefills)
-    _run(scheduler, plan)
-    plan = scheduler.schedule()
-    assert [c.seq.request_id for c in plan.chunks] == ["r2"]  # r2 joins now that r0 has left
+    assert [c.seq.request_id for c in plan.chunks] == ["r1", "r2"]  # r2 joins r1's decode now that r0 has left
+    assert len(scheduler.running) == 2
 
 
-def test_prefill_and_decode_steps_alternate_and_never_mix():
-    scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=100)
+def test_decode_rows_and_prefill_chunks_share_a_step_decodes_first():
+    scheduler = Scheduler(BlockManager(64, 4, enable_prefix_caching=False), max_num_seqs=8, max_num_batched_tokens=10)
     scheduler.add(_seq("a", 5))
-    kinds = []
-    for step in range(8):
-        if step in (1, 2, 3):
-            scheduler.add(_seq(f"late{step}", 6))
-        plan = scheduler.schedule()
-        counts = {c.count > 1 or c.start == 0 for c in plan.chunks}
-        assert len(counts) == 1, "a step mixed prefill chunks with decode rows"
-        kinds.append("prefill" if counts.pop() else "decode")
-        _run(scheduler, plan)
-    # late1 and late2 are admitted together at step 2, late3 at step 4; then only decodes remain
-    assert kinds == ["prefill", "decode", "prefill", "decode", "prefill", "decode", "decode", "decode"]
+    _run(scheduler, scheduler.schedule())
+    scheduler.add(_seq("long", 12))
+    plan = scheduler.schedule()  # a decodes; long's first chunk takes the rest of the budget in the same step
+    assert [(c.seq.request_id, c.start, c.count) for c in plan.chunks] == [("a", 5, 1), ("long", 0, 9)]
+    _run(scheduler, plan)
+    scheduler.add(_seq("late", 2))
+    plan = scheduler.schedule()  # decode first, then the continuing prefill, then the new arrival
+    assert [(c.seq.request_id, c.start, c.count) for c in plan.chunks] == [
+        ("a", 6, 1), ("long", 9, 3), ("late", 0, 2)]
 
 
 def test_preemption_by_recompute_when_blocks_run_out():
@@ -96,8 +92,7 @@ def test_prefix_cache_skips_computing_shared_blocks():
     _run(scheduler, scheduler.schedule())
     b = Sequence("b", 0, a.prompt_token_ids[:8] + [1, 2, 3], SamplingParams(temperature=0))
     scheduler.add(b)
-    _run(scheduler, scheduler.schedule())  # a's decode step comes first (steps alternate)
-    plan = scheduler.schedule()
+    plan = scheduler.schedule()  # b joins a's decode step
     chunk = next(c for c in plan.chunks if c.seq is b)
     assert (chunk.start, chunk.count) == (8, 3)
     assert b.block_table[:2] == a.block_table[:2] and b.num_cached_prompt_tokens == 8

@@ -3,7 +3,8 @@
 The model never sees blocks. Each engine step builds a `PagedBatchCache`, a per-step view laid out the way
 the model's forward already understands: every row right-aligned in `past + query` columns, a 2D padding
 mask marking the unused left columns, and per-row position ids. On `update`, the view writes the step's
-real new keys/values into their slots, then gathers each row's whole context from its block table.
+real new keys/values into their slots, then gathers each row's whole context from its block table (rows of
+one sequence may share a step: every row's keys are written before any row's context is gathered).
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ class PagedLayer(LayerCache):
         layout = self.layout
         new_keys = keys.transpose(1, 2).reshape(batch * query, kv_heads, head_dim)
         new_values = values.transpose(1, 2).reshape(batch * query, kv_heads, head_dim)
-        pool_keys.index_copy_(0, layout.new_slots, new_keys.index_select(0, layout.new_rows).to(pool_keys.dtype))
-        pool_values.index_copy_(0, layout.new_slots,
-                                new_values.index_select(0, layout.new_rows).to(pool_values.dtype))
+        if layout.new_rows.numel() != batch * query:  # some rows are left-padded: keep only the real tokens
+            new_keys = new_keys.index_select(0, layout.new_rows)
+            new_values = new_values.index_select(0, layout.new_rows)
+        pool_keys.index_copy_(0, layout.new_slots, new_keys.to(pool_keys.dtype))
+        pool_values.index_copy_(0, layout.new_slots, new_values.to(pool_values.dtype))
         columns = layout.context_slots.shape[1]
         flat = layout.context_slots.reshape(-1)
         full_keys = pool_keys.index_select(0, flat).view(batch, columns, kv_heads, head_dim).transpose(1, 2)
@@ -96,29 +99,27 @@ def build_layout(block_tables: list[list[int]], starts: list[int], counts: list[
                  device: torch.device) -> tuple[BatchLayout, torch.Tensor, torch.Tensor]:
     """Layout for rows that each compute tokens [start, start + count) of their sequence.
 
-    Returns (layout, attention_mask [batch, past + query], position_ids [batch, query]).
+    Returns (layout, attention_mask [batch, past + query], position_ids [batch, query]). Built with a few
+    whole-batch tensor ops, once per step: per-row tensor work cost more than the model at small batches.
     """
-    query = max(counts)
-    totals = [s + c for s, c in zip(starts, counts)]
-    columns = max(totals)
     batch = len(counts)
-    context = torch.zeros(batch, columns, dtype=torch.long)
-    attention_mask = torch.zeros(batch, columns, dtype=torch.long)
-    positions = torch.zeros(batch, query, dtype=torch.long)
-    new_rows, new_slots = [], []
-    for row, (table, start, count, total) in enumerate(zip(block_tables, starts, counts, totals)):
-        table_tensor = torch.tensor(table, dtype=torch.long)
-        token_positions = torch.arange(total)
-        slots = table_tensor[token_positions // block_size] * block_size + token_positions % block_size
-        context[row, columns - total:] = slots
-        attention_mask[row, columns - total:] = 1
-        positions[row, query - count:] = token_positions[start:]
-        new_rows.append(torch.arange(row * query + query - count, (row + 1) * query))
-        new_slots.append(slots[start:])
-    layout = BatchLayout(
-        past_length=columns - query,
-        new_rows=torch.cat(new_rows).to(device),
-        new_slots=torch.cat(new_slots).to(device),
-        context_slots=context.to(device),
-    )
-    return layout, attention_mask.to(device), positions.to(device)
+    widest = max(len(table) for table in block_tables)
+    tables = torch.tensor([table + [0] * (widest - len(table)) for table in block_tables], dtype=torch.long)
+    start = torch.tensor(starts, dtype=torch.long)[:, None]
+    count = torch.tensor(counts, dtype=torch.long)[:, None]
+    total = start + count
+    query, columns = int(count.max()), int(total.max())
+    # right-aligned: column j of a row holds token position j - (columns - total); negative means padding
+    token_positions = torch.arange(columns)[None, :] - (columns - total)
+    present = token_positions >= 0
+    token_positions = token_positions.clamp(min=0)
+    block_ids = tables.gather(1, token_positions // block_size)
+    context = torch.where(present, block_ids * block_size + token_positions % block_size, 0)
+    # a row's new tokens are its last `count` columns, which are the last columns of the query window
+    is_new = torch.arange(query)[None, :] >= query - count
+    positions = torch.where(is_new, token_positions[:, columns - query:], 0)
+    new_rows = is_new.reshape(-1).nonzero().squeeze(1)
+    new_slots = context[:, columns - query:][is_new]
+    layout = BatchLayout(past_length=columns - query, new_rows=new_rows.to(device), new_slots=new_slots.to(device),
+                         context_slots=context.to(device))
+    return layout, present.long().to(device), positions.to(device)

@@ -29,9 +29,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64, help="largest running batch")
     parser.add_argument("--max-batch-tokens", type=int, default=512, help="tokens computed per step (chunked prefill)")
     parser.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's; 1 is faster on a busy shared CPU)")
+    parser.add_argument("--threads", default="auto",
+                        help="torch threads of the engine: a number, or auto (default): chosen from measured step "
+                             "times between 1 (best on a busy shared CPU) and torch's default (best when idle)")
     parser.add_argument("--log-level", default="info")
+
+
+def _thread_tuner(threads: str):
+    """None for a fixed count (set here, before the engine thread starts, which inherits it), else a tuner."""
+    import torch
+
+    from ..engine.thread_tuner import ThreadTuner
+
+    if threads == "auto":
+        most = torch.get_num_threads()
+        return ThreadTuner([1, most]) if most > 1 else None
+    try:
+        count = int(threads)
+    except ValueError:
+        raise SystemExit(f"tokenmill serve: --threads must be a number or auto, got {threads!r}") from None
+    if count < 1:
+        raise SystemExit(f"tokenmill serve: --threads must be >= 1, got {count}")
+    torch.set_num_threads(count)
+    return None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,10 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from ..server.runner import make_server
     from ..server.settings import ServerSettings
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)  # before the engine thread starts, which inherits it
+    thread_tuner = _thread_tuner(args.threads)
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
@@ -62,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
     )
-    app = build_server_app(model, tokenizer, engine_config, settings)
+    app = build_server_app(model, tokenizer, engine_config, settings, thread_tuner)
     engine = app.state.tokenmill.engine.engine
     print(f"tokenmill: serving {settings.model_name!r} on http://{args.host}:{args.port} "
           f"({engine.blocks.num_blocks} KV blocks of {engine.config.block_size} tokens)", file=sys.stderr)

@@ -16,9 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
+import torch
+
 from .engine import LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .thread_tuner import ThreadTuner
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,13 @@ class _Stream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, on_step: Callable[[LLMEngine, float], None] | None = None):
+    """`tuner`: picks the engine thread's torch thread count from step times (None: leave torch's setting)."""
+
+    def __init__(self, engine: LLMEngine, on_step: Callable[[LLMEngine, float], None] | None = None,
+                 tuner: ThreadTuner | None = None):
         self.engine = engine
         self.on_step = on_step
+        self.tuner = tuner
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._wake = threading.Event()
@@ -93,9 +100,18 @@ class AsyncEngine:
         self._wake.set()
 
     def _deliver(self, request_id: str, item) -> None:
-        stream = self._streams.get(request_id)
-        if stream is not None and not stream.loop.is_closed():
-            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
+        self._deliver_all([(request_id, item)])
+
+    def _deliver_all(self, items: list[tuple[str, object]]) -> None:
+        """Hand a step's outputs over with one wake-up per event loop, not one per request."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        for request_id, item in items:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                batches.setdefault(stream.loop, []).append((stream.outputs, item))
+        for loop, batch in batches.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _drain_commands(self) -> None:
         while True:
@@ -121,6 +137,7 @@ class AsyncEngine:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            threads = self._set_threads()
             started = time.perf_counter()
             try:
                 outputs = self.engine.step()
@@ -128,11 +145,26 @@ class AsyncEngine:
                 log.exception("engine step failed")
                 self._fail_all(EngineStepError(f"generation failed: {error}"))
                 continue
-            for output in outputs:
-                self._deliver(output.request_id, output)
+            self._deliver_all([(output.request_id, output) for output in outputs])
+            seconds = time.perf_counter() - started
+            if self.tuner is not None and self.engine.last_step_tokens:
+                self.tuner.record(threads, seconds, self.engine.last_step_tokens)
             if self.on_step is not None:
-                self.on_step(self.engine, time.perf_counter() - started)
+                self.on_step(self.engine, seconds)
+
+    def _set_threads(self) -> int:
+        """Apply the tuner's choice in this thread (torch's OpenMP thread count is per calling thread)."""
+        if self.tuner is None:
+            return torch.get_num_threads()
+        threads = self.tuner.threads_for_next_step()
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        return threads
 
     def _fail_all(self, error: Exception) -> None:
-        for request_id in self.engine.abort_all():
-            self._deliver(request_id, error)
+        self._deliver_all([(request_id, error) for request_id in self.engine.abort_all()])
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for outputs, item in batch:
+        outputs.put_nowait(item)

@@ -88,6 +88,7 @@ class LLMEngine:
         self._pending_final: list[RequestOutput] = []
         self.tokens_in = 0
         self.tokens_out = 0
+        self.last_step_tokens = 0  # tokens computed by the latest step (prompt chunks + decodes)
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> list[int]:
@@ -179,6 +180,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         reports, self._pending_final = self._pending_final, []
         plan = self.scheduler.schedule()
+        self.last_step_tokens = plan.num_tokens
         if not plan.chunks:
             return reports
         all_rows = {i for i, chunk in enumerate(plan.chunks)

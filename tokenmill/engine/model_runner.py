@@ -1,11 +1,72 @@
-"""Runs one engine step through the model: scheduled chunks → batch tensors + paged cache view → logits."""
+"""Runs one engine step through the model: scheduled chunks → batch tensors + paged cache view → logits.
+
+A step mixes decode rows (one token) with prefill chunks (many). The forward takes a rectangular batch, so
+chunks are cut into segments of at most `segment` tokens, one row each: a 20-token chunk next to 32 decode
+rows becomes 20 one-token rows rather than padding every decode row to 20 columns. This is exact: each row
+attends to its own sequence's context, and the paged view writes every row's new keys/values before any row
+gathers its context, so a segment sees the keys of the earlier segments of its chunk computed in the same step.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..cache.paged import PagedBatchCache, PagedKVPool, build_layout
 from .scheduler import ScheduledChunk
+
+# relative cost of one gathered context slot (keys + values read, copied, attended, in every layer), and of the
+# vocabulary projection of one row's last position, both in units of one token's pass through the layers
+SLOT_COST = 0.01
+LOGITS_ROW_COST = 0.2
+
+
+def chunk_token_ids(chunk: ScheduledChunk) -> list[int]:
+    """The chunk's tokens, without concatenating prompt + output (a decode chunk is one output token)."""
+    seq, end = chunk.seq, chunk.start + chunk.count
+    prompt_len = len(seq.prompt_token_ids)
+    if chunk.start >= prompt_len:
+        return seq.output_token_ids[chunk.start - prompt_len:end - prompt_len]
+    if end <= prompt_len:
+        return seq.prompt_token_ids[chunk.start:end]
+    return seq.prompt_token_ids[chunk.start:] + seq.output_token_ids[:end - prompt_len]
+
+
+def segment_length(counts: list[int], columns: int) -> int:
+    """The row length (a power of two, or the longest chunk) with the least padded work for these chunks."""
+    longest = max(counts)
+    candidates = [1 << k for k in range(longest.bit_length()) if 1 << k < longest] + [longest]
+
+    def cost(segment: int) -> float:
+        rows = sum(-(-count // segment) for count in counts)
+        return rows * (segment + columns * SLOT_COST + LOGITS_ROW_COST)
+
+    return min(candidates, key=cost)
+
+
+@dataclass
+class StepRows:
+    """Rows of one forward: row r computes tokens [starts[r], starts[r] + counts[r]) of chunk owners[r]."""
+
+    tables: list[list[int]]
+    starts: list[int]
+    counts: list[int]
+    owners: list[int]
+    last_row: list[int]  # per chunk: the row holding its last token
+
+
+def split_rows(chunks: list[ScheduledChunk], segment: int) -> StepRows:
+    rows = StepRows([], [], [], [], [])
+    for index, chunk in enumerate(chunks):
+        end = chunk.start + chunk.count
+        for start in range(chunk.start, end, segment):
+            rows.tables.append(chunk.seq.block_table)
+            rows.starts.append(start)
+            rows.counts.append(min(segment, end - start))
+            rows.owners.append(index)
+        rows.last_row.append(len(rows.owners) - 1)
+    return rows
 
 
 class ModelRunner:
@@ -18,21 +79,27 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk], all_logits_rows: set[int] = frozenset()
             ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """(last-token logits [chunks, vocab] float32, {row: [count, vocab]} for rows in `all_logits_rows`,
+        """(last-token logits [chunks, vocab] float32, {chunk: [count, vocab]} for chunks in `all_logits_rows`,
         whose prompt logprobs need every position)."""
-        counts = [chunk.count for chunk in chunks]
-        starts = [chunk.start for chunk in chunks]
-        layout, attention_mask, positions = build_layout(
-            [chunk.seq.block_table for chunk in chunks], starts, counts, self.block_size, self.device)
-        query = max(counts)
-        input_ids = torch.zeros(len(chunks), query, dtype=torch.long)
-        for row, chunk in enumerate(chunks):
-            tokens = chunk.seq.all_token_ids[chunk.start:chunk.start + chunk.count]
-            input_ids[row, query - chunk.count:] = torch.tensor(tokens, dtype=torch.long)
+        columns = max(chunk.start + chunk.count for chunk in chunks)
+        rows = split_rows(chunks, segment_length([chunk.count for chunk in chunks], columns))
+        layout, attention_mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.block_size,
+                                                         self.device)
+        query = max(rows.counts)
+        tokens = [token for chunk in chunks for token in chunk_token_ids(chunk)]  # row order = chunk order
+        input_ids = torch.zeros(len(rows.counts) * query, dtype=torch.long)
+        input_ids[layout.new_rows.cpu()] = torch.tensor(tokens, dtype=torch.long)
         cache = PagedBatchCache(self.pool, layout)
         keep = 0 if all_logits_rows else 1
-        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask,
+        out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
                          position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep)
-        logits = out.logits.float()
-        every_position = {row: logits[row, query - chunks[row].count:] for row in all_logits_rows}
-        return logits[:, -1], every_position
+        logits = out.logits
+        if len(rows.last_row) == logits.shape[0]:  # one row per chunk (decode steps): no gather copy
+            last = logits[:, -1].float()
+        else:
+            last = logits[torch.tensor(rows.last_row, device=logits.device), -1].float()
+        every_position = {}
+        for index in all_logits_rows:
+            parts = [logits[row, query - rows.counts[row]:] for row, owner in enumerate(rows.owners) if owner == index]
+            every_position[index] = torch.cat(parts).float()
+        return last, every_position

@@ -11,6 +11,7 @@ import torch
 
 from .sampling_params import SamplingParams
 from .sequence import Sequence, TokenLogprob
+from .vocab_reduce import argmax_rows, topk_rows
 
 
 def apply_penalties(logits: torch.Tensor, seq: Sequence, params: SamplingParams) -> torch.Tensor:
@@ -89,14 +90,24 @@ def needs_slow_path(seq: Sequence) -> bool:
     return params.sampled or params.needs_history or bool(params.logit_bias)
 
 
-def token_logprob(logits: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
-    """Log-probabilities under the model's own distribution (before sampling transforms)."""
-    log_probs = logits.log_softmax(-1)
-    top: list[tuple[int, float]] = []
-    if top_n:
-        values, ids = torch.topk(log_probs, top_n)
-        top = list(zip(ids.tolist(), values.tolist()))
-    return TokenLogprob(token, float(log_probs[token]), top)
+def record_logprobs(rows: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:
+    """Append each chosen token's log-probability (and top alternatives) under the model's own distribution,
+    before sampling transforms, for the sequences that asked; one batched pass and one host copy for all."""
+    wanted = [i for i, seq in enumerate(seqs) if seq.params.logprobs is not None]
+    if not wanted:
+        return
+    logits = rows if len(wanted) == len(seqs) else rows[torch.tensor(wanted)]
+    # log p = logit - logsumexp: no [rows, vocab] log-softmax is materialized
+    normalizer = logits.logsumexp(-1, keepdim=True)
+    chosen = torch.tensor([tokens[i] for i in wanted])[:, None]
+    chosen_logprobs = (logits.gather(1, chosen) - normalizer)[:, 0].tolist()
+    top_n = max(seqs[i].params.logprobs for i in wanted)
+    top_values, top_ids = topk_rows(logits, top_n) if top_n else (logits[:, :0], logits[:, :0].long())
+    top_values, top_ids = (top_values - normalizer).tolist(), top_ids.tolist()
+    for k, i in enumerate(wanted):
+        n = seqs[i].params.logprobs
+        seqs[i].output_logprobs.append(TokenLogprob(tokens[i], chosen_logprobs[k],
+                                                    list(zip(top_ids[k][:n], top_values[k][:n]))))
 
 
 def constrain(logits: torch.Tensor, seq: Sequence, processor) -> torch.Tensor:
@@ -109,7 +120,7 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constra
            ) -> list[int]:
     """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs.
     `constraints[i]`: sequence i's structured-output processor, or None (unconstrained)."""
-    tokens: list[int] = rows.argmax(-1).tolist()  # greedy rows need nothing more
+    tokens: list[int] = argmax_rows(rows).tolist()  # greedy rows need nothing more
     for i, seq in enumerate(seqs):
         processor = constraints[i] if constraints else None
         if processor is not None:
@@ -117,24 +128,18 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constra
             tokens[i] = choose_token(allowed, seq, eos_ids) if needs_slow_path(seq) else int(allowed.argmax())
         elif needs_slow_path(seq):
             tokens[i] = choose_token(rows[i], seq, eos_ids)
-        if seq.params.logprobs is not None:
-            seq.output_logprobs.append(token_logprob(rows[i], tokens[i], seq.params.logprobs))
+    record_logprobs(rows, seqs, tokens)
     return tokens
 
 
 def prompt_logprobs(logits: torch.Tensor, seq: Sequence, start: int, top_n: int) -> list[TokenLogprob]:
     """Logprob of each prompt token given the ones before it; logits[j] predicts token start + j + 1."""
-    results = []
     prompt = seq.prompt_token_ids
-    log_probs = logits.log_softmax(-1)
-    for j in range(logits.shape[0]):
-        position = start + j + 1
-        if position >= len(prompt):
-            break
-        token = prompt[position]
-        top = []
-        if top_n:
-            values, ids = torch.topk(log_probs[j], top_n)
-            top = list(zip(ids.tolist(), values.tolist()))
-        results.append(TokenLogprob(token, float(log_probs[j, token]), top))
-    return results
+    targets = prompt[start + 1:start + 1 + logits.shape[0]]
+    if not targets:
+        return []
+    log_probs = logits[:len(targets)].log_softmax(-1)
+    chosen = log_probs.gather(1, torch.tensor(targets)[:, None])[:, 0].tolist()
+    top_values, top_ids = topk_rows(log_probs, top_n) if top_n else (log_probs[:, :0], log_probs[:, :0].long())
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    return [TokenLogprob(token, chosen[j], list(zip(top_ids[j], top_values[j]))) for j, token in enumerate(targets)]

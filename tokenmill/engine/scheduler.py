@@ -1,7 +1,9 @@
 """Continuous batching: which sequences run this step and how many tokens each computes.
 
-Every step: running sequences first (one decode token each, or the next prefill chunk), then waiting
-sequences are admitted while the per-step token budget, the sequence limit and free KV blocks allow.
+Every step: running sequences first (one decode token each, then the next prefill chunks), then waiting
+sequences are admitted while the per-step token budget, the sequence limit and free KV blocks allow. Decode
+rows and prefill chunks share the step: the model runner packs chunks into short rows, so a prefill chunk
+does not pad the decode rows to its length (see model_runner.py).
 When a running sequence needs a block and none is free, the most recently admitted sequence is preempted
 by recompute (its blocks are freed; it goes back to the front of the queue) — the engine never crashes on
 a full pool.
@@ -48,7 +50,6 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        self._last_was_prefill = False
 
     # ---- queue management ----
     def add(self, seq: Sequence) -> None:
@@ -72,27 +73,13 @@ class Scheduler:
 
     # ---- one step ----
     def schedule(self) -> SchedulerOutput:
-        """Prefill steps and decode steps alternate when both have work.
-
-        A step's batch is rectangular (rows padded to the longest chunk), so a decode row sharing a step
-        with a 30-token prefill chunk would cost 30 tokens of compute; keeping them apart avoids that,
-        and alternating bounds how long either kind waits to one step.
-        """
+        """Decode rows first (each needs one token, so the budget never starves them), then continuing prefill
+        chunks, then newly admitted sequences."""
         decoding = [seq for seq in self.running if seq.num_uncomputed_tokens == 1]
         prefilling = [seq for seq in self.running if seq.num_uncomputed_tokens > 1]
-        wants_prefill = bool(prefilling) or (bool(self.waiting) and len(self.running) < self.max_num_seqs)
-        if wants_prefill and (not decoding or not self._last_was_prefill):
-            out = self._step(prefilling, admit=True)
-            if out.chunks:
-                self._last_was_prefill = True
-                return out
-        self._last_was_prefill = False
-        return self._step(decoding, admit=not decoding)
-
-    def _step(self, candidates: list[Sequence], admit: bool) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        for seq in candidates:
+        for seq in decoding + prefilling:
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:
@@ -102,7 +89,7 @@ class Scheduler:
                 continue
             out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, count))
             budget -= count
-        if admit and not out.preempted:
+        if not out.preempted:
             self._admit(budget, out)
         return out
 

@@ -6,10 +6,12 @@ import hmac
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
+from ..engine.thread_tuner import ThreadTuner
 from . import openai_routes, tgi_routes
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
@@ -19,20 +21,39 @@ from .state import ServerState
 GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream", "/"}
 
 
-def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
-    @app.middleware("http")
-    async def guards(request: Request, call_next):
-        path = request.url.path
-        length = request.headers.get("content-length")
+class RequestGuards:
+    """Body-size limit and API key, checked before routing. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would relay every streamed SSE chunk through an extra task and memory stream."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            rejection = self._rejection(scope)
+            if rejection is not None:
+                await rejection(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _rejection(self, scope):
+        settings, path = self.settings, scope["path"]
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
             return error_response(path, 413, f"the request body has {length} bytes, more than the limit of "
                                              f"{settings.max_request_bytes}")
-        if settings.api_key and request.method == "POST" and path in GENERATION_ROUTES:
-            supplied = request.headers.get("authorization", "")
+        if settings.api_key and scope["method"] == "POST" and path in GENERATION_ROUTES:
+            supplied = headers.get("authorization", "")
             expected = f"Bearer {settings.api_key}"
             if not hmac.compare_digest(supplied.encode(), expected.encode()):
                 return error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
-        return await call_next(request)
+        return None
+
+
+def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
+    app.add_middleware(RequestGuards, settings=settings)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -64,8 +85,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
 
 
 def build_server_app(model, tokenizer, engine_config: EngineConfig | None = None,
-                     settings: ServerSettings | None = None) -> FastAPI:
+                     settings: ServerSettings | None = None, thread_tuner: ThreadTuner | None = None) -> FastAPI:
     """Model + tokenizer → engine → async engine → app, with metrics wired to every engine step."""
     metrics = ServerMetrics()
-    engine = AsyncEngine(LLMEngine(model, tokenizer, engine_config), on_step=metrics.on_step)
+    engine = AsyncEngine(LLMEngine(model, tokenizer, engine_config), on_step=metrics.on_step, tuner=thread_tuner)
     return create_app(engine, settings, metrics)

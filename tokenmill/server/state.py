@@ -100,6 +100,13 @@ async def final_output(request: Request, outputs: AsyncIterator[RequestOutput]) 
 
 async def merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
     """Interleave several async iterators as (stream index, item), in arrival order."""
+    if len(streams) == 1:  # the common case: no pump task and queue hop per item
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            await streams[0].aclose()
+        return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
