@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 import test_gguf  # the tiny-model GGUF writer of the loading tests (same folder)
 from tokenmill import AutoModelForCausalLM
 from tokenmill.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
+from tokenmill.layers.norm import RMSNorm
 
 # rotated across tensors so that every 32-element type the writer can quantize is exercised in each file
 TYPES = [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0,
@@ -101,6 +102,17 @@ def test_dequantize_resize_and_move(write_quantized):
     again, _ = load_both(write_quantized("llama"))
     assert again.to("cpu").is_quantized()  # staying on the CPU keeps the blocks
     assert not again.to("meta").is_quantized()  # any other device gets float weights
+
+
+def native_norm_flags(model) -> set[bool]:
+    return {module.native_kernel for module in model.modules() if isinstance(module, RMSNorm)}
+
+
+def test_native_norms_go_with_the_kernels(write_quantized):
+    kept, dense = load_both(write_quantized("llama"))
+    assert native_norm_flags(kept) == {True}  # the C RMSNorm runs beside the GGUF kernels
+    assert native_norm_flags(dense) == {False}  # dense float32 stays transformers' arithmetic bit for bit
+    assert native_norm_flags(kept.dequantize()) == {False}
 
 
 def test_save_pretrained_of_kept_blocks_loads_in_transformers(write_quantized, tmp_path):

@@ -1,4 +1,5 @@
-"""Native CPU kernels: float32 matmuls over GGUF block-quantized weights (see gguf_blocks.c).
+"""Native CPU kernels: float32 matmuls over GGUF block-quantized weights (see gguf_blocks.c) and the row-wise
+float32 ops of the decode step whose ATen dispatch costs more than their arithmetic (elementwise.c).
 
 The C source is compiled once per machine with the system C compiler and loaded with ctypes; no build step
 at install time and no compiler headers from torch. It links libgomp by soname, so it shares the OpenMP
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("gguf_blocks.c", "gguf_avx512.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("gguf_blocks.c", "gguf_avx512.c", "elementwise.c")]
 # no fp contraction: `d * q + m` must round twice, exactly as the torch dequantizers do
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp", "-fPIC",
          "-shared", "-std=c11"]
@@ -58,7 +59,7 @@ def _compile(compiler: str, target: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
         partial = Path(handle.name)
     try:
-        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial)], check=True, capture_output=True,
+        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(partial)], check=True, capture_output=True,
                        text=True, timeout=120)
         os.replace(partial, target)
     except subprocess.CalledProcessError as error:
@@ -72,7 +73,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.tm_supports.argtypes = [ctypes.c_int]
     library.tm_matmul.argtypes = [ptr, i64, ctypes.c_int, i64, i64, ptr, i64, ptr, ctypes.c_int]
     library.tm_dequant_rows.argtypes = [ptr, i64, ctypes.c_int, i64, ptr, i64, ptr, ctypes.c_int]
-    for function in (library.tm_supports, library.tm_matmul, library.tm_dequant_rows):
+    library.tm_rms_norm.argtypes = [ptr, i64, i64, ptr, ctypes.c_float, ctypes.c_int, ptr, ctypes.c_int]
+    for function in (library.tm_supports, library.tm_matmul, library.tm_dequant_rows, library.tm_rms_norm):
         function.restype = ctypes.c_int
     return library
 
@@ -157,4 +159,23 @@ def dequantize_rows(blocks: torch.Tensor, ggml_type: int, in_features: int,
                                       None if ids is None else ids.data_ptr(), count, out.data_ptr(), _threads())
     if status:
         raise RuntimeError(f"GGUF dequantization failed (status {status}) for ggml type {ggml_type}")
+    return out
+
+
+def rms_norm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where `rms_norm` below can serve: float32 CPU inference on a contiguous last dimension."""
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and weight.device.type == "cpu" and x.is_contiguous() and weight.is_contiguous()
+            and x.shape[-1] == weight.shape[0] and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and library() is not None)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool = False) -> torch.Tensor:
+    """x / rms(x) * weight (or * (1 + weight)) over the last dimension; see rms_norm_applies."""
+    dim = x.shape[-1]
+    out = torch.empty_like(x)
+    status = library().tm_rms_norm(x.data_ptr(), x.numel() // dim, dim, weight.data_ptr(), eps, int(unit_offset),
+                                   out.data_ptr(), _threads())
+    if status:
+        raise RuntimeError(f"rms_norm kernel failed (status {status}) for shape {tuple(x.shape)}")
     return out

@@ -260,7 +260,9 @@ class GGUFCheckpoint:
         config = self.config_dict()
         kept = {}
         if keep_quantized:
-            kept = {pair: weight for pair in names if (weight := self.quantized_weight(pair[0], config)) is not None}
+            with one_thread_per_op():  # row copies (the Q/K unpermute) are memory-bound: see one_thread_per_op
+                kept = {pair: weight for pair in names
+                        if (weight := self.quantized_weight(pair[0], config)) is not None}
 
         def load(pair: tuple[str, str]) -> torch.Tensor:
             gguf_name = pair[0]

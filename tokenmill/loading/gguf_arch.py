@@ -382,8 +382,8 @@ class ArchSpec:
 def unpermute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Inverse of llama.cpp's `permute`: per head, rows were reordered from (2, dim/2) to (dim/2, 2)."""
     rows = weight.shape[0]
-    grouped = weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:])
-    return grouped.transpose(1, 2).reshape(weight.shape).contiguous()
+    order = torch.arange(rows).view(heads, rows // heads // 2, 2).transpose(1, 2).reshape(-1)
+    return weight.index_select(0, order)  # whole-row copies: 2x a strided reshape, and the same for block bytes
 
 
 ARCHITECTURES = {

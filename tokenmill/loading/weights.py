@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -56,12 +58,25 @@ def install_quantized(model: torch.nn.Module, weights: dict, dtype: torch.dtype)
     return remaining
 
 
+_INITIALIZERS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                 "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _skip_initialization():
+    """Random init of meta tensors is wasted work, and meta `normal_` imports torch._dynamo (~2 s, once)."""
+    with contextlib.ExitStack() as stack:
+        for name in _INITIALIZERS:
+            stack.enter_context(mock.patch.object(nn.init, name, lambda tensor, *args, **kwargs: tensor))
+        yield
+
+
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 attn_implementation: str = "sdpa"):
     cls = model_class(config.model_type)
     weights = cls.sanitize(config, weights)
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_initialization():
         model = cls(config, attn_implementation=attn_implementation)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
@@ -74,4 +89,5 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     model.tie_weights()
     with one_thread_per_op():  # fusing copies weights: memory-bound, and immune to a busy second core
         model.reset_non_persistent_buffers()
+    model.use_native_norms(model.is_quantized())
     return model.eval().requires_grad_(False)

@@ -16,6 +16,7 @@ from ..cache.dynamic import DynamicCache
 from ..config import ModelConfig
 from ..generation.generate import GenerationMixin
 from ..layers.mask import AttentionMask, build_attention_mask
+from ..layers.norm import RMSNorm
 from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
 from ..layers.rope import RotaryEmbedding
 
@@ -175,7 +176,15 @@ class CausalLM(nn.Module, GenerationMixin):
             self.lm_head = dense_copy(self.lm_head)
         self.tie_weights()
         self.fuse_projections()
+        self.use_native_norms(False)
         return self
+
+    def use_native_norms(self, enabled: bool) -> None:
+        """RMSNorm through the C kernel (one call instead of ~6 ATen ops per norm: ~1 ms per SmolLM2 decode
+        step). On with the GGUF kernels, whose matmuls already differ from transformers' in summation order."""
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.native_kernel = enabled
 
     def to(self, *args, **kwargs):
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
