@@ -84,7 +84,7 @@ class AutoModelForCausalLM:
         float32 on the CPU and the kernels could be built; False: dequantize every tensor at load."""
         from .kernels import available as kernels_available
         from .loading.safetensors import read_folder_weights
-        from .loading.weights import build_model
+        from .loading.weights import build_model, return_freed_memory
         from .models.registry import model_class
 
         started = time.perf_counter()
@@ -108,6 +108,8 @@ class AutoModelForCausalLM:
             origin = resolved.folder
         model = build_model(config, weights, source=origin, dtype=target_dtype, device=parse_device(device),
                             attn_implementation=attn_implementation)
+        del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
+        return_freed_memory()
         model.generation_config = load_generation_config(resolved, gguf)
         model.name_or_path = str(source)
         model.load_seconds = time.perf_counter() - started

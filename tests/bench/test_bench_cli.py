@@ -14,6 +14,7 @@ from tokenmill import cli
 from tokenmill.bench.backends import TokenmillBackend
 from tokenmill.bench.limits import search_limit
 from tokenmill.bench.measure import Workload
+from tokenmill.bench import report as report_module
 
 TIMED_FIELDS = ("ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "prefill_tokens_per_cpu_s",
                 "decode_tokens_per_cpu_s")
@@ -164,6 +165,10 @@ def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):
     weights = {name: info["weight_bytes"] for name, info in report["models"].items()}
     # Q4_1/Q8_0 blocks against float32: about 4.5-8.5 bits per weight instead of 32
     assert weights["tokenmill float32 sdpa gguf"] < weights["tokenmill float32 sdpa dense"] / 4
+    # each weight mode is its own plotted line, not one line zig-zagging between the two
+    series = report_module._series(report, "decode_tokens_per_s")
+    assert {key[:2] for key in series} == {("tokenmill", "gguf"), ("tokenmill", "dense")}
+    assert all(len(points) == 1 for points in series.values())
 
 
 class FakeLlama:

@@ -69,14 +69,14 @@ def write_json(report: dict, path: Path) -> None:
 
 
 def _series(report: dict, field: str):
-    """{(engine, batch, cache): [(sequence length, value)]} from the sweep points."""
+    """{(engine, weights, batch, cache): [(sequence length, value)]} from the sweep points."""
     series: dict[tuple, list] = {}
     for point in report["points"]:
         for name, result in point["results"].items():
             value = _median(result, field)
             if value is None:
                 continue
-            key = (name, point["batch_size"], point["cache_implementation"])
+            key = (name, point.get("weights", "auto"), point["batch_size"], point["cache_implementation"])
             series.setdefault(key, []).append((point["prompt_length"] + point["new_tokens"], value))
     return series
 
@@ -97,11 +97,18 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
     written = []
     for file_name, ylabel, fields, scale in figures:
         figure, axes = pyplot.subplots(figsize=(7, 4.5))
-        for field, label in fields:
-            for (engine, batch, cache), points in sorted(_series(report, field).items()):
+        several_weights = len({point.get("weights") for point in report["points"]}) > 1
+        colors: dict[tuple, str] = {}  # one colour per engine (and weight mode), a line style per measure
+        batch_markers: dict[int, str] = {}
+        for style, (field, label) in zip(("-", "--", ":"), fields):
+            for (engine, weights, batch, cache), points in sorted(_series(report, field).items()):
                 points.sort()
-                axes.plot([p[0] for p in points], [p[1] / scale for p in points], marker="o",
-                          label=f"{engine} {label} b{batch} {cache}")
+                # with several weight modes each is its own line (the other engines' runs paired with it)
+                mode = f" [{weights}]" if several_weights else ""
+                color = colors.setdefault((engine, mode), f"C{len(colors) % 10}")
+                marker = batch_markers.setdefault(batch, "osD^v<>"[len(batch_markers) % 7])
+                axes.plot([p[0] for p in points], [p[1] / scale for p in points], marker=marker, color=color,
+                          linestyle=style, label=f"{engine}{mode} {label} b{batch} {cache}")
         if file_name == "memory.png":
             for engine, limit in report.get("limits", {}).items():
                 tried = [t for t in limit["tried"] if t["peak_rss_bytes"]]

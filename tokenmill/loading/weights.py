@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 from pathlib import Path
 from unittest import mock
 
@@ -69,6 +71,18 @@ def _skip_initialization():
         for name in _INITIALIZERS:
             stack.enter_context(mock.patch.object(nn.init, name, lambda tensor, *args, **kwargs: tensor))
         yield
+
+
+def return_freed_memory() -> None:
+    """Give the allocator's freed pages back to the OS (glibc keeps them in per-thread arenas): the parallel
+    dequantization frees as much as it keeps, measured ~300 MB of RSS for SmolLM2 in float32."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
 
 
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
