@@ -285,7 +285,7 @@ def llama_cpp_rope_freqs(theta: float, rotary_dim: int, factor: float, low: floa
 
 @pytest.mark.parametrize("factor, low, high", [(32.0, 1.0, 4.0), (8.0, 1.0, 4.0), (16.0, 2.0, 8.0)])
 def test_llama3_rope_parameters_recovered_from_rope_freqs(factor, low, high):
-    from tokenmill.loading.gguf_arch import llama3_rope_parameters
+    from tokenmill.loading.gguf_rope import llama3_rope_parameters
 
     divisors = torch.from_numpy(llama_cpp_rope_freqs(5e5, 128, factor, low, high)).double()
     assert llama3_rope_parameters(divisors, 5e5, 128) == {
