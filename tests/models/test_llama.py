@@ -150,6 +150,13 @@ def test_dynamic_rope_past_the_context_length(tmp_path_factory):
         ours, theirs = model.generate(short, **settings), oracle.generate(short, **settings)
     assert ours.sequences.tolist() == theirs.sequences.tolist()
     torch.testing.assert_close(torch.stack(ours.logits), torch.stack(theirs.logits), atol=ATOL, rtol=0)
+    # a prompt longer than the context is what dynamic rope is for: generated (with a warning), as transformers does
+    long_ids, long_mask = prompt_batch(length=40)
+    settings = dict(attention_mask=long_mask, do_sample=False, max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
+    with pytest.warns(UserWarning, match="dynamic rope rescales"), torch.no_grad():
+        ours = model.generate(long_ids, **settings)
+    with torch.no_grad():
+        assert ours.tolist() == oracle.generate(long_ids, **settings).tolist()
 
 
 def test_mlp_bias(tmp_path_factory):

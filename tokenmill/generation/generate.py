@@ -59,6 +59,14 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 1)
 
 
+def rescales_past_context(config) -> bool:
+    """Dynamic NTK rope recomputes its frequencies for sequences past max_position_embeddings: serving those
+    is its purpose (transformers only warns there); any other model is refused a longer prompt."""
+    params = config.rope_parameters or {}
+    kinds = {params.get("rope_type")} | {value.get("rope_type") for value in params.values() if isinstance(value, dict)}
+    return "dynamic" in kinds
+
+
 def _sample_next(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
     if do_sample:
         probs = torch.softmax(scores, dim=-1)
@@ -210,9 +218,10 @@ class GenerationMixin:
             )
         context = self.config.max_position_embeddings
         if prompt_length > context:
-            raise ValueError(
-                f"the prompt has {prompt_length} tokens, more than the model's context length of {context}"
-            )
+            message = f"the prompt has {prompt_length} tokens, more than the model's context length of {context}"
+            if not rescales_past_context(self.config):
+                raise ValueError(message)
+            warnings.warn(f"{message}; dynamic rope rescales its frequencies for it", stacklevel=2)
         strategy_name = "assisted" if assistant_model is not None else self._strategy_name(config)
         if streamer is not None and strategy_name in BEAM_STRATEGIES:
             raise ValueError("a streamer cannot be used with beam search (num_beams > 1): beams change until the end")
