@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -89,6 +90,8 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     path = _library_path(compiler)
     if not path.is_file():
+        print(f"tokenmill: compiling the CPU kernels for this machine into {path.parent} (once; ~10 s)",
+              file=sys.stderr, flush=True)
         _compile(compiler, path)
     return _bind(ctypes.CDLL(str(path)))
 

@@ -1,7 +1,7 @@
 /* Row-wise float32 kernels for the decode step, where one ATen op costs more in dispatch than in arithmetic.
  *
  * rms_norm: out = x * (1 / sqrt(mean(x^2) + eps)) * w, rounding after each product as torch does. The mean
- * is accumulated in double (more exact than torch's float32 reduction; the two differ by ~1 ulp of the scale).
+ * is accumulated in double where torch sums in float32: the two differ by about 1 ulp of the scale.
  * Each row is computed alone, so a row's result never depends on the batch it is in.
  */
 #include <math.h>

@@ -166,7 +166,8 @@ static inline __attribute__((always_inline)) void tile_dot(int type, int block_e
         __m512 weights[TILE_N][16];
         int vectors = 0;
         /* the same columns PREFETCH_ROWS rows ahead, a cache line at a time: several weight rows stream at
-         * once, which the hardware prefetcher alone follows at about half the memory bandwidth */
+         * once, which the hardware prefetcher alone follows at about half the memory bandwidth. Near the end
+         * of the matrix the address runs past it: harmless, a prefetch never faults. */
         if ((e / block_elements) % blocks_per_line == 0)
             for (int i = 0; i < nb; i++)
                 for (int offset = 0; offset < block_bytes; offset += 64)

@@ -64,8 +64,9 @@ class RotaryEmbedding(nn.Module):
         self.dim = int(head_dim * self.params.get("partial_rotary_factor", 1.0))
         self.max_positions = max_position_embeddings
         self.attention_scaling = 1.0
+        target = torch.get_default_device()  # the device a `with torch.device(...)` build asks for
         with torch.device("cpu"):  # real arithmetic even under a meta-device build (meta ops import torch._dynamo: ~2 s)
-            inv_freq = self._initial_inv_freq()
+            inv_freq = self._initial_inv_freq().to(target)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def _initial_inv_freq(self) -> torch.Tensor:
