@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import nn
@@ -67,22 +65,22 @@ _INITIALIZERS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "
 @contextlib.contextmanager
 def _skip_initialization():
     """Random init of meta tensors is wasted work, and meta `normal_` imports torch._dynamo (~2 s, once)."""
-    with contextlib.ExitStack() as stack:
-        for name in _INITIALIZERS:
-            stack.enter_context(mock.patch.object(nn.init, name, lambda tensor, *args, **kwargs: tensor))
+    originals = {name: getattr(nn.init, name) for name in _INITIALIZERS}
+    for name in _INITIALIZERS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
         yield
+    finally:
+        for name, initializer in originals.items():
+            setattr(nn.init, name, initializer)
 
 
 def return_freed_memory() -> None:
     """Give the allocator's freed pages back to the OS (glibc keeps them in per-thread arenas): the parallel
     dequantization frees as much as it keeps, measured ~300 MB of RSS for SmolLM2 in float32."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        pass
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: glibc's, if it is glibc
+    if trim is not None:
+        trim(0)
 
 
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
