@@ -53,7 +53,7 @@ def test_dequantization_is_bit_identical(type_name):
 
 
 @pytest.mark.parametrize("type_name", sorted(HALF_FIELDS))
-@pytest.mark.parametrize("rows_of_x", [1, 3, 4, 5, 13])
+@pytest.mark.parametrize("rows_of_x", [1, 3, 4, 5, 8, 13, 34])  # each tile path, short groups
 def test_matmul_equals_dense_float32(type_name, rows_of_x):
     columns = dequant.GGML_TYPES[TYPE_IDS[type_name]].block_elements * 2
     blocks = random_blocks(type_name, 37, columns, seed=rows_of_x)  # 37 rows: tiles of 16 and of 4 plus remainders
@@ -69,11 +69,11 @@ def test_matmul_equals_dense_float32(type_name, rows_of_x):
 def test_each_row_is_independent_of_the_batch(type_name):
     columns = dequant.GGML_TYPES[TYPE_IDS[type_name]].block_elements * 2
     blocks = random_blocks(type_name, 19, columns)
-    x = torch.randn(11, columns)
-    together = kernels.matmul(x, blocks, TYPE_IDS[type_name], columns)
-    for row in range(11):
-        alone = kernels.matmul(x[row:row + 1], blocks, TYPE_IDS[type_name], columns)
-        assert torch.equal(alone[0], together[row])
+    x = torch.randn(34, columns)
+    alone = torch.cat([kernels.matmul(x[row:row + 1], blocks, TYPE_IDS[type_name], columns) for row in range(34)])
+    for count in (3, 6, 8, 11, 34):  # register tiles, packed register tiles, packed tiles over scratch
+        together = kernels.matmul(x[:count], blocks, TYPE_IDS[type_name], columns)
+        assert torch.equal(together, alone[:count]), count
 
 
 def test_leading_dimensions_and_strided_input():

@@ -3,6 +3,8 @@ dequantized at load, and by transformers: same logits, same greedy tokens, for e
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,9 @@ import transformers
 from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 import test_gguf  # the tiny-model GGUF writer of the loading tests (same folder)
-from tokenmill import AutoModelForCausalLM
+from tokenmill import AutoModelForCausalLM, kernels
+from tokenmill.layers.attention import Attention
+from tokenmill.layers.mlp import GatedMLP
 from tokenmill.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
 from tokenmill.layers.norm import RMSNorm
 
@@ -104,15 +108,70 @@ def test_dequantize_resize_and_move(write_quantized):
     assert not again.to("meta").is_quantized()  # any other device gets float weights
 
 
-def native_norm_flags(model) -> set[bool]:
-    return {module.native_kernel for module in model.modules() if isinstance(module, RMSNorm)}
+def native_kernel_flags(model) -> set[bool]:
+    flagged = [module for module in model.modules() if isinstance(module, (RMSNorm, Attention, GatedMLP))]
+    assert {type(module) for module in flagged} == {RMSNorm, Attention, GatedMLP}
+    return {module.native_kernel for module in flagged}
 
 
-def test_native_norms_go_with_the_kernels(write_quantized):
+def test_native_norms_attention_and_swiglu_go_with_the_kernels(write_quantized):
     kept, dense = load_both(write_quantized("llama"))
-    assert native_norm_flags(kept) == {True}  # the C RMSNorm runs beside the GGUF kernels
-    assert native_norm_flags(dense) == {False}  # dense float32 stays transformers' arithmetic bit for bit
-    assert native_norm_flags(kept.dequantize()) == {False}
+    assert native_kernel_flags(kept) == {True}  # the C RMSNorm and attention run beside the GGUF kernels
+    assert native_kernel_flags(dense) == {False}  # dense float32 stays transformers' arithmetic bit for bit
+    assert native_kernel_flags(kept.dequantize()) == {False}
+
+
+def sdpa_twin(model):
+    """The same quantized model attending through SDPA: only the attention kernel differs."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, Attention):
+            module.native_kernel = False
+    return twin
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """A list that grows by one per call of the attention kernel."""
+    calls, original = [], kernels.attention
+    monkeypatch.setattr(kernels, "attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    return calls
+
+
+WINDOWED = {"sliding_window": {"sliding_window": 6}, "sink": {"window_length": 7, "num_sink_tokens": 2}}
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static", "offloaded", "quantized", "sliding_window", "sink"])
+def test_native_attention_equals_sdpa_for_every_cache_kind(write_quantized, kind, kernel_calls):
+    # qwen3's tiny model: head_dim 128 (the kernel takes multiples of 16), grouped kv heads, q/k norms
+    kept = AutoModelForCausalLM.from_pretrained(write_quantized("qwen3"), dtype=torch.float32, progress=False)
+    twin = sdpa_twin(kept)
+    options = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, output_logits=True,
+                   return_dict_in_generate=True, cache_implementation=kind, cache_config=WINDOWED.get(kind))
+    with torch.no_grad():
+        native = kept.generate(PROMPT, **options)
+        assert kernel_calls, "the decode steps did not go through the kernel"
+        kernel_calls.clear()
+        reference = twin.generate(PROMPT, **options)
+        assert not kernel_calls
+    assert native.sequences.tolist() == reference.sequences.tolist()
+    for got, expected in zip(native.logits, reference.logits):
+        assert_logits_close(got, expected)
+
+
+def test_native_attention_left_padded_batch_equals_rows_alone(write_quantized, kernel_calls):
+    kept = AutoModelForCausalLM.from_pretrained(write_quantized("gemma"), dtype=torch.float32, progress=False)
+    rows = [PROMPT[0], PROMPT[0, 5:], PROMPT[0, 9:]]
+    width = max(len(row) for row in rows)
+    input_ids = torch.stack([torch.cat([torch.zeros(width - len(row), dtype=torch.long), row]) for row in rows])
+    attention_mask = torch.stack([(torch.arange(width) >= width - len(row)).long() for row in rows])
+    greedy = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        together = kept.generate(input_ids, attention_mask=attention_mask, **greedy)[:, width:]
+        for index, row in enumerate(rows):
+            alone = kept.generate(row[None], **greedy)[0, len(row):]
+            assert together[index].tolist() == alone.tolist(), f"row {index}"
+    assert kernel_calls
 
 
 def test_save_pretrained_of_kept_blocks_loads_in_transformers(write_quantized, tmp_path):

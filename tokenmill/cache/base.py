@@ -18,6 +18,14 @@ class LayerCache:
         """Append this step's keys/values; return what attention should see."""
         raise NotImplementedError
 
+    def update_slots(self, keys: torch.Tensor,
+                     values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """update(), for attention that can read keys by slot: (keys, values, slots). slots None: the tensors
+        are [batch, kv_heads, columns, dim] as update() returns; else [batch, columns] rows of pool tensors laid
+        out [slot, kv_heads, dim] (the paged cache, which then makes no gathered copy)."""
+        keys, values = self.update(keys, values)
+        return keys, values, None
+
     def seq_length(self) -> int:
         """Tokens seen so far (positions), whether or not all are still stored."""
         raise NotImplementedError

@@ -63,7 +63,7 @@ class PagedLayer(LayerCache):
     def __init__(self, pool: PagedKVPool, layout: BatchLayout, layer_idx: int):
         self.pool, self.layout, self.layer_idx = pool, layout, layer_idx
 
-    def update(self, keys, values):
+    def update_slots(self, keys, values):
         batch, kv_heads, query, head_dim = keys.shape
         pool_keys, pool_values = self.pool.layer_tensors(self.layer_idx, kv_heads, head_dim)
         layout = self.layout
@@ -74,8 +74,13 @@ class PagedLayer(LayerCache):
             new_values = new_values.index_select(0, layout.new_rows)
         pool_keys.index_copy_(0, layout.new_slots, new_keys.to(pool_keys.dtype))
         pool_values.index_copy_(0, layout.new_slots, new_values.to(pool_values.dtype))
-        columns = layout.context_slots.shape[1]
-        flat = layout.context_slots.reshape(-1)
+        return pool_keys, pool_values, layout.context_slots
+
+    def update(self, keys, values):
+        pool_keys, pool_values, slots = self.update_slots(keys, values)
+        batch, columns = slots.shape
+        _, kv_heads, head_dim = pool_keys.shape
+        flat = slots.reshape(-1)
         full_keys = pool_keys.index_select(0, flat).view(batch, columns, kv_heads, head_dim).transpose(1, 2)
         full_values = pool_values.index_select(0, flat).view(batch, columns, kv_heads, head_dim).transpose(1, 2)
         return full_keys.to(keys.dtype), full_values.to(values.dtype)

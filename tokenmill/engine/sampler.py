@@ -11,7 +11,7 @@ import torch
 
 from .sampling_params import SamplingParams
 from .sequence import Sequence, TokenLogprob
-from .vocab_reduce import argmax_rows, topk_rows
+from ..generation.vocab_reduce import argmax_rows, topk_rows
 
 
 def apply_penalties(logits: torch.Tensor, seq: Sequence, params: SamplingParams) -> torch.Tensor:

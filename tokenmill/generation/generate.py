@@ -18,6 +18,7 @@ from .config import GenerationConfig
 from .logits_process import LogitsProcessorList, build_logits_processor
 from .outputs import GenerateDecoderOnlyOutput
 from .stopping_criteria import StoppingCriteriaList, build_stopping_criteria
+from .vocab_reduce import argmax_rows
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _sample_next(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
     if do_sample:
         probs = torch.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1)
-    return scores.argmax(dim=-1)
+    return argmax_rows(scores)
 
 
 def decode_steps(model, request: GenerationRequest) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

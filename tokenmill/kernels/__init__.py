@@ -1,5 +1,6 @@
 """Native CPU kernels: float32 matmuls over GGUF block-quantized weights (see gguf_blocks.c) and the row-wise
-float32 ops of the decode step whose ATen dispatch costs more than their arithmetic (elementwise.c).
+float32 ops of the decode step whose ATen dispatch costs more than their arithmetic (elementwise.c), and
+attention for a few query rows read straight from the cache (attention.c).
 
 The C source is compiled once per machine with the system C compiler and loaded with ctypes; no build step
 at install time and no compiler headers from torch. It links libgomp by soname, so it shares the OpenMP
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("gguf_blocks.c", "gguf_avx512.c", "elementwise.c")]
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("gguf_blocks.c", "gguf_avx512.c", "elementwise.c", "attention.c")]
+HEADERS = [Path(__file__).with_name("vector_math.h")]  # not compiled alone, but a change must rebuild
 # no fp contraction: `d * q + m` must round twice, exactly as the torch dequantizers do
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp", "-fPIC",
          "-shared", "-std=c11"]
@@ -49,7 +52,7 @@ def _cpu_signature() -> str:
 
 def _library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
-    for part in (*(source.read_bytes() for source in SOURCES), " ".join(FLAGS).encode(), compiler.encode(), _cpu_signature().encode()):
+    for part in (*(source.read_bytes() for source in SOURCES + HEADERS), " ".join(FLAGS).encode(), compiler.encode(), _cpu_signature().encode()):
         digest.update(part)
     return _cache_dir() / f"gguf_blocks-{digest.hexdigest()[:16]}.so"
 
@@ -75,7 +78,13 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     library.tm_matmul.argtypes = [ptr, i64, ctypes.c_int, i64, i64, ptr, i64, ptr, ctypes.c_int]
     library.tm_dequant_rows.argtypes = [ptr, i64, ctypes.c_int, i64, ptr, i64, ptr, ctypes.c_int]
     library.tm_rms_norm.argtypes = [ptr, i64, i64, ptr, ctypes.c_float, ctypes.c_int, ptr, ctypes.c_int]
-    for function in (library.tm_supports, library.tm_matmul, library.tm_dequant_rows, library.tm_rms_norm):
+    library.tm_attention.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, i64, i64,
+                                     i64, i64, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
+    library.tm_argmax_rows.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
+    library.tm_rotary.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ctypes.c_int]
+    library.tm_silu_mul.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
+    for function in (library.tm_supports, library.tm_matmul, library.tm_dequant_rows, library.tm_rms_norm,
+                     library.tm_attention, library.tm_argmax_rows, library.tm_rotary, library.tm_silu_mul):
         function.restype = ctypes.c_int
     return library
 
@@ -133,19 +142,23 @@ def _check_blocks(blocks: torch.Tensor, *others: torch.Tensor) -> None:
 
 def matmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
     """x [..., in_features] float32 (CPU) times the block-stored W [out, in]^T -> [..., out] float32."""
-    _check_blocks(blocks, x)
-    if x.dtype != torch.float32:
-        raise ValueError(f"the GGUF kernels take float32 activations, got {x.dtype}")
-    x2d = x.reshape(-1, in_features)
-    if not x2d.is_contiguous():
-        x2d = x2d.contiguous()
+    # the checks every call needs, cheapest first: this runs ~120 times per decode step
+    if not (x.dtype is torch.float32 and x.is_cpu and blocks.is_cpu and blocks.dtype is torch.uint8
+            and blocks.dim() == 2 and blocks.is_contiguous()):
+        _check_blocks(blocks, x)
+        if x.dtype != torch.float32:
+            raise ValueError(f"the GGUF kernels take float32 activations, got {x.dtype}")
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if x.shape[-1] != in_features:
+        raise ValueError(f"the input's last dimension is {x.shape[-1]}, the weight takes {in_features}")
     rows = blocks.shape[0]
-    out = torch.empty(x2d.shape[0], rows, dtype=torch.float32)
-    status = library().tm_matmul(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features,
-                                x2d.data_ptr(), x2d.shape[0], out.data_ptr(), _threads())
+    out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
+    status = library().tm_matmul(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, x.data_ptr(),
+                                 x.numel() // in_features, out.data_ptr(), torch.get_num_threads())
     if status:
         raise RuntimeError(f"GGUF matmul failed (status {status}) for ggml type {ggml_type}")
-    return out.view(*x.shape[:-1], rows)
+    return out
 
 
 def dequantize_rows(blocks: torch.Tensor, ggml_type: int, in_features: int,
@@ -181,4 +194,106 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: boo
                                    out.data_ptr(), _threads())
     if status:
         raise RuntimeError(f"rms_norm kernel failed (status {status}) for shape {tuple(x.shape)}")
+    return out
+
+
+def serves_float32(*tensors: torch.Tensor) -> bool:
+    """float32 CPU tensors outside autograd, with the kernels built."""
+    return (all(t.dtype is torch.float32 and t.is_cpu for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and library() is not None)
+
+
+def rotary_applies(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> bool:
+    """Where `rotary` serves: x [batch, heads, seq, dim] rotated over its whole head, float32 on the CPU."""
+    return (x.dim() == 4 and cos.dim() == 4 and cos.shape[-1] == x.shape[-1] and x.shape[-1] % 2 == 0
+            and cos.shape == signed_sin.shape and cos.stride() == signed_sin.stride() and cos.shape[1] == 1
+            and cos.shape[0] in (1, x.shape[0]) and cos.shape[2] == x.shape[2] and x.stride(-1) == 1
+            and cos.stride(-1) == 1 and serves_float32(x, cos, signed_sin))
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + x.roll(dim // 2, -1) * signed_sin, bit for bit, in one pass; see rotary_applies."""
+    batch, heads, seq, dim = x.shape
+    out = torch.empty((batch, heads, seq, dim), dtype=torch.float32)
+    x_strides = (ctypes.c_int64 * 3)(x.stride(0), x.stride(1), x.stride(2))
+    table_batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0
+    status = library().tm_rotary(x.data_ptr(), x_strides, batch, heads, seq, dim, cos.data_ptr(), signed_sin.data_ptr(),
+                                 table_batch_stride, cos.stride(2), out.data_ptr(), torch.get_num_threads())
+    if status:
+        raise RuntimeError(f"rotary kernel failed (status {status}) for shape {tuple(x.shape)}")
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for a contiguous float32 [..., 2 * inter] = [gate | up] (a fused projection's output)."""
+    inter = gate_up.shape[-1] // 2
+    out = torch.empty(gate_up.shape[:-1] + (inter,), dtype=torch.float32)
+    status = library().tm_silu_mul(gate_up.data_ptr(), gate_up.numel() // (2 * inter), inter, out.data_ptr(),
+                                   torch.get_num_threads())
+    if status:
+        raise RuntimeError(f"silu_mul kernel failed (status {status}) for shape {tuple(gate_up.shape)}")
+    return out
+
+
+def argmax(scores: torch.Tensor) -> torch.Tensor:
+    """scores.argmax(dim=-1), the same indices (first on ties, NaN largest) in one pass where the kernels
+    serve (float32 CPU rows: torch's CPU argmax takes ~0.4 ms over 8 x 49k logits, this ~0.03)."""
+    if scores.dtype != torch.float32 or scores.device.type != "cpu" or scores.dim() == 0 or not scores.shape[-1] \
+            or library() is None:
+        return scores.argmax(dim=-1)
+    rows = scores.reshape(-1, scores.shape[-1])
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    if library().tm_argmax_rows(rows.data_ptr(), rows.shape[0], rows.shape[1], out.data_ptr(), _threads()):
+        raise RuntimeError(f"argmax kernel failed for shape {tuple(scores.shape)}")
+    return out.view(scores.shape[:-1])
+
+
+# above this many query rows per sequence, SDPA's blocked kernel is faster than attention.c
+ATTENTION_MAX_QUERIES = 8
+
+
+def attention_applies(q: torch.Tensor, keys: torch.Tensor, softcap: float | None) -> bool:
+    """True where `attention` below can serve: float32 CPU inference, a few query rows, head_dim a multiple of 16."""
+    head_dim = q.shape[-1]
+    return (q.dtype == torch.float32 and keys.dtype == torch.float32 and q.device.type == "cpu"
+            and keys.device.type == "cpu" and softcap is None and q.shape[2] <= ATTENTION_MAX_QUERIES
+            and head_dim % 16 == 0 and head_dim <= 256 and q.stride(-1) == 1 and keys.stride(-1) == 1
+            and not (torch.is_grad_enabled() and q.requires_grad) and library() is not None)
+
+
+def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor | None,
+              is_causal: bool, scale: float, slots: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scale * q k^T) v with grouped kv heads, returned as [batch, queries, heads * head_dim].
+
+    q [batch, heads, queries, dim]; keys/values [batch, kv_heads, columns, dim] (any strides, last one 1), or
+    with `slots` [batch, columns]: pool tensors [slots, kv_heads, dim] read at those rows. allowed: bool
+    broadcastable to [batch, 1, queries, columns], or None (all visible, or causal if is_causal)."""
+    batch, heads, queries, dim = q.shape
+    if keys.dtype != torch.float32 or keys.stride(-1) != 1:  # a cache stored in another dtype: read a float copy
+        keys = keys.float().contiguous()
+    if values.dtype != torch.float32 or values.stride(-1) != 1:
+        values = values.float().contiguous()
+    if slots is None:
+        kv_heads, columns = keys.shape[1], keys.shape[2]
+        k_strides, v_strides = keys.stride()[:3], values.stride()[:3]
+    else:
+        slots = slots.to(torch.int64).contiguous()
+        kv_heads, columns = keys.shape[1], slots.shape[1]
+        k_strides, v_strides = (0, keys.stride(1), keys.stride(0)), (0, values.stride(1), values.stride(0))
+    mask_strides = None
+    if allowed is not None:
+        allowed = allowed.expand(batch, 1, queries, columns)
+        if allowed.dtype != torch.bool:
+            raise ValueError(f"attention masks must be boolean, got {allowed.dtype}")
+        mask_strides = (ctypes.c_int64 * 3)(allowed.stride(0), allowed.stride(2), allowed.stride(3))
+    out = torch.empty(batch, queries, heads * dim, dtype=torch.float32)
+    status = library().tm_attention(
+        q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(),
+        (ctypes.c_int64 * 3)(*k_strides), (ctypes.c_int64 * 3)(*v_strides),
+        None if slots is None else slots.data_ptr(), None if allowed is None else allowed.data_ptr(), mask_strides,
+        int(is_causal), batch, heads, kv_heads, queries, columns, dim, scale, out.data_ptr(), _threads())
+    if status:
+        raise RuntimeError(f"attention kernel failed (status {status}) for q {tuple(q.shape)}, {columns} columns")
     return out

@@ -191,7 +191,7 @@ static void block_iq4_xs(const uint8_t *b, float *out) {
 }
 
 int tm_rows_avx512(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t start, int64_t end,
-                   int64_t n_rows, int64_t k, const float *x, int64_t m, float *y, float *scratch);
+                   int64_t n_rows, int64_t k, const float *x, const float *xp, int64_t m, float *y, float *scratch);
 int tm_has_avx512(int ggml_type);
 
 typedef void (*block_fn)(const uint8_t *, float *);
@@ -249,15 +249,38 @@ static void rows_times_x(const uint8_t *w, int64_t row_bytes, const block_kind *
 }
 
 /* Returns 0 on success, -1 for an unsupported type, -2 when scratch memory cannot be allocated. */
+/* x [m, k] repacked in groups of `group` rows (the last may be short), group g at g * group * k laid out
+ * [k / 16][rows in g][16]: a register tile then reads its rows of x from one stream with constant offsets */
+static float *pack_rows(const float *x, int64_t m, int64_t k, int64_t group) {
+    float *packed = (float *)aligned_alloc(64, (size_t)((m * k * 4 + 63) / 64 * 64));
+    if (packed == NULL) return NULL;
+    for (int64_t g0 = 0; g0 < m; g0 += group) {
+        const int64_t rows = m - g0 < group ? m - g0 : group;
+        float *base = packed + g0 * k;
+        for (int64_t e = 0; e < k; e += 16)
+            for (int64_t r = 0; r < rows; r++)
+                for (int j = 0; j < 16; j++) base[(e / 16 * rows + r) * 16 + j] = x[(g0 + r) * k + e + j];
+    }
+    return packed;
+}
+
 int tm_matmul(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, const float *x,
               int64_t m, float *y, int threads) {
     block_kind kind;
     if (!kind_of(ggml_type, &kind)) return -1;
     const int vectorized = tm_has_avx512(ggml_type);
+    /* 5..8 rows: one group (register tiles over all of them); more: groups of 4 (tiles over scratch) */
+    float *packed = NULL;
+    if (vectorized && m > 4) {
+        if (k % 16) return -1;
+        packed = pack_rows(x, m, k, m <= 8 ? 8 : 4);
+        if (packed == NULL) return -2;
+    }
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *scratch = (float *)aligned_alloc(64, (size_t)((4 * k * 4 + 63) / 64 * 64)) /* TILE_N rows */;
+        /* TILE_N dequantized rows, for the paths that stage weights (more than 8 rows of x, or no AVX-512) */
+        float *scratch = (float *)aligned_alloc(64, (size_t)((4 * k * 4 + 63) / 64 * 64));
         if (scratch == NULL) {
             failed = 1;
         } else {
@@ -265,12 +288,13 @@ int tm_matmul(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows
 #pragma omp for schedule(static)
             for (int64_t tile = 0; tile < (n_rows + 15) / 16; tile++) {
                 int64_t start = tile * 16, end = start + 16 < n_rows ? start + 16 : n_rows;
-                if (vectorized) tm_rows_avx512(w, row_bytes, ggml_type, start, end, n_rows, k, x, m, y, scratch);
+                if (vectorized) tm_rows_avx512(w, row_bytes, ggml_type, start, end, n_rows, k, x, packed, m, y, scratch);
                 else rows_times_x(w, row_bytes, &kind, start, end, n_rows, k, x, m, y, scratch);
             }
             free(scratch);
         }
     }
+    free(packed);
     return failed ? -2 : 0;
 }
 

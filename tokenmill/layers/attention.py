@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import kernels
 from ..cache.base import Cache
 from .mask import AttentionMask
 from .mlp import FusedProjection, fuse
@@ -58,6 +59,8 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self._qkv: FusedProjection | None = None
+        # set for models running the GGUF kernels (models/base.py use_native_kernels): decode steps attend in C
+        self.native_kernel = False
 
     def fuse_projections(self) -> None:
         """One [q|k|v] matmul per call instead of three (see FusedProjection); called once weights are loaded."""
@@ -88,11 +91,18 @@ class Attention(nn.Module):
         batch, length, _ = hidden.shape
         q, k, v = self.rotated_qkv(hidden, rope)
         allowed, is_causal = mask.allowed, mask.is_causal
+        native = self.native_kernel and kernels.attention_applies(q, k, self.softcap)
+        slots = None
         if cache is not None:
             layer_cache = cache.layer(self.layer_idx)
-            k, v = layer_cache.update(k, v)
+            if native:  # the kernel reads a paged cache's pool rows where they are, without gathering them
+                k, v, slots = layer_cache.update_slots(k, v)
+            else:
+                k, v = layer_cache.update(k, v)
             # the cache may store fewer (window) or more (preallocated) columns than positions seen
             allowed, is_causal = layer_cache.visible_mask(allowed, is_causal, length)
+        if native:
+            return self.o_proj(kernels.attention(q, k, v, allowed, is_causal, self.scaling, slots))
         if self.attn_implementation == "eager" or self.softcap is not None:
             out = self._eager(q, k, v, allowed, is_causal)
         else:

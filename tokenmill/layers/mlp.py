@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import kernels
 from .quantized_linear import QuantizedFusedProjection
 
 _ACTIVATIONS = {
@@ -86,6 +87,8 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self.act = activation(act)
         self._gate_up: FusedProjection | None = None
+        # set for models running the GGUF kernels (models/base.py use_native_kernels): SwiGLU in one C pass
+        self.native_kernel = False
 
     def fuse_projections(self) -> None:
         """One [gate|up] matmul per call instead of two (see FusedProjection)."""
@@ -93,9 +96,10 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self._gate_up
-        # only for one token row: at 8+ rows the wider matmul ran ~20% slower on CPU (MKL, 2 threads) and the
-        # chunked halves make SiLU/mul strided
-        if fused is not None and x.numel() == x.shape[-1] and fused.is_current():
-            gate, up = fused(x).chunk(2, dim=-1)
+        if fused is not None and fused.accepts(x) and fused.is_current():
+            gate_up = fused(x)
+            if self.native_kernel and self.act is F.silu and kernels.serves_float32(gate_up) and gate_up.is_contiguous():
+                return self.down_proj(kernels.silu_mul(gate_up))
+            gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

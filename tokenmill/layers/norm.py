@@ -17,7 +17,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
         self.eps = eps
         self.unit_offset = unit_offset
-        # set for models running the GGUF kernels (see use_native_norms in models/base.py); off, the arithmetic is
+        # set for models running the GGUF kernels (see use_native_kernels in models/base.py); off, the arithmetic is
         # transformers' bit for bit, which the kernel's double-precision sum is not
         self.native_kernel = False
 

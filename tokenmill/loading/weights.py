@@ -101,5 +101,5 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     model.tie_weights()
     with one_thread_per_op():  # fusing copies weights: memory-bound, and immune to a busy second core
         model.reset_non_persistent_buffers()
-    model.use_native_norms(model.is_quantized())
+    model.use_native_kernels(model.is_quantized())
     return model.eval().requires_grad_(False)

@@ -15,7 +15,9 @@ from ..cache.base import Cache
 from ..cache.dynamic import DynamicCache
 from ..config import ModelConfig
 from ..generation.generate import GenerationMixin
+from ..layers.attention import Attention
 from ..layers.mask import AttentionMask, build_attention_mask
+from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
 from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
 from ..layers.rope import RotaryEmbedding
@@ -176,14 +178,16 @@ class CausalLM(nn.Module, GenerationMixin):
             self.lm_head = dense_copy(self.lm_head)
         self.tie_weights()
         self.fuse_projections()
-        self.use_native_norms(False)
+        self.use_native_kernels(False)
         return self
 
-    def use_native_norms(self, enabled: bool) -> None:
-        """RMSNorm through the C kernel (one call instead of ~6 ATen ops per norm: ~1 ms per SmolLM2 decode
-        step). On with the GGUF kernels, whose matmuls already differ from transformers' in summation order."""
+    def use_native_kernels(self, enabled: bool) -> None:
+        """RMSNorm, few-query attention and SwiGLU through the C kernels (one call instead of several ATen ops:
+        ~1, ~5 and ~0.5 ms of a SmolLM2 batch-8 decode step). On with the GGUF kernels, whose matmuls already
+        differ from transformers' in summation order; off, a dense model keeps transformers' arithmetic bit for
+        bit (the rotary kernel, which is bit-exact, serves both)."""
         for module in self.modules():
-            if isinstance(module, RMSNorm):
+            if isinstance(module, (RMSNorm, Attention, GatedMLP)):
                 module.native_kernel = enabled
 
     def to(self, *args, **kwargs):

@@ -1,10 +1,11 @@
-"""Block-maxima argmax / top-k equal torch's, including ties, NaN, -inf rows and vocabularies that do not
-divide into blocks."""
+"""argmax (the C pass and the block-maxima fallback) and block-maxima top-k equal torch's, including ties, NaN,
+-inf rows and vocabularies that do not divide into blocks."""
 
 import pytest
 import torch
 
-from tokenmill.engine.vocab_reduce import argmax_rows, topk_rows
+from tokenmill import kernels
+from tokenmill.generation.vocab_reduce import argmax_rows, topk_rows
 
 
 def _rows(vocab, kind, generator):
@@ -20,7 +21,11 @@ def _rows(vocab, kind, generator):
 
 @pytest.mark.parametrize("vocab", [49152, 50001, 151936, 4100, 96])
 @pytest.mark.parametrize("kind", ["plain", "ties", "nan", "-inf"])
-def test_argmax_rows_equals_torch(vocab, kind):
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "blocks"])
+def test_argmax_rows_equals_torch(vocab, kind, native, monkeypatch):
+    assert kernels.available()
+    if not native:
+        monkeypatch.setattr(kernels, "available", lambda: False)
     generator = torch.Generator().manual_seed(vocab)
     for _ in range(5):
         rows = _rows(vocab, kind, generator)

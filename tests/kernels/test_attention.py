@@ -1,0 +1,96 @@
+"""The few-query attention kernel equals SDPA (torch's reference) for every layout the caches hand it: strided
+[batch, kv_heads, columns, dim] views with spare columns, paged pools read by slot, padding and window masks,
+grouped heads, several head sizes; each row is computed alone (batch invariance); and it declines what it
+does not take."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tokenmill import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compiled kernels (a C compiler)")
+
+TOLERANCE = 2e-6  # float32: a different summation order than SDPA's blocked kernel, on values of order 1
+
+
+def reference(q, keys, values, allowed, is_causal):
+    batch, heads, queries, dim = q.shape
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, is_causal=is_causal,
+                                         scale=dim ** -0.5, enable_gqa=keys.shape[1] != heads)
+    return out.transpose(1, 2).reshape(batch, queries, heads * dim)
+
+
+def cache_like(batch, kv_heads, columns, dim, generator, spare=7):
+    """Keys/values as the dynamic cache returns them: the first `columns` of a buffer with spare ones."""
+    buffers = [torch.randn(batch, kv_heads, columns + spare, dim, generator=generator) for _ in range(2)]
+    return [buffer[:, :, :columns] for buffer in buffers]
+
+
+@pytest.mark.parametrize("batch,heads,kv_heads,queries,columns,dim", [
+    (1, 9, 3, 1, 70, 64),    # SmolLM2 decode
+    (8, 9, 3, 1, 333, 64),   # a batch, columns not a multiple of 16
+    (3, 4, 1, 3, 33, 256),   # Gemma 3 270M's head size, a few queries (speculative verification)
+    (2, 8, 8, 8, 17, 128),   # no grouping, the most queries the kernel takes
+])
+@pytest.mark.parametrize("mask", ["none", "padding", "causal"])
+def test_equals_sdpa(batch, heads, kv_heads, queries, columns, dim, mask):
+    generator = torch.Generator().manual_seed(columns + dim)
+    q = torch.randn(batch, heads, queries, dim, generator=generator)
+    keys, values = cache_like(batch, kv_heads, columns, dim, generator)
+    allowed, is_causal = None, False
+    if mask == "padding":  # left padding per row, broadcast over queries as the mask builder makes it
+        present = torch.arange(columns)[None, :] >= torch.randint(0, columns // 2, (batch, 1), generator=generator)
+        allowed = present[:, None, None, :].expand(batch, 1, queries, columns)
+    elif mask == "causal":
+        is_causal = True
+    got = kernels.attention(q, keys, values, allowed, is_causal, dim ** -0.5)
+    torch.testing.assert_close(got, reference(q, keys, values, allowed, is_causal), atol=TOLERANCE, rtol=0)
+
+
+def test_paged_pool_rows_read_by_slot_equal_the_gathered_context():
+    generator = torch.Generator().manual_seed(5)
+    batch, heads, kv_heads, columns, dim = 4, 9, 3, 50, 64
+    pool_keys, pool_values = (torch.randn(300, kv_heads, dim, generator=generator) for _ in range(2))
+    slots = torch.randint(0, 300, (batch, columns), generator=generator)
+    q = torch.randn(batch, heads, 1, dim, generator=generator)
+    allowed = (torch.arange(columns) >= torch.tensor([[0], [3], [10], [49]]))[:, None, None, :]
+
+    def gathered(pool):
+        return pool.index_select(0, slots.reshape(-1)).view(batch, columns, kv_heads, dim).transpose(1, 2)
+
+    got = kernels.attention(q, pool_keys, pool_values, allowed, False, dim ** -0.5, slots=slots)
+    expected = reference(q, gathered(pool_keys), gathered(pool_values), allowed, False)
+    torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_a_row_does_not_depend_on_its_batch():
+    generator = torch.Generator().manual_seed(11)
+    q = torch.randn(6, 9, 1, 64, generator=generator)
+    keys, values = cache_like(6, 3, 200, 64, generator)
+    together = kernels.attention(q, keys, values, None, False, 0.125)
+    for row in range(6):
+        alone = kernels.attention(q[row:row + 1], keys[row:row + 1], values[row:row + 1], None, False, 0.125)
+        assert torch.equal(alone[0], together[row])
+
+
+def test_masked_keys_carry_no_weight_even_when_huge():
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 2, 1, 16, generator=generator)
+    keys, values = cache_like(1, 2, 40, 16, generator)
+    allowed = torch.ones(1, 1, 1, 40, dtype=torch.bool)
+    allowed[..., :10] = False
+    keys[..., :10, :] = 1e4  # would dominate the softmax if read
+    values[..., :10, :] = float("nan")
+    got = kernels.attention(q, keys, values, allowed, False, 0.25)
+    torch.testing.assert_close(got, reference(q, keys[..., 10:, :], values[..., 10:, :], None, False),
+                               atol=TOLERANCE, rtol=0)
+
+
+def test_declines_what_it_does_not_take():
+    q, keys = torch.randn(1, 4, 1, 64), torch.randn(1, 2, 10, 64)
+    assert kernels.attention_applies(q, keys, softcap=None)
+    assert not kernels.attention_applies(q, keys, softcap=50.0)  # Gemma 2's soft-capping: the eager path
+    assert not kernels.attention_applies(torch.randn(1, 4, kernels.ATTENTION_MAX_QUERIES + 1, 64), keys, None)
+    assert not kernels.attention_applies(torch.randn(1, 4, 1, 40), torch.randn(1, 2, 10, 40), None)  # dim % 16
+    assert not kernels.attention_applies(q.double(), keys.double(), None)
