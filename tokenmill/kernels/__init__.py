@@ -178,12 +178,16 @@ def dequantize_rows(blocks: torch.Tensor, ggml_type: int, in_features: int,
     return out
 
 
+def serves_float32(*tensors: torch.Tensor) -> bool:
+    """float32 CPU tensors outside autograd, with the kernels built."""
+    return (all(t.dtype is torch.float32 and t.is_cpu for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and library() is not None)
+
+
 def rms_norm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True where `rms_norm` below can serve: float32 CPU inference on a contiguous last dimension."""
-    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and weight.device.type == "cpu" and x.is_contiguous() and weight.is_contiguous()
-            and x.shape[-1] == weight.shape[0] and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and library() is not None)
+    return (x.shape[-1] == weight.shape[0] and x.is_contiguous() and weight.is_contiguous()
+            and serves_float32(x, weight))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool = False) -> torch.Tensor:
@@ -195,12 +199,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: boo
     if status:
         raise RuntimeError(f"rms_norm kernel failed (status {status}) for shape {tuple(x.shape)}")
     return out
-
-
-def serves_float32(*tensors: torch.Tensor) -> bool:
-    """float32 CPU tensors outside autograd, with the kernels built."""
-    return (all(t.dtype is torch.float32 and t.is_cpu for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and library() is not None)
 
 
 def rotary_applies(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> bool:
