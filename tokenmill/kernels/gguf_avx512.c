@@ -185,13 +185,20 @@ static inline __m512 reduce16(const __m512 *v) {
         }                                                                                                   \
     } while (0)
 
+/* Row r0 + r of x at column e (a multiple of 16): x as [m][k], or (packed) x is the tile's group of mb rows
+ * laid out [k / 16][mb][16] (see pack_rows), read from one base with constant offsets. */
+static inline const float *x_at(const float *x, const int packed, int64_t k, int64_t r0, const int mb, int r,
+                                int64_t e) {
+    return packed ? x + (e / 16 * mb + r) * 16 : x + (r0 + r) * k + e;
+}
+
 /* y[(r0 + r) * ldy + n0 + i] = x[r0 + r] . W[n0 + i] for a tile of `nb` weight rows by `mb` activation rows
  * (both compile-time constants). One accumulator per output, fed block by block and vector by vector in the
  * same order whatever the tile: results do not depend on how many rows are computed together. */
 static inline __attribute__((always_inline)) void tile_dot(int type, int block_elements, int block_bytes,
                                                           const uint8_t *w, int64_t row_bytes, int64_t n0,
                                                           const int nb, const float *x, int64_t k, int64_t r0,
-                                                          const int mb, float *y, int64_t ldy) {
+                                                          const int mb, const int packed, float *y, int64_t ldy) {
     __m512 acc[16]; /* acc[i * mb + r], nb * mb <= 16: packed, so all stay in registers */
     for (int i = 0; i < nb; i++)
         for (int r = 0; r < mb; r++) acc[i * mb + r] = _mm512_setzero_ps();
@@ -210,37 +217,7 @@ static inline __attribute__((always_inline)) void tile_dot(int type, int block_e
         for (int i = 0; i < nb; i++) vectors = dequant_block(type, row + i * row_bytes, weights[i]);
         for (int v = 0; v < vectors; v++)
             for (int r = 0; r < mb; r++) {
-                __m512 xv = _mm512_loadu_ps(x + (r0 + r) * k + e + 16 * v);
-                for (int i = 0; i < nb; i++) acc[i * mb + r] = _mm512_fmadd_ps(weights[i][v], xv, acc[i * mb + r]);
-            }
-    }
-    STORE_TILE(acc, nb, mb);
-}
-
-/* the same tile for all mb (<= TILE_M) rows of x at once, read from x packed as [k / 16][mb][16] (see
- * pack_rows): one base pointer and constant offsets instead of a pointer per row; same sum order */
-static inline __attribute__((always_inline)) void tile_dot_packed(int type, int block_elements, int block_bytes,
-                                                                 const uint8_t *w, int64_t row_bytes, int64_t n0,
-                                                                 const int nb, const float *xp, const int mb,
-                                                                 float *y, int64_t ldy) {
-    __m512 acc[16]; /* acc[i * mb + r], nb * mb <= 16: packed, so all stay in registers */
-    const int64_t r0 = 0;
-    for (int i = 0; i < nb; i++)
-        for (int r = 0; r < mb; r++) acc[i * mb + r] = _mm512_setzero_ps();
-    const uint8_t *row = w + n0 * row_bytes;
-    const int blocks_per_line = block_bytes >= 64 ? 1 : 64 / block_bytes;
-    const int64_t blocks = row_bytes / block_bytes;
-    for (int64_t block = 0; block < blocks; block++, row += block_bytes, xp += block_elements * mb) {
-        __m512 weights[TILE_N][16];
-        int vectors = 0;
-        if (block % blocks_per_line == 0)
-            for (int i = 0; i < nb; i++)
-                for (int offset = 0; offset < block_bytes; offset += 64)
-                    _mm_prefetch((const char *)(row + (PREFETCH_ROWS + i) * row_bytes + offset), _MM_HINT_T0);
-        for (int i = 0; i < nb; i++) vectors = dequant_block(type, row + i * row_bytes, weights[i]);
-        for (int v = 0; v < vectors; v++)
-            for (int r = 0; r < mb; r++) {
-                __m512 xv = _mm512_loadu_ps(xp + (v * mb + r) * 16);
+                __m512 xv = _mm512_loadu_ps(x_at(x, packed, k, r0, mb, r, e + 16 * v));
                 for (int i = 0; i < nb; i++) acc[i * mb + r] = _mm512_fmadd_ps(weights[i][v], xv, acc[i * mb + r]);
             }
     }
@@ -250,7 +227,8 @@ static inline __attribute__((always_inline)) void tile_dot_packed(int type, int 
 /* the same tile, reading weight rows already dequantized into `scratch` ([nb][k] floats); same sum order */
 static inline __attribute__((always_inline)) void tile_dot_dense(const float *scratch, int64_t n0, const int nb,
                                                                 const float *x, int64_t k, int64_t r0,
-                                                                const int mb, float *y, int64_t ldy) {
+                                                                const int mb, const int packed, float *y,
+                                                                int64_t ldy) {
     __m512 acc[16]; /* acc[i * mb + r], nb * mb <= 16: packed, so all stay in registers */
     for (int i = 0; i < nb; i++)
         for (int r = 0; r < mb; r++) acc[i * mb + r] = _mm512_setzero_ps();
@@ -258,25 +236,7 @@ static inline __attribute__((always_inline)) void tile_dot_dense(const float *sc
         __m512 weights[TILE_N];
         for (int i = 0; i < nb; i++) weights[i] = _mm512_loadu_ps(scratch + i * k + e);
         for (int r = 0; r < mb; r++) {
-            __m512 xv = _mm512_loadu_ps(x + (r0 + r) * k + e);
-            for (int i = 0; i < nb; i++) acc[i * mb + r] = _mm512_fmadd_ps(weights[i], xv, acc[i * mb + r]);
-        }
-    }
-    STORE_TILE(acc, nb, mb);
-}
-
-/* tile_dot_dense for rows r0.. of x packed in groups (see pack_rows): xg is the group of rows r0..r0+mb */
-static inline __attribute__((always_inline)) void tile_dot_dense_packed(const float *scratch, int64_t n0, const int nb,
-                                                                       const float *xg, int64_t k, int64_t r0,
-                                                                       const int mb, float *y, int64_t ldy) {
-    __m512 acc[TILE_N * TILE_M];
-    for (int i = 0; i < nb; i++)
-        for (int r = 0; r < mb; r++) acc[i * mb + r] = _mm512_setzero_ps();
-    for (int64_t e = 0; e < k; e += 16, xg += 16 * mb) {
-        __m512 weights[TILE_N];
-        for (int i = 0; i < nb; i++) weights[i] = _mm512_loadu_ps(scratch + i * k + e);
-        for (int r = 0; r < mb; r++) {
-            __m512 xv = _mm512_loadu_ps(xg + 16 * r);
+            __m512 xv = _mm512_loadu_ps(x_at(x, packed, k, r0, mb, r, e));
             for (int i = 0; i < nb; i++) acc[i * mb + r] = _mm512_fmadd_ps(weights[i], xv, acc[i * mb + r]);
         }
     }
@@ -301,11 +261,11 @@ static inline __attribute__((always_inline)) void dequant_rows_to(int type, int 
 }
 
 #define TILE(NB, MB)                                                                                        \
-    (dense ? tile_dot_dense(scratch, n0, NB, x, k, r0, MB, y, n_rows)                                     \
-           : tile_dot(type, block_elements, block_bytes, w, row_bytes, n0, NB, x, k, r0, MB, y, n_rows))
+    (dense ? tile_dot_dense(scratch, n0, NB, x, k, r0, MB, 0, y, n_rows)                                  \
+           : tile_dot(type, block_elements, block_bytes, w, row_bytes, n0, NB, x, k, r0, MB, 0, y, n_rows))
 
-#define PACKED_REGISTER(MB) tile_dot_packed(type, block_elements, block_bytes, w, row_bytes, n0, 2, xp, MB, y, n_rows)
-#define PACKED_DENSE(MB) tile_dot_dense_packed(scratch, n0, TILE_N, xp + r0 * k, k, r0, MB, y, n_rows)
+#define PACKED_REGISTER(MB) tile_dot(type, block_elements, block_bytes, w, row_bytes, n0, 2, xp, k, 0, MB, 1, y, n_rows)
+#define PACKED_DENSE(MB) tile_dot_dense(scratch, n0, TILE_N, xp + r0 * k, k, r0, MB, 1, y, n_rows)
 
 /* weight rows [start, end) against every row of x, in register tiles of 16 outputs where the shape allows:
  *   1..4 rows of x: 4 weight rows x all of x, each block dequantized in registers;
