@@ -99,3 +99,18 @@ def test_bad_inputs_are_errors_not_crashes():
         kernels.matmul(torch.randn(1, 64), blocks.t(), TYPE_IDS["Q4_0"], 64)
     with pytest.raises(IndexError, match=r"row ids must be in \[0, 8\)"):
         kernels.dequantize_rows(blocks, TYPE_IDS["Q4_0"], 64, torch.tensor([3, 8]))  # an embedding id out of range
+
+
+@pytest.mark.parametrize("type_name", sorted(HALF_FIELDS))
+@pytest.mark.parametrize("rows_of_x", [1, 6, 9])  # register tiles, packed register tiles, packed scratch tiles
+def test_matmul_unpacks_blocks_to_exactly_the_dequantized_values(type_name, rows_of_x):
+    """x rows that are unit vectors pick single weights out: every product but one is an exact zero, so the
+    kernel's in-register unpacking must reproduce the dequantizer's float32 values bit for bit."""
+    columns = dequant.GGML_TYPES[TYPE_IDS[type_name]].block_elements * 2
+    blocks = random_blocks(type_name, 21, columns, seed=7)
+    weight = kernels.dequantize_rows(blocks, TYPE_IDS[type_name], columns)
+    picked = torch.randperm(columns, generator=torch.Generator().manual_seed(rows_of_x))[:rows_of_x]
+    x = torch.zeros(rows_of_x, columns)
+    x[torch.arange(rows_of_x), picked] = 1.0
+    out = kernels.matmul(x, blocks, TYPE_IDS[type_name], columns)
+    assert torch.equal(out, weight[:, picked].t() + 0.0)  # + 0.0: a -0.0 weight sums to +0.0

@@ -37,12 +37,6 @@ static inline void nibbles32(const uint8_t *p, __m512i *low, __m512i *high) {
     *high = _mm512_srli_epi32(bytes, 4);
 }
 
-/* 16 bytes -> 16 floats of their low (shift 0) or high (shift 4) nibbles */
-static inline __m512 nibbles16(__m128i bytes, int shift) {
-    __m128i part = _mm_and_si128(shift ? _mm_srli_epi16(bytes, 4) : bytes, _mm_set1_epi8(0x0F));
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part));
-}
-
 /* five-bit values: nibbles plus 16 where the qh mask has a bit */
 static inline __m512 with_high_bit(__m512i nibbles, __mmask16 high) {
     return _mm512_cvtepi32_ps(_mm512_mask_or_epi32(nibbles, high, nibbles, _mm512_set1_epi32(16)));
@@ -53,22 +47,29 @@ static inline uint32_t word_at(const uint8_t *p) {
 }
 
 /* Each dequant_* writes the block's weights as 16-float vectors into w; returns the vector count. */
+/* The 16 values a 4-bit block can hold, table[q] = the dequantized weight of q, computed with the very
+ * operations dequant.py applies per weight (so bit-identical); each weight is then one lane permute of the
+ * table by its nibble (vpermps reads only the index's low 4 bits: no masking of the low nibbles). */
+static inline void lookup_nibbles(__m512 table, const uint8_t *p, __m512 *w) {
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    w[0] = _mm512_permutexvar_ps(bytes, table);
+    w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
+}
+
+static inline __m512 nibble_values(void) {
+    return _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+}
+
 static inline int dequant_q4_0(const uint8_t *b, __m512 *w) {
-    __m512 d = broadcast_half(b), eight = _mm512_set1_ps(8.0f);
-    __m512i low, high;
-    nibbles32(b + 2, &low, &high);
-    w[0] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(low), eight), d);
-    w[1] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(high), eight), d);
+    __m512 d = broadcast_half(b);
+    lookup_nibbles(_mm512_mul_ps(_mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)), d), b + 2, w);
     return 2;
 }
 
 static inline int dequant_q4_1(const uint8_t *b, __m512 *w) {
     __m512 d, m;
-    __m512i low, high;
     broadcast_two_halves(b, &d, &m);
-    nibbles32(b + 4, &low, &high);
-    w[0] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(low), d), m);
-    w[1] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(high), d), m);
+    lookup_nibbles(_mm512_add_ps(_mm512_mul_ps(nibble_values(), d), m), b + 4, w);
     return 2;
 }
 
@@ -110,11 +111,12 @@ static inline int dequant_q4_k(const uint8_t *b, __m512 *w) {
         int scale = sub < 4 ? (p[j] & 0x3F) : ((p[8 + j] & 0x0F) | ((p[j] >> 2) & 0x30));
         int minimum = sub < 4 ? (p[4 + j] & 0x3F) : ((p[8 + j] >> 4) | ((p[4 + j] >> 2) & 0x30));
         __m512 dl = _mm512_set1_ps(d * (float)scale), ml = _mm512_set1_ps(dmin * (float)minimum);
+        const __m512 table = _mm512_sub_ps(_mm512_mul_ps(nibble_values(), dl), ml);
         const uint8_t *chunk = qs + (sub / 2) * 32;
-        int shift = (sub & 1) * 4;
         for (int half = 0; half < 2; half++) {
-            __m128i bytes = _mm_loadu_si128((const __m128i *)(chunk + 16 * half));
-            w[sub * 2 + half] = _mm512_sub_ps(_mm512_mul_ps(nibbles16(bytes, shift), dl), ml);
+            __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(chunk + 16 * half)));
+            if (sub & 1) bytes = _mm512_srli_epi32(bytes, 4);
+            w[sub * 2 + half] = _mm512_permutexvar_ps(bytes, table);
         }
     }
     return 16;
