@@ -104,11 +104,11 @@ class MinLengthLogitsProcessor(LogitsProcessor):
             raise ValueError(f"`min_length` has to be a non-negative integer, but is {min_length}")
         self.min_length = min_length
         self.eos_token_id = _id_tensor(eos_token_id, device)
-        self._eos_mask = _TokenColumns(self.eos_token_id)
+        self._eos_columns = _TokenColumns(self.eos_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] < self.min_length:
-            return self._eos_mask.fill(scores, -math.inf)
+            return self._eos_columns.fill(scores, -math.inf)
         return scores.clone()
 
 
@@ -122,11 +122,11 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
         self.prompt_length_to_skip = prompt_length_to_skip
         self.min_new_tokens = min_new_tokens
         self.eos_token_id = _id_tensor(eos_token_id, device)
-        self._eos_mask = _TokenColumns(self.eos_token_id)
+        self._eos_columns = _TokenColumns(self.eos_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens:
-            return self._eos_mask.fill(scores, -math.inf)
+            return self._eos_columns.fill(scores, -math.inf)
         return scores.clone()
 
 
@@ -190,7 +190,7 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     def __init__(self, begin_suppress_tokens, begin_index: int, device: str = "cpu"):
         self.begin_suppress_tokens = torch.tensor(list(begin_suppress_tokens), dtype=torch.long, device=device)
         self.begin_index = begin_index
-        self._mask = _TokenColumns(self.begin_suppress_tokens)
+        self._suppressed = _TokenColumns(self.begin_suppress_tokens)
 
     def set_begin_index(self, begin_index: int) -> None:
         self.begin_index = begin_index
@@ -198,7 +198,7 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] != self.begin_index:
             return scores
-        return self._mask.fill(scores, -float("inf"))
+        return self._suppressed.fill(scores, -float("inf"))
 
 
 class SuppressTokensLogitsProcessor(LogitsProcessor):
@@ -206,10 +206,10 @@ class SuppressTokensLogitsProcessor(LogitsProcessor):
 
     def __init__(self, suppress_tokens, device: str = "cpu"):
         self.suppress_tokens = torch.tensor(list(suppress_tokens), dtype=torch.long, device=device)
-        self._mask = _TokenColumns(self.suppress_tokens)
+        self._suppressed = _TokenColumns(self.suppress_tokens)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        return self._mask.fill(scores, -float("inf"))
+        return self._suppressed.fill(scores, -float("inf"))
 
 
 # ---- value hygiene ------------------------------------------------------------------------------------------

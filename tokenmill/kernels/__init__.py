@@ -52,7 +52,8 @@ def _cpu_signature() -> str:
 
 def _library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
-    for part in (*(source.read_bytes() for source in SOURCES + HEADERS), " ".join(FLAGS).encode(), compiler.encode(), _cpu_signature().encode()):
+    sources = [source.read_bytes() for source in SOURCES + HEADERS]
+    for part in (*sources, " ".join(FLAGS).encode(), compiler.encode(), _cpu_signature().encode()):
         digest.update(part)
     return _cache_dir() / f"gguf_blocks-{digest.hexdigest()[:16]}.so"
 
@@ -63,8 +64,8 @@ def _compile(compiler: str, target: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
         partial = Path(handle.name)
     try:
-        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(partial)], check=True, capture_output=True,
-                       text=True, timeout=120)
+        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(partial)], check=True,
+                       capture_output=True, text=True, timeout=120)
         os.replace(partial, target)
     except subprocess.CalledProcessError as error:
         raise RuntimeError(f"{compiler} failed: {error.stderr.strip()[-400:]}") from None

@@ -98,7 +98,8 @@ class GatedMLP(nn.Module):
         fused = self._gate_up
         if fused is not None and fused.accepts(x) and fused.is_current():
             gate_up = fused(x)
-            if self.native_kernel and self.act is F.silu and kernels.serves_float32(gate_up) and gate_up.is_contiguous():
+            native = self.native_kernel and self.act is F.silu and gate_up.is_contiguous()
+            if native and kernels.serves_float32(gate_up):
                 return self.down_proj(kernels.silu_mul(gate_up))
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
