@@ -35,7 +35,7 @@ def _block_columns(blocks: torch.Tensor) -> torch.Tensor:
 def argmax_rows(rows: torch.Tensor) -> torch.Tensor:
     """rows.argmax(-1) for a 2D tensor."""
     vocab = rows.shape[-1]
-    if rows.dtype == torch.float32 and rows.device.type == "cpu" and vocab and kernels.available():
+    if kernels.argmax_applies(rows):
         return kernels.argmax(rows)
     if vocab < 4 * BLOCK:
         return rows.argmax(-1)

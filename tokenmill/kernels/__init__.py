@@ -156,7 +156,7 @@ def matmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: i
     rows = blocks.shape[0]
     out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
     status = library().tm_matmul(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, x.data_ptr(),
-                                 x.numel() // in_features, out.data_ptr(), torch.get_num_threads())
+                                 x.numel() // in_features, out.data_ptr(), _threads())
     if status:
         raise RuntimeError(f"GGUF matmul failed (status {status}) for ggml type {ggml_type}")
     return out
@@ -217,7 +217,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
     x_strides = (ctypes.c_int64 * 3)(x.stride(0), x.stride(1), x.stride(2))
     table_batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0
     status = library().tm_rotary(x.data_ptr(), x_strides, batch, heads, seq, dim, cos.data_ptr(), signed_sin.data_ptr(),
-                                 table_batch_stride, cos.stride(2), out.data_ptr(), torch.get_num_threads())
+                                 table_batch_stride, cos.stride(2), out.data_ptr(), _threads())
     if status:
         raise RuntimeError(f"rotary kernel failed (status {status}) for shape {tuple(x.shape)}")
     return out
@@ -228,18 +228,20 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     inter = gate_up.shape[-1] // 2
     out = torch.empty(gate_up.shape[:-1] + (inter,), dtype=torch.float32)
     status = library().tm_silu_mul(gate_up.data_ptr(), gate_up.numel() // (2 * inter), inter, out.data_ptr(),
-                                   torch.get_num_threads())
+                                   _threads())
     if status:
         raise RuntimeError(f"silu_mul kernel failed (status {status}) for shape {tuple(gate_up.shape)}")
     return out
 
 
+def argmax_applies(scores: torch.Tensor) -> bool:
+    """Where `argmax` below serves: float32 CPU scores with a non-empty last dimension."""
+    return scores.dim() > 0 and scores.shape[-1] > 0 and serves_float32(scores)
+
+
 def argmax(scores: torch.Tensor) -> torch.Tensor:
-    """scores.argmax(dim=-1), the same indices (first on ties, NaN largest) in one pass where the kernels
-    serve (float32 CPU rows: torch's CPU argmax takes ~0.4 ms over 8 x 49k logits, this ~0.03)."""
-    if scores.dtype != torch.float32 or scores.device.type != "cpu" or scores.dim() == 0 or not scores.shape[-1] \
-            or library() is None:
-        return scores.argmax(dim=-1)
+    """scores.argmax(dim=-1), the same indices (first on ties, NaN largest) in one vectorized pass (torch's CPU
+    argmax takes ~0.4 ms over 8 x 49k logits, this ~0.03); see argmax_applies."""
     rows = scores.reshape(-1, scores.shape[-1])
     if not rows.is_contiguous():
         rows = rows.contiguous()
@@ -256,10 +258,8 @@ ATTENTION_MAX_QUERIES = 8
 def attention_applies(q: torch.Tensor, keys: torch.Tensor, softcap: float | None) -> bool:
     """True where `attention` below can serve: float32 CPU inference, a few query rows, head_dim a multiple of 16."""
     head_dim = q.shape[-1]
-    return (q.dtype == torch.float32 and keys.dtype == torch.float32 and q.device.type == "cpu"
-            and keys.device.type == "cpu" and softcap is None and q.shape[2] <= ATTENTION_MAX_QUERIES
-            and head_dim % 16 == 0 and head_dim <= 256 and q.stride(-1) == 1 and keys.stride(-1) == 1
-            and not (torch.is_grad_enabled() and q.requires_grad) and library() is not None)
+    return (softcap is None and q.shape[2] <= ATTENTION_MAX_QUERIES and head_dim % 16 == 0 and head_dim <= 256
+            and q.stride(-1) == 1 and keys.stride(-1) == 1 and serves_float32(q, keys))
 
 
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor | None,
