@@ -1,4 +1,4 @@
-"""The few-query attention kernel equals SDPA (torch's reference) for every layout the caches hand it: strided
+"""The attention kernel equals SDPA (torch's reference) for every layout the caches hand it: strided
 [batch, kv_heads, columns, dim] views with spare columns, paged pools read by slot, padding and window masks,
 grouped heads, several head sizes; each row is computed alone (batch invariance); and it declines what it
 does not take."""
@@ -31,7 +31,10 @@ def cache_like(batch, kv_heads, columns, dim, generator, spare=7):
     (1, 9, 3, 1, 70, 64),    # SmolLM2 decode
     (8, 9, 3, 1, 333, 64),   # a batch, columns not a multiple of 16
     (3, 4, 1, 3, 33, 256),   # Gemma 3 270M's head size, a few queries (speculative verification)
-    (2, 8, 8, 8, 17, 128),   # no grouping, the most queries the kernel takes
+    (2, 8, 8, 8, 17, 128),   # no grouping
+    (2, 9, 3, 40, 40, 64),   # a prefill: several blocks of queries
+    (1, 4, 2, 300, 300, 128),  # a longer prefill, blocks smaller than the default
+    (2, 6, 2, 37, 90, 64),   # more columns than queries
 ])
 @pytest.mark.parametrize("mask", ["none", "padding", "causal"])
 def test_equals_sdpa(batch, heads, kv_heads, queries, columns, dim, mask):
@@ -46,6 +49,25 @@ def test_equals_sdpa(batch, heads, kv_heads, queries, columns, dim, mask):
         is_causal = True
     got = kernels.attention(q, keys, values, allowed, is_causal, dim ** -0.5)
     torch.testing.assert_close(got, reference(q, keys, values, allowed, is_causal), atol=TOLERANCE, rtol=0)
+
+
+def test_a_prefill_row_equals_the_row_attended_alone():
+    """Rows attended in blocks of queries (a prefill) equal each query attended on its own, bit for bit, with
+    a left-padded causal mask as the model builds it for a batch."""
+    generator = torch.Generator().manual_seed(3)
+    batch, heads, kv_heads, length, dim = 2, 9, 3, 45, 64
+    q = torch.randn(batch, heads, length, dim, generator=generator)
+    keys, values = cache_like(batch, kv_heads, length, dim, generator)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    present = torch.arange(length)[None, :] >= torch.tensor([[0], [11]])
+    allowed = (causal[None] & present[:, None, :])[:, None]
+    together = kernels.attention(q, keys, values, allowed, False, 0.125)
+    for position in (0, 5, 11, 30, length - 1):
+        alone = kernels.attention(q[:, :, position:position + 1], keys, values,
+                                  allowed[:, :, position:position + 1], False, 0.125)
+        assert torch.equal(alone[:, 0], together[:, position])
+    torch.testing.assert_close(together[1:, 11:], reference(q[1:, :, 11:], keys[1:, :, 11:], values[1:, :, 11:],
+                                                            None, True)[:, :], atol=TOLERANCE, rtol=0)
 
 
 def test_paged_pool_rows_read_by_slot_equal_the_gathered_context():
@@ -91,6 +113,5 @@ def test_declines_what_it_does_not_take():
     q, keys = torch.randn(1, 4, 1, 64), torch.randn(1, 2, 10, 64)
     assert kernels.attention_applies(q, keys, softcap=None)
     assert not kernels.attention_applies(q, keys, softcap=50.0)  # Gemma 2's soft-capping: the eager path
-    assert not kernels.attention_applies(torch.randn(1, 4, kernels.ATTENTION_MAX_QUERIES + 1, 64), keys, None)
     assert not kernels.attention_applies(torch.randn(1, 4, 1, 40), torch.randn(1, 2, 10, 40), None)  # dim % 16
     assert not kernels.attention_applies(q.double(), keys.double(), None)

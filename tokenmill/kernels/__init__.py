@@ -1,6 +1,6 @@
 """Native CPU kernels: float32 matmuls over GGUF block-quantized weights (see gguf_blocks.c) and the row-wise
 float32 ops of the decode step whose ATen dispatch costs more than their arithmetic (elementwise.c), and
-attention for a few query rows read straight from the cache (attention.c).
+attention read straight from the cache, decode steps and causal prefills alike (attention.c).
 
 The C source is compiled once per machine with the system C compiler and loaded with ctypes; no build step
 at install time and no compiler headers from torch. It links libgomp by soname, so it shares the OpenMP
@@ -163,15 +163,19 @@ def matmul(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: i
 
 
 def dequantize_rows(blocks: torch.Tensor, ggml_type: int, in_features: int,
-                    ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows `ids` (all rows if None) of the block-stored matrix, dequantized to float32 [n, in_features]."""
+                    ids: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows `ids` (all rows if None) of the block-stored matrix, dequantized to float32 [n, in_features]
+    (written into `out`, a contiguous float32 tensor of that shape, if given)."""
     _check_blocks(blocks)
     if ids is not None:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= blocks.shape[0]):
             raise IndexError(f"row ids must be in [0, {blocks.shape[0]}), got {int(ids.min())}..{int(ids.max())}")
         ids = ids.reshape(-1).to(torch.int64).contiguous()
     count = blocks.shape[0] if ids is None else ids.numel()
-    out = torch.empty(count, in_features, dtype=torch.float32)
+    if out is None:
+        out = torch.empty(count, in_features, dtype=torch.float32)
+    elif out.shape != (count, in_features) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 [{count}, {in_features}] tensor")
     status = library().tm_dequant_rows(blocks.data_ptr(), blocks.shape[1], ggml_type, in_features,
                                       None if ids is None else ids.data_ptr(), count, out.data_ptr(), _threads())
     if status:
@@ -251,14 +255,10 @@ def argmax(scores: torch.Tensor) -> torch.Tensor:
     return out.view(scores.shape[:-1])
 
 
-# above this many query rows per sequence, SDPA's blocked kernel is faster than attention.c
-ATTENTION_MAX_QUERIES = 8
-
-
 def attention_applies(q: torch.Tensor, keys: torch.Tensor, softcap: float | None) -> bool:
-    """True where `attention` below can serve: float32 CPU inference, a few query rows, head_dim a multiple of 16."""
+    """True where `attention` below can serve: float32 CPU inference, head_dim a multiple of 16 up to 256."""
     head_dim = q.shape[-1]
-    return (softcap is None and q.shape[2] <= ATTENTION_MAX_QUERIES and head_dim % 16 == 0 and head_dim <= 256
+    return (softcap is None and head_dim % 16 == 0 and head_dim <= 256
             and q.stride(-1) == 1 and keys.stride(-1) == 1 and serves_float32(q, keys))
 
 

@@ -10,6 +10,8 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__F16C__)
 #include <immintrin.h>
 
+#include "vector_math.h"
+
 #define TILE_N 4 /* weight rows per register tile, at most */
 #define TILE_M 8 /* activation rows per register tile, at most (with 2 weight rows) */
 #ifndef PREFETCH_ROWS
@@ -150,26 +152,6 @@ static inline __attribute__((always_inline)) int dequant_block(int type, const u
     case 12: return dequant_q4_k(b, w);
     default: return dequant_q6_k(b, w);
     }
-}
-
-/* Sixteen horizontal sums at once (lane j: v[j]'s), by _mm512_reduce_add_ps's tree (lanes i + i+8, + i+4,
- * + i+2, + i+1): bit-identical to reducing each vector alone, in 46 instructions instead of ~130. */
-static inline __m512 reduce16(const __m512 *v) {
-    __m512 halves[8], quarters[4], eighths[2];
-    for (int j = 0; j < 8; j++)  /* [v0 lo256 + v0 hi256 | v1 lo256 + v1 hi256] */
-        halves[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
-                                  _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xEE));
-    for (int j = 0; j < 4; j++)  /* 128-bit quarter q0 + q1 of each half: four outputs of four lanes */
-        quarters[j] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * j], halves[2 * j + 1], 0x88),
-                                    _mm512_shuffle_f32x4(halves[2 * j], halves[2 * j + 1], 0xDD));
-    for (int j = 0; j < 2; j++)  /* lanes 0,1 + 2,3 within each quarter */
-        eighths[j] = _mm512_add_ps(_mm512_shuffle_ps(quarters[2 * j], quarters[2 * j + 1], 0x44),
-                                   _mm512_shuffle_ps(quarters[2 * j], quarters[2 * j + 1], 0xEE));
-    __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(eighths[0], eighths[1], 0x88),
-                                _mm512_shuffle_ps(eighths[0], eighths[1], 0xDD));
-    /* lane 4k + j now holds v[4j + k]'s sum */
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(order, sums);
 }
 
 /* y[(r0 + r) * ldy + n0 + i] = the sum of acc[i][r]'s lanes, 16 outputs at a time where the tile has them */

@@ -25,5 +25,25 @@ static inline __m512 exp_nonpositive(__m512 x) {
     return _mm512_maskz_scalef_ps((__mmask16)~underflow, p, n);
 }
 
+/* Sixteen horizontal sums at once (lane j: v[j]'s), by _mm512_reduce_add_ps's tree (lanes i + i+8, + i+4,
+ * + i+2, + i+1): bit-identical to reducing each vector alone, in 46 instructions instead of ~130. */
+static inline __m512 reduce16(const __m512 *v) {
+    __m512 halves[8], quarters[4], eighths[2];
+    for (int j = 0; j < 8; j++)  /* [v0 lo256 + v0 hi256 | v1 lo256 + v1 hi256] */
+        halves[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
+                                  _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xEE));
+    for (int j = 0; j < 4; j++)  /* 128-bit quarter q0 + q1 of each half: four outputs of four lanes */
+        quarters[j] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * j], halves[2 * j + 1], 0x88),
+                                    _mm512_shuffle_f32x4(halves[2 * j], halves[2 * j + 1], 0xDD));
+    for (int j = 0; j < 2; j++)  /* lanes 0,1 + 2,3 within each quarter */
+        eighths[j] = _mm512_add_ps(_mm512_shuffle_ps(quarters[2 * j], quarters[2 * j + 1], 0x44),
+                                   _mm512_shuffle_ps(quarters[2 * j], quarters[2 * j + 1], 0xEE));
+    __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(eighths[0], eighths[1], 0x88),
+                                _mm512_shuffle_ps(eighths[0], eighths[1], 0xDD));
+    /* lane 4k + j now holds v[4j + k]'s sum */
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, sums);
+}
+
 #endif
 #endif

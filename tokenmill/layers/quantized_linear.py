@@ -7,6 +7,7 @@ dequantized float weights under the usual names, so saving and converting see an
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,30 @@ class QuantizedWeight:
         return kernels.dequantize_rows(self.blocks, self.ggml_type, self.in_features).to(dtype)
 
 
+_scratch = threading.local()  # per thread: generate() may run in several threads at once
+SCRATCH_MAX_FLOATS = 8 << 20  # 32 MiB, about a last-level cache: a larger weight (an output embedding) gets its own
+
+
+def _dequantized_in_scratch(weight: QuantizedWeight) -> torch.Tensor:
+    """The weight dequantized into this thread's reused buffer, valid until the thread's next call. One buffer
+    (7 MB for SmolLM2's fused gate/up) stays in the last-level cache and needs no fresh pages: a 512-token
+    prefill ran ~9% faster than with a new tensor per matmul."""
+    need = weight.shape.numel()
+    if need > SCRATCH_MAX_FLOATS:
+        return weight.dequantize()
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < need:
+        buffer = _scratch.buffer = torch.empty(need, dtype=torch.float32)
+    return kernels.dequantize_rows(weight.blocks, weight.ggml_type, weight.in_features,
+                                   out=buffer[:need].view(weight.shape))
+
+
 def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input)."""
     x32 = x if x.dtype == torch.float32 else x.float()
     rows = x32.numel() // weight.in_features
     if rows > DENSE_ABOVE_ROWS:
-        out = F.linear(x32, weight.dequantize(), bias)
+        out = F.linear(x32, _dequantized_in_scratch(weight), bias)
     else:
         out = kernels.matmul(x32, weight.blocks, weight.ggml_type, weight.in_features)
         if bias is not None:

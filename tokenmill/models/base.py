@@ -182,7 +182,7 @@ class CausalLM(nn.Module, GenerationMixin):
         return self
 
     def use_native_kernels(self, enabled: bool) -> None:
-        """RMSNorm, few-query attention and SwiGLU through the C kernels (one call instead of several ATen ops:
+        """RMSNorm, attention and SwiGLU through the C kernels (one call instead of several ATen ops:
         ~1, ~5 and ~0.5 ms of a SmolLM2 batch-8 decode step). On with the GGUF kernels, whose matmuls already
         differ from transformers' in summation order; off, a dense model keeps transformers' arithmetic bit for
         bit (the rotary kernel, which is bit-exact, serves both)."""
