@@ -15,7 +15,10 @@ import torch
 
 from tokenmill import AutoModelForCausalLM, AutoTokenizer
 
-LOGIT_ATOL = {"dense": 1e-4, "gguf-kernels": 2e-4}
+# float32 both sides, the same dequantized values; only the order of the sums differs. In gguf mode a long prefill
+# runs oneDNN's GEMM, whose rounding error is about twice MKL's: 2.6e-4 was measured on the 600-token prompt
+# (4e-5 with MKL's), on logits of magnitude up to ~30, i.e. ~1e-5 relative
+LOGIT_ATOL = {"dense": 1e-4, "gguf-kernels": 4e-4}
 GREEDY_TOKENS = 16
 PROMPTS = [
     "The capital of France is",

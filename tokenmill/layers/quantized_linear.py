@@ -62,12 +62,28 @@ def _dequantized_in_scratch(weight: QuantizedWeight) -> torch.Tensor:
                                    out=buffer[:need].view(weight.shape))
 
 
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear on float32 CPU tensors through oneDNN (bundled with torch) rather than MKL's sgemm, which on
+    the AMD CPUs here runs at about half the speed (512 x 576 x 3072: ~430 against ~175 GFLOP/s on 2 cores).
+    The sums are ordered differently from MKL's, as the GGUF kernels' already are; elsewhere F.linear."""
+    if ONEDNN_LINEAR and kernels.serves_float32(x, weight) and (bias is None or kernels.serves_float32(bias)):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
 def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input)."""
     x32 = x if x.dtype == torch.float32 else x.float()
     rows = x32.numel() // weight.in_features
     if rows > DENSE_ABOVE_ROWS:
-        out = F.linear(x32, _dequantized_in_scratch(weight), bias)
+        out = dense_linear(x32, _dequantized_in_scratch(weight), bias)
     else:
         out = kernels.matmul(x32, weight.blocks, weight.ggml_type, weight.in_features)
         if bias is not None:
