@@ -65,8 +65,13 @@ static inline void score_chunk(const float *q, const kv_view *kv, const row_view
         __m512 qv = _mm512_loadu_ps(q + d);
         for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(key[j] + d), qv, acc[j]);
     }
+    const __m512 scaled = _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(kv->scale));
+    if (!row->mask && c0 >= row->lo && c0 + n <= row->hi) {  /* every column of the chunk visible */
+        _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), scaled);
+        return;
+    }
     float sums[16];
-    _mm512_storeu_ps(sums, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(kv->scale)));
+    _mm512_storeu_ps(sums, scaled);
     for (int j = 0; j < n; j++) {
         int64_t s = c0 + j;
         int seen = s >= row->lo && s < row->hi && (!row->mask || row->mask[s * row->mask_stride]);
@@ -257,7 +262,8 @@ int tm_attention(const float *q, int64_t q_sb, int64_t q_sh, int64_t q_sq, const
         return 1;
     const int64_t group = heads / kv_heads;
     int64_t block = SCORE_BUDGET / (group * columns);
-    block = block < 1 ? 1 : block > MAX_BLOCK_QUERIES ? MAX_BLOCK_QUERIES : block > queries ? queries : block;
+    block = block < 1 ? 1 : block > MAX_BLOCK_QUERIES ? MAX_BLOCK_QUERIES : block;
+    block = block > queries ? queries : block;
     const int64_t blocks = (queries + block - 1) / block, tasks = batch * kv_heads * blocks;
     int failed = 0;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(| : failed) \
