@@ -176,12 +176,18 @@ class FakeLlama:
 
     def __init__(self, model_path, n_threads, **kwargs):
         self.model_path, self.n_threads = model_path, n_threads
+        self.cached = 0  # prompt tokens kept from the previous call, as llama-cpp-python reuses a prefix
 
     def n_vocab(self):
         return 97
 
+    def reset(self):
+        self.cached = 0
+
     def generate(self, tokens, **sampling):
         assert sampling["temp"] == 0.0 and sampling["top_k"] == 1
+        assert self.cached == 0, "the bench must reset the context: a reused prefix skips the prefill it times"
+        self.cached = len(tokens)
         token = tokens[-1]
         while True:  # like llama-cpp-python: endless until the caller stops
             token = (token + 1) % 97

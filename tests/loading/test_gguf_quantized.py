@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from torch.nn import functional as F
 from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 import test_gguf  # the tiny-model GGUF writer of the loading tests (same folder)
 from tokenmill import AutoModelForCausalLM, kernels
 from tokenmill.layers.attention import Attention
 from tokenmill.layers.mlp import GatedMLP
+from tokenmill.layers import quantized_linear
 from tokenmill.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
 from tokenmill.layers.norm import RMSNorm
 
@@ -180,3 +182,26 @@ def test_save_pretrained_of_kept_blocks_loads_in_transformers(write_quantized, t
     oracle = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
     with torch.no_grad():
         assert_logits_close(oracle(PROMPT).logits, dense(PROMPT).logits)
+
+
+def test_a_long_prefill_goes_through_onednn_and_equals_the_dense_model(write_quantized, monkeypatch):
+    """More than DENSE_ABOVE_ROWS rows: weights dequantized into the reused buffer, multiplied by oneDNN."""
+    calls, original = [], quantized_linear.dense_linear
+    monkeypatch.setattr(quantized_linear, "dense_linear", lambda *args: calls.append(1) or original(*args))
+    kept, dense = load_both(write_quantized("llama"))
+    prompt = torch.randint(3, 90, (1, quantized_linear.DENSE_ABOVE_ROWS + 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert_logits_close(kept(prompt).logits, dense(prompt).logits)
+    assert calls and quantized_linear.ONEDNN_LINEAR == torch.backends.mkldnn.is_available()
+
+
+def test_dense_linear_equals_f_linear_and_falls_back_under_autograd():
+    generator = torch.Generator().manual_seed(1)
+    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 130, 64), (48, 64), (48,)))
+    with torch.no_grad():
+        torch.testing.assert_close(quantized_linear.dense_linear(x, weight, bias), F.linear(x, weight, bias),
+                                   atol=1e-5, rtol=0)
+    weight.requires_grad_(True)
+    out = quantized_linear.dense_linear(x, weight, None)  # oneDNN's op has no backward here: F.linear serves
+    out.sum().backward()
+    torch.testing.assert_close(weight.grad, x.reshape(-1, 64).sum(0).expand(48, 64))

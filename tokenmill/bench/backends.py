@@ -180,6 +180,9 @@ class LlamaCppBackend(Backend):
     def generate(self, model, input_ids, attention_mask, new_tokens: int, cache: str, clock: TokenClock,
                  resilient: bool = False):
         clock.put(input_ids)  # the prompt, as generate() streams it first
+        # forget the previous round: llama-cpp-python would otherwise reuse its cached prefix of the same prompt
+        # and skip the prefill being measured
+        model.llm.reset()
         steps = model.llm.generate(input_ids[0].tolist(), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
                                    repeat_penalty=1.0, reset=True)
         for count, token in enumerate(steps, start=1):  # greedy, eos ignored: exactly new_tokens tokens
