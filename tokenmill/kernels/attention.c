@@ -54,11 +54,14 @@ static row_view visible_range(const uint8_t *visible, const int64_t *mask_stride
 
 static const float ZERO_ROW[256] __attribute__((aligned(64)));
 
-/* scores[0..n) = scale * q . key(c0 + j), -inf where the row cannot see column c0 + j */
-static inline void score_chunk(const float *q, const kv_view *kv, const row_view *row, int64_t c0, int n,
-                               float *scores) {
-    const float *key[16];
+/* the rows of columns c0 .. c0 + n - 1 (n <= 16); a zero row stands in for the missing ones */
+static inline void chunk_keys(const kv_view *kv, int64_t c0, int n, const float **key) {
     for (int j = 0; j < 16; j++) key[j] = j < n ? kv->keys + kv->key_offsets[c0 + j] : ZERO_ROW;
+}
+
+/* scores[0..n) = scale * q . key[j], -inf where the row cannot see column c0 + j */
+static inline void score_chunk(const float *q, const float *const *key, const kv_view *kv, const row_view *row,
+                               int64_t c0, int n, float *scores) {
     __m512 acc[16];
     for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t d = 0; d < kv->dim; d += 16) {
@@ -203,12 +206,14 @@ static void attend_block(workspace *w, int64_t count, const kv_view *kv, int64_t
     for (int64_t r = 0; r < count; r++) w->weights[r] = w->scores + r * span;
     for (int64_t c0 = lo; c0 < hi; c0 += 16) {
         const int n = hi - c0 < 16 ? (int)(hi - c0) : 16;
+        const float *key[16];
+        chunk_keys(kv, c0, n, key);
         for (int64_t r = 0; r < count; r++) {
             const row_view *row = &w->rows[r];
             if (c0 + n <= row->lo || c0 >= row->hi) {
                 for (int j = 0; j < n; j++) w->weights[r][c0 - lo + j] = -INFINITY;
             } else {
-                score_chunk(w->q[r], kv, row, c0, n, w->weights[r] + (c0 - lo));
+                score_chunk(w->q[r], key, kv, row, c0, n, w->weights[r] + (c0 - lo));
             }
         }
     }
