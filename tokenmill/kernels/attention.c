@@ -28,7 +28,7 @@
 typedef struct {
     const float *keys, *values;
     const int64_t *key_offsets, *value_offsets; /* element offset of column s's row, for this task's (b, g) */
-    int64_t columns, dim;
+    int64_t dim;
     float scale;
 } kv_view;
 
@@ -137,7 +137,8 @@ static inline __attribute__((always_inline)) void weighted_values(const int T, c
 
 /* rows [0, count) of a block, T at a time; a partial tile repeats its first row and writes the copies to `sink` */
 static void values_for_rows(int64_t count, float *const *weights, const float *totals, const kv_view *kv,
-                            int64_t lo, int64_t span, float *const *out, float *sink) {
+                            int64_t lo, int64_t span, float *const *out) {
+    float sink[256];
     const int vectors = (int)(kv->dim / 16);
     const int T = vectors == 4 ? 4 : vectors == 8 ? 2 : vectors <= 2 ? 8 : 1;
     for (int64_t r0 = 0; r0 < count; r0 += T) {
@@ -160,9 +161,9 @@ static void values_for_rows(int64_t count, float *const *weights, const float *t
 }
 
 /* Per thread, kept between calls (a decode step calls this once per layer): scores for a block's rows,
- * pointers into them, the row offsets of one (sequence, kv head), and the sink of partial tiles. */
+ * pointers into them, and the row offsets of one (sequence, kv head). */
 typedef struct {
-    float *scores, *sink, *totals;
+    float *scores, *totals;
     float **weights, **out;
     const float **q;
     row_view *rows;
@@ -181,7 +182,6 @@ static int resize(void **buffer, int64_t count, size_t size) {
 /* this thread's workspace, grown to hold `rows` rows over `columns` columns; NULL if out of memory */
 static workspace *workspace_for(int64_t rows, int64_t columns) {
     workspace *w = &thread_space;
-    if (!w->sink && !(w->sink = malloc(sizeof(float) * 256))) return NULL;
     if (rows * columns > w->score_capacity) {
         if (!resize((void **)&w->scores, rows * columns, sizeof(float))) return NULL;
         w->score_capacity = rows * columns;
@@ -218,7 +218,7 @@ static void attend_block(workspace *w, int64_t count, const kv_view *kv, int64_t
         }
     }
     for (int64_t r = 0; r < count; r++) w->totals[r] = softmax_numerators(w->weights[r], span);
-    values_for_rows(count, w->weights, w->totals, kv, lo, span, w->out, w->sink);
+    values_for_rows(count, w->weights, w->totals, kv, lo, span, w->out);
 }
 
 #define HAVE_VECTOR_ATTENTION 1
@@ -302,7 +302,7 @@ int tm_attention(const float *q, int64_t q_sb, int64_t q_sh, int64_t q_sq, const
                 offsets_for = pair;
             }
 #ifdef HAVE_VECTOR_ATTENTION
-            const kv_view kv = {keys, values, row_offsets, row_offsets + columns, columns, dim, scale};
+            const kv_view kv = {keys, values, row_offsets, row_offsets + columns, dim, scale};
             int64_t lo = columns, hi = 0, count = 0;
             for (int64_t i = i0; i < i1; i++) {
                 row_view row = visible_range(visible, mask_strides, causal, b, i, columns);

@@ -62,18 +62,14 @@ def _dequantized_in_scratch(weight: QuantizedWeight) -> torch.Tensor:
                                    out=buffer[:need].view(weight.shape))
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-ONEDNN_LINEAR = _onednn_linear_available()
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear on float32 CPU tensors through oneDNN (bundled with torch) rather than MKL's sgemm, which on
     the AMD CPUs here runs at about half the speed (512 x 576 x 3072: ~430 against ~175 GFLOP/s on 2 cores).
     The sums are ordered differently from MKL's, as the GGUF kernels' already are; elsewhere F.linear."""
-    if ONEDNN_LINEAR and kernels.serves_float32(x, weight) and (bias is None or kernels.serves_float32(bias)):
+    if ONEDNN_LINEAR and kernels.serves_float32(*(t for t in (x, weight, bias) if t is not None)):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
