@@ -18,7 +18,7 @@ from .block_manager import BlockManager
 from .detokenize import SequenceText
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
-from .sampler import prompt_logprobs, sample
+from .sampler import choice_seed, prompt_logprobs, sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, SequenceStatus
@@ -144,7 +144,7 @@ class LLMEngine:
             seq = Sequence(request_id, index, list(prompt_token_ids), params)
             seed = None
             if params.sampled:
-                seed = params.seed + index if params.seed is not None else random.getrandbits(63)
+                seed = choice_seed(params.seed, index) if params.seed is not None else random.getrandbits(63)
                 seq.generator = torch.Generator().manual_seed(seed)
             if params.prompt_logprobs is not None:
                 seq.prompt_logprobs = [None]
