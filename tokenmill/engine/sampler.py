@@ -15,7 +15,10 @@ import torch
 
 from ..generation.sampling import Warpers, apply_repetition_penalty, draw
 from ..generation.vocab_reduce import argmax_rows, topk_rows
+from .sampling_params import SamplingParams
 from .sequence import Sequence, TokenLogprob
+
+NEUTRAL = SamplingParams()  # every warper off (temperature 1)
 
 
 def _row_token_mask(token_lists: list[list[int]], vocab: int, device) -> torch.Tensor:
@@ -75,15 +78,22 @@ def adjusted_logits(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[in
 
 
 def warpers(seqs: list[Sequence]) -> Warpers:
-    params = [seq.params for seq in seqs]
+    """Each sampled row's warpers (a greedy row, never warped, gets the neutral values)."""
+    params = [seq.params if seq.params.sampled else NEUTRAL for seq in seqs]
     return Warpers.per_row(temperature=[p.temperature for p in params], top_k=[p.top_k for p in params],
                            top_p=[p.top_p for p in params], min_p=[p.min_p for p in params],
                            typical_p=[p.typical_p for p in params])
 
 
 def sampling_probs(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> torch.Tensor:
-    """The distribution each (sampled) row draws from."""
-    return warpers(seqs)(adjusted_logits(logits, seqs, eos_ids)).softmax(-1)
+    """The distribution each row's token comes from: a greedy row's is all on its argmax."""
+    adjusted = adjusted_logits(logits, seqs, eos_ids)
+    probs = warpers(seqs)(adjusted).softmax(-1)
+    greedy = torch.tensor([not seq.params.sampled for seq in seqs])
+    if bool(greedy.any()):
+        one_hot = torch.zeros_like(probs).scatter_(1, argmax_rows(adjusted)[:, None], 1.0)
+        probs = torch.where(greedy[:, None], one_hot, probs)
+    return probs
 
 
 def choose_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> list[int]:
