@@ -159,3 +159,21 @@ def test_draw_follows_the_distribution():
     assert counts[0] == counts[3] == 0
     assert abs(float(counts[2]) / 4000 - 0.75) < 0.03  # 5 standard deviations of a 4000-draw binomial
     assert math.isclose(float(probs.sum()), 1.0)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_thresholds_on_exact_boundaries(per_row):
+    """Uniform rows make the cumulative mass hit 1 - top_p exactly and every token sit at min_p * max: a token
+    whose cumulative mass equals 1 - top_p is dropped, a token exactly at the min-p threshold is kept."""
+    scores = torch.zeros((2, 4))  # probabilities exactly 0.25
+
+    def value(x):
+        return torch.full((2,), x) if per_row else x
+
+    ids = torch.zeros((2, 1), dtype=torch.long)
+    top_p = sampling.apply_top_p(scores.clone(), value(0.75))
+    assert_exact(top_p, hf.TopPLogitsWarper(0.75)(ids, scores.clone()))
+    assert torch.isneginf(top_p).sum(-1).tolist() == [1, 1]
+    min_p = sampling.apply_min_p(scores.clone(), value(1.0))
+    assert_exact(min_p, hf.MinPLogitsWarper(1.0)(ids, scores.clone()))
+    assert not torch.isneginf(min_p).any()
