@@ -34,7 +34,7 @@ def test_default_max_tokens_is_capped_by_the_room_left():
 @pytest.mark.parametrize("prompt_len, requested, param, message", [
     (0, 5, "prompt", "the prompt is empty"),
     (100, 1, "prompt", "the prompt has 100 tokens, more than the limit of 99 input tokens"),
-    (10, 0, "max_tokens", "max tokens must be at least 1, got 0"),
+    (10, 0, "max_tokens", "max_tokens must be at least 1, got 0"),
     (10, 91, "max_tokens", r"must be <= 100: the input has 10 tokens and 91 new tokens were asked for \(101 in"),
 ])
 def test_refusals_name_the_field_and_the_numbers(prompt_len, requested, param, message):

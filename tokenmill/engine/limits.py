@@ -48,7 +48,7 @@ def check_request(prompt_len: int, max_tokens: int | None, limits: RequestLimits
     if max_tokens is None:
         return room if limits.default_max_tokens is None else min(limits.default_max_tokens, room)
     if max_tokens < 1:
-        raise RequestLimitError(f"max tokens must be at least 1, got {max_tokens}", "max_tokens")
+        raise RequestLimitError(f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
     if max_tokens > room:
         raise RequestLimitError(
             f"prompt tokens + max_tokens must be <= {limits.max_total_tokens}: the input has {prompt_len} tokens "
