@@ -100,8 +100,8 @@ def test_per_row_min_tokens_to_keep():
 def test_per_row_repetition_penalty(seed):
     ids, scores = random_inputs(seed, batch=4)
     penalties = [1.3, 1.0, 0.8, 2.0]
-    seen = torch.zeros_like(scores, dtype=torch.bool).scatter(1, ids, True)
-    ours = sampling.apply_repetition_penalty(scores.clone(), seen, torch.tensor(penalties))
+    padded = torch.cat([ids, torch.tensor([[-1, 500]] * 4)], 1)  # ids outside the vocabulary: padding
+    ours = sampling.apply_repetition_penalty(scores.clone(), padded, torch.tensor(penalties))
     theirs = torch.cat([hf.RepetitionPenaltyLogitsProcessor(p)(ids[i:i + 1], scores[i:i + 1].clone())
                         for i, p in enumerate(penalties)])
     assert_exact(ours, theirs)

@@ -57,9 +57,10 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     vocab = logits.shape[-1]
     penalties = [seq.params.repetition_penalty for seq in seqs]
     if any(p != 1.0 for p in penalties):
-        seen = _row_token_mask([seq.all_token_ids if p != 1.0 else [] for seq, p in zip(seqs, penalties)],
-                               vocab, logits.device)
-        logits = apply_repetition_penalty(logits, seen, torch.tensor(penalties, dtype=torch.float32))
+        histories = [seq.all_token_ids if p != 1.0 else [] for seq, p in zip(seqs, penalties)]
+        longest = max(len(history) for history in histories)
+        token_ids = torch.tensor([history + [-1] * (longest - len(history)) for history in histories])  # -1: pad
+        logits = apply_repetition_penalty(logits, token_ids, torch.tensor(penalties, dtype=torch.float32))
     counted = [seq.output_token_ids if seq.params.presence_penalty or seq.params.frequency_penalty else []
                for seq in seqs]
     if any(counted):
@@ -103,7 +104,8 @@ def choose_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]
     sampled = [i for i, seq in enumerate(seqs) if seq.params.sampled]
     if sampled:
         chosen = [seqs[i] for i in sampled]
-        probs = warpers(chosen)(adjusted[torch.tensor(sampled)]).softmax(-1)
+        rows = adjusted if len(sampled) == len(seqs) else adjusted[torch.tensor(sampled)]
+        probs = warpers(chosen)(rows).softmax(-1)
         for i, token in zip(sampled, draw(probs, [seq.generator for seq in chosen]).tolist()):
             tokens[i] = token
     return tokens
@@ -168,8 +170,8 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constra
     for i in constrained:
         tokens[i] = int(allowed[i].argmax())
     if slow:
-        index = torch.tensor(slow)
-        for i, token in zip(slow, choose_tokens(allowed[index], [seqs[i] for i in slow], eos_ids)):
+        slow_rows = allowed if len(slow) == len(seqs) else allowed[torch.tensor(slow)]
+        for i, token in zip(slow, choose_tokens(slow_rows, [seqs[i] for i in slow], eos_ids)):
             tokens[i] = token
     record_logprobs(rows, seqs, tokens)
     return tokens

@@ -45,11 +45,18 @@ def _only_rows(mask: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     return mask if active is None else mask & active.to(mask.device).reshape(-1, 1)
 
 
-def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: Param) -> torch.Tensor:
-    """Tokens marked in `seen` (bool [rows, vocab]): negative scores multiplied by the penalty, others divided."""
+def apply_repetition_penalty(scores: torch.Tensor, token_ids: torch.Tensor, penalty: Param) -> torch.Tensor:
+    """The tokens of each row's `token_ids` [rows, n] (ids outside [0, vocab) are padding, ignored): negative
+    scores multiplied by the penalty, others divided; every other score untouched."""
+    rows, vocab = scores.shape
+    token_ids = token_ids.to(scores.device)
+    # padding lands in a spare column that is dropped; only the n listed scores are computed
+    ids = torch.where((token_ids >= 0) & (token_ids < vocab), token_ids, vocab)
+    extended = torch.cat([scores, scores.new_zeros(rows, 1)], dim=1)
+    picked = extended.gather(1, ids)
     penalty = _column(penalty, scores)
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalised, scores)
+    extended.scatter_(1, ids, torch.where(picked < 0, picked * penalty, picked / penalty))
+    return extended[:, :vocab]
 
 
 def apply_temperature(scores: torch.Tensor, temperature: Param) -> torch.Tensor:
@@ -70,9 +77,12 @@ def apply_top_k(scores: torch.Tensor, top_k: Param, min_tokens_to_keep: Param = 
     k = torch.clamp(torch.maximum(top_k, torch.as_tensor(min_tokens_to_keep, device=scores.device)), max=vocab)
     if not bool(active.any()):
         return scores
-    best = torch.topk(scores, int(k[active].max())).values  # the k-th largest value does not depend on k_max
-    threshold = best.gather(1, (k.clamp(min=1) - 1).reshape(-1, 1))
-    return scores.masked_fill(_only_rows(scores < threshold, active), filter_value)
+    rows = active.nonzero()[:, 0]
+    # the k-th largest value does not depend on k_max; rows with top-k off keep a -inf threshold
+    best = torch.topk(scores[rows], int(k[rows].max())).values
+    threshold = torch.full((scores.shape[0], 1), NEG_INF, dtype=scores.dtype, device=scores.device)
+    threshold[rows] = best.gather(1, (k[rows] - 1).reshape(-1, 1))
+    return scores.masked_fill(scores < threshold, filter_value)
 
 
 def apply_top_p(scores: torch.Tensor, top_p: Param, min_tokens_to_keep: Param = 1,
