@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -51,6 +52,16 @@ def hf_smollm2(smollm2_gguf):
     return _oracle_from_gguf(smollm2_gguf)
 
 
+def _float64_copy(model):
+    """The same weights widened exactly to float64: the reference both float32 engines are measured against."""
+    return copy.deepcopy(model).double().eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_float64(hf_smollm2):
+    return _float64_copy(hf_smollm2)
+
+
 def _oracle_tokenizer_from_gguf(path: Path):
     import transformers
 
@@ -65,6 +76,11 @@ def hf_smollm2_tokenizer(smollm2_gguf):
 @pytest.fixture(scope="session")
 def hf_gemma3(gemma3_gguf):
     return _oracle_from_gguf(gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3_float64(hf_gemma3):
+    return _float64_copy(hf_gemma3)
 
 
 @pytest.fixture(scope="session")
