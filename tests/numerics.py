@@ -28,7 +28,9 @@ triangle inequality: each is within `floor` of the exact value, so they are with
 
 from __future__ import annotations
 
+import copy
 import math
+import weakref
 
 import torch
 
@@ -93,3 +95,40 @@ def assert_runs_agree(first: torch.Tensor, second: torch.Tensor, reduction: int,
     error = _max_error(first, second.double())
     assert error <= allowed, (f"{label}: max|difference| = {error:.3e} exceeds 2 x rounding floor {allowed:.3e} "
                               f"(K={reduction}, matmuls={products}, N={first.numel()}, max|value|={magnitude:.3g})")
+
+
+_FLOAT64_TWINS: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def float64_twin(oracle: torch.nn.Module) -> torch.nn.Module:
+    """The oracle's weights widened exactly to float64 (made once per oracle): the exact reference."""
+    if oracle not in _FLOAT64_TWINS:
+        _FLOAT64_TWINS[oracle] = copy.deepcopy(oracle).double().eval()
+    return _FLOAT64_TWINS[oracle]
+
+
+def exact_logits(twin: torch.nn.Module, ids: torch.Tensor, attention_mask=None, **inputs) -> torch.Tensor:
+    """The float64 twin's logits; NaN at padding (transformers' fully masked rows turn NaN in float64, and would
+    leak into real rows through 0 * NaN), so a padded row runs alone, unpadded, at the positions it has in the batch."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return twin(ids, attention_mask=attention_mask, **inputs).logits
+    rows = []
+    for row_ids, row_mask in zip(ids, attention_mask.bool()):
+        positions = torch.arange(ids.shape[-1])[row_mask][None]
+        logits = twin(row_ids[row_mask][None], position_ids=positions, **inputs).logits
+        full = logits.new_full((1, ids.shape[-1], logits.shape[-1]), float("nan"))
+        full[0, row_mask] = logits[0]
+        rows.append(full)
+    return torch.cat(rows)
+
+
+def assert_matches_oracle(actual: torch.Tensor, oracle: torch.nn.Module, ids: torch.Tensor, select=None,
+                          label: str = "", **inputs) -> None:
+    """tokenmill's logits (`[select]` of a full forward) within the bound, against transformers fp32 and fp64."""
+    with torch.no_grad():
+        theirs, exact = oracle(ids, **inputs).logits, exact_logits(float64_twin(oracle), ids, **inputs)
+    if select is not None:
+        theirs, exact = theirs[select], exact[select]
+    config = oracle.config
+    assert_logits_within_bound(actual, theirs, exact, reduction_len(config, ids.shape[-1]), matmuls(config),
+                               label or config.model_type)
