@@ -103,7 +103,10 @@ _FLOAT64_TWINS: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = 
 def float64_twin(oracle: torch.nn.Module) -> torch.nn.Module:
     """The oracle's weights widened exactly to float64 (made once per oracle): the exact reference."""
     if oracle not in _FLOAT64_TWINS:
-        _FLOAT64_TWINS[oracle] = copy.deepcopy(oracle).double().eval()
+        twin = copy.deepcopy(oracle).double().eval()
+        if getattr(twin.config, "_experts_implementation", None) not in (None, "eager"):
+            twin.set_experts_implementation("eager")  # torch's grouped GEMM has no float64
+        _FLOAT64_TWINS[oracle] = twin
     return _FLOAT64_TWINS[oracle]
 
 
