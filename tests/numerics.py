@@ -86,12 +86,18 @@ def assert_logits_within_bound(actual: torch.Tensor, oracle32: torch.Tensor, exa
         f"K={reduction}, matmuls={products}, N={exact.numel()}, max|logit|={magnitude:.3g})")
 
 
+def agreement_tolerance(reduction: int, products: int, outputs: int, magnitude: float,
+                        dtype: torch.dtype = torch.float32) -> float:
+    """Two runs of one computation in different summation orders: each within `floor` of exact, so 2 * floor apart."""
+    return 2 * rounding_floor(reduction, products, outputs, magnitude, dtype)
+
+
 def assert_runs_agree(first: torch.Tensor, second: torch.Tensor, reduction: int, products: int,
                       label: str = "") -> None:
     """Two float32 runs of the same computation in different orders: within 2 * floor (each is within floor)."""
     assert first.shape == second.shape, (label, first.shape, second.shape)
     magnitude = max(first.abs().max().item(), second.abs().max().item()) if first.numel() else 0.0
-    allowed = 2 * rounding_floor(reduction, products, first.numel(), magnitude, first.dtype)
+    allowed = agreement_tolerance(reduction, products, first.numel(), magnitude, first.dtype)
     error = _max_error(first, second.double())
     assert error <= allowed, (f"{label}: max|difference| = {error:.3e} exceeds 2 x rounding floor {allowed:.3e} "
                               f"(K={reduction}, matmuls={products}, N={first.numel()}, max|value|={magnitude:.3g})")
@@ -135,3 +141,24 @@ def assert_matches_oracle(actual: torch.Tensor, oracle: torch.nn.Module, ids: to
     config = oracle.config
     assert_logits_within_bound(actual, theirs, exact, reduction_len(config, ids.shape[-1]), matmuls(config),
                                label or config.model_type)
+
+
+def score_tolerance(config, sequence_len: int, logits: torch.Tensor, steps: int = 1, log_softmaxes: int = 1) -> float:
+    """Two float32 runs' processed scores, or a sum of `steps` of them (a sequence score); `logits` are the values
+    the scores come from (raw logits, or log-probabilities, which are no smaller), the magnitude of the bound.
+    Log-softmax can add the largest logit error once more (logsumexp moves by at most it): twice the agreement
+    bound per log-softmax in the score (DoLa subtracts two); a sum of `steps` such values (divided by
+    length**penalty, a divisor >= 1 when penalty >= 0) is off by at most `steps` times that."""
+    finite = logits[torch.isfinite(logits)]
+    magnitude = float(finite.abs().max()) if finite.numel() else 0.0
+    one = agreement_tolerance(reduction_len(config, sequence_len), matmuls(config), max(logits.numel(), 2), magnitude)
+    return steps * 2 * log_softmaxes * one
+
+
+def summation_tolerance(terms: torch.Tensor) -> float:
+    """Two float32 sums of the same n terms (last dim) in different orders: each is off by at most
+    gamma_n * sum|x| (gamma_n = n*u / (1 - n*u), Higham's worst case; n is tiny here), so 2 * gamma_n * sum|x| apart."""
+    count = terms.shape[-1]
+    gamma = count * UNIT_ROUNDOFF[torch.float32] / (1 - count * UNIT_ROUNDOFF[torch.float32])
+    finite = torch.where(torch.isfinite(terms), terms, torch.zeros_like(terms))
+    return 2 * gamma * float(finite.double().abs().sum(-1).max())
