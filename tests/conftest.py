@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from numerics import float64_twin
 from tokenmill.loading.default_model import default_model_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,14 +52,9 @@ def hf_smollm2(smollm2_gguf):
     return _oracle_from_gguf(smollm2_gguf)
 
 
-def _float64_copy(model):
-    """The same weights widened exactly to float64: the reference both float32 engines are measured against."""
-    return copy.deepcopy(model).double().eval()
-
-
 @pytest.fixture(scope="session")
 def hf_smollm2_float64(hf_smollm2):
-    return _float64_copy(hf_smollm2)
+    return float64_twin(hf_smollm2)
 
 
 def _oracle_tokenizer_from_gguf(path: Path):
@@ -80,7 +75,7 @@ def hf_gemma3(gemma3_gguf):
 
 @pytest.fixture(scope="session")
 def hf_gemma3_float64(hf_gemma3):
-    return _float64_copy(hf_gemma3)
+    return float64_twin(hf_gemma3)
 
 
 @pytest.fixture(scope="session")
