@@ -98,8 +98,8 @@ def test_static_cache_logits_equal_dynamic_step_by_step(pair):
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
             for cache in (static, dynamic):
                 cache.logits.append(model(token, attention_mask=mask, past_key_values=cache).logits[:, -1])
-    assert_runs_agree(torch.stack(static.logits), torch.stack(dynamic.logits), reduction_len(model.config, mask.shape[1]),
-                      matmuls(model.config), "static against dynamic cache")  # tests/numerics.py
+    shape = reduction_len(model.config, mask.shape[1]), matmuls(model.config)  # tests/numerics.py's agreement bound
+    assert_runs_agree(torch.stack(static.logits), torch.stack(dynamic.logits), *shape, "static against dynamic cache")
 
 
 def test_sliding_window_past_the_window_matches_transformers_mistral(pair):

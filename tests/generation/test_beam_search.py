@@ -160,8 +160,8 @@ def test_diverse_beam_search_matches_direct_algorithm(pair, groups, group_size, 
                          num_return_sequences=beams, max_new_tokens=6, eos_token_id=None, do_sample=False,
                          return_dict_in_generate=True, output_scores=True)
     expected = reference_diverse_beam_search(oracle, ids, groups, group_size, penalty, 6)
-    torch.testing.assert_close(out.sequences_scores, torch.tensor([s for s, _ in expected]), atol=score_atol(model.config, out, 6),
-                               rtol=0)
+    torch.testing.assert_close(out.sequences_scores, torch.tensor([s for s, _ in expected]),
+                               atol=score_atol(model.config, out, 6), rtol=0)
     assert sorted(out.sequences.tolist()) == sorted(tokens for _, tokens in expected)
 
 
@@ -176,8 +176,8 @@ def test_diverse_beam_search_groups_without_penalty_equal_plain_beam_search(pair
                             do_sample=False, return_dict_in_generate=True, output_scores=True)
     # both groups found the same best hypothesis: it comes back twice
     assert torch.equal(out.sequences[0::2], plain.sequences) and torch.equal(out.sequences[1::2], plain.sequences)
-    torch.testing.assert_close(out.sequences_scores[0::2], plain.sequences_scores, atol=score_atol(model.config, out, 8),
-                               rtol=0)
+    torch.testing.assert_close(out.sequences_scores[0::2], plain.sequences_scores,
+                               atol=score_atol(model.config, out, 8), rtol=0)
 
 
 def test_diverse_beam_search_transition_scores_sum_to_sequence_scores(pair, frequent_tokens):

@@ -36,8 +36,8 @@ def test_transition_scores_match_oracle(pair, settings, normalize):
     out = model.generate(ids, attention_mask=mask, **common)
     ours = compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None), normalize)
     theirs = oracle.compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None), normalize)
-    # the same float32 scores; gather is exact, normalize is one log-softmax over V entries each side: tests/numerics.py's
-    # agreement bound for one reduction of length V
+    # the same float32 scores; gather is exact, normalize is one log-softmax over V entries each side:
+    # tests/numerics.py's agreement bound for one reduction of length V
     scores = torch.stack(out.scores)
     atol = 2 * rounding_floor(scores.shape[-1], 1, scores.numel(), float(scores[torch.isfinite(scores)].abs().max()))
     torch.testing.assert_close(ours, theirs, atol=atol, rtol=0)

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="needs the compi
 
 
 def tolerance(got: torch.Tensor, values: torch.Tensor, columns: int) -> float:
-    """Two float32 attentions (the kernel's blocks, SDPA's): q.k over dim and p.v over columns summed in other orders,
-    tests/numerics.py's agreement bound for two products; an output is an average of values, so max|values| scales it."""
+    """Two float32 attentions (the kernel's blocks, SDPA's): q.k over dim and p.v over columns summed in other
+    orders, tests/numerics.py's agreement bound for two products; an output is an average of values, so max|values|
+    scales it."""
     return agreement_tolerance(max(columns, got.shape[-1]), 2, got.numel(), float(values.abs().max()))
 
 
@@ -55,8 +56,8 @@ def test_equals_sdpa(batch, heads, kv_heads, queries, columns, dim, mask):
     elif mask == "causal":
         is_causal = True
     got = kernels.attention(q, keys, values, allowed, is_causal, dim ** -0.5)
-    torch.testing.assert_close(got, reference(q, keys, values, allowed, is_causal), atol=tolerance(got, values, columns),
-                               rtol=0)
+    expected = reference(q, keys, values, allowed, is_causal)
+    torch.testing.assert_close(got, expected, atol=tolerance(got, values, columns), rtol=0)
 
 
 def test_a_prefill_row_equals_the_row_attended_alone():

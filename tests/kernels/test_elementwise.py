@@ -65,8 +65,8 @@ def test_rms_norm_module_uses_the_kernel_only_when_asked(monkeypatch):
     assert torch.equal(norm(x), F.rms_norm(x, (8,), norm.weight, 1e-6)) and not calls  # default: torch's bits
     norm.native_kernel = True
     scale = float((x.abs() * norm.weight.abs()).max())  # one length-8 reduction, two orders: tests/numerics.py
-    torch.testing.assert_close(norm(x), F.rms_norm(x, (8,), norm.weight, 1e-6), atol=agreement_tolerance(8, 1, x.numel(),
-                               scale), rtol=0)
+    atol = agreement_tolerance(8, 1, x.numel(), scale)
+    torch.testing.assert_close(norm(x), F.rms_norm(x, (8,), norm.weight, 1e-6), atol=atol, rtol=0)
     assert len(calls) == 1
     strided = torch.randn(8, 4).t()
     assert torch.equal(norm(strided), F.rms_norm(strided, (8,), norm.weight, 1e-6))  # torch's own op on the same input
