@@ -10,7 +10,7 @@ import transformers
 from tokenmill import AutoModelForCausalLM
 from tokenmill.cli import main as cli_main
 from tokenmill.errors import UnsupportedArchitectureError
-from tokenmill.loading.convert import convert_gguf
+from tokenmill.assembly.convert import convert_gguf
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
 ATOL = 1e-5  # both sides dequantize the same blocks to float32

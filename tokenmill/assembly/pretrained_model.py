@@ -1,0 +1,28 @@
+"""The classes users hold: each family's model class with `generate` and `save_pretrained` composed on.
+
+A model file knows nothing of generation or file formats; the assembly, which sits above both, adds them when it
+builds a model, so `model.generate(...)` and `model.save_pretrained(...)` work as in transformers.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ..generation.generate import GenerationMixin
+from ..models.registry import model_class
+from .save import save_pretrained
+
+
+class PretrainedModelMixin(GenerationMixin):
+    def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", **unused) -> list[str]:
+        """Write a Hugging Face folder (config.json, safetensors, generation_config.json)."""
+        return save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+
+
+@cache
+def pretrained_class(model_type: str) -> type:
+    """The family's class (same name and module) with generate() and save_pretrained(); one class per family."""
+    family_class = model_class(model_type)
+    namespace = {"__module__": family_class.__module__, "__qualname__": family_class.__qualname__,
+                 "__doc__": family_class.__doc__}
+    return type(family_class.__name__, (family_class, PretrainedModelMixin), namespace)
