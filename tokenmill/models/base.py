@@ -96,7 +96,10 @@ class CausalLM(nn.Module):
     @classmethod
     def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Turn a checkpoint's tensors into this module's parameter names (drop buffers, fix quirks)."""
-        return {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+        weights = {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+        if config.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)  # some checkpoints store the tied copy too
+        return weights
 
     @classmethod
     def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,6 +112,15 @@ class CausalLM(nn.Module):
     def checkpoint_config(cls, config_dict: dict) -> dict:
         """config.json as transformers expects it for this family (default: ModelConfig's own fields)."""
         return config_dict
+
+    def assemble(self, layers: list[nn.Module], norm: nn.Module, rotaries: dict[str, RotaryEmbedding],
+                 embed_scale: float | None = None, lm_head_bias: bool = False) -> None:
+        """Set up embed → layers → norm → lm_head; an architecture's __init__ builds the parts and calls this."""
+        config = self.config
+        self.model = DecoderModel(nn.Embedding(config.vocab_size, config.hidden_size), layers, norm, rotaries,
+                                  embed_scale=embed_scale)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=lm_head_bias)
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         if not self.config.tie_word_embeddings:
