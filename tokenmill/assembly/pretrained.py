@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..generation.config import GenerationConfig, generation_config_of
+from ..generation.config import generation_config_of
 from ..kernels import available as kernels_available
 from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
 from ..loading.resolve import ResolvedSource, resolve_source
-from .config_fields import DEFAULTS, GENERATE_ARGUMENTS, METADATA_FIELDS, is_int, token_id_list
+from .config_fields import DEFAULTS, METADATA_FIELDS, token_id_list
 from .config_validation import ignored_flags, problems_of
 
 if TYPE_CHECKING:

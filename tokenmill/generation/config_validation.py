@@ -6,7 +6,7 @@ import logging
 import math
 import numbers
 
-from .config_fields import DEFAULTS, GENERATE_ARGUMENTS, is_int, token_id_list
+from .config_fields import DEFAULTS, GENERATE_ARGUMENTS, is_int
 
 logger = logging.getLogger("tokenmill.generation.config")  # the config's own logger: its warnings read as the config's
 
