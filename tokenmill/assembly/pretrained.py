@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
+from .. import kernels
 from ..config import ModelConfig
 from ..generation.config import generation_config_of
-from ..kernels import available as kernels_available
 from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source
 from ..loading.safetensors import read_folder_weights
@@ -42,14 +41,10 @@ def parse_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _open_gguf(path: Path):
-    return GGUFCheckpoint(path)
-
-
 def load_config(source, gguf_file: str | None = None, **hub_kwargs) -> ModelConfig:
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     if resolved.is_gguf:
-        return ModelConfig.from_dict(_open_gguf(resolved.gguf_path).config_dict())
+        return ModelConfig.from_dict(GGUFCheckpoint(resolved.gguf_path).config_dict())
     return ModelConfig.from_json_file(resolved.folder / "config.json")
 
 
@@ -62,14 +57,14 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     gguf = None
     if resolved.is_gguf:
-        gguf = _open_gguf(resolved.gguf_path)
+        gguf = GGUFCheckpoint(resolved.gguf_path)
         config = ModelConfig.from_dict(gguf.config_dict())
         model_class(config.model_type)  # an unsupported family fails before any weight is read
         target_dtype = parse_dtype(dtype or torch_dtype, "float32")
         if keep_quantized is None:
             keep_quantized = target_dtype == torch.float32 and parse_device(device).type == "cpu"
         weights = gguf.state_dict(dtype=target_dtype, progress=progress,
-                                  keep_quantized=keep_quantized and kernels_available())
+                                  keep_quantized=keep_quantized and kernels.available())
         origin = resolved.gguf_path
     else:
         config = ModelConfig.from_json_file(resolved.folder / "config.json")
