@@ -185,6 +185,6 @@ def test_presence_and_frequency_penalties_follow_openai_rule():
 
     seq = Sequence("p", 0, [0], SamplingParams(presence_penalty=0.5, frequency_penalty=0.25))
     seq.output_token_ids = [2, 2, 3]
-    logits = apply_penalties(torch.zeros(5), seq, seq.params)
+    logits = apply_penalties(torch.zeros(1, 5), [seq])[0]
     # token 2: 2 * 0.25 + 0.5; token 3: 1 * 0.25 + 0.5; the prompt token 0 is not penalized
     assert logits.tolist() == [0.0, 0.0, -1.0, -0.75, 0.0]
