@@ -14,7 +14,7 @@ import transformers
 
 from test_gguf import TINY, write_tiny_gguf
 from tokenmill import AutoModelForCausalLM
-from tokenmill.loading.convert import convert_gguf
+from tokenmill.assembly.convert import convert_gguf
 from tokenmill.loading.gguf import GGUFCheckpoint
 
 from numerics import assert_matches_oracle

@@ -43,7 +43,7 @@ def test_stacked_expert_weights_load_as_transformers_holds_them(pair):
     import torch
 
     from tokenmill.config import ModelConfig
-    from tokenmill.loading.weights import build_model
+    from tokenmill.assembly.weights import build_model
 
     state = dict(pair.oracle.state_dict())
     assert "model.layers.0.mlp.experts.gate_up_proj" in state

@@ -22,7 +22,7 @@ def _human(count: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..loading.describe import describe
+    from ..assembly.describe import describe
 
     args.model = args.source
     info = describe(model_source(args), args.gguf_file)

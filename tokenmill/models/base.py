@@ -6,6 +6,7 @@ An architecture file subclasses CausalLM, builds its layers, and overrides the s
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,6 @@ from torch import nn
 from ..cache.base import Cache
 from ..cache.dynamic import DynamicCache
 from ..config import ModelConfig
-from ..generation.generate import GenerationMixin
 from ..layers.attention import Attention
 from ..layers.mask import AttentionMask, build_attention_mask
 from ..layers.mlp import GatedMLP
@@ -76,8 +76,11 @@ class DecoderModel(nn.Module):
         return hidden, all_hidden
 
 
-class CausalLM(nn.Module, GenerationMixin):
-    """Base of every architecture: `self.model` is a DecoderModel, `self.lm_head` maps to the vocabulary."""
+class CausalLM(nn.Module):
+    """Base of every architecture: `self.model` is a DecoderModel, `self.lm_head` maps to the vocabulary.
+
+    `generate` and `save_pretrained` are composed on by the assembly (assembly/pretrained_model.py), which sits
+    above generation and saving; a model knows nothing of either."""
 
     config: ModelConfig
     model: DecoderModel
@@ -93,7 +96,10 @@ class CausalLM(nn.Module, GenerationMixin):
     @classmethod
     def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Turn a checkpoint's tensors into this module's parameter names (drop buffers, fix quirks)."""
-        return {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+        weights = {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+        if config.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)  # some checkpoints store the tied copy too
+        return weights
 
     @classmethod
     def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -106,6 +112,15 @@ class CausalLM(nn.Module, GenerationMixin):
     def checkpoint_config(cls, config_dict: dict) -> dict:
         """config.json as transformers expects it for this family (default: ModelConfig's own fields)."""
         return config_dict
+
+    def assemble(self, layers: list[nn.Module], norm: nn.Module, rotaries: dict[str, RotaryEmbedding],
+                 embed_scale: float | None = None, lm_head_bias: bool = False) -> None:
+        """Set up embed → layers → norm → lm_head; an architecture's __init__ builds the parts and calls this."""
+        config = self.config
+        self.model = DecoderModel(nn.Embedding(config.vocab_size, config.hidden_size), layers, norm, rotaries,
+                                  embed_scale=embed_scale)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=lm_head_bias)
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         if not self.config.tie_word_embeddings:
@@ -202,11 +217,20 @@ class CausalLM(nn.Module, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", **unused) -> list[str]:
-        """Write a Hugging Face folder (config.json, safetensors, generation_config.json)."""
-        from ..loading.save import save_pretrained
-
-        return save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+    def early_exit(self, num_layers: int) -> CausalLM:
+        """This model's first `num_layers` decoder layers, then its final norm and lm_head (the drafter of
+        self-speculative decoding). A shallow view: every weight is shared, none copied."""
+        total = len(self.model.layers)
+        if not 0 < num_layers < total:
+            raise ValueError(f"assistant_early_exit must be between 1 and {total - 1} (the model has {total} "
+                             f"layers), got {num_layers}")
+        decoder = copy.copy(self.model)
+        decoder._modules = dict(self.model._modules)  # its own module table, so the original keeps all its layers
+        decoder._modules["layers"] = nn.ModuleList(list(self.model.layers)[:num_layers])
+        view = copy.copy(self)
+        view._modules = dict(self._modules)
+        view._modules["model"] = decoder
+        return view
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:

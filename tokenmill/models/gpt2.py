@@ -16,8 +16,8 @@ from ..config import ModelConfig
 from ..layers.attention import Attention
 from ..layers.decoder import PreNormBlock
 from ..layers.mlp import activation
-from .base import DecoderModel
-from .family import FamilyLM
+from .base import CausalLM, DecoderModel
+from .family import Family
 
 # checkpoint name (after the optional "transformer." prefix) → module name, and whether Conv1D-transposed
 _TOP_NAMES = {"wte.weight": "model.embed_tokens.weight", "wpe.weight": "model.wpe.weight",
@@ -59,7 +59,7 @@ class GPT2Decoder(DecoderModel):
         return super().forward(hidden, attention_mask, position_ids, cache, output_hidden_states)
 
 
-class GPT2LMHeadModel(FamilyLM):
+class GPT2LMHeadModel(CausalLM):
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__(config)
         hidden, eps = config.hidden_size, config.get("layer_norm_epsilon", 1e-5)
@@ -133,3 +133,6 @@ class GPT2LMHeadModel(FamilyLM):
     @classmethod
     def checkpoint_config(cls, config_dict: dict) -> dict:
         return {key: value for key, value in config_dict.items() if key not in _GENERIC_ONLY}
+
+
+FAMILY = Family("gpt2", GPT2LMHeadModel)

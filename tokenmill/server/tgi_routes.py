@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from .. import __version__
+from ..version import __version__
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event

@@ -12,8 +12,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
-from ..models.registry import model_class
-from .gguf import one_thread_per_op
+from ..loading.gguf import one_thread_per_op
+from .pretrained_model import pretrained_class
 
 
 def _describe(names, limit: int = 8) -> str:
@@ -86,7 +86,7 @@ def return_freed_memory() -> None:
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 attn_implementation: str = "sdpa"):
-    cls = model_class(config.model_type)
+    cls = pretrained_class(config.model_type)
     weights = cls.sanitize(config, weights)
     with torch.device("meta"), _skip_initialization():
         model = cls(config, attn_implementation=attn_implementation)

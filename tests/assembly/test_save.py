@@ -16,7 +16,7 @@ from models import (test_gemma, test_gemma2, test_gemma3, test_gpt2, test_llama,
                     test_qwen2, test_qwen2_moe, test_qwen3)
 from models.parity import prompt_batch, save_tiny
 from tokenmill import AutoModelForCausalLM, AutoTokenizer
-from tokenmill.loading.save import parse_size
+from tokenmill.assembly.save import parse_size
 
 from numerics import assert_matches_oracle, assert_runs_agree, matmuls, reduction_len
 

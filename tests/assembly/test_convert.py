@@ -10,7 +10,7 @@ import transformers
 from tokenmill import AutoModelForCausalLM
 from tokenmill.cli import main as cli_main
 from tokenmill.errors import UnsupportedArchitectureError
-from tokenmill.loading.convert import convert_gguf
+from tokenmill.assembly.convert import convert_gguf
 
 from numerics import assert_matches_oracle, assert_runs_agree, matmuls, reduction_len
 

@@ -19,7 +19,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     """Write a Hugging Face folder from a GGUF file; returns the written file names."""
     from ..generation.config import GenerationConfig
     from ..tokenizer import Tokenizer
-    from .gguf import GGUFCheckpoint
+    from ..loading.gguf import GGUFCheckpoint
 
     gguf_path, output_dir = Path(gguf_path), Path(output_dir)
     if not gguf_path.is_file():
