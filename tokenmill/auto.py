@@ -78,11 +78,14 @@ class AutoModelForCausalLM:
     def from_pretrained(source, *, dtype=None, device=None, gguf_file: str | None = None,
                         attn_implementation: str = "sdpa", allow_pickle: bool = False,
                         progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
-                        **hub_kwargs):
+                        kernels: str | None = None, **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
-        float32 on the CPU and the kernels could be built; False: dequantize every tensor at load."""
-        from .kernels import available as kernels_available
+        float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
+        kernels: "native", "exact" or "torch" (None: the policy's choice). With the other arguments it makes the
+        model's execution policy (`model.execution_policy`, see execution/policy.py); an impossible combination
+        raises ExecutionPolicyError before any weight is read."""
+        from .execution.policy import choose_policy
         from .loading.safetensors import read_folder_weights
         from .loading.weights import build_model, return_freed_memory
         from .models.registry import model_class
@@ -95,19 +98,21 @@ class AutoModelForCausalLM:
             config = ModelConfig.from_dict(gguf.config_dict())
             model_class(config.model_type)  # an unsupported family fails before any weight is read
             target_dtype = parse_dtype(dtype or torch_dtype, "float32")
-            if keep_quantized is None:
-                keep_quantized = target_dtype == torch.float32 and parse_device(device).type == "cpu"
+            policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=True,
+                                   keep_quantized=keep_quantized, kernels=kernels,
+                                   attn_implementation=attn_implementation)
             weights = gguf.state_dict(dtype=target_dtype, progress=progress,
-                                      keep_quantized=keep_quantized and kernels_available())
+                                      keep_quantized=policy.weight_format == "gguf-blocks")
             origin = resolved.gguf_path
         else:
             config = ModelConfig.from_json_file(resolved.folder / "config.json")
             model_class(config.model_type)
             target_dtype = parse_dtype(dtype or torch_dtype, config.torch_dtype)
+            policy = choose_policy(device=parse_device(device), dtype=target_dtype, keep_quantized=keep_quantized,
+                                   kernels=kernels, attn_implementation=attn_implementation)
             weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle, progress=progress)
             origin = resolved.folder
-        model = build_model(config, weights, source=origin, dtype=target_dtype, device=parse_device(device),
-                            attn_implementation=attn_implementation)
+        model = build_model(config, weights, source=origin, policy=policy)
         del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
         return_freed_memory()
         model.generation_config = load_generation_config(resolved, gguf)
