@@ -116,24 +116,24 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
                                    f"got {attn_implementation!r}")
     if keep_quantized and not gguf:
         raise ExecutionPolicyError("keep_quantized=True applies to GGUF checkpoints only (this one is dense)")
+    if keep_quantized and kernels not in (None, "native"):
+        raise ExecutionPolicyError(f"keep_quantized=True needs the native kernels, not kernels={kernels!r}")
+    if attn_implementation == "native" and kernels not in (None, "native"):
+        raise ExecutionPolicyError(f"attn_implementation='native' needs kernels='native', not {kernels!r}")
     on_cpu32 = device.type == "cpu" and dtype == torch.float32
-    where = f"device {device} with dtype {_dtype_name(dtype)}"
     if kernels in ("native", "exact") or keep_quantized or attn_implementation == "native":
         wanted = kernels or "native"
         if not on_cpu32:
             raise ExecutionPolicyError(f"kernels={wanted!r} (asked for by kernels, keep_quantized or "
-                                       f"attn_implementation) runs on the CPU in float32; got {where}")
+                                       f"attn_implementation) runs on the CPU in float32; got device {device} "
+                                       f"with dtype {_dtype_name(dtype)}")
         missing = _kernels_missing()
         if missing:
             raise ExecutionPolicyError(f"kernels={wanted!r} was asked for, but {missing}")
-    if keep_quantized and kernels not in (None, "native"):
-        raise ExecutionPolicyError(f"keep_quantized=True needs the native kernels, not kernels={kernels!r}")
     if kernels is None and (not on_cpu32 or _kernels_missing()):
         kernels = "torch"
     elif kernels is None:
         kernels = "native" if gguf and keep_quantized is not False else "exact"
-    if attn_implementation == "native" and kernels != "native":
-        raise ExecutionPolicyError(f"attn_implementation='native' needs kernels='native', not {kernels!r}")
     blocks = gguf and keep_quantized is not False and kernels == "native"
     native_attention = kernels == "native" and attn_implementation in (None, "sdpa", "native")
     return ExecutionPolicy(device=device, dtype=dtype, weight_format="gguf-blocks" if blocks else "dense",
