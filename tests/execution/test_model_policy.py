@@ -191,6 +191,8 @@ def test_to_rebuilds_the_policy_and_says_what_changed(oracle_folder):
         model.to(torch.bfloat16)
     policy = model.execution_policy
     assert (policy.dtype, policy.kernels, model.dtype) == (torch.bfloat16, "torch", torch.bfloat16)
+    assert model.float().execution_policy.dtype == torch.float32  # the shorthands move the policy too
+    assert model.half().execution_policy.dtype == model.dtype == torch.float16
 
 
 @needs_kernels

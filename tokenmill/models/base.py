@@ -209,6 +209,25 @@ class CausalLM(nn.Module, GenerationMixin):
         self.execution_policy = after
         return moved
 
+    # the shorthands go through to(), so the policy follows them too
+    def cuda(self, device=None):
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def float(self):
+        return self.to(torch.float32)
+
+    def half(self):
+        return self.to(torch.float16)
+
+    def bfloat16(self):
+        return self.to(torch.bfloat16)
+
+    def double(self):
+        return self.to(torch.float64)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
 
