@@ -23,13 +23,17 @@ class AutoModelForCausalLM:
     def from_pretrained(source, *, dtype=None, device=None, gguf_file: str | None = None,
                         attn_implementation: str = "sdpa", allow_pickle: bool = False,
                         progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
-                        **hub_kwargs):
+                        kernels: str | None = None, **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
-        float32 on the CPU and the kernels could be built; False: dequantize every tensor at load."""
+        float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
+        kernels: "native", "exact" or "torch" (None: the policy's choice). With the other arguments it makes the
+        model's execution policy (`model.execution_policy`, see execution/policy.py); an impossible combination
+        raises ExecutionPolicyError before any weight is read."""
         return load_model(source, dtype=dtype, device=device, gguf_file=gguf_file,
                           attn_implementation=attn_implementation, allow_pickle=allow_pickle, progress=progress,
-                          torch_dtype=torch_dtype, keep_quantized=keep_quantized, **hub_kwargs)
+                          torch_dtype=torch_dtype, keep_quantized=keep_quantized, kernel_set=kernels,
+                          **hub_kwargs)
 
 
 class AutoTokenizer:

@@ -91,6 +91,10 @@ def test_environment_models_limits_and_outputs(bench_run):
     assert set(report["models"]) == {"tokenmill float32 sdpa", "transformers float32 sdpa"}
     for info in report["models"].values():
         assert info["load_seconds"] > 0 and info["weight_bytes"] > 0
+    assert report["models"]["transformers float32 sdpa"]["execution_policy"] is None
+    policy = report["models"]["tokenmill float32 sdpa"]["execution_policy"]
+    assert (policy["device"], policy["dtype"], policy["weight_format"]) == ("cpu", "float32", "dense")
+    assert policy["kernels"] in ("exact", "torch") and policy["attention"] == "sdpa"
     tokenmill_weights = report["models"]["tokenmill float32 sdpa"]["weight_bytes"]
     assert tokenmill_weights == sum(p.numel() * 4 for p in transformers.LlamaForCausalLM.from_pretrained(
         environment["model"]).parameters())

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from tokenmill import kernels
+from tokenmill.execution.ops import NativeOps
 from tokenmill.layers.norm import RMSNorm
 
 from numerics import agreement_tolerance
@@ -63,16 +64,15 @@ def test_rms_norm_module_uses_the_kernel_only_when_asked(monkeypatch):
     monkeypatch.setattr(kernels, "rms_norm", lambda *args: calls.append(args) or real(*args))
     x = torch.randn(4, 8)
     assert torch.equal(norm(x), F.rms_norm(x, (8,), norm.weight, 1e-6)) and not calls  # default: torch's bits
-    norm.native_kernel = True
+    native = NativeOps()
     scale = float((x.abs() * norm.weight.abs()).max())  # one length-8 reduction, two orders: tests/numerics.py
     atol = agreement_tolerance(8, 1, x.numel(), scale)
-    torch.testing.assert_close(norm(x), F.rms_norm(x, (8,), norm.weight, 1e-6), atol=atol, rtol=0)
+    torch.testing.assert_close(norm(x, native), F.rms_norm(x, (8,), norm.weight, 1e-6), atol=atol, rtol=0)
     assert len(calls) == 1
     strided = torch.randn(8, 4).t()
-    assert torch.equal(norm(strided), F.rms_norm(strided, (8,), norm.weight, 1e-6))  # torch's own op on the same input
+    assert torch.equal(norm(strided, native), F.rms_norm(strided, (8,), norm.weight, 1e-6))  # torch's own op on the same input
     assert len(calls) == 1  # not contiguous: torch's path
     trainable = RMSNorm(8, eps=1e-6)
-    trainable.native_kernel = True
     x = torch.randn(4, 8, requires_grad=True)
-    trainable(x).sum().backward()  # autograd: torch's differentiable path
+    trainable(x, native).sum().backward()  # autograd: torch's differentiable path
     assert x.grad is not None and len(calls) == 1

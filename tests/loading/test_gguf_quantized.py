@@ -4,6 +4,7 @@ dequantized at load, and by transformers: same logits, same greedy tokens, for e
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 import test_gguf  # the tiny-model GGUF writer of the loading tests (same folder)
 from tokenmill import AutoModelForCausalLM, kernels
+from tokenmill.execution.ops import ExactOps, NativeOps
 from tokenmill.layers.attention import Attention
 from tokenmill.layers.mlp import GatedMLP
 from tokenmill.layers import quantized_linear
@@ -109,28 +111,32 @@ def test_dequantize_resize_and_move(write_quantized):
         assert_logits_close(kept(PROMPT).logits[..., :-3], before, kept)
     again, _ = load_both(write_quantized("llama"))
     assert again.to("cpu").is_quantized()  # staying on the CPU keeps the blocks
-    assert not again.to("meta").is_quantized()  # any other device gets float weights
+    with pytest.warns(RuntimeWarning, match="weight_format: gguf-blocks → dense; kernels: native → torch"):
+        assert not again.to("meta").is_quantized()  # any other device gets float weights, and says so
+    assert again.execution_policy.kernels == "torch" and again.execution_policy.device.type == "meta"
 
 
-def native_kernel_flags(model) -> set[bool]:
-    flagged = [module for module in model.modules() if isinstance(module, (RMSNorm, Attention, GatedMLP))]
-    assert {type(module) for module in flagged} == {RMSNorm, Attention, GatedMLP}
-    return {module.native_kernel for module in flagged}
+def kernel_set(model) -> tuple[str, str, type]:
+    policy = model.execution_policy
+    return policy.kernels, policy.attention, type(policy.ops)
 
 
 def test_native_norms_attention_and_swiglu_go_with_the_kernels(write_quantized):
     kept, dense = load_both(write_quantized("llama"))
-    assert native_kernel_flags(kept) == {True}  # the C RMSNorm and attention run beside the GGUF kernels
-    assert native_kernel_flags(dense) == {False}  # dense float32 stays transformers' arithmetic bit for bit
-    assert native_kernel_flags(kept.dequantize()) == {False}
+    assert kernel_set(kept) == ("native", "native", NativeOps)  # C RMSNorm and attention beside the GGUF kernels
+    assert kept.execution_policy.weight_format == "gguf-blocks"
+    assert kernel_set(dense) == ("exact", "sdpa", ExactOps)  # dense float32: transformers' arithmetic bit for bit
+    assert dense.execution_policy.weight_format == "dense"
+    assert kernel_set(kept.dequantize()) == ("exact", "sdpa", ExactOps)
+    layers = [module for module in kept.modules() if isinstance(module, (RMSNorm, Attention, GatedMLP))]
+    assert layers and not any(hasattr(module, "native_kernel") for module in layers)  # no mode hung on modules
 
 
 def sdpa_twin(model):
     """The same quantized model attending through SDPA: only the attention kernel differs."""
     twin = copy.deepcopy(model)
-    for module in twin.modules():
-        if isinstance(module, Attention):
-            module.native_kernel = False
+    twin.set_execution_policy(dataclasses.replace(model.execution_policy, attention="sdpa"))
+    assert twin.execution_policy.ops.native_attention is False
     return twin
 
 

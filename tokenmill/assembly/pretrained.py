@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .. import kernels
+from ..execution.policy import choose_policy
 from ..config import ModelConfig
 from ..generation.config import generation_config_of
 from ..loading.gguf import GGUFCheckpoint
@@ -51,8 +51,9 @@ def load_config(source, gguf_file: str | None = None, **hub_kwargs) -> ModelConf
 def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
                attn_implementation: str = "sdpa", allow_pickle: bool = False,
                progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
-               **hub_kwargs):
-    """AutoModelForCausalLM.from_pretrained (see its docstring for keep_quantized)."""
+               kernel_set: str | None = None, **hub_kwargs):
+    """AutoModelForCausalLM.from_pretrained (see its docstring); the request and the machine make the model's
+    execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read."""
     started = time.perf_counter()
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     gguf = None
@@ -61,19 +62,21 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
         config = ModelConfig.from_dict(gguf.config_dict())
         model_class(config.model_type)  # an unsupported family fails before any weight is read
         target_dtype = parse_dtype(dtype or torch_dtype, "float32")
-        if keep_quantized is None:
-            keep_quantized = target_dtype == torch.float32 and parse_device(device).type == "cpu"
+        policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=True,
+                               keep_quantized=keep_quantized, kernels=kernel_set,
+                               attn_implementation=attn_implementation)
         weights = gguf.state_dict(dtype=target_dtype, progress=progress,
-                                  keep_quantized=keep_quantized and kernels.available())
+                                  keep_quantized=policy.weight_format == "gguf-blocks")
         origin = resolved.gguf_path
     else:
         config = ModelConfig.from_json_file(resolved.folder / "config.json")
         model_class(config.model_type)
         target_dtype = parse_dtype(dtype or torch_dtype, config.torch_dtype)
+        policy = choose_policy(device=parse_device(device), dtype=target_dtype, keep_quantized=keep_quantized,
+                               kernels=kernel_set, attn_implementation=attn_implementation)
         weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle, progress=progress)
         origin = resolved.folder
-    model = build_model(config, weights, source=origin, dtype=target_dtype, device=parse_device(device),
-                        attn_implementation=attn_implementation)
+    model = build_model(config, weights, source=origin, policy=policy)
     del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
     return_freed_memory()
     model.generation_config = generation_config_of(resolved, gguf)

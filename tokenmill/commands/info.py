@@ -12,6 +12,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", default=None, help="folder, .gguf or Hub id (default: embedded SmolLM2)")
     parser.add_argument("--gguf-file", default=None)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    execution = parser.add_argument_group("execution policy (loads the model)")
+    execution.add_argument("--execution", action="store_true",
+                           help="load the model and show how it would run: device, dtype, weight format, "
+                                "kernel set, attention backend, threads")
+    execution.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    execution.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    execution.add_argument("--kernels", default=None, choices=["native", "exact", "torch"],
+                           help="kernel set (default: the policy's choice)")
+    execution.add_argument("--attn", default="sdpa", help="attention: sdpa, eager or native")
 
 
 def _human(count: int) -> str:
@@ -21,11 +30,23 @@ def _human(count: int) -> str:
     return str(count)
 
 
+def _execution_policy(args: argparse.Namespace):
+    """The policy the loader chooses for this source and these flags (loading is how to know it for sure)."""
+    from ..auto import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_source(args), gguf_file=args.gguf_file, dtype=args.dtype,
+                                                 device=args.device, kernels=args.kernels,
+                                                 attn_implementation=args.attn, progress=False)
+    return model.execution_policy
+
+
 def main(args: argparse.Namespace) -> int:
     from ..assembly.describe import describe
 
     args.model = args.source
     info = describe(model_source(args), args.gguf_file)
+    if args.execution:
+        info["execution_policy"] = _execution_policy(args).as_dict()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -42,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
         ("special tokens", ", ".join(f"{k}={v!r}" for k, v in info["special_tokens"].items() if v is not None)),
         ("size on disk", f"{info['size_bytes'] / 2**20:.1f} MiB in {len(info['files'])} file(s)"),
     ]
+    if args.execution:
+        rows += [(f"execution {name}", value) for name, value in info["execution_policy"].items()]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -7,6 +7,7 @@ An architecture file subclasses CausalLM, builds its layers, and overrides the s
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,10 +16,10 @@ from torch import nn
 from ..cache.base import Cache
 from ..cache.dynamic import DynamicCache
 from ..config import ModelConfig
+from ..execution.ops import TORCH_OPS, TorchOps
+from ..execution.policy import ExecutionPolicy, ExecutionPolicyError, dequantized_policy, moved_policy
 from ..layers.attention import Attention
 from ..layers.mask import AttentionMask, build_attention_mask
-from ..layers.mlp import GatedMLP
-from ..layers.norm import RMSNorm
 from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
 from ..layers.rope import RotaryEmbedding
 
@@ -52,7 +53,8 @@ class DecoderModel(nn.Module):
             hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
         return hidden
 
-    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False):
+    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False,
+                ops: TorchOps = TORCH_OPS):
         batch, query_length, _ = hidden.shape
         past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -67,10 +69,10 @@ class DecoderModel(nn.Module):
                 masks[window] = build_attention_mask(
                     attention_mask, past_length, query_length, batch, hidden.device, window
                 )
-            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache)
+            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache, ops)
             if all_hidden is not None:
                 all_hidden.append(hidden)
-        hidden = self.norm(hidden)
+        hidden = self.norm(hidden, ops)
         if all_hidden is not None:
             all_hidden[-1] = hidden
         return hidden, all_hidden
@@ -91,6 +93,8 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.generation_config = None
+        # how the model runs; the loader replaces this ATen-only default with the policy it chose
+        self.execution_policy = ExecutionPolicy()
 
     # ---- hooks an architecture may override ----
     @classmethod
@@ -150,7 +154,8 @@ class CausalLM(nn.Module):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         cache = past_key_values if use_cache else None
-        hidden, all_hidden = self.model(hidden, attention_mask, position_ids, cache, output_hidden_states)
+        hidden, all_hidden = self.model(hidden, attention_mask, position_ids, cache, output_hidden_states,
+                                        ops=self.execution_policy.ops)
         if isinstance(logits_to_keep, int):
             kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         else:
@@ -193,23 +198,51 @@ class CausalLM(nn.Module):
             self.lm_head = dense_copy(self.lm_head)
         self.tie_weights()
         self.fuse_projections()
-        self.use_native_kernels(False)
+        # dense weights: transformers' arithmetic again, bit for bit (the C kernels that match it still serve)
+        self.execution_policy = dequantized_policy(self.execution_policy)
         return self
 
-    def use_native_kernels(self, enabled: bool) -> None:
-        """RMSNorm, attention and SwiGLU through the C kernels (one call instead of several ATen ops:
-        ~1, ~5 and ~0.5 ms of a SmolLM2 batch-8 decode step). On with the GGUF kernels, whose matmuls already
-        differ from transformers' in summation order; off, a dense model keeps transformers' arithmetic bit for
-        bit (the rotary kernel, which is bit-exact, serves both)."""
-        for module in self.modules():
-            if isinstance(module, (RMSNorm, Attention, GatedMLP)):
-                module.native_kernel = enabled
+    def set_execution_policy(self, policy: ExecutionPolicy) -> None:
+        """Run under another policy (e.g. SDPA instead of the attention kernel); its weight format must be the
+        model's. To change device or dtype, use `to()`, which moves the weights and rebuilds the policy."""
+        held = "gguf-blocks" if self.is_quantized() else "dense"
+        if policy.weight_format != held:
+            raise ExecutionPolicyError(f"the model holds {held} weights; a {policy.weight_format} policy cannot "
+                                       f"run it (dequantize() or reload instead)")
+        self.execution_policy = policy
 
     def to(self, *args, **kwargs):
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is not None and torch.device(device).type != "cpu" and self.is_quantized():
-            self.dequantize()  # the GGUF kernels run on the CPU; elsewhere the weights become float
-        return super().to(*args, **kwargs)
+        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+        before = self.execution_policy
+        after = moved_policy(before, device, dtype if dtype is not None and dtype.is_floating_point else None)
+        changed = [change for change in after.changes_from(before) if not change.startswith(("device", "dtype"))]
+        if changed:
+            warnings.warn(f"tokenmill: moving the model changes its execution policy ({'; '.join(changed)}); "
+                          f"now {after.describe()}", RuntimeWarning, stacklevel=2)
+        if before.weight_format == "gguf-blocks" and after.weight_format == "dense":
+            self.dequantize()  # the GGUF block kernels run on the CPU in float32 only
+        moved = super().to(*args, **kwargs)
+        self.execution_policy = after
+        return moved
+
+    # the shorthands go through to(), so the policy follows them too
+    def cuda(self, device=None):
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def float(self):
+        return self.to(torch.float32)
+
+    def half(self):
+        return self.to(torch.float16)
+
+    def bfloat16(self):
+        return self.to(torch.bfloat16)
+
+    def double(self):
+        return self.to(torch.float64)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
