@@ -82,3 +82,31 @@ def test_lookup_never_covers_more_than_max_tokens():
 def test_bad_pool_sizes_are_rejected():
     with pytest.raises(ValueError, match="num_blocks >= 1"):
         BlockManager(num_blocks=0, block_size=4)
+
+
+def test_a_prefix_hit_on_a_freed_block_takes_it_off_the_eviction_list():
+    manager = BlockManager(num_blocks=3, block_size=2)
+    cached = _fill(manager, [1, 2, 3, 4])
+    manager.free_all(cached)  # both hashed blocks now wait on the eviction list
+    shared, _ = manager.lookup_prefix([1, 2, 3, 4, 5], max_tokens=4)
+    assert shared == cached and [manager.ref_counts[b] for b in shared] == [1, 1]
+    assert manager.num_free_blocks == 1  # only the never-used block: the shared two are in use again
+    fresh = manager.allocate()
+    assert fresh not in shared
+    with pytest.raises(NoFreeBlocksError):
+        manager.allocate()  # evicting a shared block would hand out memory another sequence still reads
+
+
+def test_reset_prefix_cache_forgets_freed_blocks_but_keeps_those_in_use():
+    manager = BlockManager(num_blocks=4, block_size=2)
+    held = _fill(manager, [1, 2])
+    freed = _fill(manager, [7, 8, 9, 10])
+    manager.free_all(freed)
+    manager.reset_prefix_cache()
+    assert manager.num_free_blocks == 3 and manager.num_used_blocks == 1
+    assert manager.lookup_prefix([7, 8, 9, 10], max_tokens=4) == ([], [])
+    assert manager.lookup_prefix([1, 2], max_tokens=2)[0] == held  # a block in use keeps its content
+    # the forgotten blocks come back as plain free blocks: re-registering them with new content works
+    reused = _fill(manager, [5, 6, 11, 12])
+    assert sorted(reused) == sorted(freed)
+    assert manager.lookup_prefix([5, 6, 11, 12], max_tokens=4)[0] == reused

@@ -192,3 +192,16 @@ def test_presence_and_frequency_penalties_follow_openai_rule():
     logits = apply_penalties(torch.zeros(1, 5), [seq])[0]
     # token 2: 2 * 0.25 + 0.5; token 3: 1 * 0.25 + 0.5; the prompt token 0 is not penalized
     assert logits.tolist() == [0.0, 0.0, -1.0, -0.75, 0.0]
+
+
+def test_prefix_cache_under_eviction_pressure_keeps_outputs_exact(tiny_model, hf_greedy):
+    # a pool this small evicts cached blocks while other sequences hit (and so revive) them
+    llm = LLM(tiny_model, num_blocks=14, block_size=4, max_num_batched_tokens=32, max_num_seqs=4)
+    system = _prompts(1, seed=5, low=9, high=10)[0]
+    prompts = [system + tail for tail in _prompts(8, seed=6, low=2, high=9)]
+    first = llm.generate(prompts[:2], _greedy(10))
+    rest = llm.generate(prompts[2:], _greedy(10))
+    assert any(o.num_cached_tokens > 0 for o in rest), "the shared prefix was meant to hit the cache"
+    for prompt, output in zip(prompts, first + rest):
+        assert output.outputs[0].token_ids == hf_greedy(prompt, 10)
+    assert llm.engine.blocks.num_used_blocks == 0
