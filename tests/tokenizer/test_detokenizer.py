@@ -189,3 +189,19 @@ def test_streamers_with_tokenmills_tokenizer(request, model):
             assert "".join(pieces) == tok.decode(reply), text
             assert not any(FFFD in piece for piece in pieces), pieces
             assert sum(1 for piece in pieces if piece) > 1
+
+
+@pytest.mark.parametrize("prompt_text, reply_text", [
+    ("Hello", "world, the café!"), ("the", "Hello 😀 world 中文"), ("a b", "c  d"), ("Hello world", "😀 a")])
+def test_sentencepiece_prompt_gives_the_first_token_its_space(sentencepiece_tokenizer, prompt_text, reply_text):
+    tok = sentencepiece_tokenizer
+    prompt = tok.encode(prompt_text, add_special_tokens=False)
+    reply = tok.encode(reply_text, add_special_tokens=False)  # starts with "▁": a word boundary
+    full_text = tok.decode(prompt + reply)
+    expected = full_text[len(tok.decode(prompt)):]
+    assert expected.startswith(" ") and not tok.decode(reply).startswith(" ")  # the space exists only in context
+    for chunk_sizes in (None, [1, 2, 3]):
+        detok = IncrementalDetokenizer(tok, prompt_ids=prompt)
+        pieces = stream(detok, reply, chunk_sizes)
+        assert "".join(pieces) == expected
+        assert tok.decode(prompt) + "".join(pieces) == full_text  # prompt + stream == decode(all ids)
