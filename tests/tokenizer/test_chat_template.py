@@ -239,17 +239,35 @@ def test_runaway_templates_are_stopped(tokenizer, monkeypatch):
         "   ab|1.50   7007  x  id 12345678 1n=1 9999999910"
     with pytest.raises(ChatTemplateError, match="Range too big"):
         tokenizer.apply_chat_template(SINGLE, chat_template="{% for i in range(10**9) %}{% endfor %}")
-    monkeypatch.setattr(chat_template_module, "MAX_RENDER_SECONDS", 0.3)
-    started = time.monotonic()
-    with pytest.raises(ChatTemplateError, match="longer than"):
+    with pytest.raises(ChatTemplateError, match="more than 20000000 steps"):  # the default step budget
         tokenizer.apply_chat_template(
             SINGLE, chat_template="{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}")
-    assert time.monotonic() - started < 5
     monkeypatch.setattr(chat_template_module, "MAX_RENDERED_CHARS", 10_000)
     with pytest.raises(ChatTemplateError, match="exceeds 10000 characters"):
         tokenizer.apply_chat_template(SINGLE, chat_template="{% for i in range(99999) %}abcdef{% endfor %}")
     with pytest.raises(ChatTemplateError, match="recursed too deeply|failed to render"):
         tokenizer.apply_chat_template(SINGLE, chat_template="{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
+
+
+def test_step_budget_counts_every_range_item(tokenizer, monkeypatch):
+    monkeypatch.setattr(chat_template_module, "MAX_RENDER_STEPS", 3000)
+    # one step for the call to range, one per item, one for the output chunk: 2998 items fit 3000 steps, 2999 do not
+    assert tokenizer.apply_chat_template(SINGLE, chat_template="{% for i in range(2998) %}{% endfor %}ok",
+                                         tokenize=False) == "ok"
+    with pytest.raises(ChatTemplateError, match="more than 3000 steps"):
+        tokenizer.apply_chat_template(SINGLE, chat_template="{% for i in range(2999) %}{% endfor %}ok", tokenize=False)
+    with pytest.raises(ChatTemplateError, match="more than 3000 steps"):  # attribute access and calls count too
+        tokenizer.apply_chat_template(
+            SINGLE, chat_template="{% for m in messages * 3000 %}{{ m.role.upper() }}{% endfor %}", tokenize=False)
+
+
+def test_wall_time_backstop_on_a_fake_clock(tokenizer, monkeypatch):
+    ticks = iter(range(0, 10**6, 5))  # every reading of the clock is 5 s later than the one before
+
+    monkeypatch.setattr(chat_template_module, "time", type("FakeTime", (), {"monotonic": lambda: next(ticks)}))
+    with pytest.raises(ChatTemplateError, match="longer than 10 s"):
+        tokenizer.apply_chat_template(SINGLE, chat_template="{% for m in messages %}{{ m.role }}{% endfor %}" * 5,
+                                      tokenize=False)
 
 
 def test_template_errors_are_wrapped(tokenizer):

@@ -5,8 +5,9 @@ Chat templates ship with checkpoints and are untrusted code. They run in an
 
 * raises `ChatTemplateError` as soon as a template touches an unsafe attribute (``__class__``,
   ``__globals__``, ``list.append`` ...), where plain Jinja would hand back a silent undefined value;
-* bounds the work one render may do: `MAX_RENDER_SECONDS` of wall time (checked on every attribute
-  access, item access, call, ``range`` step and output chunk), `MAX_RENDERED_CHARS` of output,
+* bounds the work one render may do: `MAX_RENDER_STEPS` steps (each attribute access, item access, call,
+  ``range`` item and output chunk is one; a deterministic limit), `MAX_RENDER_SECONDS` of wall time as a
+  backstop for single slow steps (checked at every step), `MAX_RENDERED_CHARS` of output,
   ``*`` / ``**`` results of at most `MAX_OPERATOR_RESULT` items or digits, and no field width of a
   million or more in ``%`` / ``|format`` / ``str.format`` / ``|center`` (each would allocate it);
 * turns every failure inside the template (syntax, ``raise_exception``, sandbox, runaway
@@ -33,6 +34,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from ..errors import ChatTemplateError
 
+MAX_RENDER_STEPS = 20_000_000  # a few seconds of Jinja; real templates take thousands
 MAX_RENDER_SECONDS = 10.0
 MAX_RENDERED_CHARS = 8_000_000  # ~2M tokens: beyond any context window, far below a memory problem
 MAX_OPERATOR_RESULT = 1_000_000  # longest str/list a template may build with `*`, most digits with `**`
@@ -48,8 +50,15 @@ class RenderBudget:
 
     deadline: float
     max_chars: int
+    steps_left: int
 
-    def check_time(self) -> None:
+    def spend(self, steps: int = 1) -> None:
+        """Account for `steps` units of template work; raise once the step or time budget is gone."""
+        self.steps_left -= steps
+        if self.steps_left < 0:
+            raise ChatTemplateError(
+                f"chat template rendering took more than {MAX_RENDER_STEPS} steps (runaway loop?)"
+            )
         if time.monotonic() > self.deadline:
             raise ChatTemplateError(
                 f"chat template rendering took longer than {MAX_RENDER_SECONDS:g} s (runaway loop?)"
@@ -61,22 +70,22 @@ _active_budget: contextvars.ContextVar[RenderBudget | None] = contextvars.Contex
 )
 
 
-def _check_budget_time() -> None:
+def _spend_budget(steps: int = 1) -> None:
     budget = _active_budget.get()
     if budget is not None:
-        budget.check_time()
+        budget.spend(steps)
 
 
 class _BudgetedRange:
-    """`range` for templates: the sandbox's size limit, plus a time check while it is iterated."""
+    """`range` for templates: the sandbox's size limit, each item spending one step of the render budget."""
 
     def __init__(self, *args: int):
         self._range = safe_range(*args)
 
     def __iter__(self):
         for position, value in enumerate(self._range):
-            if position % _RANGE_CHECK_EVERY == 0:
-                _check_budget_time()
+            if position % _RANGE_CHECK_EVERY == 0:  # spent in batches: a check per item would double the cost
+                _spend_budget(min(_RANGE_CHECK_EVERY, len(self._range) - position))
             yield value
 
     def __len__(self) -> int:
@@ -160,15 +169,15 @@ class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
         return checked_format
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        _check_budget_time()
+        _spend_budget()
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        _check_budget_time()
+        _spend_budget()
         return super().getitem(obj, argument)
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's own signature
-        _check_budget_time()
+        _spend_budget()
         return super().call(__context, __obj, *args, **kwargs)
 
 
@@ -280,7 +289,8 @@ def compile_chat_template(source: str) -> jinja2.Template:
 def render_template(source: str, track_generation: bool = False, **variables) -> tuple[str, list[tuple[int, int]]]:
     """Render `source` with `variables` inside the budget; returns the text and the `{% generation %}` spans."""
     template = compile_chat_template(source)
-    budget = RenderBudget(deadline=time.monotonic() + MAX_RENDER_SECONDS, max_chars=MAX_RENDERED_CHARS)
+    budget = RenderBudget(deadline=time.monotonic() + MAX_RENDER_SECONDS, max_chars=MAX_RENDERED_CHARS,
+                          steps_left=MAX_RENDER_STEPS)
     tracker = _GenerationTracker(rendered_blocks=[], spans=[]) if track_generation else None
     budget_token = _active_budget.set(budget)
     tracker_token = _active_generation_tracker.set(tracker)
@@ -308,6 +318,6 @@ def _render_chunks(template: jinja2.Template, budget: RenderBudget, tracker, var
         total += len(chunk)
         if total > budget.max_chars:
             raise ChatTemplateError(f"chat template output exceeds {budget.max_chars} characters")
-        budget.check_time()
+        budget.spend()
         chunks.append(chunk)
     return "".join(chunks)
