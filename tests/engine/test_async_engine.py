@@ -45,3 +45,81 @@ def test_generate_streams_a_validated_request_and_refuses_an_unchecked_bad_one(e
     assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) == 4
     with pytest.raises(ValueError, match="exceeds the limit of 64 tokens"):
         asyncio.run(run([1, 2, 3], SamplingParams(max_tokens=100)))
+
+
+class _FakeStepClock:
+    """perf_counter for the engine thread: a step on 2 torch threads takes a quarter of the time on 1."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        import torch
+
+        self.now += 0.01 / torch.get_num_threads() ** 2
+        return self.now
+
+
+@pytest.fixture
+def restore_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_thread_tuner_switches_the_engine_thread_to_the_faster_count(tiny_model, monkeypatch,
+                                                                          restore_torch_threads):
+    import torch
+
+    from tokenmill.engine import async_engine
+    from tokenmill.engine.thread_tuner import ThreadTuner
+
+    monkeypatch.setattr(async_engine, "time", _FakeStepClock())
+    tuner = ThreadTuner([1, 2], min_interval=2)
+    seen = []  # torch's thread count inside the engine thread, right after each step
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)),
+                          on_step=lambda engine, seconds: seen.append((torch.get_num_threads(), seconds)), tuner=tuner)
+    try:
+        params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+        async def run():
+            return [output async for output in running.generate([1, 2, 3], params)]
+
+        asyncio.run(run())
+    finally:
+        running.shutdown()
+    # 3 steps on 1 thread fill the median, the 2-thread probe wins twice in a row and takes over; 3 steps later
+    # a probe of 1 thread loses (4x the cost) and 2 stays
+    assert [threads for threads, _ in seen] == [1, 1, 1, 2, 2, 2, 2, 2, 1, 2, 2, 2]
+    assert [seconds for _, seconds in seen[:4]] == pytest.approx([0.01, 0.01, 0.01, 0.0025])
+    assert tuner.current == 2 and tuner.switches == 1
+
+
+def test_the_engine_reports_each_steps_threads_and_tokens_to_the_tuner(tiny_model, restore_torch_threads):
+    class RecordingTuner:
+        def __init__(self):
+            self.handed_out, self.recorded = [], []
+
+        def threads_for_next_step(self) -> int:
+            self.handed_out.append(2 if len(self.handed_out) % 2 else 1)
+            return self.handed_out[-1]
+
+        def record(self, threads: int, seconds: float, tokens: int) -> None:
+            self.recorded.append((threads, tokens))
+
+    tuner = RecordingTuner()
+    config = EngineConfig(num_blocks=16, block_size=4, max_num_batched_tokens=4)  # the 6-token prompt takes 2 steps
+    running = AsyncEngine(LLMEngine(tiny_model, config=config), tuner=tuner)
+    try:
+        params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+
+        async def run():
+            return [output async for output in running.generate([1, 2, 3, 4, 5, 6], params)]
+
+        asyncio.run(run())
+    finally:
+        running.shutdown()
+    assert [threads for threads, _ in tuner.recorded] == tuner.handed_out == [1, 2, 1, 2]
+    assert [tokens for _, tokens in tuner.recorded] == [4, 2, 1, 1]  # two prompt chunks, then one token a step
