@@ -204,3 +204,36 @@ def test_beam_search_reorders_every_kind(pair, kind):
     expected = model.generate(ids, **kwargs)
     assert torch.equal(model.generate(ids, cache_implementation=kind, cache_config=options.get(kind), **kwargs),
                        expected)
+
+
+def test_offloaded_prefetches_the_next_layer_across_devices(pair, reference, monkeypatch):
+    """A host of "cpu:0" is another device than the compute device "cpu" (the copies are no-ops), so the
+    cross-device prefetch runs here as it does on a GPU: each layer's update starts the next layer's copy, and
+    that copy is what the next layer attends over."""
+    from tokenmill.cache.offloaded import OffloadedLayer
+
+    _, model = pair
+    ids, mask, expected = reference
+    events = []
+    real_prefetch, real_update = OffloadedLayer.prefetch, OffloadedLayer.update
+
+    def prefetch(layer, device=None):
+        events.append(("prefetch", layer.layer_idx, str(device)))
+        real_prefetch(layer, device)
+
+    def update(layer, keys, values):
+        events.append(("update", layer.layer_idx, layer._on_device is not None))
+        return real_update(layer, keys, values)
+
+    monkeypatch.setattr(OffloadedLayer, "prefetch", prefetch)
+    monkeypatch.setattr(OffloadedLayer, "update", update)
+    cache = OffloadedCache(host_device="cpu:0")
+    out = model.generate(ids, attention_mask=mask, past_key_values=cache, **GREEDY)
+    assert torch.equal(out, expected)
+    layers = model.config.num_hidden_layers
+    one_step = []  # a decode step: layer i fetches itself (already there but for layer 0), then layer i + 1
+    for i in range(layers):
+        one_step += [("update", i, i > 0), ("prefetch", i, "cpu")]
+        one_step += [("prefetch", i + 1, "cpu")] if i + 1 < layers else []
+    assert events[-len(one_step):] == one_step
+    assert cache.get_seq_length() == expected.shape[1] - 1

@@ -78,7 +78,8 @@ class OffloadedCache(Cache):
 
     def prefetch_after(self, layer_idx: int) -> None:
         """Start copying the next layer while this one computes (its own update releases it)."""
-        if layer_idx + 1 < len(self.layers) and self.compute_device.type != self.host_device.type:
+        # devices, not device types: a host of "cpu:0" makes the prefetch path run (as no-op copies) on a CPU-only test
+        if layer_idx + 1 < len(self.layers) and self.compute_device != self.host_device:
             self.layers[layer_idx + 1].prefetch(self.compute_device)
 
 
