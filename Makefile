@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test setup setup-test mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,14 @@ demo: setup
 test: setup-test
 	$(BIN)/python -m pytest -q
 
+# mutation testing (local, not CI; docs/testing.md): mutmut is a test-only tool, installed here and nowhere else.
+# Modules and tests are set in pyproject.toml's [tool.mutmut]; MUTANTS narrows a run, e.g.
+# make mutation MUTANTS='tokenmill.engine.block_manager*'
+MUTANTS ?=
+mutation: setup-test
+	$(BIN)/pip install --quiet mutmut==3.8.1
+	$(BIN)/mutmut run --max-children $$(nproc) $(MUTANTS)
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache mutants

@@ -110,3 +110,34 @@ def test_reset_prefix_cache_forgets_freed_blocks_but_keeps_those_in_use():
     reused = _fill(manager, [5, 6, 11, 12])
     assert sorted(reused) == sorted(freed)
     assert manager.lookup_prefix([5, 6, 11, 12], max_tokens=4)[0] == reused
+
+
+def test_the_smallest_pool_and_block_work_and_blocks_needed_rounds_up():
+    manager = BlockManager(num_blocks=1, block_size=1)
+    assert manager.ref_counts == [0] and manager.num_free_blocks == 1 and manager.num_used_blocks == 0
+    assert manager.allocate() == 0 and manager.ref_counts == [1]
+    sized = BlockManager(num_blocks=2, block_size=4)
+    assert [sized.blocks_needed(n) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    with pytest.raises(ValueError, match="block_size >= 1"):
+        BlockManager(num_blocks=4, block_size=0)
+
+
+def test_eviction_takes_the_least_recently_freed_block_first():
+    manager = BlockManager(num_blocks=2, block_size=1)
+    first, second = _fill(manager, [1]), _fill(manager, [2])
+    manager.free_all(second)
+    manager.free_all(first)  # freed last: most recently used
+    assert manager.allocate() == second[0]
+    assert manager.lookup_prefix([1], max_tokens=1)[0] == first  # the newer one is still cached
+    assert manager.lookup_prefix([2], max_tokens=1) == ([], [])
+
+
+def test_a_block_registers_one_content_and_a_content_one_block():
+    manager = BlockManager(num_blocks=3, block_size=2)
+    a, b = manager.allocate(), manager.allocate()
+    digest = manager.register_full_block(a, None, (1, 2))
+    assert manager.register_full_block(b, None, (1, 2)) == digest  # same content: the first block stays its home
+    assert manager.register_full_block(a, None, (3, 4)) != digest  # a hashed block is not re-registered
+    assert manager.lookup_prefix([1, 2], max_tokens=2)[0] == [a]
+    assert manager.lookup_prefix([3, 4], max_tokens=2) == ([], [])
+    assert BlockManager(2, 2, enable_prefix_caching=False).register_full_block(0, None, (1, 2)) is None

@@ -205,3 +205,69 @@ def test_sentencepiece_prompt_gives_the_first_token_its_space(sentencepiece_toke
         pieces = stream(detok, reply, chunk_sizes)
         assert "".join(pieces) == expected
         assert tok.decode(prompt) + "".join(pieces) == full_text  # prompt + stream == decode(all ids)
+
+
+class RewritingTokenizer:
+    """decode() of a fixed table, where appending a token rewrites the text before it (as clean-up rules and
+    some decoders do); records the keyword arguments of every call."""
+
+    TABLE = {(1,): "abcd", (1, 2): "abcXe", (3,): "q", (3, 4): "Zr", (5,): "abc", (5, 6): "ab"}
+
+    def __init__(self):
+        self.kwargs = []
+
+    def decode(self, ids, **kwargs):
+        self.kwargs.append(kwargs)
+        return self.TABLE[tuple(ids)]
+
+
+def test_a_rewritten_boundary_emits_from_the_longest_common_prefix():
+    tokenizer = RewritingTokenizer()
+    for first, second, expected in ((1, 2, "Xe"), (3, 4, "Zr")):
+        detok = IncrementalDetokenizer(tokenizer, clean_up_tokenization_spaces=True)
+        assert detok.add(first) == tokenizer.TABLE[(first,)]
+        assert detok.add(second) == expected  # no character of the context is emitted twice
+    shrinking = IncrementalDetokenizer(tokenizer)
+    assert shrinking.add(5) == "abc" and shrinking.add(6) == "" and shrinking.flush() == ""
+    assert all(kw == {"clean_up_tokenization_spaces": True, "skip_special_tokens": False}
+               for kw in tokenizer.kwargs[:4])  # decode_kwargs reach every decode call
+
+
+def test_a_batch_of_two_is_refused_by_name(sentencepiece_tokenizer):
+    with pytest.raises(ValueError, match="decodes one sequence; got a batch of 2"):
+        IncrementalDetokenizer(sentencepiece_tokenizer).add([[1, 2], [3, 4]])
+
+
+def test_flush_midway_and_reset_keep_the_stream_exact(sentencepiece_tokenizer):
+    tok = sentencepiece_tokenizer
+    ids = tok.encode("Hello world, the café!", add_special_tokens=False)
+    detok = IncrementalDetokenizer(tok)
+    pieces = [detok.add(ids[:2]), detok.flush(), detok.flush()]  # a flush with nothing pending changes nothing
+    pieces += stream(detok, ids[2:])
+    assert "".join(pieces) == tok.decode(ids)
+    detok.reset()
+    assert "".join(stream(detok, ids)) == tok.decode(ids)
+
+
+def test_a_skipped_special_token_keeps_the_next_words_space(sentencepiece_tokenizer):
+    tok = sentencepiece_tokenizer
+    hello, world = (tok.encode(word, add_special_tokens=False) for word in ("Hello", "world"))
+    ids = hello + [tok.eos_token_id] + world
+    full = tok.decode(ids, skip_special_tokens=True)
+    assert full == "Hello world"
+    assert "".join(stream(IncrementalDetokenizer(tok, skip_special_tokens=True), ids)) == full
+
+
+def test_a_long_prompt_costs_only_its_last_tokens(hf_smollm2_tokenizer):
+    class Counting:
+        longest = 0
+
+        def decode(self, ids, **kwargs):
+            Counting.longest = max(Counting.longest, len(ids))
+            return hf_smollm2_tokenizer.decode(ids, **kwargs)
+
+    prompt = hf_smollm2_tokenizer.encode(" ".join(TEXTS) * 10, add_special_tokens=False)
+    reply = hf_smollm2_tokenizer.encode(" then 😀 café", add_special_tokens=False)
+    pieces = stream(IncrementalDetokenizer(Counting(), prompt_ids=prompt), reply)
+    assert "".join(pieces) == hf_smollm2_tokenizer.decode(prompt + reply)[len(hf_smollm2_tokenizer.decode(prompt)):]
+    assert len(prompt) > 300 and Counting.longest <= 12
