@@ -31,13 +31,13 @@ class FakeBackend:
         self.clocks, self.rss = clocks, rss
         self.calls = []
         self.returns = None  # the output's past_key_values
-        self.step_seconds = (0.5, 0.25)
+        self.prefill_seconds, self.step_seconds = (2.0, 4.0), (0.5, 0.25)
 
     def generate(self, model, ids, mask, new_tokens, cache_implementation, clock, resilient=False):
         self.calls.append((ids, mask, new_tokens, cache_implementation, resilient))
         clock.put(ids)  # the prompt, as generate() streams it first
         for step in range(new_tokens):
-            self.clocks.advance(*((2.0, 4.0) if step == 0 else self.step_seconds))
+            self.clocks.advance(*(self.prefill_seconds if step == 0 else self.step_seconds))
             self.rss.append(self.rss[-1] + 1000)  # the process grows 1000 bytes per step
             clock.put(torch.zeros(ids.shape[0], 1, dtype=torch.long))
         return types.SimpleNamespace(past_key_values=self.returns)
@@ -111,6 +111,28 @@ def test_instant_steps_and_single_tokens_give_no_rate(fake_run):
     assert result["prefill_tokens_per_cpu_s"] == 8 / 4.0
     one = run_once(backend, model, Workload(prompt_length=8, new_tokens=1, batch_size=1))
     assert one["memory_growth_per_token_bytes"] is None and one["decode_tokens_per_s"] is None
+    assert run_once(backend, model, Workload(8, 2, 1))["memory_growth_per_token_bytes"] == 1000 / 1
+    backend.prefill_seconds = (0.5, 0.5)  # under a second of CPU still gives a rate ...
+    assert run_once(backend, model, Workload(8, 2, 1))["prefill_tokens_per_cpu_s"] == 8 / 0.5
+    backend.prefill_seconds = (0.5, 0.0)  # ... no CPU time at all gives none
+    assert run_once(backend, model, Workload(8, 2, 1))["prefill_tokens_per_cpu_s"] is None
+
+
+def test_unknown_memory_readings_stay_unknown(fake_run, monkeypatch):
+    backend, model = fake_run
+    monkeypatch.setattr(measure, "peak_rss", lambda: None)
+    assert run_once(backend, model, Workload(8, 2, 1))["peak_rss_delta_bytes"] is None
+    monkeypatch.setattr(measure, "peak_rss", lambda: 90_000)
+    monkeypatch.setattr(measure, "current_rss", lambda: None)  # no /proc: neither baseline nor growth
+    result = run_once(backend, model, Workload(8, 2, 1))
+    assert result["peak_rss_delta_bytes"] is None and result["memory_growth_per_token_bytes"] is None
+
+
+def test_a_model_without_a_device_attribute_runs_on_the_cpu(fake_run):
+    backend, _ = fake_run
+    model = types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=100))  # e.g. another engine's handle
+    result = run_once(backend, model, Workload(8, 2, 1))
+    assert backend.calls[-1][0].device.type == "cpu" and result["gpu_peak_allocated_bytes"] is None
 
 
 def test_out_of_memory_is_a_result_and_other_errors_propagate(fake_run):
@@ -134,6 +156,8 @@ def test_cache_bytes_counts_each_tensor_once():
     assert measure.cache_bytes(types.SimpleNamespace(layers=layers)) == 24 + 10
     assert measure.cache_bytes(types.SimpleNamespace(layers=[])) is None
     assert measure.cache_bytes(None) is None
+    assert measure.cache_bytes(types.SimpleNamespace()) is None  # neither nbytes() nor layers
+    assert measure.cache_bytes(types.SimpleNamespace(layers=[types.SimpleNamespace(keys=shared)])) == 24
     assert measure.cache_bytes(types.SimpleNamespace(nbytes=lambda: 77, layers=layers)) == 77
 
 

@@ -242,8 +242,9 @@ def test_flush_midway_and_reset_keep_the_stream_exact(sentencepiece_tokenizer):
     tok = sentencepiece_tokenizer
     ids = tok.encode("Hello world, the café!", add_special_tokens=False)
     detok = IncrementalDetokenizer(tok)
-    pieces = [detok.add(ids[:2]), detok.flush(), detok.flush()]  # a flush with nothing pending changes nothing
-    pieces += stream(detok, ids[2:])
+    assert tok.convert_ids_to_tokens(ids[3]) == "▁the"  # its space shows only with the token before as context
+    pieces = [detok.add(ids[:3]), detok.flush(), detok.flush()]  # a flush with nothing pending changes nothing
+    pieces += stream(detok, ids[3:])
     assert "".join(pieces) == tok.decode(ids)
     detok.reset()
     assert "".join(stream(detok, ids)) == tok.decode(ids)
