@@ -100,6 +100,18 @@ def test_an_isa_this_cpu_lacks_is_refused(monkeypatch):
         build.isa_flags("avx512")
 
 
+@pytest.mark.skipif(not build._is_x86(), reason="x86 ISAs")
+def test_check_isa_skips_only_what_this_cpu_lacks(monkeypatch, capsys):
+    monkeypatch.setattr(build, "cpu_flags", lambda: frozenset({"sse2", "avx2", "fma", "f16c", "bmi2"}))
+    monkeypatch.setenv(build.ISA_VARIABLE, "avx2")
+    assert build.check_isa() == 0
+    monkeypatch.setenv(build.ISA_VARIABLE, "avx512")
+    assert build.check_isa() == 3 and "lacks avx512f" in capsys.readouterr().out
+    monkeypatch.setenv(build.ISA_VARIABLE, "avx-512")
+    with pytest.raises(ValueError):
+        build.check_isa()
+
+
 def _scalar_library() -> ctypes.CDLL:
     """The portable-C build beside whatever this run loaded (cached like any build)."""
     compiler, flags = build.find_compiler(), build.isa_flags("scalar")

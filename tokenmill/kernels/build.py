@@ -159,3 +159,15 @@ def load() -> ctypes.CDLL:
               file=sys.stderr, flush=True)
         compile_library(compiler, flags, path)
     return bind(ctypes.CDLL(str(path)))
+
+
+def check_isa() -> int:
+    """0 if TOKENMILL_KERNEL_ISA can be built and run on this CPU, else 3 after printing why (make
+    test-portable skips such an ISA rather than failing on hardware that lacks it)."""
+    isa = requested_isa()  # a misspelt name stays an error
+    try:
+        isa_flags(isa)
+    except ValueError as error:
+        print(f"skipping: {error}")
+        return 3
+    return 0
