@@ -66,7 +66,7 @@ def test_the_build_is_what_was_asked_for():
     requested, built = build.requested_isa(), kernels.build_isa()
     if requested != "native":
         assert built == requested
-    elif build._is_x86():
+    elif build.is_x86():
         features = system.isa_features()
         expected = ("avx512" if features["avx512f"] and features["avx512bw"]
                     else "avx2" if features["avx2"] and features["fma"] else "scalar")
@@ -83,7 +83,7 @@ def test_isa_setting_is_checked(monkeypatch):
     assert build.requested_isa() == "native"
 
 
-@pytest.mark.skipif(not build._is_x86(), reason="x86 ISAs")
+@pytest.mark.skipif(not build.is_x86(), reason="x86 ISAs")
 def test_each_isa_has_its_own_flags_and_cached_library():
     scalar, native = build.isa_flags("scalar"), build.isa_flags("native")
     assert "-march=x86-64" in scalar and not any("avx" in flag or "v3" in flag or "v4" in flag for flag in scalar)
@@ -92,7 +92,7 @@ def test_each_isa_has_its_own_flags_and_cached_library():
     assert len(paths) == 2
 
 
-@pytest.mark.skipif(not build._is_x86(), reason="x86 ISAs")
+@pytest.mark.skipif(not build.is_x86(), reason="x86 ISAs")
 def test_an_isa_this_cpu_lacks_is_refused(monkeypatch):
     monkeypatch.setattr(build, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma", "f16c", "bmi2"}))
     assert "-march=x86-64-v3" in build.isa_flags("avx2")
@@ -100,7 +100,7 @@ def test_an_isa_this_cpu_lacks_is_refused(monkeypatch):
         build.isa_flags("avx512")
 
 
-@pytest.mark.skipif(not build._is_x86(), reason="x86 ISAs")
+@pytest.mark.skipif(not build.is_x86(), reason="x86 ISAs")
 def test_check_isa_skips_only_what_this_cpu_lacks(monkeypatch, capsys):
     monkeypatch.setattr(build, "cpu_flags", lambda: frozenset({"sse2", "avx2", "fma", "f16c", "bmi2"}))
     monkeypatch.setenv(build.ISA_VARIABLE, "avx2")
@@ -121,7 +121,7 @@ def _scalar_library() -> ctypes.CDLL:
     return build.bind(ctypes.CDLL(str(path)))
 
 
-@pytest.mark.skipif(not build._is_x86(), reason="x86 ISAs")
+@pytest.mark.skipif(not build.is_x86(), reason="x86 ISAs")
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS"])
 def test_scalar_build_keeps_the_contracts(type_name):
     # every run checks the portable paths too: bit-identical blocks, matmul equal up to summation order

@@ -53,13 +53,13 @@ def requested_isa() -> str:
     return isa
 
 
-def _is_x86() -> bool:
+def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def isa_flags(isa: str) -> list[str]:
     """The compiler flags for `isa` on this machine; ValueError where this CPU cannot run that build."""
-    table = X86_ISA_FLAGS if _is_x86() else ARM_ISA_FLAGS
+    table = X86_ISA_FLAGS if is_x86() else ARM_ISA_FLAGS
     if isa not in table:
         raise ValueError(f"{ISA_VARIABLE}={isa}: not an ISA of {platform.machine()} (use one of {', '.join(table)})")
     flags = cpu_flags()
