@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from numerics import float64_twin
 from tokenmill.loading.default_model import default_model_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,11 @@ def hf_smollm2(smollm2_gguf):
     return _oracle_from_gguf(smollm2_gguf)
 
 
+@pytest.fixture(scope="session")
+def hf_smollm2_float64(hf_smollm2):
+    return float64_twin(hf_smollm2)
+
+
 def _oracle_tokenizer_from_gguf(path: Path):
     import transformers
 
@@ -65,6 +71,11 @@ def hf_smollm2_tokenizer(smollm2_gguf):
 @pytest.fixture(scope="session")
 def hf_gemma3(gemma3_gguf):
     return _oracle_from_gguf(gemma3_gguf)
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3_float64(hf_gemma3):
+    return float64_twin(hf_gemma3)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 
 import pytest
@@ -118,6 +119,28 @@ def test_info_system_reports_the_kernels_in_use(monkeypatch, capsys):
     assert code == 0 and f"block kernels         {kernels.build_isa()}" in out and "gemm dense / prefill" in out
     code, _, err = run(["info", "--system", "model.gguf"], monkeypatch, capsys)
     assert code == 1 and "give it no checkpoint" in err
+
+
+def test_info_shows_the_execution_policy(monkeypatch, capsys, tmp_path):
+    import transformers
+
+    from tokenmill import kernels
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    code, out, _ = run(["info", str(tmp_path), "--json", "--execution", "--kernels", "torch", "--attn", "eager"],
+                       monkeypatch, capsys)
+    assert code == 0
+    assert json.loads(out)["execution_policy"] == {
+        "device": "cpu", "dtype": "float32", "weight_format": "dense", "kernels": "torch", "attention": "eager",
+        "threads": json.loads(out)["execution_policy"]["threads"], "parallel": "single"}
+    code, out, _ = run(["info", str(tmp_path), "--execution"], monkeypatch, capsys)
+    expected = "exact" if kernels.available() else "torch"
+    assert code == 0 and re.search(rf"execution kernels +{expected}", out) and "execution attention" in out
+    code, _, err = run(["info", str(tmp_path), "--execution", "--dtype", "bfloat16", "--kernels", "native"],
+                       monkeypatch, capsys)
+    assert code != 0 and "runs on the CPU in float32" in err
 
 
 def test_missing_default_model_says_how_to_install(monkeypatch, capsys):

@@ -63,7 +63,8 @@ def test_every_point_has_every_field_for_both_engines(bench_run):
             assert set(stats) == STAT_FIELDS and len(stats["runs"]) == 2
             assert stats["median"] == statistics.median(stats["runs"]) > 0
             assert stats["min"] <= stats["median"] <= stats["max"]
-        # prefill rate is the prompt tokens over the time to first token
+        # prefill rate is the prompt tokens over the time to first token; the ratios below are float64 divisions of
+        # the same medians, a few roundings of 2**-53 apart: pytest.approx's default rel 1e-6 holds them
         assert mine["prefill_tokens_per_s"]["median"] == pytest.approx(
             statistics.median(point["batch_size"] * point["prompt_length"] / t for t in mine["ttft_s"]["runs"]))
         assert mine["peak_rss_bytes"] > 0
@@ -92,6 +93,10 @@ def test_environment_models_limits_and_outputs(bench_run):
     assert set(report["models"]) == {"tokenmill float32 sdpa", "transformers float32 sdpa"}
     for info in report["models"].values():
         assert info["load_seconds"] > 0 and info["weight_bytes"] > 0
+    assert report["models"]["transformers float32 sdpa"]["execution_policy"] is None
+    policy = report["models"]["tokenmill float32 sdpa"]["execution_policy"]
+    assert (policy["device"], policy["dtype"], policy["weight_format"]) == ("cpu", "float32", "dense")
+    assert policy["kernels"] in ("exact", "torch") and policy["attention"] == "sdpa"
     tokenmill_weights = report["models"]["tokenmill float32 sdpa"]["weight_bytes"]
     assert tokenmill_weights == sum(p.numel() * 4 for p in transformers.LlamaForCausalLM.from_pretrained(
         environment["model"]).parameters())

@@ -14,7 +14,7 @@ try:  # tests/generation is a plain folder on sys.path, or a package
 except ImportError:
     from .decoding_fixtures import left_padded_prompts, save_tiny_llama, single_thread  # noqa: F401
 
-SCORE_ATOL = 1e-4  # float32 log-prob sums over ~12 steps; same weights, summation order only
+from numerics import score_tolerance, summation_tolerance
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +41,22 @@ def run_both(pair, **kwargs):
     return oracle.generate(ids, attention_mask=mask, **common), model.generate(ids, attention_mask=mask, **common)
 
 
-def assert_same_beams(expected, actual):
+def score_atol(config, out, steps: int = 1) -> float:
+    """transformers' float32 and ours, same weights: tests/numerics.py's bound for scores (x steps for sums); the
+    scores are log-probabilities, no smaller than the logits' spread, so they give the magnitude."""
+    return score_tolerance(config, out.sequences.shape[1], torch.stack(out.scores), steps)
+
+
+def assert_same_beams(expected, actual, config):
     assert torch.equal(actual.sequences, expected.sequences)
-    torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores, atol=SCORE_ATOL, rtol=0)
+    torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores,
+                               atol=score_atol(config, expected, len(expected.scores)), rtol=0)
     assert torch.equal(actual.beam_indices.long(), expected.beam_indices.long())
     assert len(actual.scores) == len(expected.scores)
     for got, want in zip(actual.scores, expected.scores):
         finite = torch.isfinite(want)
         assert torch.equal(finite, torch.isfinite(got))
-        torch.testing.assert_close(got[finite], want[finite], atol=SCORE_ATOL, rtol=0)
+        torch.testing.assert_close(got[finite], want[finite], atol=score_atol(config, expected), rtol=0)
 
 
 @pytest.mark.parametrize("settings, ends_early", [
@@ -62,20 +69,21 @@ def test_beam_search_matches_oracle_with_eos(pair, frequent_tokens, settings, en
     expected, actual = run_both(pair, eos_token_id=frequent_tokens, **settings)
     # the eos tokens really end returned hypotheses early (a long-favouring penalty keeps full-length ones)
     assert bool((expected.beam_indices < 0).any()) == ends_early
-    assert_same_beams(expected, actual)
+    assert_same_beams(expected, actual, pair[1].config)
 
 
 def test_beam_search_matches_oracle_without_eos(pair):
     expected, actual = run_both(pair, num_beams=3, num_return_sequences=3, eos_token_id=None)
     assert actual.sequences.shape[1] == 6 + 12
-    assert_same_beams(expected, actual)
+    assert_same_beams(expected, actual, pair[1].config)
 
 
 def test_transition_scores_recover_sequence_scores(pair, frequent_tokens):
     _, model = pair
     _, out = run_both(pair, num_beams=4, num_return_sequences=2, eos_token_id=frequent_tokens, length_penalty=0.0)
     transition = compute_transition_scores(out.sequences, out.scores, out.beam_indices)
-    torch.testing.assert_close(transition.sum(-1), out.sequences_scores, atol=SCORE_ATOL, rtol=0)
+    # the same float32 scores summed in another order (length_penalty 0: no division)
+    torch.testing.assert_close(transition.sum(-1), out.sequences_scores, atol=summation_tolerance(transition), rtol=0)
     via_model = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)
     assert torch.equal(via_model, transition)
 
@@ -94,7 +102,7 @@ def test_beam_sampling_matches_oracle_with_same_seed(pair, frequent_tokens, sett
         expected = oracle.generate(ids, attention_mask=mask, **common)
         torch.manual_seed(seed)
         actual = model.generate(ids, attention_mask=mask, **common)
-        assert_same_beams(expected, actual)
+        assert_same_beams(expected, actual, model.config)
 
 
 def test_beam_search_rejects_bad_settings(pair):
@@ -152,7 +160,8 @@ def test_diverse_beam_search_matches_direct_algorithm(pair, groups, group_size, 
                          num_return_sequences=beams, max_new_tokens=6, eos_token_id=None, do_sample=False,
                          return_dict_in_generate=True, output_scores=True)
     expected = reference_diverse_beam_search(oracle, ids, groups, group_size, penalty, 6)
-    torch.testing.assert_close(out.sequences_scores, torch.tensor([s for s, _ in expected]), atol=SCORE_ATOL, rtol=0)
+    torch.testing.assert_close(out.sequences_scores, torch.tensor([s for s, _ in expected]),
+                               atol=score_atol(model.config, out, 6), rtol=0)
     assert sorted(out.sequences.tolist()) == sorted(tokens for _, tokens in expected)
 
 
@@ -167,7 +176,8 @@ def test_diverse_beam_search_groups_without_penalty_equal_plain_beam_search(pair
                             do_sample=False, return_dict_in_generate=True, output_scores=True)
     # both groups found the same best hypothesis: it comes back twice
     assert torch.equal(out.sequences[0::2], plain.sequences) and torch.equal(out.sequences[1::2], plain.sequences)
-    torch.testing.assert_close(out.sequences_scores[0::2], plain.sequences_scores, atol=SCORE_ATOL, rtol=0)
+    torch.testing.assert_close(out.sequences_scores[0::2], plain.sequences_scores,
+                               atol=score_atol(model.config, out, 8), rtol=0)
 
 
 def test_diverse_beam_search_transition_scores_sum_to_sequence_scores(pair, frequent_tokens):
@@ -179,7 +189,8 @@ def test_diverse_beam_search_transition_scores_sum_to_sequence_scores(pair, freq
                          length_penalty=0.0, return_dict_in_generate=True, output_scores=True)
     assert bool((out.beam_indices < 0).any()), "some hypotheses should end early on eos"
     transition = compute_transition_scores(out.sequences, out.scores, out.beam_indices)
-    torch.testing.assert_close(transition.sum(-1), out.sequences_scores, atol=SCORE_ATOL, rtol=0)
+    # the same float32 scores summed in another order (length_penalty 0: no division)
+    torch.testing.assert_close(transition.sum(-1), out.sequences_scores, atol=summation_tolerance(transition), rtol=0)
 
 
 def test_diverse_beam_search_stops_on_eos(pair, frequent_tokens):
@@ -210,7 +221,7 @@ def test_beam_search_stop_strings_match_oracle(smollm2_gguf, hf_smollm2_tokenize
     expected = oracle.generate(ids, stop_strings=[stop], tokenizer=hf_smollm2_tokenizer, **common)
     actual = model.generate(ids, stop_strings=[stop], tokenizer=tokenizer, **common)
     assert bool((expected.beam_indices[0] < 0).any()), "the stop string should end the best hypothesis early"
-    assert_same_beams(expected, actual)
+    assert_same_beams(expected, actual, model.config)
 
 
 @pytest.mark.parametrize("kind", ["static", "offloaded"])
@@ -222,4 +233,4 @@ def test_beam_search_reorders_other_cache_kinds(pair, kind):
     actual = model.generate(ids, attention_mask=mask, max_new_tokens=12, return_dict_in_generate=True,
                             output_scores=True, do_sample=False, num_beams=3, eos_token_id=None,
                             cache_implementation=kind)
-    assert_same_beams(expected, actual)
+    assert_same_beams(expected, actual, pair[1].config)

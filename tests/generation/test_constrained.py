@@ -159,25 +159,12 @@ def test_bad_specifications_are_rejected(setup):
         StructuredOutputProcessor.from_spec("xml", "<a/>", tokenizer, model.config.vocab_size, 2)
 
 
-def test_http_api_requests_map_to_specs(setup):
-    from tokenmill.generation.constrained import spec_from_openai, spec_from_tgi
-
-    wrapped = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
-    assert spec_from_openai(wrapped) == ("json_schema", SCHEMA)
-    assert spec_from_openai({"type": "json_object"}) == ("json_schema", {"type": "object"})
-    assert spec_from_openai({"type": "text"}) is None and spec_from_openai() is None
-    assert spec_from_openai(guided_choice=["a", "b"]) == ("choice", ["a", "b"])
-    assert spec_from_openai(guided_regex="[0-9]+") == ("regex", "[0-9]+")
-    assert spec_from_tgi({"type": "json", "value": SCHEMA}) == ("json_schema", SCHEMA)
-    assert spec_from_tgi({"type": "regex", "value": "a+"}) == ("regex", "a+")
-    with pytest.raises(ValueError, match="one kind"):
-        spec_from_openai(wrapped, guided_regex="a")
-    with pytest.raises(ValueError, match="grammar type"):
-        spec_from_tgi({"type": "xml", "value": ""})
-    assert satisfies_schema(json.loads(constrained_text(setup, *spec_from_openai(wrapped), 3)))
+def test_json_schema_and_json_object_specs_constrain_generation(setup):
+    # the HTTP APIs' fields map to these specs in server/*_protocol.py (tests/server/test_protocol.py)
+    assert satisfies_schema(json.loads(constrained_text(setup, "json_schema", SCHEMA, 3)))
     # json_object: a random model never closes a free-form object, but every prefix it writes is one's opening
     model, tokenizer, prompt = setup
-    processor = StructuredOutputProcessor.from_spec(*spec_from_openai({"type": "json_object"}), tokenizer,
+    processor = StructuredOutputProcessor.from_spec("json_schema", {"type": "object"}, tokenizer,
                                                     model.config.vocab_size, tokenizer.eos_token_id)
     out = model.generate(prompt, logits_processor=[processor], do_sample=True, max_new_tokens=8, eos_token_id=None)
     assert tokenizer.decode(out[0, prompt.shape[1]:]).lstrip().startswith("{")

@@ -146,6 +146,7 @@ def test_degeneration_penalty_and_choice_on_small_tensors():
     mask = torch.tensor([[1, 1, 0]])  # the third context slot is padding: never a repeat
     candidates = torch.tensor([[[3.0, 0, 0], [0, 0, 1.0]]])
     penalty = degeneration_penalty(context, mask, candidates)
+    # cosine similarities of exact small vectors: a few float32 roundings, within torch's float32 defaults (rtol ~22u)
     torch.testing.assert_close(penalty, torch.tensor([[1.0, 0.0]]))
     probs = torch.tensor([[0.7, 0.3]])
     # alpha 0.2: 0.8*0.7-0.2*1 = 0.36 > 0.24 → the likelier candidate; alpha 0.6: 0.28-0.6 < 0.12 → the novel one
@@ -163,6 +164,8 @@ def test_dola_formulas_on_small_tensors():
     m = (p + q) / 2
     by_hand = 0.5 * ((m * (m / p).log()).mean() + (m * (m / q).log()).mean())
     divergence = jensen_shannon(final, layers)
+    # a handful of float32 operations on a few values, each rounding by at most u = 2**-24: torch's float32
+    # defaults (rtol 1.3e-6 ~ 22u, atol 1e-5) hold them with room
     torch.testing.assert_close(divergence[0, 0], by_hand)
     assert float(divergence[1, 0]) == 0.0  # identical distributions
     kept, base = relative_top_filter(final, layers[0])
@@ -170,5 +173,6 @@ def test_dola_formulas_on_small_tensors():
     assert (base[0, 2:] == -1e-3).all()
     # the contrast picks the most divergent (uniform) layer: log p_final - log(1/4) on the plausible tokens
     contrast = dola_contrast(final, layers)
+    # one float32 log-softmax of 4 values and a subtraction: torch's float32 defaults (rtol ~22u) hold it
     torch.testing.assert_close(contrast[0, :2], final[0, :2] - math.log(0.25))
     assert torch.isinf(contrast[0, 2:]).all()

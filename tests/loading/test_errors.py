@@ -10,6 +10,8 @@ import torch
 from tokenmill import AutoModelForCausalLM
 from tokenmill.errors import CheckpointError, PickleCheckpointError, UnsupportedArchitectureError
 
+from numerics import assert_matches_oracle
+
 
 @pytest.fixture(scope="module")
 def tiny_folder(tiny_llama):
@@ -106,7 +108,7 @@ def test_pickle_refused_unless_allowed(tmp_path, tiny_folder):
     model = AutoModelForCausalLM.from_pretrained(pickled, allow_pickle=True)
     ids = torch.randint(0, 64, (1, 9))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, oracle(ids).logits, atol=1e-5, rtol=0)
+        assert_matches_oracle(model(ids).logits, oracle, ids, label="pickle allowed")
 
 
 def test_pickle_with_code_is_rejected_even_when_allowed(tmp_path, tiny_folder):
@@ -179,7 +181,7 @@ def test_gguf_file_inside_a_folder(tiny_gguf):
     assert by_name.device.type == "cpu" and by_name.dtype == torch.float32
     ids = torch.randint(3, 96, (1, 11), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(by_name(ids).logits, oracle(ids).logits, atol=1e-4, rtol=0)
+        assert_matches_oracle(by_name(ids).logits, oracle, ids, label="gguf_file in a folder")
     text = "t5 t17 t3"
     assert AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).encode(text) == \
         AutoTokenizer.from_pretrained(path).encode(text)

@@ -4,6 +4,7 @@ dequantized at load, and by transformers: same logits, same greedy tokens, for e
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -14,23 +15,26 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 import test_gguf  # the tiny-model GGUF writer of the loading tests (same folder)
 from tokenmill import AutoModelForCausalLM, kernels
+from tokenmill.execution.ops import ExactOps, NativeOps
 from tokenmill.layers.attention import Attention
 from tokenmill.layers.mlp import GatedMLP
 from tokenmill.layers import quantized_linear
 from tokenmill.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
 from tokenmill.layers.norm import RMSNorm
 
+from numerics import agreement_tolerance, assert_runs_agree, matmuls, reduction_len
+
 # rotated across tensors so that every 32-element type the writer can quantize is exercised in each file
 TYPES = [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0,
          GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q8_0]
-# float32 summation-order differences, relative to the largest logit: the tiny models' N(0, 1) weights make
-# activations large, and the rounding of a dot product scales with its terms, not its result
-RELATIVE_TOLERANCE = 2e-5
 
 
-def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    atol = RELATIVE_TOLERANCE * expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, model, length: int | None = None) -> None:
+    """Two float32 runs of the same dequantized values (blocks summed by the kernels, or dense BLAS, or transformers):
+    tests/numerics.py's agreement bound for `model`'s widths, depth and the prompt's length."""
+    length = actual.shape[-2] if length is None else length
+    assert_runs_agree(actual, expected, reduction_len(model.config, length), matmuls(model.config),
+                      "quantized blocks")
 
 
 class QuantizingWriter(GGUFWriter):
@@ -76,7 +80,7 @@ def test_kept_blocks_match_dequantized_weights(write_quantized, arch):
     assert not dense.is_quantized()
     assert kept.num_parameters() == dense.num_parameters()
     with torch.no_grad():
-        assert_logits_close(kept(PROMPT).logits, dense(PROMPT).logits)
+        assert_logits_close(kept(PROMPT).logits, dense(PROMPT).logits, kept)
         greedy = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
         assert kept.generate(PROMPT, **greedy).tolist() == dense.generate(PROMPT, **greedy).tolist()
     dense_state = dense.state_dict()  # state_dict() of kept blocks is the dequantized float weights
@@ -94,7 +98,7 @@ def test_kept_blocks_match_transformers(write_quantized, arch):
     kept = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, progress=False)
     assert kept.is_quantized()  # the default on the CPU in float32
     with torch.no_grad():
-        assert_logits_close(kept(PROMPT).logits, oracle(PROMPT).logits)
+        assert_logits_close(kept(PROMPT).logits, oracle(PROMPT).logits, kept)
 
 
 def test_dequantize_resize_and_move(write_quantized):
@@ -104,31 +108,35 @@ def test_dequantize_resize_and_move(write_quantized):
     kept.resize_token_embeddings(kept.config.vocab_size + 3)  # the quantized table becomes float first
     assert not kept.is_quantized()
     with torch.no_grad():
-        assert_logits_close(kept(PROMPT).logits[..., :-3], before)
+        assert_logits_close(kept(PROMPT).logits[..., :-3], before, kept)
     again, _ = load_both(write_quantized("llama"))
     assert again.to("cpu").is_quantized()  # staying on the CPU keeps the blocks
-    assert not again.to("meta").is_quantized()  # any other device gets float weights
+    with pytest.warns(RuntimeWarning, match="weight_format: gguf-blocks → dense; kernels: native → torch"):
+        assert not again.to("meta").is_quantized()  # any other device gets float weights, and says so
+    assert again.execution_policy.kernels == "torch" and again.execution_policy.device.type == "meta"
 
 
-def native_kernel_flags(model) -> set[bool]:
-    flagged = [module for module in model.modules() if isinstance(module, (RMSNorm, Attention, GatedMLP))]
-    assert {type(module) for module in flagged} == {RMSNorm, Attention, GatedMLP}
-    return {module.native_kernel for module in flagged}
+def kernel_set(model) -> tuple[str, str, type]:
+    policy = model.execution_policy
+    return policy.kernels, policy.attention, type(policy.ops)
 
 
 def test_native_norms_attention_and_swiglu_go_with_the_kernels(write_quantized):
     kept, dense = load_both(write_quantized("llama"))
-    assert native_kernel_flags(kept) == {True}  # the C RMSNorm and attention run beside the GGUF kernels
-    assert native_kernel_flags(dense) == {False}  # dense float32 stays transformers' arithmetic bit for bit
-    assert native_kernel_flags(kept.dequantize()) == {False}
+    assert kernel_set(kept) == ("native", "native", NativeOps)  # C RMSNorm and attention beside the GGUF kernels
+    assert kept.execution_policy.weight_format == "gguf-blocks"
+    assert kernel_set(dense) == ("exact", "sdpa", ExactOps)  # dense float32: transformers' arithmetic bit for bit
+    assert dense.execution_policy.weight_format == "dense"
+    assert kernel_set(kept.dequantize()) == ("exact", "sdpa", ExactOps)
+    layers = [module for module in kept.modules() if isinstance(module, (RMSNorm, Attention, GatedMLP))]
+    assert layers and not any(hasattr(module, "native_kernel") for module in layers)  # no mode hung on modules
 
 
 def sdpa_twin(model):
     """The same quantized model attending through SDPA: only the attention kernel differs."""
     twin = copy.deepcopy(model)
-    for module in twin.modules():
-        if isinstance(module, Attention):
-            module.native_kernel = False
+    twin.set_execution_policy(dataclasses.replace(model.execution_policy, attention="sdpa"))
+    assert twin.execution_policy.ops.native_attention is False
     return twin
 
 
@@ -158,7 +166,7 @@ def test_native_attention_equals_sdpa_for_every_cache_kind(write_quantized, kind
         assert not kernel_calls
     assert native.sequences.tolist() == reference.sequences.tolist()
     for got, expected in zip(native.logits, reference.logits):
-        assert_logits_close(got, expected)
+        assert_logits_close(got, expected, kept, native.sequences.shape[1])
 
 
 def test_native_attention_left_padded_batch_equals_rows_alone(write_quantized, kernel_calls):
@@ -181,7 +189,7 @@ def test_save_pretrained_of_kept_blocks_loads_in_transformers(write_quantized, t
     kept.save_pretrained(tmp_path / "saved")
     oracle = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
     with torch.no_grad():
-        assert_logits_close(oracle(PROMPT).logits, dense(PROMPT).logits)
+        assert_logits_close(oracle(PROMPT).logits, dense(PROMPT).logits, dense)
 
 
 def test_a_long_prefill_goes_through_onednn_and_equals_the_dense_model(write_quantized, monkeypatch):
@@ -191,7 +199,7 @@ def test_a_long_prefill_goes_through_onednn_and_equals_the_dense_model(write_qua
     kept, dense = load_both(write_quantized("llama"))
     prompt = torch.randint(3, 90, (1, quantized_linear.DENSE_ABOVE_ROWS + 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert_logits_close(kept(prompt).logits, dense(prompt).logits)
+        assert_logits_close(kept(prompt).logits, dense(prompt).logits, kept)
     assert calls and quantized_linear.ONEDNN_LINEAR == torch.backends.mkldnn.is_available()
 
 
@@ -199,9 +207,13 @@ def test_dense_linear_equals_f_linear_and_falls_back_under_autograd():
     generator = torch.Generator().manual_seed(1)
     x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 130, 64), (48, 64), (48,)))
     with torch.no_grad():
-        torch.testing.assert_close(quantized_linear.dense_linear(x, weight, bias), F.linear(x, weight, bias),
-                                   atol=1e-5, rtol=0)
+        expected = F.linear(x, weight, bias)  # one product of length 64 in two GEMMs: tests/numerics.py, two runs
+        assert_runs_agree(quantized_linear.dense_linear(x, weight, bias), expected, 64, 1, "oneDNN linear")
     weight.requires_grad_(True)
     out = quantized_linear.dense_linear(x, weight, None)  # oneDNN's op has no backward here: F.linear serves
     out.sum().backward()
-    torch.testing.assert_close(weight.grad, x.reshape(-1, 64).sum(0).expand(48, 64))
+    # sums of 260 float32 values in two orders: tests/numerics.py's agreement bound for one reduction of length 260,
+    # scaled by the sum of |terms| (what every partial sum's rounding is bounded by)
+    terms = x.reshape(-1, 64)
+    atol = agreement_tolerance(terms.shape[0], 1, weight.grad.numel(), float(terms.abs().sum(0).max()))
+    torch.testing.assert_close(weight.grad, terms.sum(0).expand(48, 64), atol=atol, rtol=0)

@@ -11,6 +11,8 @@ from tokenmill import AutoModelForCausalLM
 from tokenmill.errors import CheckpointError
 from tokenmill.loading.resolve import resolve
 
+from numerics import assert_matches_oracle
+
 REPO_ID = "tokenmill-tests/tiny-llama"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -36,7 +38,7 @@ def test_hub_id_resolves_from_cache_offline(hub_cache, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(REPO_ID, cache_dir=cache)
     ids = torch.randint(0, 64, (1, 8))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, oracle(ids).logits, atol=1e-5, rtol=0)
+        assert_matches_oracle(model(ids).logits, oracle, ids, label="from the hub cache")
 
 
 def test_hub_id_missing_from_cache_is_clear(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ def test_stacked_expert_weights_load_as_transformers_holds_them(pair):
     import torch
 
     from tokenmill.config import ModelConfig
-    from tokenmill.loading.weights import build_model
+    from tokenmill.assembly.weights import build_model
 
     state = dict(pair.oracle.state_dict())
     assert "model.layers.0.mlp.experts.gate_up_proj" in state
@@ -51,7 +51,7 @@ def test_stacked_expert_weights_load_as_transformers_holds_them(pair):
     model = build_model(config, state, source=pair.folder)
     ids = torch.randint(3, pair.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, pair.oracle(ids).logits, atol=1e-5, rtol=0)
+        pair.assert_within_bound(model(ids).logits, ids, label="fused experts")
 
 
 def test_renormalised_top_k_and_sparse_step(tmp_path_factory):

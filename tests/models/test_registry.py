@@ -32,3 +32,19 @@ def test_unknown_model_type_names_the_supported_ones(tmp_path):
     message = str(error.value)
     assert "'falcon'" in message
     assert all(name in message for name in FAMILIES)
+
+
+def test_the_registry_is_what_the_family_files_declare():
+    import importlib
+    import pkgutil
+
+    import tokenmill.models as models
+
+    declared = {}
+    for info in pkgutil.iter_modules(models.__path__):
+        family = getattr(importlib.import_module(f"tokenmill.models.{info.name}"), "FAMILY", None)
+        if family is not None:
+            declared[family.model_type] = family.causal_lm
+            assert family.causal_lm.__module__ == f"tokenmill.models.{info.name}"  # declared beside its class
+    assert sorted(declared) == supported_model_types() == sorted(FAMILIES)
+    assert all(model_class(model_type) is cls for model_type, cls in declared.items())

@@ -80,7 +80,7 @@ def test_models_list(openai_client):
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"model": "gpt-4"}, "does not exist"),
-    ({"max_tokens": -3}, "max tokens must be at least 1"),
+    ({"max_tokens": -3}, "max_tokens must be an integer, at least 1, got -3"),
     ({"max_tokens": 100000}, "must be <= 1024"),
     ({"temperature": 5}, "temperature"),
 ])

@@ -60,8 +60,13 @@ class Backend:
             started = time.perf_counter()
             model = self._load(*key)
             self.models[key] = model
-            self.load_info[key] = {"load_seconds": time.perf_counter() - started, "weight_bytes": weight_bytes(model)}
+            self.load_info[key] = {"load_seconds": time.perf_counter() - started, "weight_bytes": weight_bytes(model),
+                                   "execution_policy": self.execution_policy(model)}
         return self.models[key]
+
+    def execution_policy(self, model) -> dict | None:
+        """How the engine runs this model (device, dtype, weight format, kernels, attention, threads), if it says."""
+        return None
 
     def supports_cache(self, kind: str) -> bool:
         return True
@@ -94,6 +99,9 @@ class TokenmillBackend(Backend):
         return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                     attn_implementation=attn, progress=False,
                                                     keep_quantized=WEIGHT_KINDS[weights])
+
+    def execution_policy(self, model) -> dict:
+        return model.execution_policy.as_dict()
 
     def generate_kwargs(self, cache: str, resilient: bool) -> dict:
         kwargs = {"cache_implementation": cache, "resilient": resilient}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..kernels import system
 from .backends import make_backend
 from .limits import default_budget, search_limit

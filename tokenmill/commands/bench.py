@@ -30,7 +30,7 @@ def _str_list(text: str) -> list[str]:
 
 
 def _size(text: str) -> int:
-    from ..loading.save import parse_size
+    from ..assembly.save import parse_size
 
     return parse_size(int(text) if text.isdigit() else text)
 

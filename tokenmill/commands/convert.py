@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..auto import parse_dtype
+from ..assembly.pretrained import parse_dtype
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..loading.convert import convert_gguf
+    from ..assembly.convert import convert_gguf
 
     started = time.perf_counter()
     written = convert_gguf(args.gguf, args.output_dir, dtype=parse_dtype(args.dtype, "float32"),

@@ -15,6 +15,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--system", action="store_true",
                         help="describe this machine and the kernels a run uses on it instead of a checkpoint")
+    execution = parser.add_argument_group("execution policy (loads the model)")
+    execution.add_argument("--execution", action="store_true",
+                           help="load the model and show how it would run: device, dtype, weight format, "
+                                "kernel set, attention backend, threads")
+    execution.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    execution.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    execution.add_argument("--kernels", default=None, choices=["native", "exact", "torch"],
+                           help="kernel set (default: the policy's choice)")
+    execution.add_argument("--attn", default="sdpa", help="attention: sdpa, eager or native")
 
 
 def _human(count: int) -> str:
@@ -51,13 +60,25 @@ def system_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _execution_policy(args: argparse.Namespace):
+    """The policy the loader chooses for this source and these flags (loading is how to know it for sure)."""
+    from ..auto import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_source(args), gguf_file=args.gguf_file, dtype=args.dtype,
+                                                 device=args.device, kernels=args.kernels,
+                                                 attn_implementation=args.attn, progress=False)
+    return model.execution_policy
+
+
 def main(args: argparse.Namespace) -> int:
     if args.system:
         return system_main(args)
-    from ..loading.describe import describe
+    from ..assembly.describe import describe
 
     args.model = args.source
     info = describe(model_source(args), args.gguf_file)
+    if args.execution:
+        info["execution_policy"] = _execution_policy(args).as_dict()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -74,5 +95,7 @@ def main(args: argparse.Namespace) -> int:
         ("special tokens", ", ".join(f"{k}={v!r}" for k, v in info["special_tokens"].items() if v is not None)),
         ("size on disk", f"{info['size_bytes'] / 2**20:.1f} MiB in {len(info['files'])} file(s)"),
     ]
+    if args.execution:
+        rows += [(f"execution {name}", value) for name, value in info["execution_policy"].items()]
     _print_rows(rows)
     return 0

@@ -80,9 +80,9 @@ def main(args: argparse.Namespace) -> int:
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
     )
     app = build_server_app(model, tokenizer, engine_config, settings, thread_tuner)
-    engine = app.state.tokenmill.engine.engine
+    info = app.state.tokenmill.engine.model_info()
     print(f"tokenmill: serving {settings.model_name!r} on http://{args.host}:{args.port} "
-          f"({engine.blocks.num_blocks} KV blocks of {engine.config.block_size} tokens)", file=sys.stderr)
+          f"({info.kv_blocks} KV blocks of {info.block_size} tokens)", file=sys.stderr)
     make_server(app, args.host, args.port, args.log_level).run()
     app.state.tokenmill.engine.shutdown()
     return 0

@@ -8,6 +8,7 @@ aborts its request, which frees its KV blocks at the next step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import queue
@@ -19,6 +20,7 @@ from typing import AsyncIterator, Callable
 import torch
 
 from .engine import LLMEngine
+from .limits import RequestLimits
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 from .thread_tuner import ThreadTuner
@@ -28,6 +30,17 @@ log = logging.getLogger(__name__)
 
 class EngineStepError(RuntimeError):
     """The model step failed; every request in flight at that moment fails with this."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server reports about the model and the engine's pool."""
+
+    dtype: str
+    device_type: str
+    vocab_size: int
+    kv_blocks: int
+    block_size: int
 
 
 @dataclass
@@ -57,6 +70,23 @@ class AsyncEngine:
         return self.engine.tokenizer
 
     @property
+    def limits(self) -> RequestLimits:
+        return self.engine.limits
+
+    def model_info(self) -> ModelInfo:
+        model = self.engine.runner.model
+        return ModelInfo(dtype=str(model.dtype).replace("torch.", ""), device_type=model.device.type,
+                         vocab_size=self.engine.vocab_size, kv_blocks=self.engine.blocks.num_blocks,
+                         block_size=self.engine.config.block_size)
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams,
+                 limits: RequestLimits | None = None) -> SamplingParams:
+        """Check a request before it is queued (ValueError naming the problem; RequestLimitError for a limit)
+        against `limits` (default: the engine's); returns `params` with its max_tokens resolved."""
+        max_tokens = self.engine.validate(prompt_token_ids, params, limits)
+        return params if params.max_tokens == max_tokens else dataclasses.replace(params, max_tokens=max_tokens)
+
+    @property
     def num_in_flight(self) -> int:
         return len(self._streams)
 
@@ -65,8 +95,8 @@ class AsyncEngine:
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield a RequestOutput after every step that produced something for this request."""
-        self.engine.validate(prompt_token_ids, params)  # ValueError here, before anything is queued
+        """Yield a RequestOutput after every step that produced something for this request. Call `validate`
+        first: a request the engine refuses ends the iteration with its ValueError."""
         request_id = request_id or self.new_request_id()
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream

@@ -16,9 +16,10 @@ from ..cache.paged import PagedKVPool
 from ..generation.constrained import StructuredOutputProcessor
 from .block_manager import BlockManager
 from .detokenize import SequenceText
+from .limits import RequestLimits, check_request
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
-from .sampler import prompt_logprobs, sample
+from .sampler import choice_seed, prompt_logprobs, sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, SequenceStatus
@@ -84,6 +85,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
         self.runner = ModelRunner(model, num_blocks, self.config.block_size)
         self.capacity_tokens = num_blocks * self.config.block_size
+        self.limits = RequestLimits.of_engine(self.max_model_len, self.capacity_tokens)
         self._requests: dict[str, _Request] = {}
         self._pending_final: list[RequestOutput] = []
         self.tokens_in = 0
@@ -104,22 +106,14 @@ class LLMEngine:
         return [int(i) for i in ids]
 
     # ---- requests ----
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
-        """Check a request against the model and pool; returns its effective max_tokens."""
-        if not prompt_token_ids:
-            raise ValueError("the prompt is empty (it encodes to zero tokens)")
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams,
+                 limits: RequestLimits | None = None) -> int:
+        """Check a request against the model and `limits` (default: the engine's own); returns its effective
+        max_tokens. ValueError (RequestLimitError for a limit) naming the problem otherwise."""
         bad = [t for t in prompt_token_ids if not 0 <= int(t) < self.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids out of range [0, {self.vocab_size}): {bad[:5]}")
-        prompt_len = len(prompt_token_ids)
-        limit = min(self.max_model_len, self.capacity_tokens)
-        if prompt_len >= limit:
-            raise ValueError(f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
-                             f"the limit of {limit} tokens")
-        max_tokens = params.max_tokens if params.max_tokens is not None else limit - prompt_len
-        if prompt_len + max_tokens > limit:
-            raise ValueError(f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) = "
-                             f"{prompt_len + max_tokens} exceeds the limit of {limit} tokens")
+        max_tokens = check_request(len(prompt_token_ids), params.max_tokens, limits or self.limits)
         if params.structured_output is not None and (self.tokenizer is None or not self.eos_token_ids):
             raise ValueError("structured output needs the engine to have a tokenizer and the model's eos token id")
         return max_tokens
@@ -144,7 +138,7 @@ class LLMEngine:
             seq = Sequence(request_id, index, list(prompt_token_ids), params)
             seed = None
             if params.sampled:
-                seed = params.seed + index if params.seed is not None else random.getrandbits(63)
+                seed = choice_seed(params.seed, index) if params.seed is not None else random.getrandbits(63)
                 seq.generator = torch.Generator().manual_seed(seed)
             if params.prompt_logprobs is not None:
                 seq.prompt_logprobs = [None]

@@ -1,88 +1,125 @@
-"""Next-token choice per sequence from its own SamplingParams: bias, penalties, warpers, seeded sampling, logprobs.
+"""Next-token choice for a batch of sequences, each with its own SamplingParams: bias, min_tokens, penalties,
+warpers, seeded draw, logprobs.
 
-Greedy rows without penalties take the batched argmax fast path; other rows are processed one by one
-(a batch is at most a few dozen rows, and each row's parameters differ). A row with structured output first
-has every token that would leave its grammar masked by its own processor.
+Greedy rows without penalties take the batched argmax fast path. The other rows go through one batched pass
+with a parameter tensor per transform (`generation/sampling.py`, the arithmetic generate() uses too), then
+each sampled row draws from its own seeded generator. A row with structured output first has every token that
+would leave its grammar masked by its own processor.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
+from ..generation.sampling import Warpers, apply_repetition_penalty, draw
+from ..generation.vocab_reduce import argmax_rows, topk_rows
 from .sampling_params import SamplingParams
 from .sequence import Sequence, TokenLogprob
-from ..generation.vocab_reduce import argmax_rows, topk_rows
+
+NEUTRAL = SamplingParams()  # every warper off (temperature 1)
 
 
-def apply_penalties(logits: torch.Tensor, seq: Sequence, params: SamplingParams) -> torch.Tensor:
-    if params.repetition_penalty != 1.0:
-        # transformers' rule over prompt + output: shrink positive scores, grow negative ones
-        seen = torch.tensor(sorted(set(seq.all_token_ids)), dtype=torch.long, device=logits.device)
-        picked = logits[seen]
-        logits[seen] = torch.where(picked < 0, picked * params.repetition_penalty,
-                                   picked / params.repetition_penalty)
-    if (params.presence_penalty or params.frequency_penalty) and seq.output_token_ids:
-        # OpenAI's rule over generated tokens: logit -= count * frequency + (count > 0) * presence
-        counts = torch.bincount(torch.tensor(seq.output_token_ids, device=logits.device),
-                                minlength=logits.shape[-1])[: logits.shape[-1]].to(logits.dtype)
-        logits -= counts * params.frequency_penalty + (counts > 0).to(logits.dtype) * params.presence_penalty
+def _row_token_mask(token_lists: list[list[int]], vocab: int, device) -> torch.Tensor:
+    """bool [rows, vocab]: True where row i lists the token (ids outside the vocabulary ignored)."""
+    rows = [i for i, tokens in enumerate(token_lists) for t in tokens if 0 <= t < vocab]
+    cols = [t for tokens in token_lists for t in tokens if 0 <= t < vocab]
+    mask = torch.zeros((len(token_lists), vocab), dtype=torch.bool, device=device)
+    mask[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = True
+    return mask
+
+
+def apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    entries = [(i, token, bias) for i, seq in enumerate(seqs) for token, bias in (seq.params.logit_bias or {}).items()
+               if 0 <= token < logits.shape[-1]]
+    if not entries:
+        return logits
+    rows, tokens, biases = zip(*entries)
+    index = (torch.tensor(rows), torch.tensor(tokens))
+    return logits.index_put(index, torch.tensor(biases, dtype=logits.dtype), accumulate=True)
+
+
+def block_early_stop(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> torch.Tensor:
+    """min_tokens: eos and stop tokens are masked until a row has produced that many tokens, unless nothing
+    else is left (a finished grammar allows only eos: it outranks min_tokens)."""
+    blocked = [list(eos_ids) + list(seq.params.stop_token_ids)
+               if len(seq.output_token_ids) < seq.params.min_tokens else [] for seq in seqs]
+    if not any(blocked):
+        return logits
+    kept = logits.masked_fill(_row_token_mask(blocked, logits.shape[-1], logits.device), float("-inf"))
+    return torch.where(torch.isfinite(kept).any(-1, keepdim=True), kept, logits)
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """transformers' repetition penalty over prompt + output, then OpenAI's presence / frequency penalties over
+    the output: logit -= count * frequency + (count > 0) * presence."""
+    vocab = logits.shape[-1]
+    penalties = [seq.params.repetition_penalty for seq in seqs]
+    if any(p != 1.0 for p in penalties):
+        histories = [seq.all_token_ids if p != 1.0 else [] for seq, p in zip(seqs, penalties)]
+        longest = max(len(history) for history in histories)
+        token_ids = torch.tensor([history + [-1] * (longest - len(history)) for history in histories])  # -1: pad
+        logits = apply_repetition_penalty(logits, token_ids, torch.tensor(penalties, dtype=torch.float32))
+    counted = [seq.output_token_ids if seq.params.presence_penalty or seq.params.frequency_penalty else []
+               for seq in seqs]
+    if any(counted):
+        flat = [i * vocab + t for i, tokens in enumerate(counted) for t in tokens if 0 <= t < vocab]
+        counts = torch.bincount(torch.tensor(flat, dtype=torch.long, device=logits.device),
+                                minlength=len(seqs) * vocab).reshape(len(seqs), vocab).to(logits.dtype)
+        frequency = torch.tensor([[seq.params.frequency_penalty] for seq in seqs], dtype=logits.dtype)
+        presence = torch.tensor([[seq.params.presence_penalty] for seq in seqs], dtype=logits.dtype)
+        logits = logits - (counts * frequency + (counts > 0).to(logits.dtype) * presence)
     return logits
 
 
-def apply_warpers(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    logits = logits / params.temperature
-    if params.top_k and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.typical_p < 1.0:
-        logits = _typical(logits, params.typical_p)
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the token that crosses
-        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
-    if params.min_p > 0.0:
-        probs = logits.softmax(-1)
-        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
-    return logits
+def adjusted_logits(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> torch.Tensor:
+    """Every row's logits after its bias, min_tokens and penalties: what greedy rows take the argmax of."""
+    return apply_penalties(block_early_stop(apply_logit_bias(logits, seqs), seqs, eos_ids), seqs)
 
 
-def _typical(logits: torch.Tensor, mass: float) -> torch.Tensor:
-    log_probs = logits.log_softmax(-1)
-    probs = log_probs.exp()
-    entropy = -(torch.nan_to_num(log_probs) * probs).sum()
-    surprise_gap = (-log_probs - entropy).abs()
-    gap_sorted, order = torch.sort(surprise_gap)
-    cumulative = probs[order].cumsum(-1)
-    last = int((cumulative < mass).sum().clamp(max=logits.shape[-1] - 1))
-    drop_sorted = torch.arange(logits.shape[-1], device=logits.device) > last
-    return logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
+def warpers(seqs: list[Sequence]) -> Warpers:
+    """Each sampled row's warpers (a greedy row, never warped, gets the neutral values)."""
+    params = [seq.params if seq.params.sampled else NEUTRAL for seq in seqs]
+    return Warpers.per_row(temperature=[p.temperature for p in params], top_k=[p.top_k for p in params],
+                           top_p=[p.top_p for p in params], min_p=[p.min_p for p in params],
+                           typical_p=[p.typical_p for p in params])
 
 
-def _blocked_tokens(seq: Sequence, eos_ids: list[int]) -> list[int]:
-    """Tokens that may not end the sequence yet (min_tokens)."""
-    if len(seq.output_token_ids) >= seq.params.min_tokens:
-        return []
-    return list(eos_ids) + list(seq.params.stop_token_ids)
+def sampling_probs(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> torch.Tensor:
+    """The distribution each row's token comes from: a greedy row's is all on its argmax."""
+    adjusted = adjusted_logits(logits, seqs, eos_ids)
+    probs = warpers(seqs)(adjusted).softmax(-1)
+    greedy = torch.tensor([not seq.params.sampled for seq in seqs])
+    if bool(greedy.any()):
+        one_hot = torch.zeros_like(probs).scatter_(1, argmax_rows(adjusted)[:, None], 1.0)
+        probs = torch.where(greedy[:, None], one_hot, probs)
+    return probs
 
 
-def choose_token(logits: torch.Tensor, seq: Sequence, eos_ids: list[int]) -> int:
-    params = seq.params
-    logits = logits.clone()
-    if params.logit_bias:
-        for token, bias in params.logit_bias.items():
-            if 0 <= token < logits.shape[-1]:
-                logits[token] += bias
-    blocked = _blocked_tokens(seq, eos_ids)
-    if blocked:
-        kept = logits.index_fill(0, torch.tensor(blocked, dtype=torch.long), float("-inf"))
-        if bool(torch.isfinite(kept).any()):  # a finished grammar allows only eos: it outranks min_tokens
-            logits = kept
-    logits = apply_penalties(logits, seq, params)
-    if not params.sampled:
-        return int(logits.argmax())
-    probs = apply_warpers(logits, params).softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=seq.generator))
+def choose_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> list[int]:
+    """One token per row: argmax of the adjusted logits for greedy rows, a seeded draw for sampled ones."""
+    adjusted = adjusted_logits(logits, seqs, eos_ids)
+    tokens = argmax_rows(adjusted).tolist()
+    sampled = [i for i, seq in enumerate(seqs) if seq.params.sampled]
+    if sampled:
+        chosen = [seqs[i] for i in sampled]
+        rows = adjusted if len(sampled) == len(seqs) else adjusted[torch.tensor(sampled)]
+        probs = warpers(chosen)(rows).softmax(-1)
+        for i, token in zip(sampled, draw(probs, [seq.generator for seq in chosen]).tolist()):
+            tokens[i] = token
+    return tokens
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request seeded `seed`. Choice 0 uses the seed itself (the stream
+    generate() draws from after torch.manual_seed(seed)); choice j > 0 a 63-bit hash of (seed, j) with the top
+    bit set, so neighbouring seeds' choices never share a stream (seed + j did: choice j of seed s was
+    choice 0 of seed s + j)."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"tokenmill-choice:{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") | (1 << 63)
 
 
 def needs_slow_path(seq: Sequence) -> bool:
@@ -121,13 +158,21 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constra
     """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs.
     `constraints[i]`: sequence i's structured-output processor, or None (unconstrained)."""
     tokens: list[int] = argmax_rows(rows).tolist()  # greedy rows need nothing more
-    for i, seq in enumerate(seqs):
-        processor = constraints[i] if constraints else None
-        if processor is not None:
-            allowed = constrain(rows[i], seq, processor)
-            tokens[i] = choose_token(allowed, seq, eos_ids) if needs_slow_path(seq) else int(allowed.argmax())
-        elif needs_slow_path(seq):
-            tokens[i] = choose_token(rows[i], seq, eos_ids)
+    constraints = constraints or [None] * len(seqs)
+    slow = [i for i, seq in enumerate(seqs) if needs_slow_path(seq)]
+    constrained = [i for i, processor in enumerate(constraints) if processor is not None]
+    if not slow and not constrained:
+        record_logprobs(rows, seqs, tokens)
+        return tokens
+    allowed = rows.clone() if constrained else rows
+    for i in constrained:  # each grammar is its own stateful matcher
+        allowed[i] = constrain(rows[i], seqs[i], constraints[i])
+    for i in constrained:
+        tokens[i] = int(allowed[i].argmax())
+    if slow:
+        slow_rows = allowed if len(slow) == len(seqs) else allowed[torch.tensor(slow)]
+        for i, token in zip(slow, choose_tokens(slow_rows, [seqs[i] for i in slow], eos_ids)):
+            tokens[i] = token
     record_logprobs(rows, seqs, tokens)
     return tokens
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
+from ..loading.resolve import ResolvedSource, resolve_source
+from .config_fields import DEFAULTS, METADATA_FIELDS, token_id_list
+from .config_validation import ignored_flags, problems_of
+
+if TYPE_CHECKING:
+    from ..loading.gguf import GGUFCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -25,116 +30,6 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 
 class GenerationConfigNotFoundError(CheckpointError, FileNotFoundError):
     """generation_config.json is missing: a CheckpointError that is also an OSError, as transformers raises."""
-
-# The effective default of every field transformers' GenerationConfig knows about (its
-# `_get_default_generation_params` values; None where transformers leaves the field unset).
-DEFAULTS: dict[str, Any] = {
-    # length
-    "max_length": 20,
-    "max_new_tokens": None,
-    "min_length": 0,
-    "min_new_tokens": None,
-    "early_stopping": False,
-    "max_time": None,
-    "stop_strings": None,
-    # strategy
-    "do_sample": False,
-    "num_beams": 1,
-    "use_mtp": None,
-    # cache
-    "use_cache": True,
-    "cache_implementation": None,
-    "cache_config": None,
-    "max_cache_len": None,
-    # logits manipulation
-    "temperature": 1.0,
-    "top_k": 50,
-    "top_p": 1.0,
-    "min_p": None,
-    "top_h": None,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "repetition_penalty": 1.0,
-    "encoder_repetition_penalty": 1.0,
-    "length_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "bad_words_ids": None,
-    "renormalize_logits": False,
-    "forced_bos_token_id": None,
-    "forced_eos_token_id": None,
-    "remove_invalid_values": False,
-    "exponential_decay_length_penalty": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
-    "sequence_bias": None,
-    "token_healing": None,
-    "guidance_scale": None,
-    "watermarking_config": None,
-    # outputs
-    "num_return_sequences": 1,
-    "output_attentions": False,
-    "output_hidden_states": False,
-    "output_scores": False,
-    "output_logits": None,
-    "return_dict_in_generate": False,
-    # special tokens
-    "pad_token_id": None,
-    "bos_token_id": None,
-    "eos_token_id": None,
-    # encoder-decoder
-    "encoder_no_repeat_ngram_size": 0,
-    "decoder_start_token_id": None,
-    # assisted generation
-    "is_assistant": None,
-    "num_assistant_tokens": 20,
-    "num_assistant_tokens_schedule": "constant",
-    "assistant_confidence_threshold": 0.4,
-    "prompt_lookup_num_tokens": None,
-    "max_matching_ngram_size": None,
-    "assistant_early_exit": None,
-    "assistant_lookbehind": 10,
-    "target_lookbehind": 10,
-    "assistant_ensemble_weight": None,
-    "speculation_type": None,
-    # performance
-    "compile_config": None,
-    "disable_compile": None,
-    "prefill_chunk_size": None,
-    "continuous_batching_config": None,
-    # moved to the Hub in transformers, still read
-    "low_memory": None,
-    "penalty_alpha": None,
-    "dola_layers": None,
-    "diversity_penalty": 0.0,
-    "num_beam_groups": 1,
-    "constraints": None,
-    "force_words_ids": None,
-}
-
-# Keys of generation_config.json that are bookkeeping, not parameters.
-METADATA_FIELDS = ("transformers_version", "_from_model_config", "_commit_hash")
-
-# Arguments of generate() that do not belong in a config (transformers raises for them too).
-_GENERATE_ARGUMENTS = (
-    "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model",
-    "streamer", "negative_prompt_ids", "negative_prompt_attention_mask",
-)
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def token_id_list(value) -> list[int] | None:
-    """An int / list of ints / tensor of ids as a list of ints (None stays None)."""
-    if value is None:
-        return None
-    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
-        value = value.tolist()
-    if _is_int(value):
-        return [int(value)]
-    return [int(v) for v in value]
-
 
 class GenerationConfig:
     """The parameters of one generate() call, with transformers' names, defaults and file format."""
@@ -229,10 +124,11 @@ class GenerationConfig:
         """
         name = config_file_name or GENERATION_CONFIG_NAME
         if str(folder).lower().endswith(".gguf") or kwargs.get("gguf_file") or not Path(folder).exists():
-            from ..auto import generation_config_from_pretrained  # a GGUF file or a Hub id: resolve first
+            from ..loading.gguf import GGUFCheckpoint  # numpy and torch, only for a GGUF file or a Hub id
 
             hub_keys = ("gguf_file", "revision", "cache_dir", "local_files_only")
-            located = generation_config_from_pretrained(folder, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
+            resolved = resolve_source(folder, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
+            located = generation_config_of(resolved, GGUFCheckpoint(resolved.gguf_path) if resolved.is_gguf else None)
             located.update(**kwargs)
             return located
         folder = Path(folder)
@@ -310,8 +206,6 @@ class GenerationConfig:
         raise as early as possible. Flags that are set but ignored by the chosen strategy (e.g. temperature with
         greedy decoding) are logged, or raised when `strict=True`.
         """
-        from .config_validation import ignored_flags, problems_of
-
         problems = problems_of(self)
         if problems:
             raise ValueError("invalid generation config: " + "; ".join(problems))
@@ -338,3 +232,19 @@ def _json_ready(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+def generation_config_of(resolved: ResolvedSource, gguf: GGUFCheckpoint | None = None) -> GenerationConfig:
+    """A resolved source's generation config: its generation_config.json, else the GGUF metadata, else the special
+    token ids of config.json, else the defaults."""
+    path = resolved.folder / GENERATION_CONFIG_NAME
+    if not resolved.is_gguf and path.is_file():
+        return GenerationConfig.from_pretrained(resolved.folder)
+    if gguf is not None:
+        return GenerationConfig.from_dict(gguf.generation_config_dict())
+    config_path = resolved.folder / "config.json"
+    if config_path.is_file():
+        source = json.loads(config_path.read_text(encoding="utf-8"))
+        return GenerationConfig.from_dict({k: source[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                                           if source.get(k) is not None})
+    return GenerationConfig()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 
-from .config import _GENERATE_ARGUMENTS, DEFAULTS, _is_int, logger, token_id_list
+from .config_fields import DEFAULTS, GENERATE_ARGUMENTS, is_int
+
+logger = logging.getLogger("tokenmill.generation.config")  # the config's own logger: its warnings read as the config's
 
 _WARNED_PAD_IDS: set = set()  # warn once per value, not at every validate()
 
@@ -32,7 +35,7 @@ def _check_range(problems, name, value, low, high, low_open, high_open):
 def _check_int(problems, name, value, minimum):
     if value is None:
         return
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         problems.append(f"`{name}` must be an integer >= {minimum}, got {value!r}")
 
 
@@ -44,7 +47,7 @@ def _check_ids(problems, name, value, allow_list=True):
         values = value.flatten().tolist() if hasattr(value, "flatten") else value.tolist()
     if isinstance(value, (list, tuple)) and len(value) == 0:
         problems.append(f"`{name}` must not be an empty list")
-    if not all(_is_int(v) and v >= 0 for v in values):
+    if not all(is_int(v) and v >= 0 for v in values):
         problems.append(f"`{name}` must be a non-negative token id{' or a list of them' if allow_list else ''}, "
                         f"got {value!r}")
 
@@ -52,7 +55,7 @@ def _check_ids(problems, name, value, allow_list=True):
 def problems_of(config) -> list[str]:
     p: list[str] = []
     # lengths
-    if config.max_new_tokens is not None and (not _is_int(config.max_new_tokens) or config.max_new_tokens <= 0):
+    if config.max_new_tokens is not None and (not is_int(config.max_new_tokens) or config.max_new_tokens <= 0):
         p.append(f"`max_new_tokens` must be greater than 0, but is {config.max_new_tokens!r}")
     _check_int(p, "max_length", config.max_length, 0)
     _check_int(p, "min_length", config.min_length, 0)
@@ -70,12 +73,12 @@ def problems_of(config) -> list[str]:
     # strategy
     _check_int(p, "num_beams", config.num_beams, 1)
     _check_int(p, "num_return_sequences", config.num_return_sequences, 1)
-    if _is_int(config.num_return_sequences) and config.num_return_sequences > 1:
+    if is_int(config.num_return_sequences) and config.num_return_sequences > 1:
         if (config.num_beams or 1) == 1:
             if not config.do_sample:
                 p.append("Greedy methods (do_sample != True) without beam search do not support "
                          f"`num_return_sequences` different than 1 (got {config.num_return_sequences})")
-        elif _is_int(config.num_beams) and config.num_return_sequences > config.num_beams:
+        elif is_int(config.num_beams) and config.num_return_sequences > config.num_beams:
             p.append(f"`num_return_sequences` ({config.num_return_sequences}) has to be smaller or equal to "
                      f"`num_beams` ({config.num_beams})")
     # sampling
@@ -86,7 +89,7 @@ def problems_of(config) -> list[str]:
         elif t == 0 and config.do_sample:
             p.append("`temperature` is 0 with do_sample=True; set do_sample=False for greedy decoding, "
                      "or use a strictly positive temperature")
-    if config.top_k is not None and (not _is_int(config.top_k) or config.top_k < 0):
+    if config.top_k is not None and (not is_int(config.top_k) or config.top_k < 0):
         p.append(f"`top_k` must be a non-negative integer (0 disables it), got {config.top_k!r}")
     _check_range(p, "top_p", config.top_p, 0.0, 1.0, True, False)
     _check_range(p, "min_p", config.min_p, 0.0, 1.0, False, False)
@@ -101,7 +104,7 @@ def problems_of(config) -> list[str]:
     _check_int(p, "no_repeat_ngram_size", config.no_repeat_ngram_size, 0)
     if config.bad_words_ids is not None:
         ok = isinstance(config.bad_words_ids, list) and config.bad_words_ids and all(
-            isinstance(seq, list) and seq and all(_is_int(t) and t >= 0 for t in seq) for seq in config.bad_words_ids)
+            isinstance(seq, list) and seq and all(is_int(t) and t >= 0 for t in seq) for seq in config.bad_words_ids)
         if not ok:
             p.append(f"`bad_words_ids` must be a non-empty list of non-empty lists of token ids, "
                      f"got {config.bad_words_ids!r}")
@@ -110,7 +113,7 @@ def problems_of(config) -> list[str]:
     for name in ("suppress_tokens", "begin_suppress_tokens"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, (list, tuple)) or
-                                  not all(_is_int(t) and t >= 0 for t in value)):
+                                  not all(is_int(t) and t >= 0 for t in value)):
             p.append(f"`{name}` must be a list of token ids, got {value!r}")
     # special tokens
     _check_ids(p, "eos_token_id", config.eos_token_id)
@@ -118,7 +121,7 @@ def problems_of(config) -> list[str]:
     _check_ids(p, "forced_eos_token_id", config.forced_eos_token_id)
     _check_ids(p, "forced_bos_token_id", config.forced_bos_token_id, allow_list=False)
     if config.pad_token_id is not None:
-        if not _is_int(config.pad_token_id):
+        if not is_int(config.pad_token_id):
             p.append(f"`pad_token_id` must be an integer token id, got {config.pad_token_id!r}")
         elif config.pad_token_id < 0 and config.pad_token_id not in _WARNED_PAD_IDS:
             _WARNED_PAD_IDS.add(config.pad_token_id)
@@ -130,11 +133,11 @@ def problems_of(config) -> list[str]:
             forced = getattr(config, name)
             if forced is None:
                 continue
-            forced_set = {forced} if _is_int(forced) else set(forced) if isinstance(forced, (list, tuple)) else set()
+            forced_set = {forced} if is_int(forced) else set(forced) if isinstance(forced, (list, tuple)) else set()
             if forced_set and forced_set <= suppressed:
                 p.append(f"every token in `{name}` ({sorted(forced_set)}) is also in `suppress_tokens`: "
                          "forcing a suppressed token leaves no valid token")
-    for arg in _GENERATE_ARGUMENTS:
+    for arg in GENERATE_ARGUMENTS:
         if arg in config.__dict__:
             p.append(f"`{arg}` is not a generation config field; pass it to generate() directly")
     return p
@@ -142,7 +145,7 @@ def problems_of(config) -> list[str]:
 
 def _sequence_bias_problems(bias) -> list[str]:
     def ids_ok(ids):
-        return len(ids) > 0 and all(_is_int(t) and t >= 0 for t in ids)
+        return len(ids) > 0 and all(is_int(t) and t >= 0 for t in ids)
 
     def pair_ok(entry):
         return (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (list, tuple))

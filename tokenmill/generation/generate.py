@@ -17,6 +17,7 @@ from ..cache.factory import make_cache
 from .config import GenerationConfig
 from .logits_process import LogitsProcessorList, build_logits_processor
 from .outputs import GenerateDecoderOnlyOutput
+from .sampling import draw
 from .stopping_criteria import StoppingCriteriaList, build_stopping_criteria
 from .vocab_reduce import argmax_rows
 
@@ -70,8 +71,7 @@ def rescales_past_context(config) -> bool:
 
 def _sample_next(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
     if do_sample:
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, num_samples=1).squeeze(1)
+        return draw(torch.softmax(scores, dim=-1))
     return argmax_rows(scores)
 
 

@@ -9,6 +9,7 @@ import numbers
 import torch
 
 from .logits_base import LogitsProcessor
+from .sampling import apply_repetition_penalty
 
 
 def _is_token_id(value) -> bool:
@@ -53,11 +54,7 @@ class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
             input_ids = input_ids.masked_fill(column[None, :] < ignore[:, None], vocab)
         if input_ids.dim() == 1:
             input_ids = input_ids[:, None]
-        # ids beyond the output vocabulary (and ignored positions) land in a spare column that is dropped
-        seen = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
-        seen.scatter_(1, input_ids.clamp(max=vocab), True)
-        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
-        return torch.where(seen[:, :vocab], penalised, scores)
+        return apply_repetition_penalty(scores, input_ids, self.penalty)
 
 
 class NoRepeatNGramLogitsProcessor(LogitsProcessor):

@@ -1,7 +1,8 @@
 """The sampling-only processors ("warpers"): temperature and the truncation rules top-k, top-p, min-p, typical,
 epsilon, eta and top-h. Each matches transformers' class of the same name, including ties and -inf inputs.
 
-All are batched tensor code: one sort / top-k per call, no host synchronisation.
+All are batched tensor code: one sort / top-k per call, no host synchronisation. Temperature, top-k, top-p, min-p
+and typical hold their parameters and call `sampling.py`, whose arithmetic the serving engine shares.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numbers
 import torch
 
 from .logits_base import LogitsProcessor
+from .sampling import apply_min_p, apply_temperature, apply_top_k, apply_top_p, apply_typical
 
 NEG_INF = -float("inf")
 
@@ -42,7 +44,7 @@ class TemperatureLogitsWarper(LogitsProcessor):
         self.temperature = float(temperature)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores / self.temperature
+        return apply_temperature(scores, self.temperature)
 
 
 class TopKLogitsWarper(LogitsProcessor):
@@ -56,8 +58,7 @@ class TopKLogitsWarper(LogitsProcessor):
         self.min_tokens_to_keep = min_tokens_to_keep
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        threshold = _kth_largest(scores, self.top_k)
-        return scores.masked_fill(scores < threshold, self.filter_value)
+        return apply_top_k(scores, self.top_k, filter_value=self.filter_value)
 
 
 class TopPLogitsWarper(LogitsProcessor):
@@ -72,13 +73,7 @@ class TopPLogitsWarper(LogitsProcessor):
         self.filter_value = filter_value
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        # ascending order: the tail whose cumulative mass stays within 1 - top_p is dropped
-        ascending, order = torch.sort(scores, descending=False)
-        mass_below = ascending.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = mass_below <= (1 - self.top_p)
-        drop_sorted[..., -self.min_tokens_to_keep:] = False
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        return scores.masked_fill(drop, self.filter_value)
+        return apply_top_p(scores, self.top_p, self.min_tokens_to_keep, self.filter_value)
 
 
 class MinPLogitsWarper(LogitsProcessor):
@@ -92,12 +87,7 @@ class MinPLogitsWarper(LogitsProcessor):
         self.filter_value = filter_value
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = scores.softmax(dim=-1)
-        threshold = probs.amax(dim=-1, keepdim=True) * self.min_p
-        drop = probs < threshold
-        keep_k = min(self.min_tokens_to_keep, probs.shape[-1])
-        drop.scatter_(-1, torch.topk(probs, keep_k, dim=-1).indices, False)
-        return scores.masked_fill(drop, self.filter_value)
+        return apply_min_p(scores, self.min_p, self.min_tokens_to_keep, self.filter_value)
 
 
 class TypicalLogitsWarper(LogitsProcessor):
@@ -112,16 +102,7 @@ class TypicalLogitsWarper(LogitsProcessor):
         self.filter_value = filter_value
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(scores, dim=-1)
-        entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)
-        distance = (-logp - entropy).abs()
-        distance_sorted, order = torch.sort(distance, descending=False)
-        mass_so_far = scores.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
-        cutoff = (mass_so_far < self.mass).sum(dim=1).clamp_(max=distance_sorted.shape[-1] - 1)
-        drop_sorted = distance_sorted > distance_sorted.gather(1, cutoff[:, None])
-        drop_sorted[..., : self.min_tokens_to_keep] = False
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        return scores.masked_fill(drop, self.filter_value)
+        return apply_typical(scores, self.mass, self.min_tokens_to_keep, self.filter_value)
 
 
 class EpsilonLogitsWarper(LogitsProcessor):

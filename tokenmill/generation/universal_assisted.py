@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .speculative import AssistantDrafter
+from .drafters import AssistantDrafter
 
 
 def _identity_processors(input_ids, scores):

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .system import cpu_flags
+from .cpu import cpu_flags
 
 HERE = Path(__file__).parent
 SOURCES = [HERE / name for name in ("gguf_blocks.c", "gguf_avx512.c", "elementwise.c", "attention.c")]

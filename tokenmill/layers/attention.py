@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import kernels
 from ..cache.base import Cache
+from ..execution.ops import TORCH_OPS, TorchOps
 from .mask import AttentionMask
 from .mlp import FusedProjection, fuse
 from .norm import RMSNorm
@@ -59,8 +59,6 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self._qkv: FusedProjection | None = None
-        # set for models running the GGUF kernels (models/base.py use_native_kernels): decode steps attend in C
-        self.native_kernel = False
 
     def fuse_projections(self) -> None:
         """One [q|k|v] matmul per call instead of three (see FusedProjection); called once weights are loaded."""
@@ -87,11 +85,12 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: AttentionMask,
         cache: Cache | None,
+        ops: TorchOps = TORCH_OPS,
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
-        q, k, v = self.rotated_qkv(hidden, rope)
+        q, k, v = self.rotated_qkv(hidden, rope, ops)
         allowed, is_causal = mask.allowed, mask.is_causal
-        native = self.native_kernel and kernels.attention_applies(q, k, self.softcap)
+        native = ops.attends(q, k, self.softcap)
         slots = None
         if cache is not None:
             layer_cache = cache.layer(self.layer_idx)
@@ -102,7 +101,7 @@ class Attention(nn.Module):
             # the cache may store fewer (window) or more (preallocated) columns than positions seen
             allowed, is_causal = layer_cache.visible_mask(allowed, is_causal, length)
         if native:
-            return self.o_proj(kernels.attention(q, k, v, allowed, is_causal, self.scaling, slots))
+            return self.o_proj(ops.attention(q, k, v, allowed, is_causal, self.scaling, slots))
         if self.attn_implementation == "eager" or self.softcap is not None:
             out = self._eager(q, k, v, allowed, is_causal)
         else:
@@ -113,7 +112,8 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(out)
 
-    def rotated_qkv(self, hidden: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rotated_qkv(self, hidden: torch.Tensor, rope,
+                    ops: TorchOps = TORCH_OPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as [batch, heads, seq, head_dim], q and k normed (if the family does) and rotated."""
         fused = self._fused_qkv() if self.q_norm is None else None
         if fused is not None:  # q and k are adjacent in the fused output: rotate both in one pass
@@ -121,15 +121,15 @@ class Attention(nn.Module):
             qkv = fused(hidden).view(batch, length, -1, self.head_dim).transpose(1, 2)
             qk, v = qkv.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=1)
             if rope is not None:
-                qk = apply_rotary(qk, *rope)
+                qk = apply_rotary(qk, *rope, ops)
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             return q, k, v
         q, k, v = self.project_qkv(hidden)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q, ops), self.k_norm(k, ops)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q, k = apply_rotary(q, *rope, ops), apply_rotary(k, *rope, ops)
         return q, k, v
 
     def _eager(self, q, k, v, allowed, is_causal):

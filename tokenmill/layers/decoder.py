@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..execution.ops import TorchOps
+
 
 class PreNormBlock(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)): Llama, Mistral, Qwen, Phi-3, Mixtral, GPT-2."""
@@ -22,9 +24,9 @@ class PreNormBlock(nn.Module):
         self.sliding_window = sliding_window
         self.rope_key = rope_key
 
-    def forward(self, hidden, rope, mask, cache):
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, mask, cache)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden, rope, mask, cache, ops: TorchOps):
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden, ops), rope, mask, cache, ops)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden, ops), ops)
 
 
 class SandwichBlock(nn.Module):
@@ -44,11 +46,11 @@ class SandwichBlock(nn.Module):
         self.sliding_window = sliding_window
         self.rope_key = rope_key
 
-    def forward(self, hidden, rope, mask, cache):
-        attended = self.self_attn(self.input_layernorm(hidden), rope, mask, cache)
-        hidden = hidden + self.post_attention_layernorm(attended)
-        fed = self.mlp(self.pre_feedforward_layernorm(hidden))
-        return hidden + self.post_feedforward_layernorm(fed)
+    def forward(self, hidden, rope, mask, cache, ops: TorchOps):
+        attended = self.self_attn(self.input_layernorm(hidden, ops), rope, mask, cache, ops)
+        hidden = hidden + self.post_attention_layernorm(attended, ops)
+        fed = self.mlp(self.pre_feedforward_layernorm(hidden, ops), ops)
+        return hidden + self.post_feedforward_layernorm(fed, ops)
 
 
 def layer_types(config, sliding_pattern: int | None = None) -> list[str]:

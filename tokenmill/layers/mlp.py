@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import kernels
+from ..execution.ops import TORCH_OPS, TorchOps
 from .quantized_linear import QuantizedFusedProjection
 
 _ACTIVATIONS = {
@@ -87,20 +87,17 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self.act = activation(act)
         self._gate_up: FusedProjection | None = None
-        # set for models running the GGUF kernels (models/base.py use_native_kernels): SwiGLU in one C pass
-        self.native_kernel = False
 
     def fuse_projections(self) -> None:
         """One [gate|up] matmul per call instead of two (see FusedProjection)."""
         self._gate_up = fuse([self.gate_proj, self.up_proj])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:
         fused = self._gate_up
         if fused is not None and fused.accepts(x) and fused.is_current():
             gate_up = fused(x)
-            native = self.native_kernel and self.act is F.silu and gate_up.is_contiguous()
-            if native and kernels.serves_float32(gate_up):
-                return self.down_proj(kernels.silu_mul(gate_up))
+            if self.act is F.silu:
+                return self.down_proj(ops.silu_mul(gate_up))
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

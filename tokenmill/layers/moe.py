@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..execution.ops import TORCH_OPS, TorchOps
 from .mlp import activation
 
 _PER_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>\w+)\.weight$")
@@ -68,13 +69,13 @@ class SparseMoeBlock(nn.Module):
         self.shared_expert = shared_expert
         self.shared_expert_gate = shared_expert_gate
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:
         shape = hidden.shape
         tokens = hidden.reshape(-1, shape[-1])
         weights, expert_ids = self.gate(tokens)
         out = self.experts(tokens, expert_ids, weights)
         if self.shared_expert is not None:
-            shared = self.shared_expert(tokens)
+            shared = self.shared_expert(tokens, ops)
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(self.shared_expert_gate(tokens)) * shared
             out = out + shared

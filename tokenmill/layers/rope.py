@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import kernels
+from ..execution.ops import TORCH_OPS, TorchOps
 
 
 def _base_inv_freq(base: float, dim: int) -> torch.Tensor:
@@ -125,13 +125,8 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype).unsqueeze(1), signed_sin.to(dtype).unsqueeze(1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor,
+                 ops: TorchOps = TORCH_OPS) -> torch.Tensor:
     """x: [batch, heads, seq, head_dim]; cos/signed_sin from RotaryEmbedding: [batch, 1, seq, rotary_dim]
     (rotary_dim may be < head_dim). Equals x * cos + rotate_half(x) * sin (the usual form), bit for bit."""
-    rotary_dim = cos.shape[-1]
-    if kernels.rotary_applies(x, cos, signed_sin):  # one C pass instead of a roll, two products and a sum
-        return kernels.rotary(x, cos, signed_sin)
-    if rotary_dim == x.shape[-1]:
-        return x * cos + x.roll(rotary_dim // 2, dims=-1) * signed_sin
-    rotated, passthrough = x[..., :rotary_dim], x[..., rotary_dim:]
-    return torch.cat((rotated * cos + rotated.roll(rotary_dim // 2, dims=-1) * signed_sin, passthrough), dim=-1)
+    return ops.rotary(x, cos, signed_sin)

@@ -65,3 +65,9 @@ def resolve(source: str | os.PathLike, gguf_file: str | None = None, revision: s
     if _looks_like_hub_id(str(source)):
         return _from_hub(str(source), gguf_file, revision, cache_dir, local_files_only)
     raise CheckpointNotFoundError(path, "no such file or folder")
+
+
+def resolve_source(source, gguf_file: str | None = None, **hub_kwargs) -> ResolvedSource:
+    """`resolve` with the Hub keywords every `from_pretrained` accepts (revision, cache_dir, local_files_only)."""
+    hub = {k: hub_kwargs.get(k) for k in ("revision", "cache_dir")}
+    return resolve(source, gguf_file=gguf_file, local_files_only=bool(hub_kwargs.get("local_files_only")), **hub)

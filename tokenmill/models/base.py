@@ -6,6 +6,8 @@ An architecture file subclasses CausalLM, builds its layers, and overrides the s
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -14,11 +16,10 @@ from torch import nn
 from ..cache.base import Cache
 from ..cache.dynamic import DynamicCache
 from ..config import ModelConfig
-from ..generation.generate import GenerationMixin
+from ..execution.ops import TORCH_OPS, TorchOps
+from ..execution.policy import ExecutionPolicy, ExecutionPolicyError, dequantized_policy, moved_policy
 from ..layers.attention import Attention
 from ..layers.mask import AttentionMask, build_attention_mask
-from ..layers.mlp import GatedMLP
-from ..layers.norm import RMSNorm
 from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
 from ..layers.rope import RotaryEmbedding
 
@@ -52,7 +53,8 @@ class DecoderModel(nn.Module):
             hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
         return hidden
 
-    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False):
+    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False,
+                ops: TorchOps = TORCH_OPS):
         batch, query_length, _ = hidden.shape
         past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -67,17 +69,20 @@ class DecoderModel(nn.Module):
                 masks[window] = build_attention_mask(
                     attention_mask, past_length, query_length, batch, hidden.device, window
                 )
-            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache)
+            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache, ops)
             if all_hidden is not None:
                 all_hidden.append(hidden)
-        hidden = self.norm(hidden)
+        hidden = self.norm(hidden, ops)
         if all_hidden is not None:
             all_hidden[-1] = hidden
         return hidden, all_hidden
 
 
-class CausalLM(nn.Module, GenerationMixin):
-    """Base of every architecture: `self.model` is a DecoderModel, `self.lm_head` maps to the vocabulary."""
+class CausalLM(nn.Module):
+    """Base of every architecture: `self.model` is a DecoderModel, `self.lm_head` maps to the vocabulary.
+
+    `generate` and `save_pretrained` are composed on by the assembly (assembly/pretrained_model.py), which sits
+    above generation and saving; a model knows nothing of either."""
 
     config: ModelConfig
     model: DecoderModel
@@ -88,12 +93,17 @@ class CausalLM(nn.Module, GenerationMixin):
         super().__init__()
         self.config = config
         self.generation_config = None
+        # how the model runs; the loader replaces this ATen-only default with the policy it chose
+        self.execution_policy = ExecutionPolicy()
 
     # ---- hooks an architecture may override ----
     @classmethod
     def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Turn a checkpoint's tensors into this module's parameter names (drop buffers, fix quirks)."""
-        return {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+        weights = {name: t for name, t in weights.items() if not name.endswith("rotary_emb.inv_freq")}
+        if config.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)  # some checkpoints store the tied copy too
+        return weights
 
     @classmethod
     def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -106,6 +116,15 @@ class CausalLM(nn.Module, GenerationMixin):
     def checkpoint_config(cls, config_dict: dict) -> dict:
         """config.json as transformers expects it for this family (default: ModelConfig's own fields)."""
         return config_dict
+
+    def assemble(self, layers: list[nn.Module], norm: nn.Module, rotaries: dict[str, RotaryEmbedding],
+                 embed_scale: float | None = None, lm_head_bias: bool = False) -> None:
+        """Set up embed → layers → norm → lm_head; an architecture's __init__ builds the parts and calls this."""
+        config = self.config
+        self.model = DecoderModel(nn.Embedding(config.vocab_size, config.hidden_size), layers, norm, rotaries,
+                                  embed_scale=embed_scale)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=lm_head_bias)
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         if not self.config.tie_word_embeddings:
@@ -135,7 +154,8 @@ class CausalLM(nn.Module, GenerationMixin):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         cache = past_key_values if use_cache else None
-        hidden, all_hidden = self.model(hidden, attention_mask, position_ids, cache, output_hidden_states)
+        hidden, all_hidden = self.model(hidden, attention_mask, position_ids, cache, output_hidden_states,
+                                        ops=self.execution_policy.ops)
         if isinstance(logits_to_keep, int):
             kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         else:
@@ -178,23 +198,51 @@ class CausalLM(nn.Module, GenerationMixin):
             self.lm_head = dense_copy(self.lm_head)
         self.tie_weights()
         self.fuse_projections()
-        self.use_native_kernels(False)
+        # dense weights: transformers' arithmetic again, bit for bit (the C kernels that match it still serve)
+        self.execution_policy = dequantized_policy(self.execution_policy)
         return self
 
-    def use_native_kernels(self, enabled: bool) -> None:
-        """RMSNorm, attention and SwiGLU through the C kernels (one call instead of several ATen ops:
-        ~1, ~5 and ~0.5 ms of a SmolLM2 batch-8 decode step). On with the GGUF kernels, whose matmuls already
-        differ from transformers' in summation order; off, a dense model keeps transformers' arithmetic bit for
-        bit (the rotary kernel, which is bit-exact, serves both)."""
-        for module in self.modules():
-            if isinstance(module, (RMSNorm, Attention, GatedMLP)):
-                module.native_kernel = enabled
+    def set_execution_policy(self, policy: ExecutionPolicy) -> None:
+        """Run under another policy (e.g. SDPA instead of the attention kernel); its weight format must be the
+        model's. To change device or dtype, use `to()`, which moves the weights and rebuilds the policy."""
+        held = "gguf-blocks" if self.is_quantized() else "dense"
+        if policy.weight_format != held:
+            raise ExecutionPolicyError(f"the model holds {held} weights; a {policy.weight_format} policy cannot "
+                                       f"run it (dequantize() or reload instead)")
+        self.execution_policy = policy
 
     def to(self, *args, **kwargs):
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is not None and torch.device(device).type != "cpu" and self.is_quantized():
-            self.dequantize()  # the GGUF kernels run on the CPU; elsewhere the weights become float
-        return super().to(*args, **kwargs)
+        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+        before = self.execution_policy
+        after = moved_policy(before, device, dtype if dtype is not None and dtype.is_floating_point else None)
+        changed = [change for change in after.changes_from(before) if not change.startswith(("device", "dtype"))]
+        if changed:
+            warnings.warn(f"tokenmill: moving the model changes its execution policy ({'; '.join(changed)}); "
+                          f"now {after.describe()}", RuntimeWarning, stacklevel=2)
+        if before.weight_format == "gguf-blocks" and after.weight_format == "dense":
+            self.dequantize()  # the GGUF block kernels run on the CPU in float32 only
+        moved = super().to(*args, **kwargs)
+        self.execution_policy = after
+        return moved
+
+    # the shorthands go through to(), so the policy follows them too
+    def cuda(self, device=None):
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def float(self):
+        return self.to(torch.float32)
+
+    def half(self):
+        return self.to(torch.float16)
+
+    def bfloat16(self):
+        return self.to(torch.bfloat16)
+
+    def double(self):
+        return self.to(torch.float64)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
@@ -202,11 +250,20 @@ class CausalLM(nn.Module, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", **unused) -> list[str]:
-        """Write a Hugging Face folder (config.json, safetensors, generation_config.json)."""
-        from ..loading.save import save_pretrained
-
-        return save_pretrained(self, save_directory, max_shard_size=max_shard_size)
+    def early_exit(self, num_layers: int) -> CausalLM:
+        """This model's first `num_layers` decoder layers, then its final norm and lm_head (the drafter of
+        self-speculative decoding). A shallow view: every weight is shared, none copied."""
+        total = len(self.model.layers)
+        if not 0 < num_layers < total:
+            raise ValueError(f"assistant_early_exit must be between 1 and {total - 1} (the model has {total} "
+                             f"layers), got {num_layers}")
+        decoder = copy.copy(self.model)
+        decoder._modules = dict(self.model._modules)  # its own module table, so the original keeps all its layers
+        decoder._modules["layers"] = nn.ModuleList(list(self.model.layers)[:num_layers])
+        view = copy.copy(self)
+        view._modules = dict(self._modules)
+        view._modules["model"] = decoder
+        return view
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:

@@ -1,9 +1,10 @@
-"""What the architecture files share beyond CausalLM: tied-head handling in checkpoints, the assembly of an
-embed → blocks → norm → lm_head model, and (RMSPreNormLM) the Llama-shaped families' common constructor."""
+"""What the architecture files share beyond CausalLM: the `Family` record each declares for the registry, and
+(RMSPreNormLM) the Llama-shaped families' common constructor."""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
 from torch import nn
 
 from ..config import ModelConfig
@@ -12,24 +13,15 @@ from ..layers.decoder import PreNormBlock, layer_windows
 from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
 from ..layers.rope import RotaryEmbedding
-from .base import CausalLM, DecoderModel
+from .base import CausalLM
 
 
-class FamilyLM(CausalLM):
-    @classmethod
-    def sanitize(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        weights = super().sanitize(config, weights)
-        if config.tie_word_embeddings:
-            weights.pop("lm_head.weight", None)  # some checkpoints store the tied copy too
-        return weights
+@dataclass(frozen=True)
+class Family:
+    """One architecture as the registry sees it: each models/<family>.py declares `FAMILY = Family(...)`."""
 
-    def assemble(self, layers: list[nn.Module], norm: nn.Module, rotaries: dict[str, RotaryEmbedding],
-                 embed_scale: float | None = None, lm_head_bias: bool = False) -> None:
-        config = self.config
-        self.model = DecoderModel(nn.Embedding(config.vocab_size, config.hidden_size), layers, norm, rotaries,
-                                  embed_scale=embed_scale)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=lm_head_bias)
-        self.tie_weights()
+    model_type: str  # transformers' config.json `model_type`
+    causal_lm: type  # the CausalLM subclass that runs it
 
 
 def default_rotary(config: ModelConfig, rope_parameters: dict | None = None) -> RotaryEmbedding:
@@ -42,7 +34,7 @@ def uniform_windows(config: ModelConfig) -> list[int | None]:
     return [config.get("sliding_window") or None] * config.num_hidden_layers
 
 
-class RMSPreNormLM(FamilyLM):
+class RMSPreNormLM(CausalLM):
     """Llama-shaped families: RMSNorm → attention, RMSNorm → feed-forward. A family overrides only the hooks
     where it differs (which layers slide, attention options, the feed-forward, the rotary schedule)."""
 

@@ -7,7 +7,8 @@ from ..layers.attention import Attention
 from ..layers.decoder import PreNormBlock
 from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
-from .family import FamilyLM, default_rotary
+from .base import CausalLM
+from .family import Family, default_rotary
 
 
 def gemma_activation(config: ModelConfig) -> str:
@@ -15,7 +16,7 @@ def gemma_activation(config: ModelConfig) -> str:
     return config.get("hidden_activation") or config.hidden_act or "gelu_pytorch_tanh"
 
 
-class GemmaForCausalLM(FamilyLM):
+class GemmaForCausalLM(CausalLM):
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__(config)
         layers = [self.block(config, i, attn_implementation) for i in range(config.num_hidden_layers)]
@@ -33,3 +34,6 @@ class GemmaForCausalLM(FamilyLM):
             RMSNorm(config.hidden_size, config.rms_norm_eps, unit_offset=True),
             RMSNorm(config.hidden_size, config.rms_norm_eps, unit_offset=True),
         )
+
+
+FAMILY = Family("gemma", GemmaForCausalLM)

@@ -8,7 +8,8 @@ from ..layers.attention import Attention
 from ..layers.decoder import SandwichBlock, layer_windows
 from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
-from .family import FamilyLM, default_rotary
+from .base import CausalLM
+from .family import Family, default_rotary
 from .gemma import gemma_activation
 
 
@@ -26,7 +27,7 @@ def sandwich_block(attention: Attention, config: ModelConfig, window: int | None
                          gemma_norm(config), sliding_window=window, rope_key=rope_key)
 
 
-class Gemma2ForCausalLM(FamilyLM):
+class Gemma2ForCausalLM(CausalLM):
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__(config)
         self.final_logit_softcap = config.get("final_logit_softcapping")
@@ -44,3 +45,6 @@ class Gemma2ForCausalLM(FamilyLM):
             attn_implementation=attn_implementation,
         )
         return sandwich_block(attention, config, window)
+
+
+FAMILY = Family("gemma2", Gemma2ForCausalLM)

@@ -7,7 +7,8 @@ from ..config import ModelConfig
 from ..layers.attention import Attention
 from ..layers.decoder import layer_types, layer_windows
 from ..layers.rope import RotaryEmbedding
-from .family import FamilyLM
+from .base import CausalLM
+from .family import Family
 from .gemma2 import gemma_norm, gemma_scaling, sandwich_block
 
 DEFAULT_THETA = {"full_attention": 1_000_000.0, "sliding_attention": 10_000.0}
@@ -28,7 +29,7 @@ def per_layer_type_rope(config: ModelConfig) -> dict[str, dict]:
     return out
 
 
-class Gemma3ForCausalLM(FamilyLM):
+class Gemma3ForCausalLM(CausalLM):
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__(config)
         if config.get("use_bidirectional_attention"):
@@ -58,3 +59,6 @@ class Gemma3ForCausalLM(FamilyLM):
         config_dict = dict(config_dict)
         config_dict.pop("rope_local_base_freq", None)  # now inside rope_parameters["sliding_attention"]
         return config_dict
+
+
+FAMILY = Family("gemma3_text", Gemma3ForCausalLM)

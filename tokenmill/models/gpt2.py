@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..execution.ops import TORCH_OPS, TorchOps
 from ..layers.attention import Attention
 from ..layers.decoder import PreNormBlock
 from ..layers.mlp import activation
-from .base import DecoderModel
-from .family import FamilyLM
+from ..layers.norm import LayerNorm
+from .base import CausalLM, DecoderModel
+from .family import Family
 
 # checkpoint name (after the optional "transformer." prefix) → module name, and whether Conv1D-transposed
 _TOP_NAMES = {"wte.weight": "model.embed_tokens.weight", "wpe.weight": "model.wpe.weight",
@@ -40,7 +42,7 @@ class GPT2MLP(nn.Module):
         self.c_proj = nn.Linear(inner_size, hidden_size)
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:  # no kernel replaces it
         return self.c_proj(self.act(self.c_fc(x)))
 
 
@@ -51,25 +53,26 @@ class GPT2Decoder(DecoderModel):
         super().__init__(embed_tokens, layers, norm, rotaries={})
         self.wpe = wpe
 
-    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False):
+    def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False,
+                ops: TorchOps = TORCH_OPS):
         if position_ids is None:
             past_length = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past_length, past_length + hidden.shape[1], device=hidden.device)[None]
         hidden = hidden + self.wpe(position_ids)
-        return super().forward(hidden, attention_mask, position_ids, cache, output_hidden_states)
+        return super().forward(hidden, attention_mask, position_ids, cache, output_hidden_states, ops)
 
 
-class GPT2LMHeadModel(FamilyLM):
+class GPT2LMHeadModel(CausalLM):
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__(config)
         hidden, eps = config.hidden_size, config.get("layer_norm_epsilon", 1e-5)
         inner = config.get("n_inner") or 4 * hidden
         act = config.get("activation_function", "gelu_new")
         layers = [PreNormBlock(self.attention(config, i, attn_implementation), GPT2MLP(hidden, inner, act),
-                               nn.LayerNorm(hidden, eps), nn.LayerNorm(hidden, eps))
+                               LayerNorm(hidden, eps), LayerNorm(hidden, eps))
                   for i in range(config.num_hidden_layers)]
         positions = nn.Embedding(config.max_position_embeddings, hidden)
-        self.model = GPT2Decoder(nn.Embedding(config.vocab_size, hidden), positions, layers, nn.LayerNorm(hidden, eps))
+        self.model = GPT2Decoder(nn.Embedding(config.vocab_size, hidden), positions, layers, LayerNorm(hidden, eps))
         self.lm_head = nn.Linear(hidden, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -133,3 +136,6 @@ class GPT2LMHeadModel(FamilyLM):
     @classmethod
     def checkpoint_config(cls, config_dict: dict) -> dict:
         return {key: value for key, value in config_dict.items() if key not in _GENERIC_ONLY}
+
+
+FAMILY = Family("gpt2", GPT2LMHeadModel)

@@ -6,10 +6,13 @@ The reference shape that RMSPreNormLM implements; Llama itself differs in nothin
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .family import RMSPreNormLM
+from .family import Family, RMSPreNormLM
 
 
 class LlamaForCausalLM(RMSPreNormLM):
     @staticmethod
     def layer_windows(config: ModelConfig) -> list[int | None]:
         return [None] * config.num_hidden_layers
+
+
+FAMILY = Family("llama", LlamaForCausalLM)

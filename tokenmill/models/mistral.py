@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from .family import RMSPreNormLM, uniform_windows
+from .family import Family, RMSPreNormLM, uniform_windows
 
 
 class MistralForCausalLM(RMSPreNormLM):
     layer_windows = staticmethod(uniform_windows)
+
+
+FAMILY = Family("mistral", MistralForCausalLM)

@@ -7,7 +7,7 @@ import torch
 
 from ..config import ModelConfig
 from ..layers.moe import Experts, SparseMoeBlock, TopKRouter, fuse_expert_weights, split_expert_weights
-from .family import RMSPreNormLM, uniform_windows
+from .family import Family, RMSPreNormLM, uniform_windows
 
 CHECKPOINT_BLOCK, MODULE_BLOCK = ".block_sparse_moe.", ".mlp."
 EXPERT_NAMES = ("w1", "w3", "w2")  # gate, up, down as Mixtral checkpoints call them
@@ -33,3 +33,6 @@ class MixtralForCausalLM(RMSPreNormLM):
     def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         split = split_expert_weights(super().checkpoint_weights(config, weights), *EXPERT_NAMES)
         return {name.replace(MODULE_BLOCK, CHECKPOINT_BLOCK): t for name, t in split.items()}
+
+
+FAMILY = Family("mixtral", MixtralForCausalLM)

@@ -9,7 +9,7 @@ import torch
 
 from ..config import ModelConfig
 from ..layers.rope import RotaryEmbedding
-from .family import RMSPreNormLM, default_rotary, uniform_windows
+from .family import Family, RMSPreNormLM, default_rotary, uniform_windows
 
 _FUSED_QKV = re.compile(r"^(?P<prefix>.+\.self_attn)\.qkv_proj\.(?P<kind>weight|bias)$")
 _FUSED_GATE_UP = re.compile(r"^(?P<prefix>.+\.mlp)\.gate_up_proj\.(?P<kind>weight|bias)$")
@@ -64,3 +64,6 @@ class Phi3ForCausalLM(RMSPreNormLM):
             parts = [weights.pop(f"{prefix}.{p}.weight") for p in ("gate_proj", "up_proj")]
             weights[f"{prefix}.gate_up_proj.weight"] = torch.cat(parts, dim=0)
         return weights
+
+
+FAMILY = Family("phi3", Phi3ForCausalLM)

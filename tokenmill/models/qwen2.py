@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .family import RMSPreNormLM
+from .family import Family, RMSPreNormLM
 
 
 class Qwen2ForCausalLM(RMSPreNormLM):
     @staticmethod
     def attention_options(config: ModelConfig) -> dict:
         return {"qkv_bias": True}
+
+
+FAMILY = Family("qwen2", Qwen2ForCausalLM)

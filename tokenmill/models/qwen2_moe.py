@@ -8,7 +8,7 @@ import torch
 from ..config import ModelConfig
 from ..layers.mlp import GatedMLP
 from ..layers.moe import Experts, SparseMoeBlock, TopKRouter, fuse_expert_weights, split_expert_weights
-from .family import RMSPreNormLM
+from .family import Family, RMSPreNormLM
 
 EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 
@@ -46,3 +46,6 @@ class Qwen2MoeForCausalLM(RMSPreNormLM):
     @classmethod
     def checkpoint_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return split_expert_weights(super().checkpoint_weights(config, weights), *EXPERT_NAMES)
+
+
+FAMILY = Family("qwen2_moe", Qwen2MoeForCausalLM)

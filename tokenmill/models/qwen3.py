@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .family import RMSPreNormLM
+from .family import Family, RMSPreNormLM
 
 
 class Qwen3ForCausalLM(RMSPreNormLM):
@@ -11,3 +11,6 @@ class Qwen3ForCausalLM(RMSPreNormLM):
     def attention_options(config: ModelConfig) -> dict:
         return {"qkv_bias": config.attention_bias, "out_bias": config.attention_bias,
                 "qk_norm_eps": config.rms_norm_eps}
+
+
+FAMILY = Family("qwen3", Qwen3ForCausalLM)

@@ -1,35 +1,42 @@
-"""model_type → architecture class; the one place that knows which families exist."""
+"""model_type → architecture class, discovered from the `FAMILY` each models/<family>.py declares.
+
+Adding a family is one file with a `FAMILY = Family(...)` line (plus its tests); nothing here changes.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from functools import cache
 
 from ..errors import UnsupportedArchitectureError
+from .family import Family
 
-# model_type: (module under tokenmill.models, class name)
-ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "llama": ("llama", "LlamaForCausalLM"),
-    "mistral": ("mistral", "MistralForCausalLM"),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-    "qwen2_moe": ("qwen2_moe", "Qwen2MoeForCausalLM"),
-    "mixtral": ("mixtral", "MixtralForCausalLM"),
-    "gemma": ("gemma", "GemmaForCausalLM"),
-    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
-    "gemma3_text": ("gemma3", "Gemma3ForCausalLM"),
-    "phi3": ("phi3", "Phi3ForCausalLM"),
-    "gpt2": ("gpt2", "GPT2LMHeadModel"),
-}
+_SHARED_MODULES = {"base", "family", "registry", "resize"}  # the package's own machinery, not families
+
+
+@cache
+def families() -> dict[str, Family]:
+    """Every family in this package, by model_type."""
+    found: dict[str, Family] = {}
+    for module_info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        if module_info.name in _SHARED_MODULES:
+            continue
+        family = getattr(importlib.import_module(f"{__package__}.{module_info.name}"), "FAMILY", None)
+        if family is None:
+            continue
+        if family.model_type in found:
+            raise RuntimeError(f"model_type {family.model_type!r} is declared by two families")
+        found[family.model_type] = family
+    return found
 
 
 def supported_model_types() -> list[str]:
-    return sorted(ARCHITECTURES)
+    return sorted(families())
 
 
 def model_class(model_type: str):
-    try:
-        module_name, class_name = ARCHITECTURES[model_type]
-    except KeyError:
-        raise UnsupportedArchitectureError(model_type, ARCHITECTURES) from None
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    return getattr(module, class_name)
+    family = families().get(model_type)
+    if family is None:
+        raise UnsupportedArchitectureError(model_type, families())
+    return family.causal_lm

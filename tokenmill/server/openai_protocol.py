@@ -1,4 +1,4 @@
-"""OpenAI request bodies (pydantic) and their translation into SamplingParams."""
+"""OpenAI request bodies (pydantic) and their translation into SamplingParams (structured output included)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,36 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.sampling_params import SamplingParams, check_structured_output
-from ..generation.constrained import spec_from_openai
 from .errors import APIError
+
+
+def spec_from_openai(response_format: dict | None = None, **guided) -> tuple[str, object] | None:
+    """OpenAI `response_format` ({"type": "json_schema" | "json_object" | "text"}) or vLLM's extra
+    `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` → (kind, value), None when unconstrained."""
+    chosen = {key: value for key, value in guided.items() if value is not None}
+    unknown = set(chosen) - {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}
+    if unknown:
+        raise ValueError(f"unknown structured-output parameter(s): {sorted(unknown)}")
+    kind = (response_format or {}).get("type", "text")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+    if kind != "text":
+        chosen["response_format"] = response_format
+    if len(chosen) > 1:
+        raise ValueError(f"ask for one kind of structured output at a time, got {sorted(chosen)}")
+    if not chosen:
+        return None
+    name, value = next(iter(chosen.items()))
+    if name == "response_format":
+        if kind == "json_object":
+            return "json_schema", {"type": "object"}
+        schema = (value.get("json_schema") or {}).get("schema")
+        if schema is None:
+            raise ValueError("response_format json_schema needs json_schema.schema")
+        return "json_schema", schema
+    kinds = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
+             "guided_grammar": "grammar"}
+    return kinds[name], value
 
 
 class StreamOptions(BaseModel):
@@ -62,13 +90,14 @@ class _Sampling(BaseModel):
             param = chosen[0] if len(chosen) == 1 and response_format is None else "response_format"
             raise APIError(422, str(error), param=param) from None
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None, vocab_size: int) -> SamplingParams:
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None, vocab_size: int) -> SamplingParams:
+        """max_tokens: as requested (None: the server's default, set by validation)."""
         try:
             return self._sampling_params(max_tokens, logprobs, vocab_size)
         except ValueError as error:  # a value the pydantic bounds let through but SamplingParams refuses
             raise APIError(422, str(error)) from None
 
-    def _sampling_params(self, max_tokens: int, logprobs: int | None, vocab_size: int) -> SamplingParams:
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None, vocab_size: int) -> SamplingParams:
         return SamplingParams(
             n=self.n, max_tokens=max_tokens, min_tokens=self.min_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,

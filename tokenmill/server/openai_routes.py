@@ -80,8 +80,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
     prompt = _chat_prompt(state, body)
-    max_tokens = state.resolve_max_tokens(len(prompt), body.requested_max_tokens())
-    params = body.sampling_params(max_tokens, body.logprobs_count(), state.engine.engine.vocab_size)
+    params = state.validate(prompt, body.sampling_params(body.requested_max_tokens(), body.logprobs_count(),
+                                                         state.vocab_size))
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
     tokenizer = state.tokenizer
     outputs = state.stream(prompt, params)
@@ -139,8 +139,8 @@ async def completions(body: CompletionRequest, request: Request):
     if body.suffix:
         raise APIError(422, "suffix is not supported", param="suffix")
     prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
-    limits = [state.resolve_max_tokens(len(p), body.max_tokens) for p in prompts]
-    params = [body.sampling_params(m, body.logprobs, state.engine.engine.vocab_size) for m in limits]
+    requested = body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size)
+    params = [state.validate(p, requested) for p in prompts]
     tokenizer = state.tokenizer
     echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name,

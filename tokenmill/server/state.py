@@ -9,6 +9,7 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from ..engine.async_engine import AsyncEngine
+from ..engine.limits import RequestLimitError, RequestLimits
 from ..engine.outputs import RequestOutput
 from ..engine.sampling_params import SamplingParams
 from .errors import APIError
@@ -29,14 +30,22 @@ class ServerState:
         return self.engine.tokenizer
 
     @property
+    def limits(self) -> RequestLimits:
+        """The engine's limits narrowed by the server's settings."""
+        s = self.settings
+        return self.engine.limits.narrowed(s.max_total_tokens, s.max_input_tokens, s.default_max_tokens)
+
+    @property
     def max_total_tokens(self) -> int:
-        engine = self.engine.engine
-        limit = min(engine.max_model_len, engine.capacity_tokens)
-        return min(limit, self.settings.max_total_tokens or limit)
+        return self.limits.max_total_tokens
 
     @property
     def max_input_tokens(self) -> int:
-        return min(self.max_total_tokens - 1, self.settings.max_input_tokens or self.max_total_tokens - 1)
+        return self.limits.max_input_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_info().vocab_size
 
     def acquire(self) -> None:
         """Admit one generation request: 503 while draining, 429 beyond the concurrency limit."""
@@ -61,29 +70,18 @@ class ServerState:
             raise APIError(422, f"the {what} is empty", param=what)
         return list(self.tokenizer.encode(text))
 
-    def resolve_max_tokens(self, prompt_len: int, requested: int | None) -> int:
-        """Check the prompt and the new-token count against the limits; 422 with the numbers otherwise."""
-        if prompt_len == 0:
-            raise APIError(422, "the prompt is empty (it encodes to zero tokens)", param="prompt")
-        if prompt_len > self.max_input_tokens:
-            raise APIError(422, f"the input has {prompt_len} tokens, more than the limit of "
-                                f"{self.max_input_tokens} input tokens", param="prompt")
-        room = self.max_total_tokens - prompt_len
-        if requested is None:
-            return min(self.settings.default_max_tokens, room)
-        if requested < 1:
-            raise APIError(422, f"max tokens must be at least 1, got {requested}", param="max_tokens")
-        if requested > room:
-            raise APIError(422, f"inputs tokens + max_new_tokens must be <= {self.max_total_tokens}: "
-                                f"the input has {prompt_len} tokens and {requested} new tokens were asked for "
-                                f"({prompt_len + requested} in total)", param="max_tokens")
-        return requested
-
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    def validate(self, prompt_ids: list[int], params: SamplingParams) -> SamplingParams:
+        """The engine's one check against the server's limits; 422 naming the field and the numbers otherwise.
+        Returns `params` with max_tokens resolved (the server's default when the request sets none)."""
         try:
-            self.engine.engine.validate(prompt_ids, params)
+            return self.engine.validate(prompt_ids, params, self.limits)
+        except RequestLimitError as error:
+            raise APIError(422, str(error), param=error.param) from None
         except ValueError as error:
             raise APIError(422, str(error)) from None
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """A validated request's outputs (see `validate`), observed by the metrics."""
         return self.metrics.track(self.engine.generate(prompt_ids, params), len(prompt_ids))
 
 

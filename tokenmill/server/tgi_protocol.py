@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.sampling_params import SamplingParams
-from ..generation.constrained import spec_from_tgi
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 4
@@ -77,14 +76,29 @@ def uses_sampling(p: TGIParameters) -> bool:
     return p.do_sample or warpers
 
 
-def sampling_params(p: TGIParameters, max_new_tokens: int) -> SamplingParams:
+def spec_from_tgi(grammar: dict | None) -> tuple[str, object] | None:
+    """TGI's `grammar` parameter: {"type": "json" | "json_schema" | "regex", "value": ...}."""
+    if grammar is None:
+        return None
+    kind, value = grammar.get("type"), grammar.get("value")
+    if kind == "json":
+        return "json_schema", value
+    if kind == "json_schema":  # {"name": ..., "schema": {...}} or the schema itself
+        return "json_schema", value.get("schema", value) if isinstance(value, dict) else value
+    if kind == "regex":
+        return "regex", value
+    raise ValueError(f"grammar type must be 'json', 'json_schema' or 'regex', got {kind!r}")
+
+
+def sampling_params(p: TGIParameters, max_new_tokens: int | None) -> SamplingParams:
+    """max_new_tokens: as requested (None: the server's default, set by validation)."""
     try:
         return _sampling_params(p, max_new_tokens, spec_from_tgi(p.grammar))
     except ValueError as error:  # a bad grammar: TGI answers 422 validation
         raise APIError(422, f"`grammar`: {error}") from None
 
 
-def _sampling_params(p: TGIParameters, max_new_tokens: int, structured_output) -> SamplingParams:
+def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_output) -> SamplingParams:
     sampled = uses_sampling(p)
     best_of = p.best_of or 1
     top_n = p.top_n_tokens or 0

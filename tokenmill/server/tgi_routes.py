@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from .. import __version__
+from ..version import __version__
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
@@ -56,8 +56,7 @@ def _prepare(state: ServerState, body: GenerateRequest):
     prompt = list(state.tokenizer.encode(body.inputs))
     if p.truncate is not None and len(prompt) > p.truncate:
         prompt = prompt[-p.truncate:]  # TGI keeps the end of the input
-    max_new = state.resolve_max_tokens(len(prompt), p.max_new_tokens)
-    return prompt, sampling_params(p, max_new)
+    return prompt, state.validate(prompt, sampling_params(p, p.max_new_tokens))
 
 
 def _best(final: RequestOutput) -> CompletionOutput:
@@ -159,10 +158,10 @@ async def compat_generate(body: GenerateRequest, request: Request):
 @router.get("/info")
 async def info(request: Request):
     state = _state(request)
-    model = state.engine.engine.runner.model
+    model = state.engine.model_info()
     return {
-        "model_id": state.settings.model_name, "model_sha": None, "model_dtype": str(model.dtype).replace("torch.", ""),
-        "model_device_type": model.device.type, "model_pipeline_tag": "text-generation",
+        "model_id": state.settings.model_name, "model_sha": None, "model_dtype": model.dtype,
+        "model_device_type": model.device_type, "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": state.settings.max_concurrent_requests, "max_best_of": MAX_BEST_OF,
         "max_stop_sequences": MAX_STOP_SEQUENCES, "max_input_tokens": state.max_input_tokens,
         "max_total_tokens": state.max_total_tokens, "max_top_n_tokens": MAX_TOP_N_TOKENS,

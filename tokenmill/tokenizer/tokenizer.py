@@ -14,6 +14,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import processors
 
+from ..errors import CheckpointError
+from ..loading.resolve import resolve_source
 from .batch_encoding import BatchEncoding, to_python
 from .chat_api import ChatTemplateMixin
 from .encoding_options import VERY_LARGE_INTEGER, EncodingOptions, resolve_encoding_options
@@ -147,9 +149,12 @@ class Tokenizer(TokenSurfaceMixin, ChatTemplateMixin):
     @classmethod
     def from_pretrained(cls, source, gguf_file: str | None = None, padding_side: str | None = None, **hub_kwargs):
         """Same as `tokenmill.AutoTokenizer.from_pretrained` (folder, GGUF file or Hub id)."""
-        from ..auto import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, padding_side=padding_side, **hub_kwargs)
+        resolved = resolve_source(source, gguf_file, **hub_kwargs)
+        if resolved.is_gguf:
+            return cls.from_gguf(resolved.gguf_path, padding_side=padding_side)
+        if not (resolved.folder / "tokenizer.json").is_file():
+            raise CheckpointError(resolved.folder, "no tokenizer.json (tokenmill reads fast-tokenizer files)")
+        return cls.from_folder(resolved.folder, padding_side=padding_side)
 
     def save_pretrained(self, folder) -> list[str]:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; transformers loads them back."""

@@ -16,9 +16,10 @@ from models import (test_gemma, test_gemma2, test_gemma3, test_gpt2, test_llama,
                     test_qwen2, test_qwen2_moe, test_qwen3)
 from models.parity import prompt_batch, save_tiny
 from tokenmill import AutoModelForCausalLM, AutoTokenizer
-from tokenmill.loading.save import parse_size
+from tokenmill.assembly.save import parse_size
 
-ATOL = 1e-5
+from numerics import assert_matches_oracle, assert_runs_agree, matmuls, reduction_len
+
 FAMILIES = {
     "llama": (test_llama.tiny_llama_config, transformers.LlamaForCausalLM),
     "mistral": (test_mistral.tiny_config, transformers.MistralForCausalLM),
@@ -40,6 +41,14 @@ def oracle_logits(oracle, vocab_size):
         return ids, mask, oracle(ids, attention_mask=mask).logits
 
 
+def assert_reload_matches(reloaded, oracle, ids, mask=None, label=""):
+    """A reloaded model (either library's) within tests/numerics.py's bound of the original oracle's float64 twin."""
+    with torch.no_grad():
+        logits = reloaded(ids, attention_mask=mask).logits
+    real = mask.bool() if mask is not None else None
+    assert_matches_oracle(logits[real] if real is not None else logits, oracle, ids, real, label, attention_mask=mask)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_save_round_trips_through_both_loaders(tmp_path_factory, family):
     make_config, oracle_class = FAMILIES[family]
@@ -50,14 +59,11 @@ def test_save_round_trips_through_both_loaders(tmp_path_factory, family):
     ours = json.loads((out / "config.json").read_text())
     assert ours["architectures"] == on_disk["architectures"] and ours["model_type"] == on_disk["model_type"]
     assert "dtype" in ours and "torch_dtype" not in ours
-    ids, mask, expected = oracle_logits(pair.oracle, pair.vocab_size)
+    ids, mask, _ = oracle_logits(pair.oracle, pair.vocab_size)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ours_reloaded = AutoModelForCausalLM.from_pretrained(out)
-    with torch.no_grad():
-        real = mask.bool()
-        torch.testing.assert_close(reloaded(ids, attention_mask=mask).logits[real], expected[real], atol=ATOL, rtol=0)
-        torch.testing.assert_close(ours_reloaded(ids, attention_mask=mask).logits[real], expected[real],
-                                   atol=ATOL, rtol=0)
+    assert_reload_matches(reloaded, pair.oracle, ids, mask, f"{family} reloaded by transformers")
+    assert_reload_matches(ours_reloaded, pair.oracle, ids, mask, f"{family} reloaded by tokenmill")
 
 
 def test_checkpoint_layout_is_the_families_own(tmp_path_factory):
@@ -87,18 +93,13 @@ def test_sharded_save_writes_an_index(tmp_path_factory):
     assert all(path.stat().st_size < 40_000 + 20_000 for path in shards)  # one tensor may overflow a shard
     config = json.loads((out / "config.json").read_text())
     assert set(config["rope_parameters"]) == {"full_attention", "sliding_attention"}
-    ids, mask, expected = oracle_logits(pair.oracle, pair.vocab_size)
-    real = mask.bool()
+    ids, mask, _ = oracle_logits(pair.oracle, pair.vocab_size)
     for reloaded in (transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval(),
                      AutoModelForCausalLM.from_pretrained(out)):
-        with torch.no_grad():
-            torch.testing.assert_close(reloaded(ids, attention_mask=mask).logits[real], expected[real], atol=ATOL,
-                                       rtol=0)
+        assert_reload_matches(reloaded, pair.oracle, ids, mask, "sharded")
     pair.load().save_pretrained(out)  # saving again unsharded leaves no stale shard or index behind
     assert sorted(path.name for path in out.glob("model*")) == ["model.safetensors"]
-    with torch.no_grad():
-        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(ids, attention_mask=mask).logits[real],
-                                   expected[real], atol=ATOL, rtol=0)
+    assert_reload_matches(AutoModelForCausalLM.from_pretrained(out), pair.oracle, ids, mask, "unsharded again")
 
 
 def test_model_and_tokenizer_saved_together_load_in_both(tmp_path_factory, smollm2_gguf, hf_smollm2_tokenizer):
@@ -122,11 +123,9 @@ def test_model_and_tokenizer_saved_together_load_in_both(tmp_path_factory, smoll
     assert ours_tokenizer(expected_text, return_tensors="pt").input_ids.tolist() == ids.tolist()
     assert transformers.GenerationConfig.from_pretrained(out).eos_token_id == [2, 0]
     assert AutoModelForCausalLM.from_pretrained(out).generation_config.eos_token_id == [2, 0]
-    with torch.no_grad():
-        expected = pair.oracle(ids).logits
-        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(ids).logits, expected, atol=ATOL, rtol=0)
-        torch.testing.assert_close(transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids)
-                                   .logits, expected, atol=ATOL, rtol=0)
+    assert_reload_matches(AutoModelForCausalLM.from_pretrained(out), pair.oracle, ids, label="tokenmill")
+    assert_reload_matches(transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), pair.oracle, ids,
+                          label="transformers")
 
 
 def test_generation_config_is_saved(tmp_path_factory):
@@ -174,11 +173,10 @@ def test_added_tokens_resize_save_reload(tmp_path_factory, tied):
     for reloaded_tokenizer in reloaded_tokenizers:
         assert reloaded_tokenizer(text).input_ids == [5, 101, 102, 9]
     ids = torch.tensor([[5, 101, 102, 9]])
-    with torch.no_grad():
-        ours = AutoModelForCausalLM.from_pretrained(out)(ids).logits
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(ids).logits
-    assert ours.shape[-1] == 103
-    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+    ours = AutoModelForCausalLM.from_pretrained(out)
+    assert ours.config.vocab_size == 103
+    assert_reload_matches(ours, transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval(), ids,
+                          label="resized")
 
 
 def test_parse_size_reads_transformers_spellings():
@@ -194,16 +192,18 @@ def test_resize_pads_to_a_multiple_and_shrinks(tmp_path_factory):
                                               bos_token_id=1, eos_token_id=2, pad_token_id=0))
     model = pair.load()
     ids = torch.tensor([[5, 17, 33, 8, 44]])
-    # the kept rows are the same bits; logits may differ in the last ulp, as BLAS picks its kernel by the shape
+    # the kept rows are the same bits; BLAS picks its kernel by the shape, so the sums may run in another order:
+    # tests/numerics.py's agreement bound for two float32 runs
     with torch.no_grad():
         before, rows = model(ids).logits, model.get_input_embeddings().weight.clone()
         model.resize_token_embeddings(101, pad_to_multiple_of=64)
         assert model.get_input_embeddings().weight.shape[0] == 128 and model.config.vocab_size == 128
         assert torch.equal(model.get_input_embeddings().weight[:101], rows)
-        torch.testing.assert_close(model(ids).logits[..., :101], before, atol=1e-6, rtol=0)
+        shape = reduction_len(model.config, ids.shape[1]), matmuls(model.config)
+        assert_runs_agree(model(ids).logits[..., :101], before, *shape, "padded vocabulary")
         model.resize_token_embeddings(50)
         assert model.lm_head.weight is model.model.embed_tokens.weight  # Gemma ties its head
         assert torch.equal(model.get_input_embeddings().weight, rows[:50])
-        torch.testing.assert_close(model(ids).logits, before[..., :50], atol=1e-6, rtol=0)
+        assert_runs_agree(model(ids).logits, before[..., :50], *shape, "shrunk vocabulary")
     with pytest.raises(ValueError, match="must be positive"):
         model.resize_token_embeddings(0)

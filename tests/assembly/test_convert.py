@@ -10,10 +10,11 @@ import transformers
 from tokenmill import AutoModelForCausalLM
 from tokenmill.cli import main as cli_main
 from tokenmill.errors import UnsupportedArchitectureError
-from tokenmill.loading.convert import convert_gguf
+from tokenmill.assembly.convert import convert_gguf
+
+from numerics import assert_matches_oracle, assert_runs_agree, matmuls, reduction_len
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
-ATOL = 1e-5  # both sides dequantize the same blocks to float32
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +37,12 @@ def test_transformers_loads_the_folder_with_gguf_logits(converted, hf_smollm2, h
         ids = hf_smollm2_tokenizer(prompt, return_tensors="pt").input_ids
         assert tokenizer(prompt, return_tensors="pt").input_ids.tolist() == ids.tolist()
         with torch.no_grad():
-            torch.testing.assert_close(model(ids).logits, hf_smollm2(ids).logits, atol=ATOL, rtol=0)
+            assert_matches_oracle(model(ids).logits, hf_smollm2, ids, label=f"converted {prompt!r}")
 
 
 def test_tokenmill_loads_the_folder_like_the_gguf(converted, smollm2_gguf, hf_smollm2_tokenizer):
     """The folder holds exactly the GGUF's dequantized weights: bit-identical logits to the GGUF loaded dense, and
-    within the kernels' summation-order tolerance (2e-4, see test_smollm2_real) of the default quantized path."""
+    within tests/numerics.py's agreement bound for two float32 runs of the default quantized path."""
     from_folder = AutoModelForCausalLM.from_pretrained(converted)
     dense = AutoModelForCausalLM.from_pretrained(smollm2_gguf, keep_quantized=False)
     kernels = AutoModelForCausalLM.from_pretrained(smollm2_gguf)
@@ -49,7 +50,8 @@ def test_tokenmill_loads_the_folder_like_the_gguf(converted, smollm2_gguf, hf_sm
     with torch.no_grad():
         logits = from_folder(ids).logits
         assert torch.equal(logits, dense(ids).logits)
-        torch.testing.assert_close(logits, kernels(ids).logits, atol=2e-4, rtol=0)
+        assert_runs_agree(logits, kernels(ids).logits, reduction_len(dense.config, ids.shape[1]), matmuls(dense.config),
+                          "folder against kernels")
     assert from_folder.generation_config.eos_token_id == dense.generation_config.eos_token_id
 
 
@@ -88,4 +90,4 @@ def test_gemma3_round_trip(gemma3_gguf, hf_gemma3, hf_gemma3_tokenizer, tmp_path
         ids = hf_gemma3_tokenizer(prompt, return_tensors="pt").input_ids
         assert tokenizer(prompt, return_tensors="pt").input_ids.tolist() == ids.tolist()
         with torch.no_grad():
-            torch.testing.assert_close(model(ids).logits, hf_gemma3(ids).logits, atol=ATOL, rtol=0)
+            assert_matches_oracle(model(ids).logits, hf_gemma3, ids, label=f"converted {prompt!r}")

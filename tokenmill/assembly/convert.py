@@ -11,6 +11,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from .save import save_pretrained
+from ..execution.policy import ExecutionPolicy
 from .weights import build_model
 
 
@@ -19,7 +20,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     """Write a Hugging Face folder from a GGUF file; returns the written file names."""
     from ..generation.config import GenerationConfig
     from ..tokenizer import Tokenizer
-    from .gguf import GGUFCheckpoint
+    from ..loading.gguf import GGUFCheckpoint
 
     gguf_path, output_dir = Path(gguf_path), Path(output_dir)
     if not gguf_path.is_file():
@@ -30,7 +31,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     config = ModelConfig.from_dict(checkpoint.config_dict())
     weights = checkpoint.state_dict(dtype=dtype, progress=progress)
     # building the model checks every name and shape before anything is written
-    model = build_model(config, weights, source=gguf_path, dtype=dtype)
+    model = build_model(config, weights, source=gguf_path, policy=ExecutionPolicy(dtype=dtype))
     model.generation_config = GenerationConfig.from_dict(checkpoint.generation_config_dict())
     written = save_pretrained(model, output_dir, max_shard_size=max_shard_size, progress=progress)
     written += Tokenizer.from_gguf(gguf_path).save_pretrained(output_dir)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
+from ..execution.policy import ExecutionPolicy, dequantized_policy
 from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
-from ..models.registry import model_class
-from .gguf import one_thread_per_op
+from ..loading.gguf import one_thread_per_op
+from .pretrained_model import pretrained_class
 
 
 def _describe(names, limit: int = 8) -> str:
@@ -58,21 +59,21 @@ def install_quantized(model: torch.nn.Module, weights: dict, dtype: torch.dtype)
     return remaining
 
 
-_INITIALIZERS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-                 "trunc_normal_", "zeros_", "ones_", "constant_")
+_INITIALIZERS = frozenset(getattr(nn.init, name) for name in (
+    "normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+    "trunc_normal_", "zeros_", "ones_", "constant_"))
 
 
-@contextlib.contextmanager
-def _skip_initialization():
-    """Random init of meta tensors is wasted work, and meta `normal_` imports torch._dynamo (~2 s, once)."""
-    originals = {name: getattr(nn.init, name) for name in _INITIALIZERS}
-    for name in _INITIALIZERS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, initializer in originals.items():
-            setattr(nn.init, name, initializer)
+class SkipInitialization(TorchFunctionMode):
+    """Random init of meta tensors is wasted work, and meta `normal_` imports torch._dynamo (~2 s, once).
+
+    A torch-function mode, active on this thread only inside its `with`: nn.init's functions dispatch through
+    it and return their tensor untouched; nothing in torch is rebound, so other threads initialise as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INITIALIZERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def return_freed_memory() -> None:
@@ -84,16 +85,20 @@ def return_freed_memory() -> None:
 
 
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
-                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                attn_implementation: str = "sdpa"):
-    cls = model_class(config.model_type)
+                policy: ExecutionPolicy | None = None):
+    """The model for `weights`, on the policy's device and dtype, holding the policy (default: ATen on the CPU
+    in float32). GGUF blocks (QuantizedWeight) need a policy with weight_format "gguf-blocks"."""
+    policy = policy or ExecutionPolicy()
+    if policy.weight_format == "dense" and any(isinstance(t, QuantizedWeight) for t in weights.values()):
+        raise ValueError(f"GGUF block weights need a gguf-blocks execution policy, got {policy.describe()}")
+    dtype, device = policy.dtype, policy.device
+    cls = pretrained_class(config.model_type)
     weights = cls.sanitize(config, weights)
-    with torch.device("meta"), _skip_initialization():
-        model = cls(config, attn_implementation=attn_implementation)
+    with torch.device("meta"), SkipInitialization():
+        model = cls(config, attn_implementation=policy.attn_implementation)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
     check_weights(source, expected, weights)
-    device = torch.device(device)
     weights = install_quantized(model, weights, dtype)
     converted = {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
                  for name, t in weights.items()}
@@ -101,5 +106,6 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     model.tie_weights()
     with one_thread_per_op():  # fusing copies weights: memory-bound, and immune to a busy second core
         model.reset_non_persistent_buffers()
-    model.use_native_kernels(model.is_quantized())
+    # a GGUF whose every tensor needed dequantizing runs as any dense model
+    model.execution_policy = policy if model.is_quantized() else dequantized_policy(policy)
     return model.eval().requires_grad_(False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from .resolve import ResolvedSource, resolve
-from .safetensors import weight_files
+from ..loading.resolve import ResolvedSource, resolve
+from ..loading.safetensors import weight_files
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -38,8 +38,8 @@ def _summary(config: dict, parameters: int, tensor_types: Counter, tokenizer_con
 
 
 def _describe_gguf(path: Path) -> dict:
-    from .dequant import type_name
-    from .gguf import GGUFCheckpoint
+    from ..loading.dequant import type_name
+    from ..loading.gguf import GGUFCheckpoint
 
     checkpoint = GGUFCheckpoint(path)
     infos = checkpoint.tensors.values()

@@ -1,0 +1,47 @@
+"""AsyncEngine's surface for servers: validate (one limit check), limits, model_info, and generate."""
+
+import asyncio
+
+import pytest
+
+from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
+from tokenmill.engine.async_engine import AsyncEngine
+from tokenmill.engine.limits import RequestLimitError, RequestLimits
+
+
+@pytest.fixture
+def engine(tiny_model):
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)))
+    yield running
+    running.shutdown()
+
+
+def test_limits_and_model_info(engine):
+    assert engine.limits == RequestLimits(64, 63)  # 16 blocks of 4 tokens < the model's 128 positions
+    info = engine.model_info()
+    assert (info.dtype, info.device_type, info.vocab_size, info.kv_blocks, info.block_size) == \
+        ("float32", "cpu", 96, 16, 4)
+
+
+def test_validate_resolves_max_tokens_within_the_given_limits(engine):
+    params = SamplingParams(max_tokens=None, temperature=0)
+    assert engine.validate([1, 2, 3], params).max_tokens == 61
+    assert engine.validate([1, 2, 3], params, engine.limits.narrowed(default_max_tokens=5)).max_tokens == 5
+    asked = SamplingParams(max_tokens=7, temperature=0)
+    assert engine.validate([1, 2, 3], asked) is asked
+    with pytest.raises(RequestLimitError, match="must be <= 9") as refused:
+        engine.validate([1, 2, 3], asked, engine.limits.narrowed(max_total_tokens=9))
+    assert refused.value.param == "max_tokens"
+    with pytest.raises(ValueError, match="out of range"):
+        engine.validate([1, 500], asked)
+
+
+def test_generate_streams_a_validated_request_and_refuses_an_unchecked_bad_one(engine):
+    async def run(prompt, params):
+        return [output async for output in engine.generate(prompt, params)]
+
+    params = engine.validate([1, 2, 3], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    outputs = asyncio.run(run([1, 2, 3], params))
+    assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) == 4
+    with pytest.raises(ValueError, match="exceeds the limit of 64 tokens"):
+        asyncio.run(run([1, 2, 3], SamplingParams(max_tokens=100)))

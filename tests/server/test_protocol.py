@@ -1,0 +1,34 @@
+"""The APIs' structured-output fields → (kind, value) specs, as the protocol modules translate them."""
+
+import pytest
+
+from tokenmill.server.openai_protocol import spec_from_openai
+from tokenmill.server.tgi_protocol import spec_from_tgi
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def test_openai_fields_map_to_specs():
+    wrapped = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+    assert spec_from_openai(wrapped) == ("json_schema", SCHEMA)
+    assert spec_from_openai({"type": "json_object"}) == ("json_schema", {"type": "object"})
+    assert spec_from_openai({"type": "text"}) is None and spec_from_openai() is None
+    assert spec_from_openai(guided_choice=["a", "b"]) == ("choice", ["a", "b"])
+    assert spec_from_openai(guided_regex="[0-9]+") == ("regex", "[0-9]+")
+    assert spec_from_openai(guided_json=SCHEMA) == ("json_schema", SCHEMA)
+    assert spec_from_openai(guided_grammar="start: \"a\"") == ("grammar", "start: \"a\"")
+    with pytest.raises(ValueError, match="one kind"):
+        spec_from_openai(wrapped, guided_regex="a")
+    with pytest.raises(ValueError, match="needs json_schema.schema"):
+        spec_from_openai({"type": "json_schema"})
+    with pytest.raises(ValueError, match="unknown structured-output parameter"):
+        spec_from_openai(guided_xml="<a/>")
+
+
+def test_tgi_grammar_maps_to_specs():
+    assert spec_from_tgi({"type": "json", "value": SCHEMA}) == ("json_schema", SCHEMA)
+    assert spec_from_tgi({"type": "json_schema", "value": {"name": "p", "schema": SCHEMA}}) == ("json_schema", SCHEMA)
+    assert spec_from_tgi({"type": "regex", "value": "a+"}) == ("regex", "a+")
+    assert spec_from_tgi(None) is None
+    with pytest.raises(ValueError, match="grammar type"):
+        spec_from_tgi({"type": "xml", "value": ""})

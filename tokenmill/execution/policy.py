@@ -1,0 +1,161 @@
+"""The execution policy: how a loaded model runs, decided once by the loader from the request and the machine.
+
+One frozen object names the device, the dtype, the weight format, the kernel set, the attention backend and
+the thread count (later the parallel layout). The model holds it (`model.execution_policy`) and hands its kernel
+set to every forward; nothing else in the package switches a layer's arithmetic. A combination that cannot run
+is refused here, with the reason, rather than quietly changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import kernels
+from .ops import ExactOps, NativeOps, TorchOps
+
+WEIGHT_FORMATS = ("dense", "gguf-blocks")
+KERNEL_SETS = ("native", "exact", "torch")
+ATTENTION_BACKENDS = ("sdpa", "eager", "native")
+PARALLEL_LAYOUTS = ("single",)  # one process, one device; tensor parallelism adds its layouts here
+
+_KERNEL_MEANING = {"native": "C kernels (RMSNorm, SwiGLU, rotary, attention)",
+                   "exact": "C kernels only where bit-identical to ATen (rotary)", "torch": "ATen only"}
+
+
+class ExecutionPolicyError(ValueError):
+    """A requested combination of device, dtype, weight format, kernels and attention that cannot run."""
+
+
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    weight_format: str = "dense"  # "gguf-blocks": GGUF block-quantized weights multiplied by the C kernels
+    kernels: str = "torch"  # see KERNEL_SETS / _KERNEL_MEANING
+    attention: str = "sdpa"  # "native": the C kernel where it serves, SDPA elsewhere
+    threads: int = 1  # torch's intra-op threads when the policy was chosen; the C kernels use as many
+    parallel: str = "single"
+
+    def __post_init__(self):
+        object.__setattr__(self, "device", torch.device(self.device))
+        for name, allowed in (("weight_format", WEIGHT_FORMATS), ("kernels", KERNEL_SETS),
+                              ("attention", ATTENTION_BACKENDS), ("parallel", PARALLEL_LAYOUTS)):
+            if getattr(self, name) not in allowed:
+                raise ExecutionPolicyError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.kernels != "torch" and (self.device.type != "cpu" or self.dtype != torch.float32):
+            raise ExecutionPolicyError(f"kernels={self.kernels!r} needs device cpu and dtype float32 (the C kernels "
+                                       f"compute in float32 on the CPU), got {self.device} {_dtype_name(self.dtype)}")
+        if self.weight_format == "gguf-blocks" and self.kernels != "native":
+            raise ExecutionPolicyError(f"GGUF block weights are multiplied by the native kernels; "
+                                       f"kernels={self.kernels!r} needs dense weights")
+        if self.attention == "native" and self.kernels != "native":
+            raise ExecutionPolicyError(f"the native attention kernel belongs to kernels='native', "
+                                       f"not {self.kernels!r}")
+        if self.threads < 1:
+            raise ExecutionPolicyError(f"threads must be at least 1, got {self.threads}")
+
+    @functools.cached_property
+    def ops(self) -> TorchOps:
+        """The kernel set every forward of the model receives."""
+        if self.kernels == "native":
+            return NativeOps(native_attention=self.attention == "native")
+        return ExactOps() if self.kernels == "exact" else TorchOps()
+
+    @property
+    def attn_implementation(self) -> str:
+        """What attention modules fall back to where no kernel serves: SDPA behind the native kernel."""
+        return "sdpa" if self.attention == "native" else self.attention
+
+    def as_dict(self) -> dict:
+        return {"device": str(self.device), "dtype": _dtype_name(self.dtype), "weight_format": self.weight_format,
+                "kernels": self.kernels, "attention": self.attention, "threads": self.threads,
+                "parallel": self.parallel}
+
+    def describe(self) -> str:
+        return (f"{self.device} {_dtype_name(self.dtype)}, {self.weight_format} weights, {self.kernels} kernels "
+                f"({_KERNEL_MEANING[self.kernels]}), {self.attention} attention, {self.threads} thread(s), "
+                f"{self.parallel} device")
+
+    def changes_from(self, other: ExecutionPolicy) -> list[str]:
+        """'field: old → new' for each field that differs, for messages."""
+        mine, theirs = self.as_dict(), other.as_dict()
+        return [f"{name}: {theirs[name]} → {mine[name]}" for name in mine if mine[name] != theirs[name]]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _kernels_missing() -> str | None:
+    """Why the C kernels cannot run here, or None; builds them (once per machine) if they are not built yet."""
+    if kernels.available():
+        return None
+    return "the C kernels are unavailable on this machine (no C compiler, or TOKENMILL_KERNELS=0; see the warning)"
+
+
+def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, gguf: bool = False,
+                  keep_quantized: bool | None = None, kernels: str | None = None,
+                  attn_implementation: str | None = None, threads: int | None = None) -> ExecutionPolicy:
+    """The policy for a request (from_pretrained's arguments) on this machine; compiles the C kernels when it
+    picks them, so the first forward does not.
+
+    keep_quantized (GGUF only): None keeps the blocks where they can run (CPU, float32, kernels built).
+    kernels: None picks native with GGUF blocks, exact for other float32 CPU models, torch elsewhere.
+    attn_implementation: "sdpa" (or None) is the native kernel under native kernels, SDPA otherwise; "eager";
+    "native" asks for the kernel explicitly.
+    """
+    device = torch.device(device)
+    if kernels is not None and kernels not in KERNEL_SETS:
+        raise ExecutionPolicyError(f"kernels must be one of {KERNEL_SETS} or None, got {kernels!r}")
+    if attn_implementation is not None and attn_implementation not in ATTENTION_BACKENDS:
+        raise ExecutionPolicyError(f"attn_implementation must be one of {ATTENTION_BACKENDS}, "
+                                   f"got {attn_implementation!r}")
+    if keep_quantized and not gguf:
+        raise ExecutionPolicyError("keep_quantized=True applies to GGUF checkpoints only (this one is dense)")
+    if keep_quantized and kernels not in (None, "native"):
+        raise ExecutionPolicyError(f"keep_quantized=True needs the native kernels, not kernels={kernels!r}")
+    if attn_implementation == "native" and kernels not in (None, "native"):
+        raise ExecutionPolicyError(f"attn_implementation='native' needs kernels='native', not {kernels!r}")
+    on_cpu32 = device.type == "cpu" and dtype == torch.float32
+    if kernels in ("native", "exact") or keep_quantized or attn_implementation == "native":
+        wanted = kernels or "native"
+        if not on_cpu32:
+            raise ExecutionPolicyError(f"kernels={wanted!r} (asked for by kernels, keep_quantized or "
+                                       f"attn_implementation) runs on the CPU in float32; got device {device} "
+                                       f"with dtype {_dtype_name(dtype)}")
+        missing = _kernels_missing()
+        if missing:
+            raise ExecutionPolicyError(f"kernels={wanted!r} was asked for, but {missing}")
+    if kernels is None and (not on_cpu32 or _kernels_missing()):
+        kernels = "torch"
+    elif kernels is None:
+        kernels = "native" if gguf and keep_quantized is not False else "exact"
+    blocks = gguf and keep_quantized is not False and kernels == "native"
+    native_attention = kernels == "native" and attn_implementation in (None, "sdpa", "native")
+    return ExecutionPolicy(device=device, dtype=dtype, weight_format="gguf-blocks" if blocks else "dense",
+                           kernels=kernels, attention="native" if native_attention else attn_implementation or "sdpa",
+                           threads=threads or torch.get_num_threads())
+
+
+def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: torch.dtype | None) -> ExecutionPolicy:
+    """The policy after `model.to(device, dtype)`: off the CPU or out of float32 the C kernels cannot run, so
+    the weights become dense and the kernels ATen; the attention backend keeps its dense fallback."""
+    device = policy.device if device is None else torch.device(device)
+    dtype = policy.dtype if dtype is None else dtype
+    if device.type == "cpu" and dtype == torch.float32:
+        return dataclasses.replace(policy, device=device, dtype=dtype)
+    return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="torch",
+                               attention=policy.attn_implementation)
+
+
+def dequantized_policy(policy: ExecutionPolicy) -> ExecutionPolicy:
+    """The policy once GGUF blocks become dense float weights: only the C kernels that match ATen bit for bit
+    stay, so the model computes transformers' arithmetic again."""
+    if policy.weight_format == "dense":
+        return policy
+    kernels = "exact" if policy.kernels != "torch" else "torch"
+    return dataclasses.replace(policy, weight_format="dense", kernels=kernels, attention=policy.attn_implementation)
