@@ -53,6 +53,7 @@ def system_main(args: argparse.Namespace) -> int:
     _print_rows([
         ("cpu", f"{info['cpu_model']} ({info['machine']})"),
         ("isa", ", ".join(name for name, present in info["isa"].items() if present) or "baseline"),
+        ("amx", "present" if info["isa"].get("amx") else "absent"),
         ("block kernels", f"{built} (TOKENMILL_KERNEL_ISA={blocks['requested_isa']})"),
         ("gemm dense / prefill", f"{info['gemm']['dense']} / {info['gemm']['prefill']}"),
         ("torch", f"{torch_info['version']}, {torch_info['threads']} threads"),
