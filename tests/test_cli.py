@@ -107,6 +107,20 @@ def test_info_on_hf_folder(monkeypatch, capsys, tmp_path):
     assert info["tensor_types"] == {"BF16": len(model.state_dict())} and info["chat_template"] is False
 
 
+def test_info_system_reports_the_kernels_in_use(monkeypatch, capsys):
+    from tokenmill import kernels
+
+    code, out, _ = run(["info", "--system", "--json"], monkeypatch, capsys)
+    info = json.loads(out)
+    assert code == 0 and info["block_kernels"]["built_isa"] == kernels.build_isa()
+    assert {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx"} <= set(info["isa"])
+    assert info["gemm"]["prefill"] in ("oneDNN", info["gemm"]["dense"]) and info["torch"]["threads"] >= 1
+    code, out, _ = run(["info", "--system"], monkeypatch, capsys)
+    assert code == 0 and f"block kernels         {kernels.build_isa()}" in out and "gemm dense / prefill" in out
+    code, _, err = run(["info", "--system", "model.gguf"], monkeypatch, capsys)
+    assert code == 1 and "give it no checkpoint" in err
+
+
 def test_info_shows_the_execution_policy(monkeypatch, capsys, tmp_path):
     import transformers
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from tokenmill import cli
+from tokenmill import cli, kernels
 from tokenmill.bench.backends import TokenmillBackend
 from tokenmill.bench.limits import search_limit
 from tokenmill.bench.measure import Workload
@@ -87,6 +87,8 @@ def test_environment_models_limits_and_outputs(bench_run):
     report, output = bench_run
     environment = report["environment"]
     assert {"date_utc", "model", "versions", "note", "sweep", "load_average_at_start"} <= set(environment)
+    assert environment["system"]["block_kernels"]["built_isa"] == kernels.build_isa()
+    assert {"cpu_model", "isa", "gemm", "torch"} <= set(environment["system"])
     assert environment["versions"]["transformers"] == transformers.__version__
     assert set(report["models"]) == {"tokenmill float32 sdpa", "transformers float32 sdpa"}
     for info in report["models"].values():

@@ -66,8 +66,8 @@ def test_every_kernel_set_matches_the_oracle(oracle_folder, kernel_set):
 @pytest.fixture
 def kernel_builds(monkeypatch):
     """A list that grows by one each time the kernels library is built or loaded (its cache emptied first)."""
-    builds, real = [], kernels._load
-    monkeypatch.setattr(kernels, "_load", lambda: builds.append(1) or real())
+    builds, real = [], kernels.build.load
+    monkeypatch.setattr(kernels.build, "load", lambda: builds.append(1) or real())
     kernels.library.cache_clear()
     yield builds
     kernels.library.cache_clear()

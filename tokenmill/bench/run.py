@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..version import __version__
+from ..kernels import system
 from .backends import make_backend
 from .limits import default_budget, search_limit
 from .measure import Workload
@@ -44,7 +45,7 @@ def environment(options: BenchOptions) -> dict:
     return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": str(options.source),
             "versions": versions, "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "load_average_at_start": list(load) if load else None, "note": NOISE_NOTE,
-            "sweep": asdict(options.spec)}
+            "sweep": asdict(options.spec), "system": system.describe()}
 
 
 def run_bench(options: BenchOptions) -> dict:

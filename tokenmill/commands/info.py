@@ -1,4 +1,5 @@
-"""`tokenmill info SRC`: architecture, parameter count, dtypes / quant types, context, chat template, special tokens."""
+"""`tokenmill info SRC`: architecture, parameter count, dtypes / quant types, context, chat template, special tokens.
+`tokenmill info --system`: this host's CPU and ISA, the kernels built for it, the GEMM libraries, torch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", default=None, help="folder, .gguf or Hub id (default: embedded SmolLM2)")
     parser.add_argument("--gguf-file", default=None)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--system", action="store_true",
+                        help="describe this machine and the kernels a run uses on it instead of a checkpoint")
     execution = parser.add_argument_group("execution policy (loads the model)")
     execution.add_argument("--execution", action="store_true",
                            help="load the model and show how it would run: device, dtype, weight format, "
@@ -30,6 +33,34 @@ def _human(count: int) -> str:
     return str(count)
 
 
+def _print_rows(rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def system_main(args: argparse.Namespace) -> int:
+    from ..kernels.system import describe
+
+    if args.source is not None or args.gguf_file is not None:
+        raise ValueError("info --system describes this machine: give it no checkpoint")
+    info = describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    blocks, torch_info = info["block_kernels"], info["torch"]
+    built = blocks["built_isa"] or "none (dense float32 weights)"
+    _print_rows([
+        ("cpu", f"{info['cpu_model']} ({info['machine']})"),
+        ("isa", ", ".join(name for name, present in info["isa"].items() if present) or "baseline"),
+        ("amx", "present" if info["isa"].get("amx") else "absent"),
+        ("block kernels", f"{built} (TOKENMILL_KERNEL_ISA={blocks['requested_isa']})"),
+        ("gemm dense / prefill", f"{info['gemm']['dense']} / {info['gemm']['prefill']}"),
+        ("torch", f"{torch_info['version']}, {torch_info['threads']} threads"),
+    ])
+    return 0
+
+
 def _execution_policy(args: argparse.Namespace):
     """The policy the loader chooses for this source and these flags (loading is how to know it for sure)."""
     from ..auto import AutoModelForCausalLM
@@ -41,6 +72,8 @@ def _execution_policy(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.system:
+        return system_main(args)
     from ..assembly.describe import describe
 
     args.model = args.source
@@ -65,7 +98,5 @@ def main(args: argparse.Namespace) -> int:
     ]
     if args.execution:
         rows += [(f"execution {name}", value) for name, value in info["execution_policy"].items()]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    _print_rows(rows)
     return 0

@@ -2,119 +2,40 @@
 float32 ops of the decode step whose ATen dispatch costs more than their arithmetic (elementwise.c), and
 attention read straight from the cache, decode steps and causal prefills alike (attention.c).
 
-The C source is compiled once per machine with the system C compiler and loaded with ctypes; no build step
-at install time and no compiler headers from torch. It links libgomp by soname, so it shares the OpenMP
-runtime torch has already loaded. If no compiler is present (or TOKENMILL_KERNELS=0), `available()` is
-False and callers keep dense float32 weights instead.
+The C source is compiled once per machine (and per TOKENMILL_KERNEL_ISA) with the system C compiler and
+loaded with ctypes (build.py); no build step at install time and no compiler headers from torch. It links
+libgomp by soname, so it shares the OpenMP runtime torch has already loaded. If no compiler is present (or
+TOKENMILL_KERNELS=0), `available()` is False and callers keep dense float32 weights instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
 import subprocess
-import sys
-import tempfile
 import warnings
-from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name)
-           for name in ("gguf_blocks.c", "gguf_avx512.c", "elementwise.c", "attention.c")]
-HEADERS = [Path(__file__).with_name("vector_math.h")]  # not compiled alone, but a change must rebuild
-# no fp contraction: `d * q + m` must round twice, exactly as the torch dequantizers do
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp", "-fPIC",
-         "-shared", "-std=c11"]
-
-def _cache_dir() -> Path:
-    root = os.environ.get("TOKENMILL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tokenmill")
-    return Path(root) / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: a binary built for one CPU may not run on another."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()} {flags}"
-
-
-def _library_path(compiler: str) -> Path:
-    digest = hashlib.sha256()
-    sources = [source.read_bytes() for source in SOURCES + HEADERS]
-    for part in (*sources, " ".join(FLAGS).encode(), compiler.encode(), _cpu_signature().encode()):
-        digest.update(part)
-    return _cache_dir() / f"gguf_blocks-{digest.hexdigest()[:16]}.so"
-
-
-def _compile(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # build beside the target and rename: concurrent processes never load a half-written file
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as handle:
-        partial = Path(handle.name)
-    try:
-        subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-lm", "-o", str(partial)], check=True,
-                       capture_output=True, text=True, timeout=120)
-        os.replace(partial, target)
-    except subprocess.CalledProcessError as error:
-        raise RuntimeError(f"{compiler} failed: {error.stderr.strip()[-400:]}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    library.tm_supports.argtypes = [ctypes.c_int]
-    library.tm_matmul.argtypes = [ptr, i64, ctypes.c_int, i64, i64, ptr, i64, ptr, ctypes.c_int]
-    library.tm_dequant_rows.argtypes = [ptr, i64, ctypes.c_int, i64, ptr, i64, ptr, ctypes.c_int]
-    library.tm_rms_norm.argtypes = [ptr, i64, i64, ptr, ctypes.c_float, ctypes.c_int, ptr, ctypes.c_int]
-    library.tm_attention.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, i64, i64,
-                                     i64, i64, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
-    library.tm_argmax_rows.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
-    library.tm_rotary.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, ctypes.c_int]
-    library.tm_silu_mul.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
-    for function in (library.tm_supports, library.tm_matmul, library.tm_dequant_rows, library.tm_rms_norm,
-                     library.tm_attention, library.tm_argmax_rows, library.tm_rotary, library.tm_silu_mul):
-        function.restype = ctypes.c_int
-    return library
-
-
-def _load() -> ctypes.CDLL:
-    if os.environ.get("TOKENMILL_KERNELS", "1") == "0":
-        raise RuntimeError("disabled by TOKENMILL_KERNELS=0")
-    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
-        raise RuntimeError(f"no kernels for {platform.machine()}")
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    path = _library_path(compiler)
-    if not path.is_file():
-        print(f"tokenmill: compiling the CPU kernels for this machine into {path.parent} (once; ~10 s)",
-              file=sys.stderr, flush=True)
-        _compile(compiler, path)
-    return _bind(ctypes.CDLL(str(path)))
+from . import build
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on first use; None (with one warning) if that is impossible."""
+    """The compiled kernels, built on first use for TOKENMILL_KERNEL_ISA (build.py); None (with one warning)
+    if that is impossible. Call it at model load to compile there rather than in the first forward."""
     try:
-        return _load()
+        return build.load()
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         warnings.warn(f"tokenmill: GGUF kernels unavailable ({error}); using dense float32 weights",
                       RuntimeWarning, stacklevel=3)
         return None
+
+
+def build_isa() -> str | None:
+    """What the loaded kernels were compiled for ("avx512", "avx2" or "scalar"), None without kernels."""
+    lib = library()
+    return None if lib is None else lib.tm_build_isa().decode()
 
 
 def available() -> bool:

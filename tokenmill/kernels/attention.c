@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exports.h"
+#include "target.h"
 #include "vector_math.h"
 
 /* score rows held per task: a block of queries is sized so its scores stay in L2 (64 KiB) */
@@ -50,7 +52,7 @@ static row_view visible_range(const uint8_t *visible, const int64_t *mask_stride
     return row;
 }
 
-#if defined(__AVX512F__)
+#if defined(TM_AVX512)
 
 static const float ZERO_ROW[256] __attribute__((aligned(64)));
 

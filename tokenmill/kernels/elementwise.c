@@ -11,6 +11,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "exports.h"
+#include "target.h"
 #include "vector_math.h"
 
 static void rms_norm_row(const float *x, int64_t dim, const float *w, float eps, int unit_offset, float *out) {
@@ -38,7 +40,7 @@ int tm_rms_norm(const float *x, int64_t rows, int64_t dim, const float *w, float
 }
 
 /* Index of each row's largest value, the first one on ties; a NaN counts as the largest (torch.argmax). */
-#if defined(__AVX512F__)
+#if defined(TM_AVX512)
 static int64_t argmax_row(const float *x, int64_t n) {
     int64_t i = 0;
     __m512 best = _mm512_set1_ps(-INFINITY);
@@ -107,7 +109,7 @@ int tm_silu_mul(const float *gate_up, int64_t rows, int64_t inter, float *out, i
         const float *gate = gate_up + r * 2 * inter, *up = gate + inter;
         float *dst = out + r * inter;
         int64_t i = 0;
-#if defined(__AVX512F__)
+#if defined(TM_AVX512)
         const __m512 one = _mm512_set1_ps(1.0f);
         for (; i + 16 <= inter; i += 16) {
             __m512 g = _mm512_loadu_ps(gate + i);

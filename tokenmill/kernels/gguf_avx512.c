@@ -7,7 +7,11 @@
  */
 #include <stdint.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__F16C__)
+#include "exports.h"
+#include "gguf_types.h"
+#include "target.h"
+
+#if defined(TM_AVX512)
 #include <immintrin.h>
 
 #include "vector_math.h"
@@ -62,20 +66,20 @@ static inline __m512 nibble_values(void) {
     return _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
 }
 
-static inline int dequant_q4_0(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q4_0(const uint8_t *b, __m512 *w) {
     __m512 d = broadcast_half(b);
     lookup_nibbles(_mm512_mul_ps(_mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)), d), b + 2, w);
     return 2;
 }
 
-static inline int dequant_q4_1(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q4_1(const uint8_t *b, __m512 *w) {
     __m512 d, m;
     broadcast_two_halves(b, &d, &m);
     lookup_nibbles(_mm512_add_ps(_mm512_mul_ps(nibble_values(), d), m), b + 4, w);
     return 2;
 }
 
-static inline int dequant_q5_0(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q5_0(const uint8_t *b, __m512 *w) {
     __m512 d = broadcast_half(b), sixteen = _mm512_set1_ps(16.0f);
     uint32_t qh = word_at(b + 2);
     __m512i low, high;
@@ -85,7 +89,7 @@ static inline int dequant_q5_0(const uint8_t *b, __m512 *w) {
     return 2;
 }
 
-static inline int dequant_q5_1(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q5_1(const uint8_t *b, __m512 *w) {
     __m512 d, m;
     broadcast_two_halves(b, &d, &m);
     uint32_t qh = word_at(b + 4);
@@ -96,7 +100,7 @@ static inline int dequant_q5_1(const uint8_t *b, __m512 *w) {
     return 2;
 }
 
-static inline int dequant_q8_0(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q8_0(const uint8_t *b, __m512 *w) {
     __m512 d = broadcast_half(b);
     for (int v = 0; v < 2; v++) {
         __m128i q = _mm_loadu_si128((const __m128i *)(b + 2 + 16 * v));
@@ -105,7 +109,7 @@ static inline int dequant_q8_0(const uint8_t *b, __m512 *w) {
     return 2;
 }
 
-static inline int dequant_q4_k(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q4_K(const uint8_t *b, __m512 *w) {
     const float d = _cvtsh_ss((uint16_t)(b[0] | (b[1] << 8))), dmin = _cvtsh_ss((uint16_t)(b[2] | (b[3] << 8)));
     const uint8_t *p = b + 4, *qs = b + 16;
     for (int sub = 0; sub < 8; sub++) {
@@ -124,7 +128,7 @@ static inline int dequant_q4_k(const uint8_t *b, __m512 *w) {
     return 16;
 }
 
-static inline int dequant_q6_k(const uint8_t *b, __m512 *w) {
+static inline int dequant_Q6_K(const uint8_t *b, __m512 *w) {
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *scales = (const int8_t *)(b + 192);
     const float d = _cvtsh_ss((uint16_t)(b[208] | (b[209] << 8)));
@@ -141,16 +145,14 @@ static inline int dequant_q6_k(const uint8_t *b, __m512 *w) {
     return 16;
 }
 
-/* The block's weights as 16-float vectors; `type` is a compile-time constant at every call site. */
+#define DEQUANT_CASE(NAME, ID, BYTES, ELEMENTS, KERNELS) TM_IF_AVX512_##KERNELS(case ID: return dequant_##NAME(b, w);)
+
+/* The block's weights as 16-float vectors (dequant_<TYPE> for each AVX512 row of gguf_types.h); `type` is a
+ * compile-time constant at every call site, so the switch folds away. */
 static inline __attribute__((always_inline)) int dequant_block(int type, const uint8_t *b, __m512 *w) {
     switch (type) {
-    case 2: return dequant_q4_0(b, w);
-    case 3: return dequant_q4_1(b, w);
-    case 6: return dequant_q5_0(b, w);
-    case 7: return dequant_q5_1(b, w);
-    case 8: return dequant_q8_0(b, w);
-    case 12: return dequant_q4_k(b, w);
-    default: return dequant_q6_k(b, w);
+    TM_GGUF_TYPES(DEQUANT_CASE)
+    default: return 0;
     }
 }
 
@@ -304,27 +306,25 @@ static inline __attribute__((always_inline)) void rows_of(int type, int block_el
     }
 }
 
-#define TYPE_CASE(TYPE, ELEMENTS, BYTES) \
-    case TYPE: rows_of(TYPE, ELEMENTS, BYTES, w, row_bytes, start, end, n_rows, k, x, xp, m, y, scratch); return 0;
+#define ROWS_CASE(NAME, ID, BYTES, ELEMENTS, KERNELS) \
+    TM_IF_AVX512_##KERNELS(case ID: rows_of(ID, ELEMENTS, BYTES, w, row_bytes, start, end, n_rows, k, x, xp, m, y, \
+                                            scratch); return 0;)
+#define HAS_CASE(NAME, ID, BYTES, ELEMENTS, KERNELS) TM_IF_AVX512_##KERNELS(case ID: return 1;)
 
 /* Returns 0 if it computed rows [start, end), -1 if this type has no AVX-512 path. */
 int tm_rows_avx512(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t start, int64_t end,
                    int64_t n_rows, int64_t k, const float *x, const float *xp, int64_t m, float *y, float *scratch) {
     switch (ggml_type) {
-    TYPE_CASE(2, 32, 18)
-    TYPE_CASE(3, 32, 20)
-    TYPE_CASE(6, 32, 22)
-    TYPE_CASE(7, 32, 24)
-    TYPE_CASE(8, 32, 34)
-    TYPE_CASE(12, 256, 144)
-    TYPE_CASE(14, 256, 210)
+    TM_GGUF_TYPES(ROWS_CASE)
     default: return -1;
     }
 }
 
 int tm_has_avx512(int ggml_type) {
-    return ggml_type == 2 || ggml_type == 3 || ggml_type == 6 || ggml_type == 7 || ggml_type == 8
-        || ggml_type == 12 || ggml_type == 14;
+    switch (ggml_type) {
+    TM_GGUF_TYPES(HAS_CASE)
+    default: return 0;
+    }
 }
 
 #else

@@ -6,17 +6,17 @@
  * float32 matmul is the order of the dot-product sums. Memory traffic is the block bytes (4.5 bits per
  * weight for Q4_1), not 32 bits per weight: on a bandwidth-bound CPU decode step that is the speed-up.
  *
- * Built by tokenmill/kernels/__init__.py with -ffp-contract=off, so `d * q + m` rounds twice as torch does;
- * the dot products use explicit fmaf.
+ * Built by tokenmill/kernels/build.py with -ffp-contract=off, so `d * q + m` rounds twice as torch does;
+ * the dot products use explicit fused multiply-adds where the target has them (TM_FMA, target.h).
+ * Each block_<TYPE> below is named after its row in gguf_types.h, which lists the types served here.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum {
-    T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
-    T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_IQ4_NL = 20, T_IQ4_XS = 23,
-};
+#include "exports.h"
+#include "gguf_types.h"
+#include "target.h"
 
 static const float IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
@@ -36,13 +36,13 @@ static inline float half_at(const uint8_t *p) {
     return out.f;
 }
 
-static void block_q8_0(const uint8_t *b, float *out) {
+static void block_Q8_0(const uint8_t *b, float *out) {
     const float d = half_at(b);
     const int8_t *q = (const int8_t *)(b + 2);
     for (int j = 0; j < 32; j++) out[j] = (float)q[j] * d;
 }
 
-static void block_q4_0(const uint8_t *b, float *out) {
+static void block_Q4_0(const uint8_t *b, float *out) {
     const float d = half_at(b);
     const uint8_t *qs = b + 2;
     for (int j = 0; j < 16; j++) {
@@ -51,7 +51,7 @@ static void block_q4_0(const uint8_t *b, float *out) {
     }
 }
 
-static void block_q4_1(const uint8_t *b, float *out) {
+static void block_Q4_1(const uint8_t *b, float *out) {
     const float d = half_at(b), m = half_at(b + 2);
     const uint8_t *qs = b + 4;
     for (int j = 0; j < 16; j++) {
@@ -70,21 +70,21 @@ static inline void five_bit(const uint8_t *qh_bytes, const uint8_t *qs, int *q) 
     }
 }
 
-static void block_q5_0(const uint8_t *b, float *out) {
+static void block_Q5_0(const uint8_t *b, float *out) {
     const float d = half_at(b);
     int q[32];
     five_bit(b + 2, b + 6, q);
     for (int j = 0; j < 32; j++) out[j] = ((float)q[j] - 16.0f) * d;
 }
 
-static void block_q5_1(const uint8_t *b, float *out) {
+static void block_Q5_1(const uint8_t *b, float *out) {
     const float d = half_at(b), m = half_at(b + 2);
     int q[32];
     five_bit(b + 4, b + 8, q);
     for (int j = 0; j < 32; j++) out[j] = (float)q[j] * d + m;
 }
 
-static void block_q2_k(const uint8_t *b, float *out) {
+static void block_Q2_K(const uint8_t *b, float *out) {
     const uint8_t *scales = b, *qs = b + 16;
     const float d = half_at(b + 80), dmin = half_at(b + 82);
     for (int e = 0; e < 256; e++) {
@@ -95,7 +95,7 @@ static void block_q2_k(const uint8_t *b, float *out) {
     }
 }
 
-static void block_q3_k(const uint8_t *b, float *out) {
+static void block_Q3_K(const uint8_t *b, float *out) {
     const uint8_t *hmask = b, *qs = b + 32, *packed = b + 96;
     const float d = half_at(b + 108);
     float dl[16];
@@ -123,7 +123,7 @@ static inline void k_scale_min(const uint8_t *p, float *scale, float *minimum) {
     }
 }
 
-static void block_q4_k(const uint8_t *b, float *out) {
+static void block_Q4_K(const uint8_t *b, float *out) {
     const float d = half_at(b), dmin = half_at(b + 2);
     float scale[8], minimum[8];
     k_scale_min(b + 4, scale, minimum);
@@ -136,7 +136,7 @@ static void block_q4_k(const uint8_t *b, float *out) {
     }
 }
 
-static void block_q5_k(const uint8_t *b, float *out) {
+static void block_Q5_K(const uint8_t *b, float *out) {
     const float d = half_at(b), dmin = half_at(b + 2);
     float scale[8], minimum[8];
     k_scale_min(b + 4, scale, minimum);
@@ -152,7 +152,7 @@ static void block_q5_k(const uint8_t *b, float *out) {
     }
 }
 
-static void block_q6_k(const uint8_t *b, float *out) {
+static void block_Q6_K(const uint8_t *b, float *out) {
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *scales = (const int8_t *)(b + 192);
     const float d = half_at(b + 208);
@@ -165,7 +165,7 @@ static void block_q6_k(const uint8_t *b, float *out) {
     }
 }
 
-static void block_iq4_nl(const uint8_t *b, float *out) {
+static void block_IQ4_NL(const uint8_t *b, float *out) {
     const float d = half_at(b);
     const uint8_t *qs = b + 2;
     for (int j = 0; j < 16; j++) {
@@ -174,7 +174,7 @@ static void block_iq4_nl(const uint8_t *b, float *out) {
     }
 }
 
-static void block_iq4_xs(const uint8_t *b, float *out) {
+static void block_IQ4_XS(const uint8_t *b, float *out) {
     const float d = half_at(b);
     const uint32_t high_bits = (uint32_t)b[2] | ((uint32_t)b[3] << 8);
     const uint8_t *low_bits = b + 4, *qs = b + 8;
@@ -190,10 +190,6 @@ static void block_iq4_xs(const uint8_t *b, float *out) {
     }
 }
 
-int tm_rows_avx512(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t start, int64_t end,
-                   int64_t n_rows, int64_t k, const float *x, const float *xp, int64_t m, float *y, float *scratch);
-int tm_has_avx512(int ggml_type);
-
 typedef void (*block_fn)(const uint8_t *, float *);
 
 typedef struct {
@@ -201,23 +197,34 @@ typedef struct {
     int elements, bytes;
 } block_kind;
 
+#define KIND_CASE(NAME, ID, BYTES, ELEMENTS, KERNELS) \
+    TM_IF_BLOCKS_##KERNELS(case ID: *kind = (block_kind){block_##NAME, ELEMENTS, BYTES}; return 1;)
+
 static int kind_of(int ggml_type, block_kind *kind) {
     switch (ggml_type) {
-    case T_Q4_0: *kind = (block_kind){block_q4_0, 32, 18}; return 1;
-    case T_Q4_1: *kind = (block_kind){block_q4_1, 32, 20}; return 1;
-    case T_Q5_0: *kind = (block_kind){block_q5_0, 32, 22}; return 1;
-    case T_Q5_1: *kind = (block_kind){block_q5_1, 32, 24}; return 1;
-    case T_Q8_0: *kind = (block_kind){block_q8_0, 32, 34}; return 1;
-    case T_Q2_K: *kind = (block_kind){block_q2_k, 256, 84}; return 1;
-    case T_Q3_K: *kind = (block_kind){block_q3_k, 256, 110}; return 1;
-    case T_Q4_K: *kind = (block_kind){block_q4_k, 256, 144}; return 1;
-    case T_Q5_K: *kind = (block_kind){block_q5_k, 256, 176}; return 1;
-    case T_Q6_K: *kind = (block_kind){block_q6_k, 256, 210}; return 1;
-    case T_IQ4_NL: *kind = (block_kind){block_iq4_nl, 32, 18}; return 1;
-    case T_IQ4_XS: *kind = (block_kind){block_iq4_xs, 256, 136}; return 1;
+    TM_GGUF_TYPES(KIND_CASE)
     default: return 0;
     }
 }
+
+#define BYTES_CASE(NAME, ID, BYTES, ELEMENTS, KERNELS) case ID: return BYTES;
+#define ELEMENTS_CASE(NAME, ID, BYTES, ELEMENTS, KERNELS) case ID: return ELEMENTS;
+
+int tm_block_bytes(int ggml_type) {
+    switch (ggml_type) {
+    TM_GGUF_TYPES(BYTES_CASE)
+    default: return 0;
+    }
+}
+
+int tm_block_elements(int ggml_type) {
+    switch (ggml_type) {
+    TM_GGUF_TYPES(ELEMENTS_CASE)
+    default: return 0;
+    }
+}
+
+const char *tm_build_isa(void) { return TM_BUILD_ISA; }
 
 int tm_supports(int ggml_type) {
     block_kind kind;
@@ -228,11 +235,11 @@ static inline void dequant_row(const uint8_t *row, const block_kind *kind, int64
     for (int64_t e = 0; e < k; e += kind->elements, row += kind->bytes) kind->dequant(row, out + e);
 }
 
-/* sum a[i] * b[i] over k (a multiple of 32), with 32 independent lanes: vectorizes to two zmm FMAs */
+/* sum a[i] * b[i] over k (a multiple of 32), with 32 independent lanes: vectorizes to two zmm (four ymm) FMAs */
 static inline float dot(const float *restrict a, const float *restrict b, int64_t k) {
     float lanes[32] = {0};
     for (int64_t i = 0; i < k; i += 32)
-        for (int j = 0; j < 32; j++) lanes[j] = __builtin_fmaf(a[i + j], b[i + j], lanes[j]);
+        for (int j = 0; j < 32; j++) lanes[j] = TM_FMA(a[i + j], b[i + j], lanes[j]);
     for (int width = 16; width >= 1; width /= 2)
         for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
     return lanes[0];

@@ -2,7 +2,9 @@
 #ifndef TOKENMILL_VECTOR_MATH_H
 #define TOKENMILL_VECTOR_MATH_H
 
-#if defined(__AVX512F__)
+#include "target.h"
+
+#if defined(TM_AVX512)
 #include <immintrin.h>
 
 /* exp(x) for x <= 0: 2^n * e^r with |r| <= ln2/2 and a degree-7 Taylor polynomial (error below 3e-9, under

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import kernels
+from ..kernels.system import ONEDNN_LINEAR
 
 # above this many activation rows (a long prefill) one dense matmul over the dequantized weight is faster
 DENSE_ABOVE_ROWS = 96
@@ -60,9 +61,6 @@ def _dequantized_in_scratch(weight: QuantizedWeight) -> torch.Tensor:
         buffer = _scratch.buffer = torch.empty(need, dtype=torch.float32)
     return kernels.dequantize_rows(weight.blocks, weight.ggml_type, weight.in_features,
                                    out=buffer[:need].view(weight.shape))
-
-
-ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -11,6 +11,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from ..kernels.gguf_types import TYPES as BLOCK_TYPES
+
 QK_K = 256  # elements in a "K-quant" super-block
 
 # llama.cpp's non-linear 4-bit code book, shared by IQ4_NL and IQ4_XS
@@ -27,40 +29,9 @@ class GGMLType(NamedTuple):
     block_bytes: int
 
 
-GGML_TYPES: dict[int, GGMLType] = {
-    0: GGMLType("F32", 1, 4),
-    1: GGMLType("F16", 1, 2),
-    2: GGMLType("Q4_0", 32, 18),
-    3: GGMLType("Q4_1", 32, 20),
-    6: GGMLType("Q5_0", 32, 22),
-    7: GGMLType("Q5_1", 32, 24),
-    8: GGMLType("Q8_0", 32, 34),
-    9: GGMLType("Q8_1", 32, 36),
-    10: GGMLType("Q2_K", QK_K, 84),
-    11: GGMLType("Q3_K", QK_K, 110),
-    12: GGMLType("Q4_K", QK_K, 144),
-    13: GGMLType("Q5_K", QK_K, 176),
-    14: GGMLType("Q6_K", QK_K, 210),
-    15: GGMLType("Q8_K", QK_K, 292),
-    16: GGMLType("IQ2_XXS", QK_K, 66),
-    17: GGMLType("IQ2_XS", QK_K, 74),
-    18: GGMLType("IQ3_XXS", QK_K, 98),
-    19: GGMLType("IQ1_S", QK_K, 50),
-    20: GGMLType("IQ4_NL", 32, 18),
-    21: GGMLType("IQ3_S", QK_K, 110),
-    22: GGMLType("IQ2_S", QK_K, 82),
-    23: GGMLType("IQ4_XS", QK_K, 136),
-    24: GGMLType("I8", 1, 1),
-    25: GGMLType("I16", 1, 2),
-    26: GGMLType("I32", 1, 4),
-    27: GGMLType("I64", 1, 8),
-    28: GGMLType("F64", 1, 8),
-    29: GGMLType("IQ1_M", QK_K, 56),
-    30: GGMLType("BF16", 1, 2),
-    34: GGMLType("TQ1_0", QK_K, 54),
-    35: GGMLType("TQ2_0", QK_K, 66),
-    39: GGMLType("MXFP4", 32, 17),
-}
+# ids and block sizes from the one table the C kernels are built from (kernels/gguf_types.h)
+GGML_TYPES: dict[int, GGMLType] = {type_id: GGMLType(block.name, block.block_elements, block.block_bytes)
+                                   for type_id, block in BLOCK_TYPES.items()}
 
 # plain element types: the bytes are reinterpreted, not unpacked
 PLAIN_DTYPES = {
