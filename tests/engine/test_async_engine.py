@@ -3,10 +3,12 @@
 import asyncio
 
 import pytest
+import torch
 
 from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
 from tokenmill.engine.async_engine import AsyncEngine
 from tokenmill.engine.limits import RequestLimitError, RequestLimits
+from tokenmill.engine.thread_tuner import ThreadTuner
 
 
 @pytest.fixture
@@ -45,3 +47,27 @@ def test_generate_streams_a_validated_request_and_refuses_an_unchecked_bad_one(e
     assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) == 4
     with pytest.raises(ValueError, match="exceeds the limit of 64 tokens"):
         asyncio.run(run([1, 2, 3], SamplingParams(max_tokens=100)))
+
+
+def test_the_tuners_thread_count_is_the_models_execution_policy(tiny_model):
+    """The tuner changes threads through the policy, and the runner applies the policy: after each step the
+    engine thread's torch count and `model.execution_policy.threads` agree on the tuner's choice."""
+    loaded = tiny_model.execution_policy
+    target = 1 if loaded.threads != 1 else 2
+    seen = []
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)),
+                          on_step=lambda engine, seconds: seen.append(
+                              (torch.get_num_threads(), engine.runner.model.execution_policy.threads)),
+                          tuner=ThreadTuner([target]))
+
+    async def run():
+        params = running.validate([1, 2, 3], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+        return [output async for output in running.generate([1, 2, 3], params)]
+
+    try:
+        assert asyncio.run(run())[-1].finished
+        assert seen and all(pair == (target, target) for pair in seen)
+        assert tiny_model.execution_policy == loaded.with_threads(target)
+    finally:
+        running.shutdown()
+        tiny_model.set_execution_policy(loaded)
