@@ -385,6 +385,14 @@ def test_unknown_architecture(tmp_path):
     assert "odd.gguf" in str(error.value)
 
 
+def test_without_architecture_specs_only_the_metadata_is_read(tmp_path, tiny_llama_bytes):
+    """The tokenizer and generation config need no family; the config and weights do, from the caller's table."""
+    checkpoint = GGUFCheckpoint(write_bytes(tmp_path, tiny_llama_bytes))
+    assert checkpoint.architecture == "llama" and checkpoint.generation_config_dict()["eos_token_id"] == 2
+    with pytest.raises(TypeError, match="opened without architecture specs"):
+        checkpoint.config_dict()
+
+
 def retyped(data: bytes, tensor_name: bytes, new_type: int) -> bytes:
     """The file with one tensor-table entry's ggml type id replaced (the 4 bytes after its dimensions)."""
     at = data.index(struct.pack("<Q", len(tensor_name)) + tensor_name) + 8 + len(tensor_name)
