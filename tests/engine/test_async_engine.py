@@ -3,10 +3,12 @@
 import asyncio
 
 import pytest
+import torch
 
 from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
 from tokenmill.engine.async_engine import AsyncEngine
 from tokenmill.engine.limits import RequestLimitError, RequestLimits
+from tokenmill.engine.thread_tuner import ThreadTuner
 
 
 @pytest.fixture
@@ -61,12 +63,13 @@ class _FakeStepClock:
 
 
 @pytest.fixture
-def restore_torch_threads():
+def restore_torch_threads(tiny_model):
     import torch
 
-    before = torch.get_num_threads()
+    before, policy = torch.get_num_threads(), tiny_model.execution_policy
     yield
     torch.set_num_threads(before)
+    tiny_model.set_execution_policy(policy)  # the tuner changes threads through the model's policy
 
 
 def test_the_thread_tuner_switches_the_engine_thread_to_the_faster_count(tiny_model, monkeypatch,
@@ -123,3 +126,27 @@ def test_the_engine_reports_each_steps_threads_and_tokens_to_the_tuner(tiny_mode
         running.shutdown()
     assert [threads for threads, _ in tuner.recorded] == tuner.handed_out == [1, 2, 1, 2]
     assert [tokens for _, tokens in tuner.recorded] == [4, 2, 1, 1]  # two prompt chunks, then one token a step
+
+
+def test_the_tuners_thread_count_is_the_models_execution_policy(tiny_model):
+    """The tuner changes threads through the policy, and the runner applies the policy: after each step the
+    engine thread's torch count and `model.execution_policy.threads` agree on the tuner's choice."""
+    loaded = tiny_model.execution_policy
+    target = 1 if loaded.threads != 1 else 2
+    seen = []
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)),
+                          on_step=lambda engine, seconds: seen.append(
+                              (torch.get_num_threads(), engine.runner.model.execution_policy.threads)),
+                          tuner=ThreadTuner([target]))
+
+    async def run():
+        params = running.validate([1, 2, 3], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+        return [output async for output in running.generate([1, 2, 3], params)]
+
+    try:
+        assert asyncio.run(run())[-1].finished
+        assert seen and all(pair == (target, target) for pair in seen)
+        assert tiny_model.execution_policy == loaded.with_threads(target)
+    finally:
+        running.shutdown()
+        tiny_model.set_execution_policy(loaded)

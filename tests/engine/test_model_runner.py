@@ -82,3 +82,19 @@ def test_split_rows_give_transformers_logits(tiny_model, hf_tiny, monkeypatch, s
         if index in every:
             assert_matches_oracle(every_position[index], hf_tiny, ids, (0, slice(chunk.start, None)),
                                   f"chunk {index} every position")
+
+
+def test_an_engine_step_runs_on_the_execution_policys_threads(tiny_model):
+    from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
+
+    loaded, before = tiny_model.execution_policy, torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    tiny_model.set_execution_policy(loaded.with_threads(target))
+    try:
+        engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4))
+        engine.add_request("a", [1, 2, 3], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+        engine.step()
+        assert torch.get_num_threads() == target
+    finally:
+        tiny_model.set_execution_policy(loaded)
+        torch.set_num_threads(before)

@@ -8,6 +8,7 @@ import torch
 from tokenmill.engine import LLM, SamplingParams
 from tokenmill.engine.sampler import choice_seed, choose_tokens, sampling_probs
 from tokenmill.engine.sequence import Sequence
+from tokenmill.execution.ops import TORCH_OPS
 
 PROMPT = [5, 17, 42, 8, 8, 63, 17, 90, 3, 42, 11]
 # (engine parameters, the same for generate()); top_k=0 turns generate()'s default top_k=50 off
@@ -36,7 +37,7 @@ def _assert_engine_distributions_match(out, engine_kwargs):
     for step, (raw, processed) in enumerate(zip(out.logits, out.scores)):
         seq = Sequence("r", 0, list(PROMPT), params)
         seq.output_token_ids = generated[:step]
-        ours = sampling_probs(raw.float(), [seq], eos_ids=[])
+        ours = sampling_probs(raw.float(), [seq], eos_ids=[], ops=TORCH_OPS)
         expected = processed.float().softmax(-1)
         assert torch.equal(torch.isfinite(ours.log()), torch.isfinite(expected.log())), f"step {step}: support"
         torch.testing.assert_close(ours, expected, rtol=0, atol=0, msg=f"step {step}")
@@ -81,12 +82,12 @@ def _batch():
 
 def test_a_batch_samples_each_row_as_it_would_alone():
     logits = torch.randn(5, 96, generator=torch.Generator().manual_seed(0)) * 3
-    together = sampling_probs(logits, _batch(), eos_ids=[2])
-    alone = torch.cat([sampling_probs(logits[i:i + 1], [seq], eos_ids=[2]) for i, seq in enumerate(_batch())])
+    together = sampling_probs(logits, _batch(), eos_ids=[2], ops=TORCH_OPS)
+    alone = torch.cat([sampling_probs(logits[i:i + 1], [seq], eos_ids=[2], ops=TORCH_OPS) for i, seq in enumerate(_batch())])
     assert torch.equal(together, alone)
     assert together[3, 9] == 0 and together[4, 2] == 0 and together[4, 7] == 0  # bias -100, min_tokens
-    tokens = choose_tokens(logits, _batch(), eos_ids=[2])
-    assert tokens == [choose_tokens(logits[i:i + 1], [seq], eos_ids=[2])[0] for i, seq in enumerate(_batch())]
+    tokens = choose_tokens(logits, _batch(), eos_ids=[2], ops=TORCH_OPS)
+    assert tokens == [choose_tokens(logits[i:i + 1], [seq], eos_ids=[2], ops=TORCH_OPS)[0] for i, seq in enumerate(_batch())]
 
 
 def test_choice_seeds_never_collide():

@@ -203,3 +203,22 @@ def test_set_execution_policy_refuses_another_weight_format(oracle_folder):
     assert model.execution_policy is sdpa and not model.execution_policy.ops.native_attention
     with pytest.raises(ExecutionPolicyError, match="holds dense weights"):
         model.set_execution_policy(dataclasses.replace(sdpa, weight_format="gguf-blocks"))
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel_set", ["torch", "exact"])
+def test_greedy_decoding_takes_its_argmax_from_the_models_kernel_set(oracle_folder, monkeypatch, kernel_set):
+    """kernels="torch" never reaches the C argmax (so never builds the kernels at the first greedy step); the
+    kernel sets with C kernels take it; the tokens are the same either way."""
+    _, folder = oracle_folder
+    model = load(folder, kernels=kernel_set)
+    calls = []
+    exact_argmax = kernels.argmax
+    monkeypatch.setattr(kernels, "argmax", lambda scores: calls.append(scores.shape) or exact_argmax(scores))
+    reference = load(folder, kernels="torch")
+    with torch.no_grad():
+        tokens = model.generate(IDS, max_new_tokens=3, do_sample=False)
+    assert (len(calls) > 0) == (kernel_set != "torch")
+    monkeypatch.setattr(kernels, "argmax", exact_argmax)
+    with torch.no_grad():
+        assert torch.equal(tokens, reference.generate(IDS, max_new_tokens=3, do_sample=False))

@@ -110,3 +110,17 @@ def test_moving_and_dequantizing_rebuild_the_policy():
     assert (dense.weight_format, dense.kernels, dense.attention) == ("dense", "exact", "sdpa")
     native_dense = ExecutionPolicy(kernels="native")
     assert dequantized_policy(native_dense) is native_dense  # nothing to dequantize, nothing changes
+
+
+def test_with_threads_changes_only_the_thread_count_and_apply_sets_torchs():
+    policy = ExecutionPolicy(weight_format="gguf-blocks", kernels="native", attention="native", threads=3)
+    assert policy.with_threads(1).changes_from(policy) == ["threads: 3 → 1"]
+    with pytest.raises(ExecutionPolicyError, match="threads must be at least 1"):
+        policy.with_threads(0)
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    try:
+        policy.with_threads(target).apply_threads()
+        assert torch.get_num_threads() == target
+    finally:
+        torch.set_num_threads(before)

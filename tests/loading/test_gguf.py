@@ -12,6 +12,7 @@ from gguf import MODEL_ARCH_NAMES, GGUFWriter, get_tensor_name_map
 
 from tokenmill.errors import CheckpointError, UnsupportedArchitectureError, UnsupportedQuantTypeError
 from tokenmill.loading.gguf import GGUFCheckpoint
+from tokenmill.models.registry import gguf_architectures
 
 from numerics import UNIT_ROUNDOFF
 
@@ -89,7 +90,7 @@ def test_gemma3_state_dict_matches_transformers(gemma3, hf_gemma3):
 def test_bfloat16_state_dict_is_a_cast(tmp_path):
     """Gemma's `w + 1` norms are undone in float32 before the cast, so bfloat16 is exactly a cast."""
     write_tiny_gguf(tmp_path / "tiny.gguf", "gemma3", tiny_model("gemma3"))
-    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf")
+    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf", gguf_architectures())
     full = checkpoint.state_dict(progress=False)
     half = checkpoint.state_dict(dtype=torch.bfloat16, progress=False)
     for name, tensor in half.items():
@@ -241,7 +242,7 @@ ORACLE_LOADABLE = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2"
 def test_tiny_architecture_round_trip(arch, tmp_path):
     model = tiny_model(arch)
     write_tiny_gguf(tmp_path / "tiny.gguf", arch, model)
-    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf")
+    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf", gguf_architectures())
     weights = checkpoint.state_dict(progress=False)
     original = model.state_dict()
     assert set(weights) == set(original) - ({"lm_head.weight"} if model.config.tie_word_embeddings else set())
@@ -262,7 +263,7 @@ def test_tiny_architecture_matches_transformers_loader(arch, tmp_path):
     write_tiny_gguf(tmp_path / "tiny.gguf", arch, tiny_model(arch))
     oracle = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf",
                                                                dtype=torch.float32)
-    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf")
+    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf", gguf_architectures())
     assert_state_dicts_equal(checkpoint.state_dict(progress=False), oracle)
     config = checkpoint.config_dict()
     fields = ["n_embd", "n_layer", "n_head", "n_ctx", "layer_norm_epsilon"] if arch == "gpt2" else SHARED_FIELDS
@@ -302,7 +303,7 @@ def test_llama_file_with_rope_freqs(tmp_path):
     model = tiny_model("llama")
     freqs = llama_cpp_rope_freqs(5e5, 8, 8.0, 1.0, 4.0)
     write_tiny_gguf(tmp_path / "tiny.gguf", "llama", model, {"rope_freqs.weight": freqs})
-    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf")
+    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf", gguf_architectures())
     assert checkpoint.config_dict()["rope_scaling"]["rope_type"] == "llama3"
     assert checkpoint.config_dict()["rope_scaling"]["factor"] == 8.0
     assert set(checkpoint.state_dict(progress=False)) == set(model.state_dict())  # no tensor for rope_freqs
@@ -313,7 +314,7 @@ def test_phi3_longrope_factors_become_rope_scaling(tmp_path):
     long_factor, short_factor = np.linspace(1, 2, 4, dtype=np.float32), np.ones(4, dtype=np.float32)
     write_tiny_gguf(tmp_path / "tiny.gguf", "phi3", model,
                     {"rope_factors_long.weight": long_factor, "rope_factors_short.weight": short_factor})
-    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf")
+    checkpoint = GGUFCheckpoint(tmp_path / "tiny.gguf", gguf_architectures())
     config = checkpoint.config_dict()
     assert config["rope_scaling"] == {"rope_type": "longrope", "long_factor": long_factor.tolist(),
                                       "short_factor": short_factor.tolist(), "original_max_position_embeddings": 64}
@@ -340,7 +341,7 @@ def write_bytes(tmp_path, data: bytes):
 def test_bad_magic(tmp_path, tiny_llama_bytes):
     path = write_bytes(tmp_path, b"GGML" + tiny_llama_bytes[4:])
     with pytest.raises(CheckpointError, match="bad magic") as error:
-        GGUFCheckpoint(path)
+        GGUFCheckpoint(path, gguf_architectures())
     assert str(path) in str(error.value)
 
 
@@ -348,27 +349,27 @@ def test_bad_magic(tmp_path, tiny_llama_bytes):
 def test_truncated_header(tmp_path, tiny_llama_bytes, size):
     path = write_bytes(tmp_path, tiny_llama_bytes[:size])
     with pytest.raises(CheckpointError, match="truncated header|empty file|bad magic") as error:
-        GGUFCheckpoint(path)
+        GGUFCheckpoint(path, gguf_architectures())
     assert str(path) in str(error.value)
 
 
 def test_truncated_tensor_data(tmp_path, tiny_llama_bytes):
     path = write_bytes(tmp_path, tiny_llama_bytes[:-100])
     with pytest.raises(CheckpointError, match="truncated tensor data: tensor 'output.weight' needs bytes") as error:
-        GGUFCheckpoint(path)
+        GGUFCheckpoint(path, gguf_architectures())
     assert str(path) in str(error.value)
 
 
 def test_unsupported_version(tmp_path, tiny_llama_bytes):
     path = write_bytes(tmp_path, tiny_llama_bytes[:4] + struct.pack("<I", 7) + tiny_llama_bytes[8:])
     with pytest.raises(CheckpointError, match="unsupported GGUF version 7") as error:
-        GGUFCheckpoint(path)
+        GGUFCheckpoint(path, gguf_architectures())
     assert str(error.value) == f"{path}: unsupported GGUF version 7 (supported: 2, 3)"
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        GGUFCheckpoint(tmp_path / "absent.gguf")
+        GGUFCheckpoint(tmp_path / "absent.gguf", gguf_architectures())
 
 
 def test_unknown_architecture(tmp_path):
@@ -379,9 +380,17 @@ def test_unknown_architecture(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(UnsupportedArchitectureError, match="mamba9") as error:
-        GGUFCheckpoint(tmp_path / "odd.gguf")
+        GGUFCheckpoint(tmp_path / "odd.gguf", gguf_architectures())
     assert "llama" in error.value.supported and "gemma3" in error.value.supported
     assert "odd.gguf" in str(error.value)
+
+
+def test_without_architecture_specs_only_the_metadata_is_read(tmp_path, tiny_llama_bytes):
+    """The tokenizer and generation config need no family; the config and weights do, from the caller's table."""
+    checkpoint = GGUFCheckpoint(write_bytes(tmp_path, tiny_llama_bytes))
+    assert checkpoint.architecture == "llama" and checkpoint.generation_config_dict()["eos_token_id"] == 2
+    with pytest.raises(TypeError, match="opened without architecture specs"):
+        checkpoint.config_dict()
 
 
 def retyped(data: bytes, tensor_name: bytes, new_type: int) -> bytes:
@@ -395,7 +404,7 @@ def retyped(data: bytes, tensor_name: bytes, new_type: int) -> bytes:
 def test_unsupported_quant_type(tmp_path, tiny_llama_bytes):
     # a 32x32 F32 tensor (4096 bytes) relabelled Q8_1 (32 blocks of 36 bytes): the bytes are there, no kernel is
     path = write_bytes(tmp_path, retyped(tiny_llama_bytes, b"blk.0.attn_output.weight", 9))
-    checkpoint = GGUFCheckpoint(path)
+    checkpoint = GGUFCheckpoint(path, gguf_architectures())
     assert checkpoint.tensor_types()["model.layers.0.self_attn.o_proj.weight"] == "Q8_1"
     with pytest.raises(UnsupportedQuantTypeError, match="blk.0.attn_output.weight.*Q8_1") as error:
         checkpoint.state_dict(progress=False)
@@ -405,10 +414,10 @@ def test_unsupported_quant_type(tmp_path, tiny_llama_bytes):
 def test_shape_not_a_whole_number_of_blocks(tmp_path, tiny_llama_bytes):
     path = write_bytes(tmp_path, retyped(tiny_llama_bytes, b"blk.0.attn_output.weight", 12))  # Q4_K: 256 per block
     with pytest.raises(CheckpointError, match="does not fit Q4_K blocks of 256"):
-        GGUFCheckpoint(path)
+        GGUFCheckpoint(path, gguf_architectures())
 
 
 def test_unknown_type_id(tmp_path, tiny_llama_bytes):
     path = write_bytes(tmp_path, retyped(tiny_llama_bytes, b"blk.0.attn_output.weight", 77))
     with pytest.raises(UnsupportedQuantTypeError, match="unknown ggml type id 77"):
-        GGUFCheckpoint(path)
+        GGUFCheckpoint(path, gguf_architectures())

@@ -16,6 +16,7 @@ from test_gguf import TINY, write_tiny_gguf
 from tokenmill import AutoModelForCausalLM
 from tokenmill.assembly.convert import convert_gguf
 from tokenmill.loading.gguf import GGUFCheckpoint
+from tokenmill.models.registry import gguf_architectures
 
 from numerics import assert_matches_oracle
 WINDOW = 8  # shorter than the 30-token prompt, so windowed layers really drop keys
@@ -75,7 +76,7 @@ def prompt() -> torch.Tensor:
 
 def test_config_names_the_family(tiny_file):
     name, model, path = tiny_file
-    config = GGUFCheckpoint(path).config_dict()
+    config = GGUFCheckpoint(path, gguf_architectures()).config_dict()
     assert config["model_type"] == CASES[name][3]
     if name == "mixtral":
         assert (config["num_local_experts"], config["num_experts_per_tok"]) == (4, 2)

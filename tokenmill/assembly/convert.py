@@ -21,13 +21,15 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     from ..generation.config import GenerationConfig
     from ..tokenizer import Tokenizer
     from ..loading.gguf import GGUFCheckpoint
+    from ..models.registry import gguf_architectures
 
     gguf_path, output_dir = Path(gguf_path), Path(output_dir)
     if not gguf_path.is_file():
         raise CheckpointError(gguf_path, "GGUF file not found")
     if output_dir.exists() and not output_dir.is_dir():
         raise CheckpointError(output_dir, "output exists and is not a folder")
-    checkpoint = GGUFCheckpoint(gguf_path)  # an unsupported family fails here, naming the supported ones
+    # an unsupported family fails here, naming the supported ones
+    checkpoint = GGUFCheckpoint(gguf_path, gguf_architectures())
     config = ModelConfig.from_dict(checkpoint.config_dict())
     weights = checkpoint.state_dict(dtype=dtype, progress=progress)
     # building the model checks every name and shape before anything is written

@@ -40,8 +40,9 @@ def _summary(config: dict, parameters: int, tensor_types: Counter, tokenizer_con
 def _describe_gguf(path: Path) -> dict:
     from ..loading.dequant import type_name
     from ..loading.gguf import GGUFCheckpoint
+    from ..models.registry import gguf_architectures
 
-    checkpoint = GGUFCheckpoint(path)
+    checkpoint = GGUFCheckpoint(path, gguf_architectures())
     infos = checkpoint.tensors.values()
     parameters = sum(math.prod(info.shape) for info in infos)
     types = Counter(type_name(info.ggml_type) for info in infos)

@@ -12,7 +12,7 @@ from ..generation.config import generation_config_of
 from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source
 from ..loading.safetensors import read_folder_weights
-from ..models.registry import model_class
+from ..models.registry import gguf_architectures, model_class
 from .weights import build_model, return_freed_memory
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -44,7 +44,7 @@ def parse_device(device) -> torch.device:
 def load_config(source, gguf_file: str | None = None, **hub_kwargs) -> ModelConfig:
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     if resolved.is_gguf:
-        return ModelConfig.from_dict(GGUFCheckpoint(resolved.gguf_path).config_dict())
+        return ModelConfig.from_dict(GGUFCheckpoint(resolved.gguf_path, gguf_architectures()).config_dict())
     return ModelConfig.from_json_file(resolved.folder / "config.json")
 
 
@@ -58,7 +58,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     gguf = None
     if resolved.is_gguf:
-        gguf = GGUFCheckpoint(resolved.gguf_path)
+        gguf = GGUFCheckpoint(resolved.gguf_path, gguf_architectures())
         config = ModelConfig.from_dict(gguf.config_dict())
         model_class(config.model_type)  # an unsupported family fails before any weight is read
         target_dtype = parse_dtype(dtype or torch_dtype, "float32")

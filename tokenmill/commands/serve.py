@@ -36,7 +36,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _thread_tuner(threads: str):
-    """None for a fixed count (set here, before the engine thread starts, which inherits it), else a tuner."""
+    """None for a fixed count (set here, before the model loads, so its execution policy records it and the
+    engine's runner applies it), else a tuner."""
     import torch
 
     from ..engine.thread_tuner import ThreadTuner

@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-import torch
-
 from .engine import LLMEngine
 from .limits import RequestLimits
 from .outputs import RequestOutput
@@ -50,7 +48,8 @@ class _Stream:
 
 
 class AsyncEngine:
-    """`tuner`: picks the engine thread's torch thread count from step times (None: leave torch's setting)."""
+    """`tuner`: picks the engine thread's torch thread count from step times, through the model's execution
+    policy (None: the policy keeps its count)."""
 
     def __init__(self, engine: LLMEngine, on_step: Callable[[LLMEngine, float], None] | None = None,
                  tuner: ThreadTuner | None = None):
@@ -183,12 +182,14 @@ class AsyncEngine:
                 self.on_step(self.engine, seconds)
 
     def _set_threads(self) -> int:
-        """Apply the tuner's choice in this thread (torch's OpenMP thread count is per calling thread)."""
+        """The thread count of the next step: the tuner's choice, written into the model's execution policy,
+        which the runner applies in this thread (torch's OpenMP thread count is per calling thread)."""
+        model = self.engine.runner.model
         if self.tuner is None:
-            return torch.get_num_threads()
+            return model.execution_policy.threads
         threads = self.tuner.threads_for_next_step()
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        if threads != model.execution_policy.threads:
+            model.set_execution_policy(model.execution_policy.with_threads(threads))
         return threads
 
     def _fail_all(self, error: Exception) -> None:

@@ -191,7 +191,9 @@ class LLMEngine:
         touched: dict[str, _Request] = {}
         if ready:
             logits = last_logits if len(rows) == len(plan.chunks) else last_logits[torch.tensor(rows)]
-            for seq, token in zip(ready, sample(logits, ready, self.eos_token_ids, self._ready_constraints(ready))):
+            ops = self.runner.model.execution_policy.ops  # the model's kernel set takes the greedy argmax too
+            tokens = sample(logits, ready, self.eos_token_ids, ops, self._ready_constraints(ready))
+            for seq, token in zip(ready, tokens):
                 self._append_token(seq, token)
                 touched[seq.request_id] = self._requests[seq.request_id]
         for request in touched.values():

@@ -91,6 +91,7 @@ class ModelRunner:
         input_ids[layout.new_rows.cpu()] = torch.tensor(tokens, dtype=torch.long)
         cache = PagedBatchCache(self.pool, layout)
         keep = 0 if all_logits_rows else 1
+        self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
         out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
                          position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep)
         logits = out.logits

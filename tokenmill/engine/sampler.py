@@ -86,21 +86,23 @@ def warpers(seqs: list[Sequence]) -> Warpers:
                            typical_p=[p.typical_p for p in params])
 
 
-def sampling_probs(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> torch.Tensor:
-    """The distribution each row's token comes from: a greedy row's is all on its argmax."""
+def sampling_probs(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], ops) -> torch.Tensor:
+    """The distribution each row's token comes from: a greedy row's is all on its argmax (taken by `ops`, the
+    model's kernel set)."""
     adjusted = adjusted_logits(logits, seqs, eos_ids)
     probs = warpers(seqs)(adjusted).softmax(-1)
     greedy = torch.tensor([not seq.params.sampled for seq in seqs])
     if bool(greedy.any()):
-        one_hot = torch.zeros_like(probs).scatter_(1, argmax_rows(adjusted)[:, None], 1.0)
+        one_hot = torch.zeros_like(probs).scatter_(1, argmax_rows(adjusted, ops)[:, None], 1.0)
         probs = torch.where(greedy[:, None], one_hot, probs)
     return probs
 
 
-def choose_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> list[int]:
-    """One token per row: argmax of the adjusted logits for greedy rows, a seeded draw for sampled ones."""
+def choose_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], ops) -> list[int]:
+    """One token per row: argmax of the adjusted logits for greedy rows (by `ops`, the model's kernel set), a
+    seeded draw for sampled ones."""
     adjusted = adjusted_logits(logits, seqs, eos_ids)
-    tokens = argmax_rows(adjusted).tolist()
+    tokens = argmax_rows(adjusted, ops).tolist()
     sampled = [i for i, seq in enumerate(seqs) if seq.params.sampled]
     if sampled:
         chosen = [seqs[i] for i in sampled]
@@ -153,11 +155,12 @@ def constrain(logits: torch.Tensor, seq: Sequence, processor) -> torch.Tensor:
     return processor(token_ids, logits[None])[0]
 
 
-def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constraints: list | None = None
+def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], ops, constraints: list | None = None
            ) -> list[int]:
     """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs.
+    `ops`: the model's kernel set (`model.execution_policy.ops`), which takes the greedy argmax.
     `constraints[i]`: sequence i's structured-output processor, or None (unconstrained)."""
-    tokens: list[int] = argmax_rows(rows).tolist()  # greedy rows need nothing more
+    tokens: list[int] = argmax_rows(rows, ops).tolist()  # greedy rows need nothing more
     constraints = constraints or [None] * len(seqs)
     slow = [i for i, seq in enumerate(seqs) if needs_slow_path(seq)]
     constrained = [i for i, processor in enumerate(constraints) if processor is not None]
@@ -171,7 +174,7 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], constra
         tokens[i] = int(allowed[i].argmax())
     if slow:
         slow_rows = allowed if len(slow) == len(seqs) else allowed[torch.tensor(slow)]
-        for i, token in zip(slow, choose_tokens(slow_rows, [seqs[i] for i in slow], eos_ids)):
+        for i, token in zip(slow, choose_tokens(slow_rows, [seqs[i] for i in slow], eos_ids, ops)):
             tokens[i] = token
     record_logprobs(rows, seqs, tokens)
     return tokens

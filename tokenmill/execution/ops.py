@@ -1,7 +1,7 @@
 """The kernel sets a forward pass runs through, as objects handed down the forward call.
 
 `TorchOps` is ATen only (transformers' arithmetic bit for bit, any device and dtype). `ExactOps` adds the C
-kernels that reproduce ATen bit for bit (rotary). `NativeOps` adds the C kernels that reorder sums (RMSNorm,
+kernels that reproduce ATen bit for bit (rotary, greedy decoding's argmax). `NativeOps` adds the C kernels that reorder sums (RMSNorm,
 SwiGLU, attention read straight from the cache), chosen with the GGUF block kernels, whose matmuls already sum
 in their own order. Each native method checks the call's shapes and strides and falls back to the ATen arithmetic
 where the kernel cannot serve; which set runs is the execution policy's decision, never a layer's.
@@ -46,6 +46,14 @@ class TorchOps:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
 
+    def argmax_applies(self, rows: torch.Tensor) -> bool:
+        """Whether `argmax` below is one vectorized pass here (else generation's block-maxima path is faster)."""
+        return False
+
+    def argmax(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows.argmax(-1): the first maximum, NaN counting as the largest."""
+        return torch.argmax(rows, -1)
+
     def attends(self, q: torch.Tensor, keys: torch.Tensor, softcap: float | None) -> bool:
         """Whether `attention` below serves this call (else the layer runs SDPA or eager attention)."""
         return False
@@ -58,9 +66,18 @@ class TorchOps:
 
 
 class ExactOps(TorchOps):
-    """ATen plus the C kernels that give the same bits (one pass instead of a roll, two products and a sum)."""
+    """ATen plus the C kernels that give the same bits (rotary: one pass instead of a roll, two products and a
+    sum; argmax: one vectorized pass instead of torch's scalar CPU loop)."""
 
     name = "exact"
+
+    def argmax_applies(self, rows: torch.Tensor) -> bool:
+        return kernels.argmax_applies(rows)
+
+    def argmax(self, rows: torch.Tensor) -> torch.Tensor:
+        if kernels.argmax_applies(rows):  # the same indices as ATen's, in one vectorized pass
+            return kernels.argmax(rows)
+        return super().argmax(rows)
 
     def rotary(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
         if kernels.rotary_applies(x, cos, signed_sin):

@@ -37,7 +37,9 @@ class ExecutionPolicy:
     weight_format: str = "dense"  # "gguf-blocks": GGUF block-quantized weights multiplied by the C kernels
     kernels: str = "torch"  # see KERNEL_SETS / _KERNEL_MEANING
     attention: str = "sdpa"  # "native": the C kernel where it serves, SDPA elsewhere
-    threads: int = 1  # torch's intra-op threads when the policy was chosen; the C kernels use as many
+    # the intra-op threads the model runs on: torch's count at load, changed only through the policy (the engine's
+    # thread tuner sets `with_threads(n)`, the engine's runner applies it); the C kernels use as many as torch
+    threads: int = 1
     parallel: str = "single"
 
     def __post_init__(self):
@@ -64,6 +66,16 @@ class ExecutionPolicy:
         if self.kernels == "native":
             return NativeOps(native_attention=self.attention == "native")
         return ExactOps() if self.kernels == "exact" else TorchOps()
+
+    def with_threads(self, threads: int) -> ExecutionPolicy:
+        """The same policy on `threads` intra-op threads."""
+        return dataclasses.replace(self, threads=threads)
+
+    def apply_threads(self) -> None:
+        """Make the calling thread's torch (and so the C kernels') thread count this policy's; per thread, as
+        torch's OpenMP setting is."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     @property
     def attn_implementation(self) -> str:

@@ -165,8 +165,8 @@ def dola_loop(model, request: GenerationRequest):
         final_logits = out.logits[:, -1, :].float()
         premature = torch.stack([early_exit_logits(model, out.hidden_states[i][:, -1, :]) for i in layers])
         scores = request.processors(input_ids, dola_contrast(final_logits, premature))
-        next_tokens = torch.where(unfinished, _sample_next(scores, config.do_sample), torch.full_like(unfinished, pad,
-                                                                                                      dtype=torch.long))
+        chosen = _sample_next(scores, config.do_sample, model.execution_policy.ops)
+        next_tokens = torch.where(unfinished, chosen, torch.full_like(unfinished, pad, dtype=torch.long))
         if config.output_scores:
             scores_seen.append(scores)
         if config.output_logits:

@@ -69,10 +69,11 @@ def rescales_past_context(config) -> bool:
     return "dynamic" in kinds
 
 
-def _sample_next(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
+def _sample_next(scores: torch.Tensor, do_sample: bool, ops) -> torch.Tensor:
+    """ops: the model's kernel set, which also takes greedy decoding's argmax."""
     if do_sample:
         return draw(torch.softmax(scores, dim=-1))
-    return argmax_rows(scores)
+    return argmax_rows(scores, ops)
 
 
 def decode_steps(model, request: GenerationRequest) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -88,7 +89,7 @@ def decode_steps(model, request: GenerationRequest) -> Iterator[tuple[torch.Tens
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         raw_logits = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
         scores = request.processors(input_ids, raw_logits)
-        next_tokens = _sample_next(scores, config.do_sample)
+        next_tokens = _sample_next(scores, config.do_sample, model.execution_policy.ops)
         next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
         input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)

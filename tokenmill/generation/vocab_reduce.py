@@ -1,7 +1,8 @@
 """Row-wise argmax and top-k over a large vocabulary: greedy decoding's per-step reductions.
 
 On CPU, torch's argmax/topk along a 50k-wide row are scalar loops (~4 ms for 32 rows of 49k at one thread)
-while amax is vectorized (~0.3 ms). argmax runs as one vectorized C pass where the kernels serve; otherwise,
+while amax is vectorized (~0.3 ms). argmax runs as one vectorized C pass where the model's kernel set (its
+execution policy's `ops`) has one; otherwise,
 and for top-k, each row is cut into blocks, the block maxima found with amax, and the
 exact answer read from the few blocks that can hold it: the n largest values of a row all lie in its n blocks
 with the largest maxima. Results equal torch's: argmax returns the first maximum (NaN counting as the
@@ -11,8 +12,6 @@ maximum, as torch does); top-k values are the same, ids among tied values may co
 from __future__ import annotations
 
 import torch
-
-from .. import kernels
 
 BLOCK = 1024
 
@@ -32,11 +31,11 @@ def _block_columns(blocks: torch.Tensor) -> torch.Tensor:
     return (blocks[..., None] * BLOCK + torch.arange(BLOCK, device=blocks.device)).flatten(1)
 
 
-def argmax_rows(rows: torch.Tensor) -> torch.Tensor:
-    """rows.argmax(-1) for a 2D tensor."""
+def argmax_rows(rows: torch.Tensor, ops) -> torch.Tensor:
+    """rows.argmax(-1) for a 2D tensor; `ops`: the model's kernel set (`model.execution_policy.ops`)."""
     vocab = rows.shape[-1]
-    if kernels.argmax_applies(rows):
-        return kernels.argmax(rows)
+    if ops.argmax_applies(rows):
+        return ops.argmax(rows)
     if vocab < 4 * BLOCK:
         return rows.argmax(-1)
     best_block = _block_maxima(rows).argmax(-1)  # the first block holding the row's maximum

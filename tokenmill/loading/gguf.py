@@ -11,7 +11,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -182,7 +182,9 @@ def _tensor_info(path: Path, entry: tuple, data_start: int, file_size: int) -> T
 class GGUFCheckpoint:
     """One GGUF file: metadata, tensors, and what they mean in Hugging Face terms."""
 
-    def __init__(self, path):
+    def __init__(self, path, architectures: Mapping[str, gguf_arch.ArchSpec] | None = None):
+        """architectures: GGUF architecture name -> its spec (models.registry.gguf_architectures()), needed for
+        the config and the weights; without it only the metadata, tokenizer and generation config are read."""
         self.path = Path(path)
         self._mapping = _map_file(self.path)
         self.metadata, infos = _parse_header(self.path, memoryview(self._mapping))
@@ -191,11 +193,20 @@ class GGUFCheckpoint:
         if not isinstance(architecture, str):
             raise CheckpointError(self.path, "no general.architecture in the metadata")
         self.architecture = architecture
-        try:
-            self.arch = gguf_arch.for_architecture(architecture)
-        except UnsupportedArchitectureError as error:
-            error.args = (f"{self.path}: {error}",)  # the message names the file too
-            raise
+        self._arch = None
+        if architectures is not None:
+            try:
+                self._arch = gguf_arch.spec_for(architecture, architectures)
+            except UnsupportedArchitectureError as error:
+                error.args = (f"{self.path}: {error}",)  # the message names the file too
+                raise
+
+    @property
+    def arch(self) -> gguf_arch.ArchSpec:
+        if self._arch is None:
+            raise TypeError(f"{self.path}: opened without architecture specs; pass "
+                            f"GGUFCheckpoint(path, architectures) to read its config or weights")
+        return self._arch
 
     def __repr__(self) -> str:
         return f"GGUFCheckpoint({str(self.path)!r}, architecture={self.architecture!r}, tensors={len(self.tensors)})"

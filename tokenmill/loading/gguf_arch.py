@@ -1,16 +1,19 @@
-"""Per-architecture knowledge of llama.cpp's GGUF conventions: metadata -> HF config, tensor names -> HF
-parameter names, and the value transforms llama.cpp's converter applied that have to be undone."""
+"""The machinery for llama.cpp's GGUF conventions: metadata access, the llama-like decoder's config fields and
+tensor names, and `ArchSpec`, which maps one GGUF architecture's tensors onto transformers' parameters.
+
+Each family's own spec (its config function, its name overrides, its quirks) lives in its models/<family>.py as
+`Family(..., gguf=ArchSpec(...))`; the caller hands the table of specs to `GGUFCheckpoint`, so this reader never
+imports a model."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
 from ..errors import UnsupportedArchitectureError
-from .gguf_rope import llama3_rope_parameters
 
 GGUF_TENSOR_NAME = re.compile(r"^(?:blk\.(?P<layer>\d+)\.)?(?P<part>[a-z0-9_]+)\.(?P<kind>weight|bias)$")
 
@@ -28,13 +31,6 @@ DECODER_LAYER = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-# Gemma 2/3 have four norms per layer; llama.cpp's ffn_norm is the one *before* the MLP there
-GEMMA2_LAYER = DECODER_LAYER | {
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
-PHI3_LAYER = DECODER_LAYER | {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
 # routed experts, stacked per layer (llama.cpp's merged *_exps tensors), as transformers v5 keeps them
 ROUTED_EXPERTS = {
     "ffn_gate_inp": "mlp.gate",
@@ -42,24 +38,10 @@ ROUTED_EXPERTS = {
     "ffn_gate_exps": "mlp.experts.gate_up_proj",
     "ffn_up_exps": "mlp.experts.gate_up_proj",
 }
-# llama.cpp writes Mixtral as "llama" with expert tensors; a dense Llama file simply has none of them
-LLAMA_LAYER = DECODER_LAYER | ROUTED_EXPERTS
-QWEN2MOE_LAYER = DECODER_LAYER | ROUTED_EXPERTS | {
-    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
-    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
-    "ffn_up_shexp": "mlp.shared_expert.up_proj",
-    "ffn_down_shexp": "mlp.shared_expert.down_proj",
-}
 # transformers stores fused expert weights as bare parameters (no ".weight")
 BARE_PARTS = {"ffn_down_exps", "ffn_gate_exps", "ffn_up_exps"}
 # stacked expert tensors joined on dim 1: gate rows first, then up rows
 FUSED_SLOTS = {"ffn_gate_exps": 0, "ffn_up_exps": 1}
-GPT2_TOP = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe",
-            "output_norm": "transformer.ln_f", "output": "lm_head"}
-GPT2_LAYER = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
-              "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
-# GPT-2's Conv1D keeps weights as (in, out); llama.cpp transposed them to (out, in)
-GPT2_TRANSPOSED = {"attn_qkv", "attn_output", "ffn_up", "ffn_down"}
 
 
 class Metadata:
@@ -77,7 +59,7 @@ class Metadata:
         return f"{self.prefix}.{key}" in self.metadata
 
 
-def _vocab_size(m: Metadata, tensors: dict) -> int:
+def vocab_size(m: Metadata, tensors: dict) -> int:
     if m.has("vocab_size"):
         return int(m("vocab_size"))
     tokens = m.metadata.get("tokenizer.ggml.tokens")
@@ -102,7 +84,7 @@ def _rope_scaling(m: Metadata) -> dict | None:
     return scaling
 
 
-def _special_ids(metadata: dict) -> dict:
+def special_ids(metadata: dict) -> dict:
     return {
         "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
@@ -119,7 +101,7 @@ def decoder_config(m: Metadata, tensors: dict, model_type: str, class_name: str)
     return {
         "model_type": model_type,
         "architectures": [class_name],
-        "vocab_size": _vocab_size(m, tensors),
+        "vocab_size": vocab_size(m, tensors),
         "hidden_size": hidden,
         "intermediate_size": m("feed_forward_length"),
         "num_hidden_layers": int(m("block_count")),
@@ -134,145 +116,7 @@ def decoder_config(m: Metadata, tensors: dict, model_type: str, class_name: str)
         "tie_word_embeddings": "output.weight" not in tensors,
         "attention_bias": "blk.0.attn_q.bias" in tensors,
         "mlp_bias": "blk.0.ffn_up.bias" in tensors,
-        **_special_ids(m.metadata),
-    }
-
-
-def llama_config(m: Metadata, tensors: dict, read) -> dict:
-    experts = int(m("expert_count", 0) or 0)
-    if experts:
-        config = decoder_config(m, tensors, "mixtral", "MixtralForCausalLM")
-        config.update(num_local_experts=experts, num_experts_per_tok=int(m("expert_used_count")),
-                      sliding_window=None, router_jitter_noise=0.0)  # llama.cpp runs Mixtral without a window
-        if config["intermediate_size"] is None:
-            config["intermediate_size"] = int(tensors["blk.0.ffn_gate_exps.weight"].shape[1])
-    else:  # Llama, and Mistral, which llama.cpp also writes (and runs) as plain llama
-        config = decoder_config(m, tensors, "llama", "LlamaForCausalLM")
-    rotary = m("rope.dimension_count")
-    if not m.has("attention.key_length") and rotary:
-        config["head_dim"] = int(rotary)
-    if config["rope_scaling"] is None and "rope_freqs.weight" in tensors and read is not None:
-        # Llama 3.x files keep only the resulting per-frequency divisors; recover the parameters
-        divisors = read("rope_freqs.weight").double()
-        config["rope_scaling"] = llama3_rope_parameters(divisors, config["rope_theta"], int(rotary or config["head_dim"]))
-    return config
-
-
-
-
-def qwen2_config(m, tensors, read) -> dict:
-    return decoder_config(m, tensors, "qwen2", "Qwen2ForCausalLM")
-
-
-def qwen3_config(m, tensors, read) -> dict:
-    return decoder_config(m, tensors, "qwen3", "Qwen3ForCausalLM")
-
-
-def qwen2moe_config(m, tensors, read) -> dict:
-    config = decoder_config(m, tensors, "qwen2_moe", "Qwen2MoeForCausalLM")
-    config.update(
-        num_experts=int(m("expert_count")),
-        num_experts_per_tok=int(m("expert_used_count")),
-        moe_intermediate_size=int(m("expert_feed_forward_length", tensors["blk.0.ffn_gate_exps.weight"].shape[1])),
-        shared_expert_intermediate_size=int(m(
-            "expert_shared_feed_forward_length", tensors["blk.0.ffn_gate_shexp.weight"].shape[0])),
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        norm_topk_prob=False,
-    )
-    if config["intermediate_size"] is None:
-        config["intermediate_size"] = config["moe_intermediate_size"]
-    return config
-
-
-def _attention_scalar(m: Metadata, config: dict) -> float:
-    """llama.cpp scales Gemma 2/3 queries by head_dim, except the 27B model (62 layers): hidden / heads."""
-    if config["num_hidden_layers"] == 62:
-        return config["hidden_size"] // config["num_attention_heads"]
-    return config["head_dim"]
-
-
-def gemma_config(m, tensors, read) -> dict:
-    config = decoder_config(m, tensors, "gemma", "GemmaForCausalLM")
-    config.update(hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
-    return config
-
-
-def gemma2_config(m, tensors, read) -> dict:
-    config = decoder_config(m, tensors, "gemma2", "Gemma2ForCausalLM")
-    layers = config["num_hidden_layers"]
-    config.update(
-        hidden_act="gelu_pytorch_tanh",
-        hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=_attention_scalar(m, config),
-        sliding_window=m("attention.sliding_window", 4096),
-        attn_logit_softcapping=m("attn_logit_softcapping", 50.0),
-        final_logit_softcapping=m("final_logit_softcapping", 30.0),
-        # even-numbered layers (0, 2, ...) use the sliding window
-        layer_types=["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)],
-    )
-    return config
-
-
-GEMMA3_SLIDING_PATTERN = 6  # llama.cpp hard-codes it: five local layers, then one global
-GEMMA3_LOCAL_ROPE_BASE = 10000.0  # likewise not in the file
-
-
-def gemma3_config(m, tensors, read) -> dict:
-    config = decoder_config(m, tensors, "gemma3_text", "Gemma3ForCausalLM")
-    layers = config["num_hidden_layers"]
-    config.update(
-        hidden_act="gelu_pytorch_tanh",
-        hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=_attention_scalar(m, config),
-        sliding_window=m("attention.sliding_window", 4096),
-        sliding_window_pattern=GEMMA3_SLIDING_PATTERN,
-        layer_types=["sliding_attention" if (i + 1) % GEMMA3_SLIDING_PATTERN else "full_attention"
-                     for i in range(layers)],
-        rope_local_base_freq=GEMMA3_LOCAL_ROPE_BASE,
-        attn_logit_softcapping=m("attn_logit_softcapping"),
-        final_logit_softcapping=m("final_logit_softcapping"),
-        use_bidirectional_attention=False,
-    )
-    return config
-
-
-def phi3_config(m, tensors, read) -> dict:
-    config = decoder_config(m, tensors, "phi3", "Phi3ForCausalLM")
-    config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
-    rotary = m("rope.dimension_count")
-    if rotary and rotary != config["head_dim"]:
-        config["partial_rotary_factor"] = rotary / config["head_dim"]
-    config["sliding_window"] = m("attention.sliding_window")
-    if "rope_factors_long.weight" in tensors:  # LongRoPE: per-dimension factors stored as tensors
-        original = m("rope.scaling.original_context_length", config["max_position_embeddings"])
-        config["rope_scaling"] = {
-            "rope_type": "longrope",
-            "long_factor": read("rope_factors_long.weight").tolist(),
-            "short_factor": read("rope_factors_short.weight").tolist(),
-            "original_max_position_embeddings": int(original),
-        }
-        config["original_max_position_embeddings"] = int(original)
-    return config
-
-
-def gpt2_config(m, tensors, read) -> dict:
-    hidden, layers, heads = int(m("embedding_length")), int(m("block_count")), int(m("attention.head_count"))
-    positions = int(m("context_length", tensors["position_embd.weight"].shape[0]))
-    inner = m("feed_forward_length")
-    eps = float(m("attention.layer_norm_epsilon", 1e-5))
-    return {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": _vocab_size(m, tensors),
-        "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_positions": positions, "n_ctx": positions,
-        "n_inner": inner if inner and inner != 4 * hidden else None, "layer_norm_epsilon": eps, "activation_function": "gelu_new",
-        # the same values under the generic names the rest of tokenmill reads
-        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": heads, "head_dim": hidden // heads, "intermediate_size": inner or 4 * hidden,
-        "max_position_embeddings": positions, "hidden_act": "gelu_new",
-        "tie_word_embeddings": "output.weight" not in tensors,
-        **_special_ids(m.metadata),
+        **special_ids(m.metadata),
     }
 
 
@@ -349,21 +193,8 @@ def unpermute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.index_select(0, order)  # whole-row copies: 2x a strided reshape, and the same for block bytes
 
 
-ARCHITECTURES = {
-    "llama": ArchSpec("llama", llama_config, layer_names=LLAMA_LAYER, permute_qk=True),
-    "qwen2": ArchSpec("qwen2", qwen2_config),
-    "qwen3": ArchSpec("qwen3", qwen3_config),
-    "qwen2moe": ArchSpec("qwen2moe", qwen2moe_config, layer_names=QWEN2MOE_LAYER),
-    "gemma": ArchSpec("gemma", gemma_config, norm_offset=True),
-    "gemma2": ArchSpec("gemma2", gemma2_config, layer_names=GEMMA2_LAYER, norm_offset=True),
-    "gemma3": ArchSpec("gemma3", gemma3_config, layer_names=GEMMA2_LAYER, norm_offset=True),
-    "phi3": ArchSpec("phi3", phi3_config, layer_names=PHI3_LAYER),
-    "gpt2": ArchSpec("gpt2", gpt2_config, top_names=GPT2_TOP, layer_names=GPT2_LAYER,
-                     layer_prefix="transformer.h", transposed=frozenset(GPT2_TRANSPOSED)),
-}
-
-
-def for_architecture(name: str) -> ArchSpec:
-    if name not in ARCHITECTURES:
-        raise UnsupportedArchitectureError(name, ARCHITECTURES)
-    return ARCHITECTURES[name]
+def spec_for(architecture: str, specs: Mapping[str, ArchSpec]) -> ArchSpec:
+    """The spec the caller's table gives for a file's `general.architecture`."""
+    if architecture not in specs:
+        raise UnsupportedArchitectureError(architecture, specs)
+    return specs[architecture]

@@ -13,6 +13,7 @@ from ..layers.decoder import PreNormBlock, layer_windows
 from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
 from ..layers.rope import RotaryEmbedding
+from ..loading.gguf_arch import ArchSpec
 from .base import CausalLM
 
 
@@ -22,6 +23,7 @@ class Family:
 
     model_type: str  # transformers' config.json `model_type`
     causal_lm: type  # the CausalLM subclass that runs it
+    gguf: ArchSpec | None = None  # the llama.cpp architecture this family reads, if it owns one
 
 
 def default_rotary(config: ModelConfig, rope_parameters: dict | None = None) -> RotaryEmbedding:

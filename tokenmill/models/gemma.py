@@ -7,6 +7,7 @@ from ..layers.attention import Attention
 from ..layers.decoder import PreNormBlock
 from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
+from ..loading.gguf_arch import ArchSpec, decoder_config
 from .base import CausalLM
 from .family import Family, default_rotary
 
@@ -36,4 +37,13 @@ class GemmaForCausalLM(CausalLM):
         )
 
 
-FAMILY = Family("gemma", GemmaForCausalLM)
+def gguf_config(m, tensors: dict, read) -> dict:
+    config = decoder_config(m, tensors, "gemma", "GemmaForCausalLM")
+    config.update(hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
+    return config
+
+
+GGUF = ArchSpec("gemma", gguf_config, norm_offset=True)  # llama.cpp stores the (1 + w) norms as w + 1
+
+
+FAMILY = Family("gemma", GemmaForCausalLM, gguf=GGUF)

@@ -8,6 +8,7 @@ from ..layers.attention import Attention
 from ..layers.decoder import SandwichBlock, layer_windows
 from ..layers.mlp import GatedMLP
 from ..layers.norm import RMSNorm
+from ..loading.gguf_arch import DECODER_LAYER, ArchSpec, Metadata, decoder_config
 from .base import CausalLM
 from .family import Family, default_rotary
 from .gemma import gemma_activation
@@ -47,4 +48,36 @@ class Gemma2ForCausalLM(CausalLM):
         return sandwich_block(attention, config, window)
 
 
-FAMILY = Family("gemma2", Gemma2ForCausalLM)
+def gguf_attention_scalar(config: dict) -> float:
+    """llama.cpp scales Gemma 2/3 queries by head_dim, except the 27B model (62 layers): hidden / heads."""
+    if config["num_hidden_layers"] == 62:
+        return config["hidden_size"] // config["num_attention_heads"]
+    return config["head_dim"]
+
+
+def gguf_config(m: Metadata, tensors: dict, read) -> dict:
+    config = decoder_config(m, tensors, "gemma2", "Gemma2ForCausalLM")
+    layers = config["num_hidden_layers"]
+    config.update(
+        hidden_act="gelu_pytorch_tanh",
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=gguf_attention_scalar(config),
+        sliding_window=m("attention.sliding_window", 4096),
+        attn_logit_softcapping=m("attn_logit_softcapping", 50.0),
+        final_logit_softcapping=m("final_logit_softcapping", 30.0),
+        # even-numbered layers (0, 2, ...) use the sliding window
+        layer_types=["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)],
+    )
+    return config
+
+
+# four norms per layer; llama.cpp's ffn_norm is the one *before* the MLP here
+GGUF_LAYER = DECODER_LAYER | {
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+GGUF = ArchSpec("gemma2", gguf_config, layer_names=GGUF_LAYER, norm_offset=True)
+
+
+FAMILY = Family("gemma2", Gemma2ForCausalLM, gguf=GGUF)

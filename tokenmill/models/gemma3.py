@@ -7,9 +7,10 @@ from ..config import ModelConfig
 from ..layers.attention import Attention
 from ..layers.decoder import layer_types, layer_windows
 from ..layers.rope import RotaryEmbedding
+from ..loading.gguf_arch import ArchSpec, Metadata, decoder_config
 from .base import CausalLM
 from .family import Family
-from .gemma2 import gemma_norm, gemma_scaling, sandwich_block
+from .gemma2 import GGUF_LAYER, gemma_norm, gemma_scaling, gguf_attention_scalar, sandwich_block
 
 DEFAULT_THETA = {"full_attention": 1_000_000.0, "sliding_attention": 10_000.0}
 
@@ -61,4 +62,30 @@ class Gemma3ForCausalLM(CausalLM):
         return config_dict
 
 
-FAMILY = Family("gemma3_text", Gemma3ForCausalLM)
+GGUF_SLIDING_PATTERN = 6  # llama.cpp hard-codes it: five local layers, then one global
+GGUF_LOCAL_ROPE_BASE = 10000.0  # likewise not in the file
+
+
+def gguf_config(m: Metadata, tensors: dict, read) -> dict:
+    config = decoder_config(m, tensors, "gemma3_text", "Gemma3ForCausalLM")
+    layers = config["num_hidden_layers"]
+    config.update(
+        hidden_act="gelu_pytorch_tanh",
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=gguf_attention_scalar(config),
+        sliding_window=m("attention.sliding_window", 4096),
+        sliding_window_pattern=GGUF_SLIDING_PATTERN,
+        layer_types=["sliding_attention" if (i + 1) % GGUF_SLIDING_PATTERN else "full_attention"
+                     for i in range(layers)],
+        rope_local_base_freq=GGUF_LOCAL_ROPE_BASE,
+        attn_logit_softcapping=m("attn_logit_softcapping"),
+        final_logit_softcapping=m("final_logit_softcapping"),
+        use_bidirectional_attention=False,
+    )
+    return config
+
+
+GGUF = ArchSpec("gemma3", gguf_config, layer_names=GGUF_LAYER, norm_offset=True)
+
+
+FAMILY = Family("gemma3_text", Gemma3ForCausalLM, gguf=GGUF)

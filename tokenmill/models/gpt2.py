@@ -18,6 +18,7 @@ from ..layers.attention import Attention
 from ..layers.decoder import PreNormBlock
 from ..layers.mlp import activation
 from ..layers.norm import LayerNorm
+from ..loading.gguf_arch import ArchSpec, Metadata, special_ids, vocab_size
 from .base import CausalLM, DecoderModel
 from .family import Family
 
@@ -138,4 +139,34 @@ class GPT2LMHeadModel(CausalLM):
         return {key: value for key, value in config_dict.items() if key not in _GENERIC_ONLY}
 
 
-FAMILY = Family("gpt2", GPT2LMHeadModel)
+def gguf_config(m: Metadata, tensors: dict, read) -> dict:
+    hidden, layers, heads = int(m("embedding_length")), int(m("block_count")), int(m("attention.head_count"))
+    positions = int(m("context_length", tensors["position_embd.weight"].shape[0]))
+    inner = m("feed_forward_length")
+    eps = float(m("attention.layer_norm_epsilon", 1e-5))
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": vocab_size(m, tensors),
+        "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_positions": positions, "n_ctx": positions,
+        "n_inner": inner if inner and inner != 4 * hidden else None, "layer_norm_epsilon": eps,
+        "activation_function": "gelu_new",
+        # the same values under the generic names the rest of tokenmill reads
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": heads, "head_dim": hidden // heads, "intermediate_size": inner or 4 * hidden,
+        "max_position_embeddings": positions, "hidden_act": "gelu_new",
+        "tie_word_embeddings": "output.weight" not in tensors,
+        **special_ids(m.metadata),
+    }
+
+
+GGUF_TOP = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe",
+            "output_norm": "transformer.ln_f", "output": "lm_head"}
+GGUF_LAYER = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
+              "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+# GPT-2's Conv1D keeps weights as (in, out); llama.cpp transposed them to (out, in)
+GGUF = ArchSpec("gpt2", gguf_config, top_names=GGUF_TOP, layer_names=GGUF_LAYER, layer_prefix="transformer.h",
+                transposed=frozenset({"attn_qkv", "attn_output", "ffn_up", "ffn_down"}))
+
+
+FAMILY = Family("gpt2", GPT2LMHeadModel, gguf=GGUF)

@@ -9,6 +9,7 @@ import torch
 
 from ..config import ModelConfig
 from ..layers.rope import RotaryEmbedding
+from ..loading.gguf_arch import DECODER_LAYER, ArchSpec, Metadata, decoder_config
 from .family import Family, RMSPreNormLM, default_rotary, uniform_windows
 
 _FUSED_QKV = re.compile(r"^(?P<prefix>.+\.self_attn)\.qkv_proj\.(?P<kind>weight|bias)$")
@@ -66,4 +67,27 @@ class Phi3ForCausalLM(RMSPreNormLM):
         return weights
 
 
-FAMILY = Family("phi3", Phi3ForCausalLM)
+def gguf_config(m: Metadata, tensors: dict, read) -> dict:
+    config = decoder_config(m, tensors, "phi3", "Phi3ForCausalLM")
+    config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    rotary = m("rope.dimension_count")
+    if rotary and rotary != config["head_dim"]:
+        config["partial_rotary_factor"] = rotary / config["head_dim"]
+    config["sliding_window"] = m("attention.sliding_window")
+    if "rope_factors_long.weight" in tensors:  # LongRoPE: per-dimension factors stored as tensors
+        original = m("rope.scaling.original_context_length", config["max_position_embeddings"])
+        config["rope_scaling"] = {
+            "rope_type": "longrope",
+            "long_factor": read("rope_factors_long.weight").tolist(),
+            "short_factor": read("rope_factors_short.weight").tolist(),
+            "original_max_position_embeddings": int(original),
+        }
+        config["original_max_position_embeddings"] = int(original)
+    return config
+
+
+GGUF = ArchSpec("phi3", gguf_config,
+                layer_names=DECODER_LAYER | {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"})
+
+
+FAMILY = Family("phi3", Phi3ForCausalLM, gguf=GGUF)

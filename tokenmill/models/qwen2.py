@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
+from ..loading.gguf_arch import ArchSpec, decoder_config
 from .family import Family, RMSPreNormLM
 
 
@@ -12,4 +13,7 @@ class Qwen2ForCausalLM(RMSPreNormLM):
         return {"qkv_bias": True}
 
 
-FAMILY = Family("qwen2", Qwen2ForCausalLM)
+GGUF = ArchSpec("qwen2", lambda m, tensors, read: decoder_config(m, tensors, "qwen2", "Qwen2ForCausalLM"))
+
+
+FAMILY = Family("qwen2", Qwen2ForCausalLM, gguf=GGUF)

@@ -8,6 +8,7 @@ import torch
 from ..config import ModelConfig
 from ..layers.mlp import GatedMLP
 from ..layers.moe import Experts, SparseMoeBlock, TopKRouter, fuse_expert_weights, split_expert_weights
+from ..loading.gguf_arch import DECODER_LAYER, ROUTED_EXPERTS, ArchSpec, Metadata, decoder_config
 from .family import Family, RMSPreNormLM
 
 EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -48,4 +49,30 @@ class Qwen2MoeForCausalLM(RMSPreNormLM):
         return split_expert_weights(super().checkpoint_weights(config, weights), *EXPERT_NAMES)
 
 
-FAMILY = Family("qwen2_moe", Qwen2MoeForCausalLM)
+def gguf_config(m: Metadata, tensors: dict, read) -> dict:
+    config = decoder_config(m, tensors, "qwen2_moe", "Qwen2MoeForCausalLM")
+    config.update(
+        num_experts=int(m("expert_count")),
+        num_experts_per_tok=int(m("expert_used_count")),
+        moe_intermediate_size=int(m("expert_feed_forward_length", tensors["blk.0.ffn_gate_exps.weight"].shape[1])),
+        shared_expert_intermediate_size=int(m(
+            "expert_shared_feed_forward_length", tensors["blk.0.ffn_gate_shexp.weight"].shape[0])),
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        norm_topk_prob=False,
+    )
+    if config["intermediate_size"] is None:
+        config["intermediate_size"] = config["moe_intermediate_size"]
+    return config
+
+
+GGUF_LAYER = DECODER_LAYER | ROUTED_EXPERTS | {
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+}
+GGUF = ArchSpec("qwen2moe", gguf_config, layer_names=GGUF_LAYER)
+
+
+FAMILY = Family("qwen2_moe", Qwen2MoeForCausalLM, gguf=GGUF)

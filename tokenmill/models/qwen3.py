@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
+from ..loading.gguf_arch import ArchSpec, decoder_config
 from .family import Family, RMSPreNormLM
 
 
@@ -13,4 +14,7 @@ class Qwen3ForCausalLM(RMSPreNormLM):
                 "qk_norm_eps": config.rms_norm_eps}
 
 
-FAMILY = Family("qwen3", Qwen3ForCausalLM)
+GGUF = ArchSpec("qwen3", lambda m, tensors, read: decoder_config(m, tensors, "qwen3", "Qwen3ForCausalLM"))
+
+
+FAMILY = Family("qwen3", Qwen3ForCausalLM, gguf=GGUF)

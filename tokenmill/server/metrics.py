@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import AsyncIterator
 
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -42,7 +41,7 @@ class ServerMetrics:
         self.prefix_hit_rate.set(stats["prefix_cache_hit_rate"])
         self.preemptions.set(stats["preemptions"])
         self.step_seconds.observe(seconds)
-        self.engine_threads.set(torch.get_num_threads())  # the engine thread's own count (set per thread)
+        self.engine_threads.set(engine.runner.model.execution_policy.threads)  # what the runner applied
 
     async def track(self, outputs: AsyncIterator, prompt_tokens: int) -> AsyncIterator:
         """Pass a request's outputs through, observing TTFT, inter-token latency, tokens and the outcome."""
