@@ -218,3 +218,41 @@ def test_chat_survives_a_broken_line_and_a_too_long_turn(monkeypatch, capsys):
     assert code == 0 and "not valid UTF-8" in err and "context length" in err and "/reset" in err
     assert seen[-1] == [len("Hello")]  # the failed turn left no trace in the history
     assert "Traceback" not in err
+
+
+def test_temperature_zero_is_greedy(monkeypatch, capsys):
+    # was "temperature must be strictly positive" from the sampling path; vLLM and the OpenAI API mean greedy
+    greedy = ["generate", "The capital of France is", "--max-new-tokens", "6"]
+    _, expected, _ = run(greedy, monkeypatch, capsys)
+    code, out, err = run(greedy + ["--temperature", "0", "--top-p", "0.9"], monkeypatch, capsys)
+    assert code == 0 and out == expected, err
+
+
+def test_temperature_zero_maps_to_greedy_arguments():
+    from tokenmill.cli import build_parser
+    from tokenmill.commands.common import sampling_kwargs
+
+    args = build_parser().parse_args(["generate", "hi", "--temperature", "0", "--top-k", "5", "--do-sample"])
+    assert sampling_kwargs(args) == {"max_new_tokens": 256, "do_sample": False}
+
+
+def test_system_without_chat_is_refused(monkeypatch, capsys):
+    code, _, err = run(["generate", "hi", "--system", "Be brief."], monkeypatch, capsys)
+    assert code == 1 and "--system needs --chat" in err
+
+
+def test_device_without_cuda_is_one_clear_line(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(["generate", "hi", "--device", "cuda", "--max-new-tokens", "2"], monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("tokenmill: error: device 'cuda' requested but")
+
+
+def test_version_flag(monkeypatch, capsys):
+    from tokenmill.version import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"tokenmill {__version__}"

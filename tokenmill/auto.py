@@ -18,6 +18,17 @@ class AutoConfig:
         return load_config(source, gguf_file, **hub_kwargs)
 
 
+# transformers' quantize-on-load arguments: tokenmill has no such quantization yet, so they are refused
+QUANTIZATION_ARGUMENTS = ("load_in_4bit", "load_in_8bit", "quantization_config")
+
+
+def refuse_quantization(arguments: dict) -> None:
+    asked = [name for name in QUANTIZATION_ARGUMENTS if arguments.get(name) not in (None, False)]
+    if asked:
+        raise NotImplementedError(f"{', '.join(asked)}: quantizing a model at load time is not supported yet; load "
+                                  f"a GGUF file (its blocks stay quantized on the CPU) or drop the argument")
+
+
 class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(source, *, dtype=None, device=None, gguf_file: str | None = None,
@@ -30,6 +41,7 @@ class AutoModelForCausalLM:
         kernels: "native", "exact" or "torch" (None: the policy's choice). With the other arguments it makes the
         model's execution policy (`model.execution_policy`, see execution/policy.py); an impossible combination
         raises ExecutionPolicyError before any weight is read."""
+        refuse_quantization(hub_kwargs)
         return load_model(source, dtype=dtype, device=device, gguf_file=gguf_file,
                           attn_implementation=attn_implementation, allow_pickle=allow_pickle, progress=progress,
                           torch_dtype=torch_dtype, keep_quantized=keep_quantized, kernel_set=kernels,

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from .errors import TokenmillError
+from .version import __version__
 
 COMMANDS = {
     "generate": "generate text from a prompt",
@@ -20,6 +21,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenmill", description="LLM inference in native PyTorch")
+    parser.add_argument("--version", action="version", version=f"tokenmill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         try:

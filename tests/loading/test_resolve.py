@@ -64,3 +64,29 @@ def test_generation_config_from_hub_id_and_gguf(hub_cache, monkeypatch, smollm2_
     assert from_hub.to_dict() == GenerationConfig.from_pretrained(resolve(REPO_ID, cache_dir=cache).folder).to_dict()
     from_gguf = GenerationConfig.from_pretrained(smollm2_gguf)
     assert (from_gguf.bos_token_id, from_gguf.eos_token_id, from_gguf.pad_token_id) == (1, 2, 2)
+
+
+def test_not_found_message_names_the_true_reason(tmp_path, monkeypatch):
+    # it claimed "HF_HUB_OFFLINE is set" even when only local_files_only was passed, or the network was down
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(CheckpointError, match="local_files_only=True was passed") as only_local:
+        resolve("nobody/nothing", cache_dir=tmp_path, local_files_only=True)
+    assert "HF_HUB_OFFLINE" not in str(only_local.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE=1 is set") as env_offline:
+        resolve("nobody/nothing", cache_dir=tmp_path)
+    assert "local_files_only" not in str(env_offline.value)
+
+
+def test_not_found_online_says_the_hub_was_unreachable(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):  # what huggingface_hub raises online when the connection fails
+        raise LocalEntryNotFoundError("cannot reach the Hub and not in the cache")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(CheckpointError, match="Hub could not be reached") as online:
+        resolve("nobody/nothing", cache_dir=tmp_path)
+    assert "HF_HUB_OFFLINE" not in str(online.value) and "offline" not in str(online.value)

@@ -42,11 +42,14 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     """generate() keyword arguments from the flags the user actually set."""
     kwargs = {"max_new_tokens": args.max_new_tokens}
+    # --temperature 0 means greedy, as in vLLM and the OpenAI API (transformers would refuse it with sampling)
+    greedy = args.temperature == 0
+    sampling_flags = ("temperature", "top_k", "top_p", "min_p")
     for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
         value = getattr(args, name)
-        if value is not None:
+        if value is not None and not (greedy and name in sampling_flags):
             kwargs[name] = value
-    sampled = args.do_sample or any(k in kwargs for k in ("temperature", "top_k", "top_p", "min_p"))
+    sampled = not greedy and (args.do_sample or any(k in kwargs for k in sampling_flags))
     kwargs["do_sample"] = sampled
     if args.stop:
         kwargs["stop_strings"] = args.stop

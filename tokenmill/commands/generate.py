@@ -14,7 +14,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_sampling_args(parser)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument("--system", default=None, help="system message (with --chat)")
+    parser.add_argument("--system", default=None, help="system message (needs --chat; refused without it)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
 
 
@@ -41,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
 
     prompt = read_stdin_text() if args.prompt == "-" else require_valid_text(args.prompt, "the prompt")
     if args.system is not None:
+        if not args.chat:
+            raise TokenmillError("--system needs --chat (a system message only exists in a chat template)")
         require_valid_text(args.system, "the --system message")
     model, tokenizer = load_model_and_tokenizer(args)
     if args.seed is not None:

@@ -109,6 +109,17 @@ def _kernels_missing() -> str | None:
     return "the C kernels are unavailable on this machine (no C compiler, or TOKENMILL_KERNELS=0; see the warning)"
 
 
+def check_device_present(device: torch.device) -> torch.device:
+    """The device, or a one-line error when this machine (or this torch build) has none of its kind."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ExecutionPolicyError(f"device {str(device)!r} requested but {build} (torch {torch.__version__}); "
+                                   f"use device 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ExecutionPolicyError(f"device {str(device)!r} requested but MPS is not available here; use 'cpu'")
+    return device
+
+
 def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, gguf: bool = False,
                   keep_quantized: bool | None = None, kernels: str | None = None,
                   attn_implementation: str | None = None, threads: int | None = None) -> ExecutionPolicy:
@@ -120,7 +131,7 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
     attn_implementation: "sdpa" (or None) is the native kernel under native kernels, SDPA otherwise; "eager";
     "native" asks for the kernel explicitly.
     """
-    device = torch.device(device)
+    device = check_device_present(torch.device(device))
     if kernels is not None and kernels not in KERNEL_SETS:
         raise ExecutionPolicyError(f"kernels must be one of {KERNEL_SETS} or None, got {kernels!r}")
     if attn_implementation is not None and attn_implementation not in ATTENTION_BACKENDS:
@@ -156,7 +167,7 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
 def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: torch.dtype | None) -> ExecutionPolicy:
     """The policy after `model.to(device, dtype)`: off the CPU or out of float32 the C kernels cannot run, so
     the weights become dense and the kernels ATen; the attention backend keeps its dense fallback."""
-    device = policy.device if device is None else torch.device(device)
+    device = policy.device if device is None else check_device_present(torch.device(device))
     dtype = policy.dtype if dtype is None else dtype
     if device.type == "cpu" and dtype == torch.float32:
         return dataclasses.replace(policy, device=device, dtype=dtype)

@@ -24,11 +24,21 @@ def _looks_like_hub_id(source: str) -> bool:
     return 1 <= len(parts) <= 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
+def _why_not_downloaded(local_files_only: bool, env_offline: bool) -> str:
+    """The true reason the Hub was not used, for the not-found message."""
+    reasons = [f"HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']} is set"] if env_offline else []
+    reasons += ["local_files_only=True was passed"] if local_files_only else []
+    if reasons:
+        return "offline: " + " and ".join(reasons)
+    return "the Hugging Face Hub could not be reached to download it (no network?)"
+
+
 def _from_hub(repo_id: str, gguf_file: str | None, revision: str | None, cache_dir, local_files_only: bool) -> ResolvedSource:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = local_files_only or env_offline
     try:
         if gguf_file is not None:
             path = Path(hf_hub_download(repo_id, gguf_file, revision=revision, cache_dir=cache_dir,
@@ -38,8 +48,8 @@ def _from_hub(repo_id: str, gguf_file: str | None, revision: str | None, cache_d
                                         allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
         return ResolvedSource(folder)
     except LocalEntryNotFoundError:
-        raise CheckpointNotFoundError(repo_id, "not a local path and not in the Hugging Face cache "
-                                       "(offline: HF_HUB_OFFLINE is set or local_files_only=True)") from None
+        raise CheckpointNotFoundError(repo_id, f"not a local path and not in the Hugging Face cache "
+                                       f"({_why_not_downloaded(local_files_only, env_offline)})") from None
     except HFValidationError as error:
         raise CheckpointError(repo_id, f"not a local path nor a valid Hub id: {error}") from None
     except OSError as error:

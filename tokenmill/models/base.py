@@ -29,9 +29,25 @@ class CausalLMOutput:
     logits: torch.Tensor  # [batch, kept positions, vocab]
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    loss: torch.Tensor | None = None  # only when `labels` were given
 
     def __getitem__(self, key):
         return getattr(self, key)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                   num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' causal-LM loss: position t predicts label t+1, in float32, `ignore_index` labels skipped;
+    the mean over counted tokens, or the sum over `num_items_in_batch` when given (gradient accumulation)."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must have shape [batch, positions] = {tuple(logits.shape[:2])} matching the "
+                         f"logits (set logits_to_keep=0); got {tuple(labels.shape)}")
+    shifted = nn.functional.pad(labels.to(logits.device), (0, 1), value=ignore_index)[:, 1:]
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1)
+    if num_items_in_batch is None:
+        return nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index)
+    total = nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index, reduction="sum")
+    return total / num_items_in_batch
 
 
 class DecoderModel(nn.Module):
@@ -132,6 +148,10 @@ class CausalLM(nn.Module):
         embed = self.model.embed_tokens
         if isinstance(embed, QuantizedEmbedding):
             self.lm_head = embed.as_linear()
+        elif not isinstance(self.lm_head, nn.Linear):
+            # the head was the quantized embedding's view: after dequantize() it becomes a plain Linear again
+            self.lm_head = nn.Linear(embed.weight.shape[1], embed.weight.shape[0], bias=False, device="meta")
+            self.lm_head.weight = embed.weight
         else:
             self.lm_head.weight = embed.weight
 
@@ -146,6 +166,8 @@ class CausalLM(nn.Module):
         logits_to_keep: int | torch.Tensor = 0,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **unused,
     ) -> CausalLMOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -164,8 +186,9 @@ class CausalLM(nn.Module):
         logits = self.lm_head(kept.contiguous())
         if self.final_logit_softcap is not None:
             logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
+        loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
         return CausalLMOutput(logits=logits, past_key_values=cache,
-                              hidden_states=tuple(all_hidden) if all_hidden is not None else None)
+                              hidden_states=tuple(all_hidden) if all_hidden is not None else None, loss=loss)
 
     __call__ = nn.Module.__call__
 
@@ -222,6 +245,7 @@ class CausalLM(nn.Module):
         if before.weight_format == "gguf-blocks" and after.weight_format == "dense":
             self.dequantize()  # the GGUF block kernels run on the CPU in float32 only
         moved = super().to(*args, **kwargs)
+        self.tie_weights()  # a move that cannot swap tensors in place (e.g. to meta) makes new parameters
         self.execution_policy = after
         return moved
 

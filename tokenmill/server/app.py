@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
+from ..version import __version__
 from . import openai_routes, tgi_routes
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
@@ -64,7 +65,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
                metrics: ServerMetrics | None = None) -> FastAPI:
     """An app serving `engine`; pass the same `metrics` the engine's on_step hook feeds."""
     settings = settings or ServerSettings()
-    app = FastAPI(title="tokenmill", version="0.1.0")
+    # Swagger UI loads its scripts from a CDN and renders blank offline: /docs is a plain local page instead
+    app = FastAPI(title="tokenmill", version=__version__, docs_url=None, redoc_url=None)
     state = ServerState(engine, settings, metrics or ServerMetrics())
     app.state.tokenmill = state
     install_error_handlers(app)
@@ -77,11 +79,28 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
     app.include_router(openai_routes.router)
     app.include_router(tgi_routes.router)
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs_route():
+        return HTMLResponse(_docs_page(app.openapi()))
+
     @app.get("/metrics")
     async def metrics_route():
         return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _docs_page(schema: dict) -> str:
+    """Every route and its summary, no scripts: readable without network access; the schema is /openapi.json."""
+    from html import escape
+
+    rows = "".join(f"<tr><td>{escape(method.upper())}</td><td><code>{escape(path)}</code></td>"
+                   f"<td>{escape(operation.get('summary', ''))}</td></tr>"
+                   for path, methods in schema.get("paths", {}).items() for method, operation in methods.items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tokenmill {escape(__version__)} API</title>"
+            f"</head><body><h1>tokenmill {escape(__version__)} API</h1><p>The full OpenAPI schema: "
+            f"<a href='/openapi.json'>/openapi.json</a> (load it into any OpenAPI viewer).</p>"
+            f"<table><tr><th>method</th><th>path</th><th>summary</th></tr>{rows}</table></body></html>")
 
 
 def build_server_app(model, tokenizer, engine_config: EngineConfig | None = None,

@@ -17,6 +17,8 @@ from .sse import SSE_DONE, SSE_HEADERS, sse_event
 from .state import ServerState, final_output, merge
 
 router = APIRouter()
+# huggingface_hub's InferenceClient names the model itself ("tgi" for TGI endpoints, "dummy" with base_url)
+INFERENCE_CLIENT_MODEL_NAMES = ("tgi", "dummy")
 
 
 def _state(request: Request) -> ServerState:
@@ -78,7 +80,8 @@ def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
+    state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
+    body.refuse_tools()
     prompt = _chat_prompt(state, body)
     params = state.validate(prompt, body.sampling_params(body.requested_max_tokens(), body.logprobs_count(),
                                                          state.vocab_size))

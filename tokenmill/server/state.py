@@ -60,8 +60,10 @@ class ServerState:
     def release(self) -> None:
         self.in_flight -= 1
 
-    def check_model(self, name: str | None) -> None:
-        if name and name != self.settings.model_name:
+    def check_model(self, name: str | None, client_defaults: tuple[str, ...] = ()) -> None:
+        """404 for a name that is not this server's model; `client_defaults` are names a client sends on its
+        own (huggingface_hub's InferenceClient: "tgi", "dummy"), accepted like TGI accepts any name on chat."""
+        if name and name != self.settings.model_name and name not in client_defaults:
             raise APIError(404, f"the model {name!r} does not exist; this server serves "
                                 f"{self.settings.model_name!r}", param="model")
 

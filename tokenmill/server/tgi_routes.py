@@ -1,4 +1,5 @@
-"""TGI-compatible routes: /generate, /generate_stream, / (either, by `stream`), /info, /health, /tokenize."""
+"""TGI-compatible routes: /generate, /generate_stream, / (either, by `stream`), /info, /health, /tokenize;
+also /detokenize and /version (vLLM's shapes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
 from .sse import SSE_HEADERS, sse_event
 from .state import ServerState, final_output
-from .tgi_protocol import (MAX_BEST_OF, MAX_STOP_SEQUENCES, MAX_TOP_N_TOKENS, GenerateRequest, sampling_params,
+from .tgi_protocol import (MAX_BEST_OF, MAX_STOP_SEQUENCES, MAX_TOP_N_TOKENS, DetokenizeRequest, GenerateRequest,
+                           sampling_params,
                            validate_parameters)
 
 router = APIRouter()
@@ -179,14 +181,27 @@ async def health(request: Request):
 
 @router.post("/tokenize")
 async def tokenize(body: GenerateRequest, request: Request):
+    """TGI's token list; start/stop are character offsets into `inputs` and text is that span (the tokens of
+    one character split into bytes share its span)."""
     state = _state(request)
     if not body.inputs:
         raise APIError(422, "`inputs` cannot be empty")
-    ids = list(state.tokenizer.encode(body.inputs))
-    pieces, start = [], 0
-    for i, token_id in enumerate(ids):
-        # offsets from the decoded prefix lengths: exact for byte-level BPE, approximate elsewhere
-        stop = len(state.tokenizer.decode(ids[: i + 1]))
-        pieces.append({"id": token_id, "text": state.tokenizer.decode([token_id]), "start": start, "stop": stop})
-        start = stop
-    return pieces
+    encoding = state.tokenizer(body.inputs, return_offsets_mapping=True)
+    return [{"id": token_id, "text": body.inputs[start:stop], "start": start, "stop": stop}
+            for token_id, (start, stop) in zip(encoding["input_ids"], encoding["offset_mapping"])]
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    """Token ids → text (vLLM's shape: {"tokens": [...]} → {"prompt": "..."})."""
+    state = _state(request)
+    bad = [token_id for token_id in body.tokens if not 0 <= token_id < state.vocab_size]
+    if bad:
+        raise APIError(422, f"token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
+                       param="tokens")
+    return {"prompt": state.tokenizer.decode(body.tokens)}
+
+
+@router.get("/version")
+async def version():
+    return {"version": __version__}

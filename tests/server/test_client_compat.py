@@ -1,0 +1,76 @@
+"""What issue 17 found broken for unchanged clients: InferenceClient's chat model name, accepted-and-ignored
+arguments (tools, adapter_id) refused clearly, /tokenize spans, /detokenize, /version, an offline /docs."""
+
+import httpx2
+import pytest
+
+PROMPT = "The capital of France is"
+
+
+def test_inference_client_chat_completion_with_base_url(tgi_client):
+    # the client sends model "dummy" with base_url (huggingface_hub's hf_inference provider); was a 404
+    out = tgi_client.chat_completion([{"role": "user", "content": "Say hi"}], max_tokens=4)
+    assert out.choices[0].message.content and out.usage.completion_tokens <= 4
+
+
+@pytest.mark.parametrize("name", ["tgi", "dummy", "smollm2"])
+def test_chat_accepts_inference_client_default_names(served, name):
+    reply = httpx2.post(f"{served.url}/v1/chat/completions", timeout=120,
+                        json={"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert reply.status_code == 200, reply.text
+
+
+def test_chat_and_completions_keep_404_for_a_wrong_model(served):
+    chat = httpx2.post(f"{served.url}/v1/chat/completions",
+                       json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 404 and "'gpt-4o' does not exist" in chat.json()["error"]["message"]
+    completion = httpx2.post(f"{served.url}/v1/completions", json={"model": "tgi", "prompt": PROMPT})
+    assert completion.status_code == 404
+
+
+def test_tools_are_refused_until_tool_calling_exists(openai_client, served):
+    import openai
+
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    with pytest.raises(openai.BadRequestError, match="tool calling is not supported yet"):
+        openai_client.chat.completions.create(model="smollm2", messages=messages, tools=[tool], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="tool calling is not supported yet"):
+        openai_client.chat.completions.create(model="smollm2", messages=messages, tool_choice="required",
+                                              max_tokens=2)
+    ignored = openai_client.chat.completions.create(model="smollm2", messages=messages, tools=[tool],
+                                                    tool_choice="none", max_tokens=2)
+    assert ignored.choices[0].message.tool_calls is None
+
+
+def test_adapter_id_is_refused_until_lora_exists(tgi_client):
+    from huggingface_hub.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="LoRA adapters are not supported yet"):
+        tgi_client.text_generation(PROMPT, max_new_tokens=2, adapter_id="my/lora")
+
+
+def test_tokenize_spans_are_character_offsets(served):
+    text = "Hi 😀 café"
+    pieces = httpx2.post(f"{served.url}/tokenize", json={"inputs": text}).json()
+    assert all(p["text"] == text[p["start"]:p["stop"]] and p["start"] < p["stop"] for p in pieces)
+    assert "�" not in "".join(p["text"] for p in pieces)  # byte tokens printed as U+FFFD before
+    assert pieces[0]["start"] == 0 and pieces[-1]["stop"] == len(text)
+
+
+def test_detokenize_inverts_tokenize(served):
+    text = "Hi 😀 café"
+    ids = [p["id"] for p in httpx2.post(f"{served.url}/tokenize", json={"inputs": text}).json()]
+    assert httpx2.post(f"{served.url}/detokenize", json={"tokens": ids}).json() == {"prompt": text}
+    bad = httpx2.post(f"{served.url}/detokenize", json={"tokens": [10 ** 9]})
+    assert bad.status_code == 422 and "outside the vocabulary" in bad.text
+
+
+def test_version_and_offline_docs(served):
+    from tokenmill.version import __version__
+
+    assert httpx2.get(f"{served.url}/version").json() == {"version": __version__}
+    docs = httpx2.get(f"{served.url}/docs")
+    assert docs.status_code == 200 and "<script" not in docs.text and "cdn" not in docs.text.lower()
+    assert "/v1/chat/completions" in docs.text and "/openapi.json" in docs.text
+    assert httpx2.get(f"{served.url}/openapi.json").json()["info"]["version"] == __version__
