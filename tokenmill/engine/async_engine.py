@@ -148,6 +148,10 @@ class AsyncEngine:
         if not self._thread.is_alive():
             self._fail_streams(EngineDeadError("the engine was shut down"))
 
+    def fail_waiting(self, reason: str) -> None:
+        """End every caller's wait with EngineDeadError(reason) (a shutdown that cannot wait for a stuck engine)."""
+        self._fail_streams(EngineDeadError(reason))
+
     def health(self) -> EngineHealth:
         """Unhealthy when the engine thread has died or one step has run longer than `stall_seconds`."""
         if not self._thread.is_alive():
