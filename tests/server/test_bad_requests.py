@@ -88,7 +88,7 @@ def test_a_failed_engine_step_is_a_424_and_the_server_recovers(served, monkeypat
     (CHAT, {"messages": MESSAGES, "stop": ["x" * 900] * 1000}, "at most 16 stop strings"),
     (CHAT, {"messages": MESSAGES, "stop": ["x" * 900]}, "at most 256 characters"),
     ("/v1/completions", {"prompt": ["hi"] * 200, "n": 16}, "asks for 3200 sequences (200 prompt(s) x n=16)"),
-    ("/v1/completions", {"prompt": [[1, 2]] * 65}, "more than the limit of 64 per request"),
+    ("/v1/completions", {"prompt": [[1, 2]] * 33}, "more than the limit of 32 per request"),
 ])
 def test_openai_engine_limits(served, path, body, fragment):
     response = _post(served, path, json={"model": "smollm2", "max_tokens": 2, **body})
