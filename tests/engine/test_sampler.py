@@ -122,3 +122,17 @@ def test_rows_without_a_finite_distribution_get_no_token_and_the_others_theirs()
         seq.generator = torch.Generator().manual_seed(4) if seq.params.sampled else None
     for i in (0, 3):
         assert tokens[i] == sample(logits[i:i + 1], [seqs[i]], eos_ids=[], ops=TORCH_OPS)[0]
+
+
+def test_a_grammar_that_raises_fails_its_row_alone():
+    from tokenmill.engine.sampler import NO_TOKEN, sample
+
+    class Broken:
+        def __call__(self, token_ids, scores):
+            raise RuntimeError("matcher state lost")
+
+    logits = torch.randn(2, 96, generator=torch.Generator().manual_seed(2))
+    seqs = [Sequence("r", i, [1, 2], SamplingParams(temperature=0)) for i in range(2)]
+    tokens = sample(logits, seqs, eos_ids=[], ops=TORCH_OPS, constraints=[Broken(), None])
+    assert tokens == [NO_TOKEN, int(logits[1].argmax())]
+    assert "structured output failed" in seqs[0].error and "matcher state lost" in seqs[0].error

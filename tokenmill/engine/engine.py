@@ -219,7 +219,7 @@ class LLMEngine:
             tokens = sample(logits, ready, self.eos_token_ids, ops, self._ready_constraints(ready))
             for seq, token in zip(ready, tokens):
                 if token == NO_TOKEN:
-                    self.fail_request(seq.request_id, _not_finite_message(seq))
+                    self.fail_request(seq.request_id, seq.error or _not_finite_message(seq))
             for seq, token in zip(ready, tokens):
                 request = self._requests.get(seq.request_id)
                 if request is None or seq.is_finished:

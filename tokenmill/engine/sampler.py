@@ -186,7 +186,11 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], ops, co
     constrained = [i for i, processor in enumerate(constraints) if processor is not None]
     allowed = rows.clone() if constrained else rows
     for i in constrained:  # each grammar is its own stateful matcher
-        allowed[i] = constrain(rows[i], seqs[i], constraints[i])
+        try:
+            allowed[i] = constrain(rows[i], seqs[i], constraints[i])
+        except Exception as error:  # noqa: BLE001 - one grammar's failure is its row's alone
+            seqs[i].error = f"structured output failed: {error!r}"
+            allowed[i] = float("nan")
     for i in constrained:
         tokens[i] = int(allowed[i].argmax())
     for i in unusable_rows(allowed, tokens):
