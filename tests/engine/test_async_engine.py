@@ -259,3 +259,20 @@ def test_a_stuck_step_reports_unhealthy_until_it_returns(tiny_model, monkeypatch
 
 async def _consume(outputs):
     return [output async for output in outputs]
+
+
+def test_outputs_for_a_closed_event_loop_do_not_fail_the_others(engine):
+    closed = asyncio.new_event_loop()
+    closed.close()
+    engine._streams["gone"] = async_engine_stream(closed)
+    try:
+        engine._deliver_all([("gone", None)])  # raised "Event loop is closed" in the engine thread before
+    finally:
+        engine._streams.pop("gone")
+    assert len(_collect(engine, [1, 2, 3], GREEDY)[-1].outputs[0].token_ids) == 3
+
+
+def async_engine_stream(loop):
+    from tokenmill.engine.async_engine import _Stream
+
+    return _Stream(loop, None)

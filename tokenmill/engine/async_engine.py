@@ -177,8 +177,10 @@ class AsyncEngine:
             if stream is not None:
                 batches.setdefault(stream.loop, []).append((stream.outputs, item))
         for loop, batch in batches.items():
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # that caller's event loop closed meanwhile: nobody is left to read these
+                pass
 
     def _drain_commands(self) -> None:
         while True:
