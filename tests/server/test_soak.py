@@ -39,6 +39,16 @@ def _plan():
     return [(kind, rng.choice(TOPICS), rng.choice(LENGTHS)) for kind in kinds]
 
 
+class Overloaded(Exception):
+    """A 429 from a TGI route (the SDK raises openai.RateLimitError)."""
+
+
+def _raise_for_status(response):
+    if response.status_code == 429:
+        raise Overloaded(response.text)
+    response.raise_for_status()
+
+
 class Soak:
     def __init__(self, url):
         self.url = url
@@ -65,10 +75,12 @@ class Soak:
         body = {"inputs": f"Facts about {topic}:", "parameters": {"max_new_tokens": max_tokens}}
         if not stream:
             response = await self.http.post("/generate", json=body)
-            response.raise_for_status()
+            _raise_for_status(response)
             return response.json()["generated_text"]
         final = None
         async with self.http.stream("POST", "/generate_stream", json=body) as response:
+            if response.status_code == 429:
+                raise Overloaded(await response.aread())
             response.raise_for_status()
             async for line in response.aiter_lines():
                 if line.startswith("data:"):
@@ -149,7 +161,7 @@ async def _run(url, plan, expected):
                 else:
                     await soak.drop(topic)
                     counts["dropped"] += 1
-            except (openai.RateLimitError, ) as error:
+            except (openai.RateLimitError, Overloaded) as error:
                 counts["refused_429"] += 1
                 problems.append(f"{kind}: 429 {error}")
             except Exception as error:  # noqa: BLE001 - every failure is counted and reported
