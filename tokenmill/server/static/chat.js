@@ -1,0 +1,430 @@
+// tokenmill's chat page: plain JavaScript, no dependencies, no build step.
+// The conversation and the settings live in localStorage; answers stream from /v1/chat/completions.
+"use strict";
+
+// ---- markdown: the source is HTML-escaped first, so the only tags in the output are the ones made here ----
+
+const tokenmillMarkdown = (() => {
+  const HOLE = "\u0000";  // marks a finished inline piece (code span, link) kept away from later rules
+
+  function escapeHtml(text) {
+    return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+      .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  }
+
+  // links only to the web or mail: a javascript: or data: address stays plain text
+  const SAFE_URL = /^(https?:\/\/|mailto:)[^\s]*$/i;
+
+  function emphasis(text) {
+    return text
+      .replace(/\*\*([^\s*](?:[\s\S]*?[^\s*])?)\*\*/g, "<strong>$1</strong>")
+      .replace(/(^|[^\w])__([^\s_](?:[\s\S]*?[^\s_])?)__(?!\w)/g, "$1<strong>$2</strong>")
+      .replace(/~~([^\s~](?:[\s\S]*?[^\s~])?)~~/g, "<del>$1</del>")
+      .replace(/\*([^\s*](?:[^*]*?[^\s*])?)\*/g, "<em>$1</em>")
+      .replace(/(^|[^\w])_([^\s_](?:[^_]*?[^\s_])?)_(?!\w)/g, "$1<em>$2</em>");
+  }
+
+  // `escaped` is already HTML-escaped text of one block
+  function inline(escaped) {
+    const pieces = [];
+    const keep = (html) => { pieces.push(html); return HOLE + (pieces.length - 1) + HOLE; };
+    let text = escaped.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, ticks, code) => keep(`<code>${code.trim()}</code>`));
+    text = text.replace(/\[([^\]\n]+)\]\(([^()\s]+)\)/g, (whole, label, url) => {
+      // the address was escaped with the rest; undo &amp; only to test its scheme, never in the output
+      if (!SAFE_URL.test(url.replace(/&amp;/g, "&"))) return whole;
+      return keep(`<a href="${url}" target="_blank" rel="noopener noreferrer">${emphasis(label)}</a>`);
+    });
+    text = emphasis(text);
+    return text.replace(new RegExp(HOLE + "(\\d+)" + HOLE, "g"), (_, index) => pieces[Number(index)]);
+  }
+
+  const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+  const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+  const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+  const QUOTE = /^ {0,3}&gt;\s?(.*)$/;
+  const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+
+  function startsBlock(line) {
+    return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || ITEM.test(line);
+  }
+
+  function fencedCode(lines, start) {
+    const [, marker, language] = lines[start].match(FENCE);
+    const body = [];
+    let i = start + 1;
+    // an unclosed fence (an answer still streaming) runs to the end
+    while (i < lines.length && !(lines[i].trim().startsWith(marker) && lines[i].trim().replace(/[`~]/g, "") === "")) {
+      body.push(lines[i]);
+      i += 1;
+    }
+    const languageClass = language ? ` class="language-${language}"` : "";
+    return { html: `<pre><code${languageClass}>${body.join("\n")}</code></pre>`, next: i + 1 };
+  }
+
+  // a list: its items and their indented continuation lines (deeper items become a nested list); a blank
+  // line ends it unless an item or an indented line follows
+  function list(lines, start) {
+    const items = [];
+    const baseIndent = lines[start].match(ITEM)[1].length;
+    const isOrdered = (item) => /\d/.test(item[2]);
+    const ordered = isOrdered(lines[start].match(ITEM));
+    // an item of this list: not indented deeper, and of the same kind (a bullet after a number starts a new list)
+    const sibling = (item) => item && item[1].length <= baseIndent + 1 && isOrdered(item) === ordered;
+    const belongs = (line) => {
+      const item = line.match(ITEM);
+      return sibling(item) || (!(item && item[1].length <= baseIndent + 1) && line.search(/\S/) >= baseIndent + 2);
+    };
+    let i = start;
+    while (i < lines.length) {
+      const line = lines[i];
+      const item = line.match(ITEM);
+      if (item && item[1].length <= baseIndent + 1 && !sibling(item)) {
+        break;
+      } else if (sibling(item)) {
+        items.push({ marker: item[2], lines: [item[3]] });
+      } else if (line.trim() === "") {
+        let next = i + 1;
+        while (next < lines.length && lines[next].trim() === "") next += 1;
+        if (next >= lines.length || !belongs(lines[next])) break;
+        items[items.length - 1].lines.push("");
+      } else if (item || /^\s+/.test(line)) {
+        items[items.length - 1].lines.push(line.slice(Math.min(baseIndent + 2, line.search(/\S/))));
+      } else {
+        break;
+      }
+      i += 1;
+    }
+    const first = parseInt(items[0].marker, 10);
+    const startAttribute = ordered && first !== 1 ? ` start="${first}"` : "";
+    const tag = ordered ? "ol" : "ul";
+    const body = items.map((item) => `<li>${blocks(item.lines, true)}</li>`).join("");
+    return { html: `<${tag}${startAttribute}>${body}</${tag}>`, next: i };
+  }
+
+  function blocks(lines, tight) {
+    const out = [];
+    let i = 0;
+    while (i < lines.length) {
+      const line = lines[i];
+      if (line.trim() === "") { i += 1; continue; }
+      let match;
+      if (FENCE.test(line)) {
+        const code = fencedCode(lines, i);
+        out.push(code.html);
+        i = code.next;
+      } else if ((match = line.match(HEADING))) {
+        out.push(`<h${match[1].length}>${inline(match[2])}</h${match[1].length}>`);
+        i += 1;
+      } else if (RULE.test(line)) {
+        out.push("<hr>");
+        i += 1;
+      } else if (QUOTE.test(line)) {
+        const quoted = [];
+        while (i < lines.length && (match = lines[i].match(QUOTE))) { quoted.push(match[1]); i += 1; }
+        out.push(`<blockquote>${blocks(quoted, false)}</blockquote>`);
+      } else if (ITEM.test(line)) {
+        const items = list(lines, i);
+        out.push(items.html);
+        i = items.next;
+      } else {
+        const paragraph = [line];
+        i += 1;
+        while (i < lines.length && lines[i].trim() !== "" && !startsBlock(lines[i])) { paragraph.push(lines[i]); i += 1; }
+        const text = paragraph.map((l) => inline(l.trim())).join("<br>");
+        out.push(tight && out.length === 0 ? text : `<p>${text}</p>`);
+      }
+    }
+    return out.join("");
+  }
+
+  function render(source) {
+    const escaped = escapeHtml(String(source).replace(/\u0000/g, "\uFFFD").replace(/\r\n?/g, "\n"));
+    return blocks(escaped.split("\n"), false);
+  }
+
+  return { render, escapeHtml };
+})();
+
+// ---- storage ----
+
+const STORAGE = { conversation: "tokenmill-chat:conversation", settings: "tokenmill-chat:settings" };
+const SETTING_FIELDS = { systemPrompt: "system-prompt", temperature: "temperature", topP: "top-p",
+  maxTokens: "max-tokens", apiKey: "api-key" };
+
+function loadJson(key, fallback) {
+  try {
+    const value = JSON.parse(localStorage.getItem(key));
+    return value === null ? fallback : value;
+  } catch (error) {
+    return fallback;  // a corrupt entry is forgotten, not fatal
+  }
+}
+
+function saveJson(key, value) {
+  try {
+    localStorage.setItem(key, JSON.stringify(value));
+  } catch (error) {
+    showStatus(`Could not save in this browser: ${error.message}`);
+  }
+}
+
+// ---- page state ----
+
+const page = {};
+let conversation = { messages: [] };  // {role, content, state?: "streaming" | "done" | "stopped"}
+let running = null;  // {controller, message, element} while an answer streams
+let modelName = null;
+
+function $(id) { return document.getElementById(id); }
+
+function showStatus(text) {
+  page.status.textContent = text;
+  page.status.hidden = !text;
+}
+
+function saveConversation() { saveJson(STORAGE.conversation, conversation); }
+
+function saveSettings() {
+  const settings = {};
+  for (const [name, id] of Object.entries(SETTING_FIELDS)) settings[name] = $(id).value;
+  saveJson(STORAGE.settings, settings);
+}
+
+function restoreSettings() {
+  const settings = loadJson(STORAGE.settings, {});
+  for (const [name, id] of Object.entries(SETTING_FIELDS)) {
+    if (typeof settings[name] === "string") $(id).value = settings[name];
+  }
+}
+
+function restoreConversation() {
+  const stored = loadJson(STORAGE.conversation, null);
+  const messages = stored && Array.isArray(stored.messages) ? stored.messages : [];
+  conversation = { messages: messages.filter((m) => m && typeof m.content === "string" && (m.role === "user" || m.role === "assistant")) };
+  // an answer that was streaming when the page went away was cut there
+  for (const message of conversation.messages) if (message.state === "streaming") message.state = "stopped";
+}
+
+// ---- rendering ----
+
+function messageElement(message) {
+  const element = document.createElement("div");
+  element.className = `message ${message.role}`;
+  const content = document.createElement("div");
+  content.className = "content";
+  element.appendChild(content);
+  fillMessage(element, message);
+  return element;
+}
+
+function fillMessage(element, message) {
+  element.dataset.state = message.state || "done";
+  const content = element.querySelector(".content");
+  if (message.role === "assistant") {
+    content.innerHTML = tokenmillMarkdown.render(message.content);  // escaped first: see tokenmillMarkdown
+  } else {
+    content.textContent = message.content;
+  }
+}
+
+function renderConversation() {
+  page.messages.replaceChildren(...conversation.messages.map(messageElement));
+  scrollToEnd();
+}
+
+function scrollToEnd() { page.messages.scrollTop = page.messages.scrollHeight; }
+
+function setRunning(isRunning) {
+  page.send.disabled = isRunning;
+  page.stop.disabled = !isRunning;
+  page.newChat.disabled = isRunning;
+}
+
+// ---- talking to the server ----
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function numberSetting(id, name) {
+  const text = $(id).value.trim();
+  if (text === "") return undefined;  // the server's default
+  const value = Number(text);
+  if (!Number.isFinite(value)) throw new Error(`${name} must be a number, not ${JSON.stringify(text)}`);
+  return value;
+}
+
+function requestBody(history) {
+  const system = $("system-prompt").value.trim();
+  const messages = history.map((m) => ({ role: m.role, content: m.content }));
+  const body = {
+    messages: system ? [{ role: "system", content: system }, ...messages] : messages,
+    stream: true,
+    temperature: numberSetting("temperature", "Temperature"),
+    top_p: numberSetting("top-p", "Top p"),
+    max_tokens: numberSetting("max-tokens", "Max tokens"),
+  };
+  if (modelName) body.model = modelName;
+  return body;
+}
+
+// the server's error message, in OpenAI's shape or TGI's, with what to do about a missing key
+async function describeFailure(response) {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    const error = body.error;
+    message = typeof error === "string" ? error : (error && error.message) || message;
+  } catch (error) { /* not JSON: keep the status line */ }
+  if (response.status === 401) {
+    return `The server refused the request: ${message}. Enter the server's API key under Settings.`;
+  }
+  return `The server refused the request: ${message}`;
+}
+
+// SSE frames → the text deltas of choice 0; returns true at [DONE]
+function consumeEvents(buffer, onDelta) {
+  const frames = buffer.text.split("\n\n");
+  buffer.text = frames.pop();
+  for (const frame of frames) {
+    for (const line of frame.split("\n")) {
+      if (!line.startsWith("data:")) continue;
+      const data = line.slice(5).trim();
+      if (data === "[DONE]") return true;
+      const event = JSON.parse(data);
+      if (event.error) throw new Error(typeof event.error === "string" ? event.error : event.error.message);
+      const choice = event.choices && event.choices[0];
+      if (choice && choice.delta && choice.delta.content) onDelta(choice.delta.content);
+    }
+  }
+  return false;
+}
+
+async function streamAnswer(response, message, element) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const buffer = { text: "" };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer.text += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+    const finished = consumeEvents(buffer, (delta) => { message.content += delta; });
+    fillMessage(element, message);
+    scrollToEnd();
+    saveConversation();  // a reload mid-answer keeps what arrived
+    if (finished) return;
+  }
+}
+
+async function send() {
+  const text = page.prompt.value;
+  if (!text.trim() || running) return;
+  showStatus("");
+  let body;
+  const user = { role: "user", content: text };
+  try {
+    body = requestBody([...conversation.messages, user]);
+  } catch (error) {
+    showStatus(error.message);
+    return;
+  }
+  const message = { role: "assistant", content: "", state: "streaming" };
+  conversation.messages.push(user, message);
+  page.messages.appendChild(messageElement(user));
+  const element = messageElement(message);
+  page.messages.appendChild(element);
+  page.prompt.value = "";
+  scrollToEnd();
+  saveConversation();
+  running = { controller: new AbortController(), message, element };
+  setRunning(true);
+  try {
+    const response = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(body),
+      signal: running.controller.signal,
+    });
+    if (!response.ok) throw new RefusedError(await describeFailure(response), response.status);
+    await streamAnswer(response, message, element);
+    message.state = "done";
+  } catch (error) {
+    if (error.name === "AbortError") {
+      message.state = "stopped";
+    } else if (error instanceof RefusedError || message.content === "") {
+      // nothing was answered: take the turn back, the text returns to the input box
+      conversation.messages.splice(conversation.messages.indexOf(user), 2);
+      page.prompt.value = text;
+      renderConversation();
+      showStatus(error instanceof RefusedError ? error.message : `The request failed: ${error.message}`);
+      if (error.status === 401) showSettings(true, "api-key");
+    } else {
+      message.state = "stopped";
+      showStatus(`The answer was cut off: ${error.message}`);
+    }
+  } finally {
+    running = null;
+    setRunning(false);
+    if (conversation.messages.includes(message)) fillMessage(element, message);
+    saveConversation();
+  }
+}
+
+class RefusedError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function stop() {
+  if (running) running.controller.abort();  // closing the stream makes the server abort the request
+}
+
+function newChat() {
+  if (running) return;
+  conversation = { messages: [] };
+  saveConversation();
+  renderConversation();
+  showStatus("");
+  page.prompt.focus();
+}
+
+function showSettings(visible, focusId) {
+  $("settings").hidden = !visible;
+  $("settings-toggle").setAttribute("aria-expanded", String(visible));
+  if (visible && focusId) $(focusId).focus();
+}
+
+async function loadModelName() {
+  try {
+    const response = await fetch("/v1/models", { headers: authHeaders() });
+    if (!response.ok) return;
+    const models = await response.json();
+    modelName = models.data && models.data[0] ? models.data[0].id : null;
+    page.modelName.textContent = modelName || "";
+  } catch (error) { /* the name is only shown; requests go without it */ }
+}
+
+function start() {
+  Object.assign(page, { messages: $("messages"), status: $("status"), prompt: $("prompt"), send: $("send"),
+    stop: $("stop"), newChat: $("new-chat"), modelName: $("model-name") });
+  restoreSettings();
+  restoreConversation();
+  renderConversation();
+  for (const id of Object.values(SETTING_FIELDS)) $(id).addEventListener("input", saveSettings);
+  $("composer").addEventListener("submit", (event) => { event.preventDefault(); send(); });
+  page.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); send(); }
+  });
+  page.stop.addEventListener("click", stop);
+  page.newChat.addEventListener("click", newChat);
+  $("settings-toggle").addEventListener("click", () => showSettings($("settings").hidden));
+  setRunning(false);
+  loadModelName();
+  page.prompt.focus();
+}
+
+window.tokenmillMarkdown = tokenmillMarkdown;
+document.addEventListener("DOMContentLoaded", start);
