@@ -1,0 +1,224 @@
+"""The chat page at GET /: its files come from the package with a strict content-security policy, and a real
+browser (Debian's chromium driven by playwright) chats with a real server on loopback: the answer streams, Stop
+aborts the request on the server, a reload restores the conversation, an API key is asked for and kept.
+
+The browser tests fail (never skip) when chromium or playwright is missing: `make test` installs both. Only
+TOKENMILL_NO_BROWSER=1, which CI never sets, skips them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+
+import httpx2
+import pytest
+
+from tokenmill.server.web_page import ASSET_TYPES, CONTENT_SECURITY_POLICY, asset_bytes
+
+# generous: the machine may be shared; a healthy run takes a fraction of this
+ANSWER_TIMEOUT_MS = 240_000
+CONVERSATION_KEY = "tokenmill-chat:conversation"
+
+
+# ---- the files ----
+
+def test_get_root_is_the_page_and_it_loads_only_its_own_files(served):
+    response = httpx2.get(f"{served.url}/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.text == asset_bytes("chat.html").decode()
+    addresses = re.findall(r'(?:src|href)="([^"]*)"', response.text)
+    assert sorted(addresses) == ["/static/chat.css", "/static/chat.js", "data:,"]  # data:, the empty icon
+    assert "<script>" not in response.text  # no inline script: the policy would block it
+    for name in ("chat.js", "chat.css"):
+        asset = httpx2.get(f"{served.url}/static/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"] == ASSET_TYPES[name]
+        assert asset.content == asset_bytes(name)
+        assert not re.search(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}/", asset.text), f"{name} names another site"
+
+
+@pytest.mark.parametrize("name", ["nothing.js", "chat.html", "..%2Fapp.py", "web_page.py"])
+def test_only_the_pages_files_are_served(served, name):
+    response = httpx2.get(f"{served.url}/static/{name}")
+    assert response.status_code == 404
+    assert response.json()["error_type"] == "not_found"
+
+
+# ---- the browser ----
+
+@pytest.fixture(scope="module")
+def browser():
+    if os.environ.get("TOKENMILL_NO_BROWSER") == "1":
+        pytest.skip("TOKENMILL_NO_BROWSER=1: the browser tests are switched off")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail("chromium is not installed: `apt-get install -y chromium` (`make test` does it), or set "
+                    "TOKENMILL_NO_BROWSER=1 to skip the browser tests")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    opened = context.new_page()
+    errors = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+def _fill_settings(page, **values) -> None:
+    for field, value in values.items():
+        page.fill(f"#{field.replace('_', '-')}", value)
+
+
+def _ask(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def _stored_messages(page) -> list[dict]:
+    return page.evaluate(f"JSON.parse(localStorage.getItem({CONVERSATION_KEY!r})).messages")
+
+
+def _record_answer_lengths(page) -> None:
+    """Every change to the last answer's text, as its length, into window.answerLengths."""
+    page.evaluate("""() => {
+        window.answerLengths = [];
+        new MutationObserver(() => {
+            const answers = document.querySelectorAll('.message.assistant .content');
+            if (answers.length) window.answerLengths.push(answers[answers.length - 1].textContent.length);
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+
+
+def _metric(url: str, name: str, absent: float | None = None) -> float:
+    """A sample's value from /metrics; `absent` for a labelled counter not yet incremented (else it must exist)."""
+    text = httpx2.get(f"{url}/metrics").text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    if match is None:
+        assert absent is not None, f"{name} is not in /metrics"
+        return absent
+    return float(match.group(1))
+
+
+def test_an_answer_streams_in_and_equals_the_apis_answer(served, page):
+    page.goto(served.url)
+    _fill_settings(page, system_prompt="Answer in one short sentence.", temperature="0", top_p="0.9",
+                   max_tokens="16")
+    _record_answer_lengths(page)
+    _ask(page, "What colour is the sky?")
+    page.wait_for_selector('.message.assistant[data-state="done"]', timeout=ANSWER_TIMEOUT_MS)
+    growing = sorted({length for length in page.evaluate("window.answerLengths") if length > 0})
+    assert len(growing) >= 2, f"the answer appeared at once, not streamed: lengths {growing}"
+
+    user, answer = _stored_messages(page)
+    assert user == {"role": "user", "content": "What colour is the sky?"}
+    assert answer["role"] == "assistant" and answer["state"] == "done" and answer["content"]
+    # greedy: the page's assembled stream equals the API's own answer to the same request
+    direct = httpx2.post(f"{served.url}/v1/chat/completions", timeout=ANSWER_TIMEOUT_MS / 1000, json={
+        "messages": [{"role": "system", "content": "Answer in one short sentence."}, user],
+        "temperature": 0, "top_p": 0.9, "max_tokens": 16})
+    assert direct.json()["choices"][0]["message"]["content"] == answer["content"]
+    assert page.input_value("#prompt") == "" and page.is_enabled("#send") and not page.is_enabled("#stop")
+
+
+def test_stop_aborts_the_request_on_the_server_and_reload_restores_the_conversation(served, page):
+    cancelled_before = _metric(served.url, 'tokenmill_requests_total{outcome="cancelled"}', absent=0.0)
+    page.goto(served.url)
+    _fill_settings(page, temperature="0", max_tokens="600")
+    _ask(page, "Count from 1 to 500, one number per line.")
+    page.wait_for_function("() => { const a = document.querySelector('.message.assistant .content');"
+                           " return a && a.textContent.length > 0; }", timeout=ANSWER_TIMEOUT_MS)
+    engine = served.engine
+    assert engine.has_unfinished_requests(), "the answer ended before Stop could be pressed"
+    page.click("#stop")
+    page.wait_for_selector('.message.assistant[data-state="stopped"]', timeout=10_000)
+
+    deadline = time.monotonic() + 30
+    while engine.has_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.has_unfinished_requests() and engine.blocks.num_used_blocks == 0
+    assert _metric(served.url, "tokenmill_running_batch_size") == 0
+    assert _metric(served.url, "tokenmill_kv_blocks_used") == 0
+    assert _metric(served.url, 'tokenmill_requests_total{outcome="cancelled"}') == cancelled_before + 1
+
+    stopped = _stored_messages(page)
+    assert [m["role"] for m in stopped] == ["user", "assistant"] and stopped[1]["state"] == "stopped"
+    shown = page.inner_text(".message.assistant .content")
+    page.reload()
+    page.wait_for_selector(".message.assistant")
+    assert page.inner_text(".message.user .content") == "Count from 1 to 500, one number per line."
+    assert page.inner_text(".message.assistant .content") == shown
+    assert page.get_attribute(".message.assistant", "data-state") == "stopped"
+    assert page.input_value("#max-tokens") == "600" and page.input_value("#temperature") == "0"
+
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+    page.reload()
+    page.wait_for_load_state()
+    assert page.locator(".message").count() == 0 and _stored_messages(page) == []
+    assert page.input_value("#max-tokens") == "600"  # a new chat keeps the settings
+
+
+def test_markdown_is_rendered_from_escaped_text(served, page):
+    page.goto(served.url)
+    render = lambda source: page.evaluate("source => window.tokenmillMarkdown.render(source)", source)  # noqa: E731
+
+    assert render("<img src=x onerror=alert(1)> & <script>x</script>") == (
+        "<p>&lt;img src=x onerror=alert(1)&gt; &amp; &lt;script&gt;x&lt;/script&gt;</p>")
+    assert render("**bold**, *it*, _it_, snake_case_name, 2 * 3 * 4 and `a<b *c*`") == (
+        "<p><strong>bold</strong>, <em>it</em>, <em>it</em>, snake_case_name, 2 * 3 * 4 and "
+        "<code>a&lt;b *c*</code></p>")
+    assert render("```python\nprint('<b>')\n\n**x**\n```\nafter") == (
+        "<pre><code class=\"language-python\">print(&#39;&lt;b&gt;&#39;)\n\n**x**</code></pre><p>after</p>")
+    assert render("```\nstill streaming") == "<pre><code>still streaming</code></pre>"
+    assert render("- a\n- b\n  - c\n\n3. x\n4. y") == (
+        "<ul><li>a</li><li>b<ul><li>c</li></ul></li></ul><ol start=\"3\"><li>x</li><li>y</li></ol>")
+    assert render("1. one\n\n2. two") == "<ol><li>one</li><li>two</li></ol>"
+    assert render("# Title\n> quoted *x*\n\nline one\nline two") == (
+        "<h1>Title</h1><blockquote><p>quoted <em>x</em></p></blockquote><p>line one<br>line two</p>")
+    assert render("[docs](https://example.com/a_b_c?x=1&y=2)") == (
+        '<p><a href="https://example.com/a_b_c?x=1&amp;y=2" target="_blank" rel="noopener noreferrer">docs</a></p>')
+    for unsafe in ("[x](javascript:alert(1))", "[x](data:text/html,hi)", "[x](//evil.test/)"):
+        assert "<a" not in render(unsafe), unsafe
+    # an address cannot leave its attribute: the quote arrives escaped
+    broken_out = render('[x](https://a.test/"onmouseover="steal)')
+    assert page.evaluate("""html => { const d = document.createElement('div'); d.innerHTML = html;
+        return [...d.querySelectorAll('*')].flatMap(e => [...e.attributes].map(a => a.name)); }""",
+                         broken_out) == ["href", "target", "rel"]
+
+
+def test_the_page_asks_for_the_api_key_and_keeps_it(smollm2, server_factory, page):
+    running = server_factory(*smollm2, api_key="sekret", max_total_tokens=1024)
+    try:
+        page.goto(running.url)  # the page itself needs no key
+        _fill_settings(page, max_tokens="4")
+        _ask(page, "Hello")
+        page.wait_for_selector("#status:not([hidden])", timeout=ANSWER_TIMEOUT_MS)
+        status = page.inner_text("#status")
+        assert "missing or wrong API key" in status and "Enter the server's API key under Settings" in status
+        # nothing was answered: the turn is taken back and the text returns to the input box
+        assert page.locator(".message").count() == 0 and page.input_value("#prompt") == "Hello"
+        assert page.evaluate("document.activeElement.id") == "api-key"
+
+        page.fill("#api-key", "sekret")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector('.message.assistant[data-state="done"]', timeout=ANSWER_TIMEOUT_MS)
+        assert page.is_hidden("#status") and page.inner_text(".message.assistant .content")
+        page.reload()
+        assert page.input_value("#api-key") == "sekret"
+        assert page.locator(".message.assistant").count() == 1
+    finally:
+        running.stop()
