@@ -2,8 +2,9 @@
 browser (Debian's chromium driven by playwright) chats with a real server on loopback: the answer streams, Stop
 aborts the request on the server, a reload restores the conversation, an API key is asked for and kept.
 
-The browser tests fail (never skip) when chromium or playwright is missing: `make test` installs both. Only
-TOKENMILL_NO_BROWSER=1, which CI never sets, skips them."""
+The browser tests fail (never skip) when chromium or playwright is missing: `make test` installs both (chromium
+with apt-get; TOKENMILL_CHROMIUM names another binary). Only TOKENMILL_NO_BROWSER=1, which CI never sets, skips
+them."""
 
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ def test_only_the_pages_files_are_served(served, name):
 def browser():
     if os.environ.get("TOKENMILL_NO_BROWSER") == "1":
         pytest.skip("TOKENMILL_NO_BROWSER=1: the browser tests are switched off")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    executable = os.environ.get("TOKENMILL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
-        pytest.fail("chromium is not installed: `apt-get install -y chromium` (`make test` does it), or set "
-                    "TOKENMILL_NO_BROWSER=1 to skip the browser tests")
+        pytest.fail("chromium is not installed: `apt-get install -y chromium` (`make test` does it), or name one "
+                    "with TOKENMILL_CHROMIUM=/path/to/chromium, or set TOKENMILL_NO_BROWSER=1 to skip the browser tests")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
