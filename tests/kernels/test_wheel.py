@@ -84,5 +84,5 @@ def test_an_installed_wheel_compiles_and_runs_the_kernels_and_has_the_chat_page(
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "built scalar" in result.stdout and str(installed) in result.stdout
-    assert "chat page files: ['chat.css', 'chat.html', 'chat.js']" in result.stdout
+    assert "chat page files: ['chat.css', 'chat.html', 'chat.js', 'markdown.js']" in result.stdout
     assert list((tmp_path / "cache" / "kernels").glob("*.so")), "no library was compiled into TOKENMILL_CACHE"

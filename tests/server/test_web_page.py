@@ -32,9 +32,10 @@ def test_get_root_is_the_page_and_it_loads_only_its_own_files(served):
     assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert response.text == asset_bytes("chat.html").decode()
     addresses = re.findall(r'(?:src|href)="([^"]*)"', response.text)
-    assert sorted(addresses) == ["/static/chat.css", "/static/chat.js", "data:,"]  # data:, the empty icon
+    # data:, the empty icon
+    assert sorted(addresses) == ["/static/chat.css", "/static/chat.js", "/static/markdown.js", "data:,"]
     assert "<script>" not in response.text  # no inline script: the policy would block it
-    for name in ("chat.js", "chat.css"):
+    for name in ("chat.js", "markdown.js", "chat.css"):
         asset = httpx2.get(f"{served.url}/static/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"] == ASSET_TYPES[name]
         assert asset.content == asset_bytes(name)
@@ -48,6 +49,23 @@ def test_only_the_pages_files_are_served(served, name):
     assert response.json()["error_type"] == "not_found"
 
 
+def test_closing_a_chat_stream_frees_its_sequence(served):
+    """What Stop relies on, without a browser: a streamed chat completion whose client goes away is aborted."""
+    engine = served.engine
+    body = {"messages": [{"role": "user", "content": "Count from 1 to 500, one number per line."}],
+            "max_tokens": 600, "temperature": 0, "stream": True}
+    with httpx2.Client(timeout=ANSWER_TIMEOUT_MS / 1000) as client:
+        with client.stream("POST", f"{served.url}/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
+            assert engine.has_unfinished_requests() and engine.blocks.num_used_blocks > 0
+        # leaving the block closes the connection mid-answer
+    deadline = time.monotonic() + 30
+    while engine.has_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.has_unfinished_requests() and engine.blocks.num_used_blocks == 0
+
+
 # ---- the browser ----
 
 @pytest.fixture(scope="module")
@@ -57,7 +75,8 @@ def browser():
     executable = os.environ.get("TOKENMILL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (`make test` does it), or name one "
-                    "with TOKENMILL_CHROMIUM=/path/to/chromium, or set TOKENMILL_NO_BROWSER=1 to skip the browser tests")
+                    "with TOKENMILL_CHROMIUM=/path/to/chromium, or set TOKENMILL_NO_BROWSER=1 to skip the browser "
+                    "tests")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -15,6 +15,7 @@ router = APIRouter()
 # the page's files and their media types; nothing else under /static is served
 ASSET_TYPES = {
     "chat.html": "text/html; charset=utf-8",
+    "markdown.js": "text/javascript; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
 }
