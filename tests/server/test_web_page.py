@@ -93,9 +93,13 @@ def page(browser):
     opened = context.new_page()
     errors = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # a blocked script or style (the content-security policy) is a console error; a refused request (401) is
+    # the page's to explain, not an error of the page
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error"
+              and not message.text.startswith("Failed to load resource") else None)
     yield opened
     context.close()
-    assert not errors, f"the page raised: {errors}"
+    assert not errors, f"the page raised or logged errors: {errors}"
 
 
 def _fill_settings(page, **values) -> None:
@@ -150,7 +154,10 @@ def test_an_answer_streams_in_and_equals_the_apis_answer(served, page):
     direct = httpx2.post(f"{served.url}/v1/chat/completions", timeout=ANSWER_TIMEOUT_MS / 1000, json={
         "messages": [{"role": "system", "content": "Answer in one short sentence."}, user],
         "temperature": 0, "top_p": 0.9, "max_tokens": 16})
-    assert direct.json()["choices"][0]["message"]["content"] == answer["content"]
+    choice = direct.json()["choices"][0]
+    assert choice["message"]["content"] == answer["content"]
+    assert answer["finish"] == choice["finish_reason"]
+    assert page.get_attribute(".message.assistant", "data-finish") == choice["finish_reason"]
     assert page.input_value("#prompt") == "" and page.is_enabled("#send") and not page.is_enabled("#stop")
 
 
@@ -209,6 +216,9 @@ def test_markdown_is_rendered_from_escaped_text(served, page):
     assert render("1. one\n\n2. two") == "<ol><li>one</li><li>two</li></ol>"
     assert render("# Title\n> quoted *x*\n\nline one\nline two") == (
         "<h1>Title</h1><blockquote><p>quoted <em>x</em></p></blockquote><p>line one<br>line two</p>")
+    assert render("Sizes:\n| name | size |\n|---|--:|\n| `a|` | **2** |\nafter") == (
+        "<p>Sizes:</p><table><thead><tr><th>name</th><th>size</th></tr></thead><tbody><tr><td><code>a|</code>"
+        "</td><td><strong>2</strong></td></tr></tbody></table><p>after</p>")
     assert render("[docs](https://example.com/a_b_c?x=1&y=2)") == (
         '<p><a href="https://example.com/a_b_c?x=1&amp;y=2" target="_blank" rel="noopener noreferrer">docs</a></p>')
     for unsafe in ("[x](javascript:alert(1))", "[x](data:text/html,hi)", "[x](//evil.test/)"):

@@ -77,6 +77,7 @@ function messageElement(message) {
 
 function fillMessage(element, message) {
   element.dataset.state = message.state || "done";
+  if (message.finish) element.dataset.finish = message.finish;
   const content = element.querySelector(".content");
   if (message.role === "assistant") {
     content.innerHTML = window.tokenmillMarkdown.render(message.content);  // escaped first: see markdown.js
@@ -141,8 +142,8 @@ async function describeFailure(response) {
   return `The server refused the request: ${message}`;
 }
 
-// SSE frames → the text deltas of choice 0; returns true at [DONE]
-function consumeEvents(buffer, onDelta) {
+// SSE frames → choice 0's text deltas and finish reason, into `message`; returns true at [DONE]
+function consumeEvents(buffer, message) {
   const frames = buffer.text.split("\n\n");
   buffer.text = frames.pop();
   for (const frame of frames) {
@@ -153,7 +154,9 @@ function consumeEvents(buffer, onDelta) {
       const event = JSON.parse(data);
       if (event.error) throw new Error(typeof event.error === "string" ? event.error : event.error.message);
       const choice = event.choices && event.choices[0];
-      if (choice && choice.delta && choice.delta.content) onDelta(choice.delta.content);
+      if (!choice) continue;
+      if (choice.delta && choice.delta.content) message.content += choice.delta.content;
+      if (choice.finish_reason) message.finish = choice.finish_reason;
     }
   }
   return false;
@@ -167,9 +170,10 @@ async function streamAnswer(response, message, element) {
     const { value, done } = await reader.read();
     if (done) return;
     buffer.text += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
-    const finished = consumeEvents(buffer, (delta) => { message.content += delta; });
+    const following = page.messages.scrollHeight - page.messages.scrollTop - page.messages.clientHeight < 48;
+    const finished = consumeEvents(buffer, message);
     fillMessage(element, message);
-    scrollToEnd();
+    if (following) scrollToEnd();  // a reader who scrolled up to read stays where they are
     saveConversation();  // a reload mid-answer keeps what arrived
     if (finished) return;
   }

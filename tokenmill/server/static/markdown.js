@@ -1,7 +1,7 @@
 // A small markdown renderer for the chat page: plain JavaScript, no dependencies, no build step.
 // The source is HTML-escaped first, so the only tags in the output are the ones made here; links go only to
 // http(s) and mailto addresses. Blocks: fenced code, headings, rules, quotes, nested lists, paragraphs;
-// inline: code spans, links, bold, italic, strikethrough.
+// tables; inline: code spans, links, bold, italic, strikethrough.
 "use strict";
 
 // window.tokenmillMarkdown.render(text) -> HTML (chat.js uses it; the tests call it directly)
@@ -45,6 +45,38 @@ window.tokenmillMarkdown = (() => {
   const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
   const QUOTE = /^ {0,3}&gt;\s?(.*)$/;
   const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+
+  // a table: a header row, a rule row of dashes with at least one pipe, then rows while lines hold a pipe
+  const TABLE_RULE = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+
+  function startsTable(lines, i) {
+    const rule = lines[i + 1];
+    return lines[i].includes("|") && rule !== undefined && rule.includes("|") && TABLE_RULE.test(rule);
+  }
+
+  // a row's cells: split at the pipes outside code spans
+  function cells(line) {
+    const parts = [""];
+    let inCode = false;
+    for (const character of line.trim().replace(/^\|/, "").replace(/\|$/, "")) {
+      if (character === "`") inCode = !inCode;
+      if (character === "|" && !inCode) parts.push("");
+      else parts[parts.length - 1] += character;
+    }
+    return parts.map((cell) => inline(cell.trim()));
+  }
+
+  function table(lines, start) {
+    const row = (tag, values) => `<tr>${values.map((value) => `<${tag}>${value}</${tag}>`).join("")}</tr>`;
+    const rows = [];
+    let i = start + 2;
+    while (i < lines.length && lines[i].includes("|") && lines[i].trim() !== "") {
+      rows.push(row("td", cells(lines[i])));
+      i += 1;
+    }
+    return { html: `<table><thead>${row("th", cells(lines[start]))}</thead><tbody>${rows.join("")}</tbody></table>`,
+      next: i };
+  }
 
   function startsBlock(line) {
     return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || ITEM.test(line);
@@ -128,10 +160,14 @@ window.tokenmillMarkdown = (() => {
         const items = list(lines, i);
         out.push(items.html);
         i = items.next;
+      } else if (startsTable(lines, i)) {
+        const rows = table(lines, i);
+        out.push(rows.html);
+        i = rows.next;
       } else {
         const paragraph = [line];
         i += 1;
-        while (i < lines.length && lines[i].trim() !== "" && !startsBlock(lines[i])) {
+        while (i < lines.length && lines[i].trim() !== "" && !startsBlock(lines[i]) && !startsTable(lines, i)) {
           paragraph.push(lines[i]);
           i += 1;
         }
