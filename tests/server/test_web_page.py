@@ -8,6 +8,7 @@ them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -228,6 +229,45 @@ def test_markdown_is_rendered_from_escaped_text(served, page):
     assert page.evaluate("""html => { const d = document.createElement('div'); d.innerHTML = html;
         return [...d.querySelectorAll('*')].flatMap(e => [...e.attributes].map(a => a.name)); }""",
                          broken_out) == ["href", "target", "rel"]
+
+
+def test_the_request_the_page_sends_and_what_it_shows_of_a_canned_stream(served, page):
+    """The server's answer replaced by a fixed SSE stream: reasoning deltas, content, then an error event."""
+    events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {"reasoning_content": "Greeted; "}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {"reasoning_content": "<b>be</b> kind."}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {"content": "Hello **there**"}, "finish_reason": None}]},
+              {"error": {"message": "generation failed: out of memory", "type": "server_error"}}]
+    sent = []
+
+    def answer(route):
+        sent.append((route.request.post_data_json, route.request.headers.get("authorization")))
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"},
+                      body="".join(f"data: {json.dumps(event)}\n\n" for event in events))
+
+    page.route("**/v1/chat/completions", answer)
+    page.goto(served.url)
+    page.wait_for_function("() => document.getElementById('model-name').textContent === 'smollm2'")
+    _fill_settings(page, system_prompt="Be brief.", temperature="0.5", top_p="0.8", max_tokens="7", api_key="k1")
+    _ask(page, "Hi")
+    page.wait_for_selector('.message.assistant[data-state="stopped"]', timeout=10_000)
+    assert sent == [({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                      "stream": True, "temperature": 0.5, "top_p": 0.8, "max_tokens": 7, "model": "smollm2"},
+                     "Bearer k1")]
+    assert page.text_content(".reasoning-text") == "Greeted; <b>be</b> kind."  # as text, never as markup
+    assert page.is_visible(".message.assistant .reasoning summary")
+    assert page.inner_html(".message.assistant .content") == "<p>Hello <strong>there</strong></p>"
+    assert page.inner_text("#status") == "The answer was cut off: generation failed: out of memory"
+
+    page.reload()
+    assert page.text_content(".reasoning-text") == "Greeted; <b>be</b> kind."
+    _fill_settings(page, system_prompt="")
+    _ask(page, "Again")
+    page.wait_for_selector('.message.assistant >> nth=1', timeout=10_000)
+    # the history goes back without the reasoning, and without a system message once the prompt is empty
+    assert sent[1][0]["messages"] == [{"role": "user", "content": "Hi"},
+                                      {"role": "assistant", "content": "Hello **there**"},
+                                      {"role": "user", "content": "Again"}]
 
 
 def test_the_page_asks_for_the_api_key_and_keeps_it(smollm2, server_factory, page):

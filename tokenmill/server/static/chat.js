@@ -68,6 +68,15 @@ function restoreConversation() {
 function messageElement(message) {
   const element = document.createElement("div");
   element.className = `message ${message.role}`;
+  if (message.role === "assistant") {
+    // a reasoning model's thinking (reasoning_content), folded away; kept across re-renders so it stays open
+    const reasoning = document.createElement("details");
+    reasoning.className = "reasoning";
+    reasoning.hidden = true;
+    reasoning.append(Object.assign(document.createElement("summary"), { textContent: "Reasoning" }),
+      Object.assign(document.createElement("div"), { className: "reasoning-text" }));
+    element.appendChild(reasoning);
+  }
   const content = document.createElement("div");
   content.className = "content";
   element.appendChild(content);
@@ -81,6 +90,9 @@ function fillMessage(element, message) {
   const content = element.querySelector(".content");
   if (message.role === "assistant") {
     content.innerHTML = window.tokenmillMarkdown.render(message.content);  // escaped first: see markdown.js
+    const reasoning = element.querySelector(".reasoning");
+    reasoning.hidden = !message.reasoning;
+    reasoning.querySelector(".reasoning-text").textContent = message.reasoning || "";
   } else {
     content.textContent = message.content;
   }
@@ -155,7 +167,9 @@ function consumeEvents(buffer, message) {
       if (event.error) throw new Error(typeof event.error === "string" ? event.error : event.error.message);
       const choice = event.choices && event.choices[0];
       if (!choice) continue;
-      if (choice.delta && choice.delta.content) message.content += choice.delta.content;
+      const delta = choice.delta || {};
+      if (delta.reasoning_content) message.reasoning = (message.reasoning || "") + delta.reasoning_content;
+      if (delta.content) message.content += delta.content;
       if (choice.finish_reason) message.finish = choice.finish_reason;
     }
   }
