@@ -232,18 +232,20 @@ def test_markdown_is_rendered_from_escaped_text(served, page):
 
 
 def test_the_request_the_page_sends_and_what_it_shows_of_a_canned_stream(served, page):
-    """The server's answer replaced by a fixed SSE stream: reasoning deltas, content, then an error event."""
+    """The server's answers replaced by fixed SSE streams: reasoning deltas, content, then an error event; then a
+    stream that ends without [DONE]."""
     events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
               {"choices": [{"index": 0, "delta": {"reasoning_content": "Greeted; "}, "finish_reason": None}]},
               {"choices": [{"index": 0, "delta": {"reasoning_content": "<b>be</b> kind."}, "finish_reason": None}]},
               {"choices": [{"index": 0, "delta": {"content": "Hello **there**"}, "finish_reason": None}]},
               {"error": {"message": "generation failed: out of memory", "type": "server_error"}}]
+    cut_short = [{"choices": [{"index": 0, "delta": {"content": "Partial"}, "finish_reason": None}]}]
     sent = []
 
     def answer(route):
         sent.append((route.request.post_data_json, route.request.headers.get("authorization")))
         route.fulfill(status=200, headers={"content-type": "text/event-stream"},
-                      body="".join(f"data: {json.dumps(event)}\n\n" for event in events))
+                      body="".join(f"data: {json.dumps(event)}\n\n" for event in (cut_short if sent[1:] else events)))
 
     page.route("**/v1/chat/completions", answer)
     page.goto(served.url)
@@ -263,11 +265,13 @@ def test_the_request_the_page_sends_and_what_it_shows_of_a_canned_stream(served,
     assert page.text_content(".reasoning-text") == "Greeted; <b>be</b> kind."
     _fill_settings(page, system_prompt="")
     _ask(page, "Again")
-    page.wait_for_selector('.message.assistant >> nth=1', timeout=10_000)
+    page.wait_for_selector('#messages > .message.assistant:nth-child(4)[data-state="stopped"]', timeout=10_000)
     # the history goes back without the reasoning, and without a system message once the prompt is empty
     assert sent[1][0]["messages"] == [{"role": "user", "content": "Hi"},
                                       {"role": "assistant", "content": "Hello **there**"},
                                       {"role": "user", "content": "Again"}]
+    assert page.inner_text("#messages > .message:nth-child(4) .content") == "Partial"
+    assert page.inner_text("#status") == "The answer was cut off: the connection closed before the answer ended"
 
 
 def test_the_page_asks_for_the_api_key_and_keeps_it(smollm2, server_factory, page):

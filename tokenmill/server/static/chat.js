@@ -182,7 +182,7 @@ async function streamAnswer(response, message, element) {
   const buffer = { text: "" };
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done) throw new Error("the connection closed before the answer ended");  // no [DONE]: cut short
     buffer.text += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
     const following = page.messages.scrollHeight - page.messages.scrollTop - page.messages.clientHeight < 48;
     const finished = consumeEvents(buffer, message);
