@@ -40,8 +40,11 @@ setup-browser:
 	       "(or TOKENMILL_NO_BROWSER=1 to skip that test)" >&2; exit 1; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else \
+	elif command -v sudo >/dev/null 2>&1; then \
 	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "make: the browser test needs chromium: run 'apt-get install -y chromium' as root" \
+	       "(or set TOKENMILL_NO_BROWSER=1 to skip that test)" >&2; exit 1; \
 	fi
 
 demo: setup
