@@ -45,9 +45,11 @@ def test_get_root_is_the_page_and_it_loads_only_its_own_files(served):
 
 @pytest.mark.parametrize("name", ["nothing.js", "chat.html", "..%2Fapp.py", "web_page.py"])
 def test_only_the_pages_files_are_served(served, name):
+    rejected = _metric(served.url, 'tokenmill_requests_total{outcome="rejected"}', absent=0.0)
     response = httpx2.get(f"{served.url}/static/{name}")
     assert response.status_code == 404
     assert response.json()["error_type"] == "not_found"
+    assert _metric(served.url, 'tokenmill_requests_total{outcome="rejected"}', absent=0.0) == rejected
 
 
 def test_closing_a_chat_stream_frees_its_sequence(served):

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
-
-from .errors import APIError
 
 router = APIRouter()
 
@@ -45,5 +43,6 @@ async def chat_page():
 @router.get("/static/{name}", include_in_schema=False)
 async def chat_asset(name: str):
     if name not in ASSET_TYPES or name == "chat.html":
-        raise APIError(404, f"there is no static file {name!r}")
+        # a plain HTTP 404 (the app's error shape), not an APIError: it is no refused generation request
+        raise HTTPException(404, f"there is no static file {name!r}")
     return _asset_response(name)
