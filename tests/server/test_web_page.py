@@ -43,6 +43,18 @@ def test_get_root_is_the_page_and_it_loads_only_its_own_files(served):
         assert not re.search(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}/", asset.text), f"{name} names another site"
 
 
+def test_the_page_loads_without_the_api_key_and_the_api_still_needs_it(smollm2, server_factory):
+    """The key is typed into the page and sent with each API call: the page and its files are open."""
+    running = server_factory(*smollm2, api_key="sekret")
+    try:
+        for path in ("/", "/static/chat.js", "/static/markdown.js", "/static/chat.css"):
+            assert httpx2.get(f"{running.url}{path}").status_code == 200, path
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        assert httpx2.post(f"{running.url}/v1/chat/completions", json=body).status_code == 401
+    finally:
+        running.stop()
+
+
 @pytest.mark.parametrize("name", ["nothing.js", "chat.html", "..%2Fapp.py", "web_page.py"])
 def test_only_the_pages_files_are_served(served, name):
     rejected = _metric(served.url, 'tokenmill_requests_total{outcome="rejected"}', absent=0.0)
