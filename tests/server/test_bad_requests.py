@@ -125,3 +125,29 @@ def test_a_tiny_temperature_is_the_greedy_answer(served):
         return response.json()["choices"][0]["message"]["content"]
 
     assert answer(1e-300) == answer(0)
+
+
+def test_a_request_whose_logits_turn_nan_fails_alone_in_every_shape(served, monkeypatch):
+    """Issue 18: one row's NaN failed the whole step and every request in flight. The poisoned request (marked
+    by max_tokens=7) now gets an error in its API's shape, a stream an error event and no [DONE]."""
+    run = served.engine.runner.run
+
+    def poison_marked(chunks, all_rows):
+        last_logits, every_position = run(chunks, all_rows)
+        marked = [i for i, chunk in enumerate(chunks) if chunk.seq.params.max_tokens == 7]
+        if marked:
+            last_logits = last_logits.clone()
+            last_logits[marked] = float("nan")
+        return last_logits, every_position
+
+    monkeypatch.setattr(served.engine.runner, "run", poison_marked)
+    chat = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 7})
+    assert chat.status_code == 500 and "no finite next-token distribution" in chat.json()["error"]["message"]
+    tgi = _post(served, "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 7}})
+    assert tgi.status_code == 424 and tgi.json()["error_type"] == "generation"
+    streamed = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 7, "stream": True})
+    events = [line for line in streamed.text.splitlines() if line.startswith("data:")]
+    assert "no finite next-token distribution" in events[-1] and "[DONE]" not in streamed.text
+    fine = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 3, "temperature": 0})
+    assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"]
+    assert served.engine.blocks.num_used_blocks == 0 and not served.engine.has_unfinished_requests()
