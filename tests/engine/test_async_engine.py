@@ -150,3 +150,129 @@ def test_the_tuners_thread_count_is_the_models_execution_policy(tiny_model):
     finally:
         running.shutdown()
         tiny_model.set_execution_policy(loaded)
+
+
+def _collect(engine, prompt, params):
+    """All outputs of one request; a request that never ends fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(_consume(engine.generate(prompt, params)), 30))
+
+
+GREEDY = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+
+
+def test_a_request_that_cannot_start_fails_alone_and_the_loop_goes_on(engine, monkeypatch):
+    from tokenmill.engine.async_engine import RequestFailedError
+
+    add = engine.engine.add_request
+
+    def add_or_break(request_id, prompt, params):
+        if prompt == [9, 9]:
+            raise RuntimeError("broken setup")
+        return add(request_id, prompt, params)
+
+    monkeypatch.setattr(engine.engine, "add_request", add_or_break)
+    with pytest.raises(RequestFailedError, match="could not be started.*broken setup"):
+        _collect(engine, [9, 9], GREEDY)
+    assert _collect(engine, [1, 2, 3], GREEDY)[-1].finished
+    assert engine.health().ok and engine.engine.stats()["num_running"] == 0
+
+
+def test_a_failing_step_observer_does_not_fail_requests(tiny_model):
+    def observer(engine, seconds):
+        raise ZeroDivisionError("observer bug")
+
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)), on_step=observer)
+    try:
+        for _ in range(2):
+            assert len(_collect(running, [1, 2, 3], GREEDY)[-1].outputs[0].token_ids) == 3
+        assert running.health().ok
+    finally:
+        running.shutdown()
+
+
+def test_a_request_whose_row_fails_raises_its_error(engine, monkeypatch):
+    from tokenmill.engine.async_engine import RequestFailedError
+
+    run = engine.engine.runner.run
+
+    def nan_logits(chunks, all_rows):
+        last_logits, every_position = run(chunks, all_rows)
+        return last_logits * float("nan"), every_position
+
+    monkeypatch.setattr(engine.engine.runner, "run", nan_logits)
+    with pytest.raises(RequestFailedError, match="no finite next-token distribution"):
+        _collect(engine, [1, 2, 3], GREEDY)
+    monkeypatch.setattr(engine.engine.runner, "run", run)
+    assert _collect(engine, [1, 2, 3], GREEDY)[-1].finished and engine.engine.blocks.num_used_blocks == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death it simulates
+def test_a_dead_engine_thread_fails_its_waiters_and_reports_unhealthy(tiny_model, monkeypatch):
+    """Issue 18: the server accepted requests it never answered while /health said 200."""
+    from tokenmill.engine.async_engine import EngineDeadError
+
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)))
+
+    def die():
+        raise SystemExit("the engine thread is gone")  # not an Exception: escapes the loop's guard
+
+    monkeypatch.setattr(running.engine, "step", die)
+    with pytest.raises(EngineDeadError):
+        _collect(running, [1, 2, 3], GREEDY)
+    running._thread.join(5)
+    health = running.health()
+    assert not health.ok and "not running" in health.reason
+    with pytest.raises(EngineDeadError):
+        _collect(running, [1, 2, 3], GREEDY)
+
+
+def test_a_stuck_step_reports_unhealthy_until_it_returns(tiny_model, monkeypatch):
+    import threading
+    import time
+
+    running = AsyncEngine(LLMEngine(tiny_model, config=EngineConfig(num_blocks=16, block_size=4)), stall_seconds=0.2)
+    release = threading.Event()
+    step = running.engine.step
+
+    def stuck_step():
+        release.wait(10)
+        return step()
+
+    monkeypatch.setattr(running.engine, "step", stuck_step)
+    try:
+        async def run():
+            task = asyncio.create_task(_consume(running.generate([1, 2, 3], GREEDY)))
+            await asyncio.sleep(0.5)
+            stuck = running.health()
+            release.set()
+            return stuck, await task
+
+        stuck, outputs = asyncio.run(run())
+        assert not stuck.ok and "in one step" in stuck.reason
+        assert outputs[-1].finished
+        time.sleep(0.05)
+        assert running.health().ok
+    finally:
+        release.set()
+        running.shutdown()
+
+
+async def _consume(outputs):
+    return [output async for output in outputs]
+
+
+def test_outputs_for_a_closed_event_loop_do_not_fail_the_others(engine):
+    closed = asyncio.new_event_loop()
+    closed.close()
+    engine._streams["gone"] = async_engine_stream(closed)
+    try:
+        engine._deliver_all([("gone", None)])  # raised "Event loop is closed" in the engine thread before
+    finally:
+        engine._streams.pop("gone")
+    assert len(_collect(engine, [1, 2, 3], GREEDY)[-1].outputs[0].token_ids) == 3
+
+
+def async_engine_stream(loop):
+    from tokenmill.engine.async_engine import _Stream
+
+    return _Stream(loop, None)

@@ -43,3 +43,19 @@ def test_stop_string_truncates_and_is_never_streamed_early(tokenizer, include_st
     assert "".join(deltas) == expected == state.text
     # deltas[-2] is the step that found the stop string, deltas[-1] the final flush
     assert all("." not in delta for delta in deltas[:-2]), "a possible stop-string prefix was streamed early"
+
+
+def test_the_held_back_overlap_is_the_longest_text_end_that_begins_a_stop_string():
+    """Checked against its definition on every short text and stop string over two letters."""
+    import itertools
+
+    from tokenmill.engine.detokenize import _overlap
+
+    def by_definition(text, stop):
+        return max([size for size in range(1, min(len(stop) - 1, len(text)) + 1) if text.endswith(stop[:size])],
+                   default=0)
+
+    words = ["".join(w) for n in range(7) for w in itertools.product("ab", repeat=n)]
+    for text in words:
+        for stop in words[1:]:
+            assert _overlap(text, stop) == by_definition(text, stop), (text, stop)

@@ -205,3 +205,120 @@ def test_prefix_cache_under_eviction_pressure_keeps_outputs_exact(tiny_model, hf
     for prompt, output in zip(prompts, first + rest):
         assert output.outputs[0].token_ids == hf_greedy(prompt, 10)
     assert llm.engine.blocks.num_used_blocks == 0
+
+
+def _run_all(engine) -> dict:
+    finished = {}
+    for _ in range(200):
+        if not engine.has_unfinished_requests():
+            break
+        _drain(engine, finished)
+    return finished
+
+
+def test_a_request_that_fails_to_start_leaves_nothing_behind(tiny_model, hf_greedy, monkeypatch):
+    """Issue 18's critical example: choice 1 of seed 2**64 - 1 was seeded 2**64 (seed + index), which
+    torch.Generator refuses; the request's choice 0 stayed queued without a request and every later step failed
+    (KeyError), holding its slot and blocks. Any failure while a request is set up now leaves no state."""
+    from tokenmill.engine import engine as engine_module
+
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4))
+    monkeypatch.setattr(engine_module, "choice_seed", lambda seed, index: seed + index)  # the old rule
+    with pytest.raises(ValueError, match="Overflow"):
+        engine.add_request("seeded", [1, 2, 3], SamplingParams(temperature=1, seed=2**64 - 1, n=2, max_tokens=4))
+    assert not engine.has_unfinished_requests() and not engine.scheduler.has_unfinished()
+    prompt = _prompts(1, seed=12)[0]
+    engine.add_request("next", prompt, _greedy(6))
+    assert _run_all(engine)["next"].outputs[0].token_ids == hf_greedy(prompt, 6)
+    assert engine.blocks.num_used_blocks == 0
+
+
+def test_the_largest_seed_with_several_choices_runs(tiny_model):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4))
+    engine.add_request("seeded", [1, 2, 3], SamplingParams(temperature=1, seed=2**64 - 1, n=2, max_tokens=4,
+                                                           ignore_eos=True))
+    output = _run_all(engine)["seeded"]
+    assert [len(o.token_ids) for o in output.outputs] == [4, 4] and output.error is None
+
+
+def test_a_row_with_non_finite_logits_fails_alone(tiny_model, hf_greedy, monkeypatch):
+    """Issue 18: one request's NaN / inf (its parameters or the logits) made the whole step fail ("probability
+    tensor contains inf/nan") and every request in flight with it. Now that request ends with an error and
+    the others get their exact tokens."""
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    prompts = _prompts(3, seed=13)
+    run = engine.runner.run
+
+    def poisoned(chunks, all_rows):
+        last_logits, every_position = run(chunks, all_rows)
+        last_logits = last_logits.clone()
+        for i, chunk in enumerate(chunks):
+            if chunk.seq.request_id.startswith("bad") and chunk.completes_sequence:
+                last_logits[i, 5] = float("nan") if chunk.seq.request_id == "bad-nan" else float("inf")
+        return last_logits, every_position
+
+    monkeypatch.setattr(engine.runner, "run", poisoned)
+    engine.add_request("good-0", prompts[0], _greedy(6))
+    engine.add_request("bad-nan", prompts[1], SamplingParams(temperature=0.7, seed=1, max_tokens=6, n=2))
+    engine.add_request("bad-inf", prompts[1], _greedy(6, repetition_penalty=1.3))
+    engine.add_request("good-1", prompts[2], SamplingParams(temperature=0.9, seed=3, max_tokens=6, ignore_eos=True))
+    finished = _run_all(engine)
+    for name in ("bad-nan", "bad-inf"):
+        assert {o.finish_reason for o in finished[name].outputs} == {"error"}
+        assert "no finite next-token distribution" in finished[name].error
+    assert finished["good-0"].outputs[0].token_ids == hf_greedy(prompts[0], 6)
+    assert finished["good-1"].error is None and len(finished["good-1"].outputs[0].token_ids) == 6
+    assert not engine.scheduler.has_unfinished()
+
+
+def test_a_tiny_temperature_is_greedy(tiny_model, hf_greedy):
+    """temperature 1e-300 used to overflow logits / T to inf and NaN; below 1e-5 a temperature is greedy."""
+    llm = LLM(tiny_model, num_blocks=32, block_size=4)
+    prompt = _prompts(1, seed=14)[0]
+    for temperature in (1e-300, 5e-324, 1e-6):
+        params = SamplingParams(temperature=temperature, seed=7, max_tokens=6, ignore_eos=True)
+        assert not params.sampled
+        assert llm.generate([prompt], params)[0].outputs[0].token_ids == hf_greedy(prompt, 6)
+
+
+def test_an_orphan_sequence_is_finished_and_its_blocks_freed(tiny_model, hf_greedy):
+    """Whatever leaves a sequence queued without its request, the next step gives its blocks back."""
+    from tokenmill.engine.sequence import Sequence
+
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4, enable_prefix_caching=False))
+    engine.scheduler.add(Sequence("orphan", 0, [1, 2, 3], _greedy(4)))
+    prompt = _prompts(1, seed=15)[0]
+    engine.add_request("real", prompt, _greedy(5))
+    assert _run_all(engine)["real"].outputs[0].token_ids == hf_greedy(prompt, 5)
+    assert not engine.scheduler.has_unfinished() and engine.blocks.num_used_blocks == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stop": ["x"] * 17}, "at most 16 stop strings"),
+    ({"stop": ["y" * 257]}, "at most 256 characters"),
+    ({"stop_token_ids": list(range(257))}, "at most 256 stop token ids"),
+    ({"logit_bias": {i % 96: 1.0 for i in range(96)} | {1000 + i: 0.0 for i in range(1000)}}, "logit_bias may have"),
+])
+def test_per_step_costs_are_capped_per_request(tiny_model, kwargs, message):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    with pytest.raises(ValueError, match=message) as refused:
+        engine.add_request("big", [1, 2, 3], SamplingParams(max_tokens=2, **kwargs))
+    assert refused.value.param in ("stop", "stop_token_ids", "logit_bias")
+    assert not engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"temperature": 1e300}, "temperature must be at most"),
+    ({"top_p": float("nan")}, "top_p must be a finite number"),
+    ({"repetition_penalty": 1e-300}, "repetition_penalty must be >="),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty must be a finite number"),
+    ({"presence_penalty": float("nan")}, "presence_penalty"),
+    ({"logit_bias": {1: float("nan")}}, "logit_bias values must be finite"),
+    ({"seed": 2**64}, "seed must be an integer in"),
+    ({"seed": -2**63 - 1}, "seed must be an integer in"),
+])
+def test_out_of_range_numbers_are_refused_up_front(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)

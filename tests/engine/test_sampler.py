@@ -104,3 +104,35 @@ def test_neighbouring_seeds_give_distinct_choices(tiny_model):
     streams = [tuple(o.token_ids) for output in outputs for o in output.outputs]
     assert len(set(streams)) == len(streams)
     assert [o.seed for o in outputs[0].outputs][0] == 100
+
+
+def test_rows_without_a_finite_distribution_get_no_token_and_the_others_theirs():
+    from tokenmill.engine.sampler import NO_TOKEN, sample
+
+    logits = torch.randn(4, 96, generator=torch.Generator().manual_seed(1))
+    poisoned = logits.clone()
+    poisoned[1, 7] = float("nan")  # sampled row
+    poisoned[2, 9] = float("inf")  # greedy row
+    seqs = [Sequence("r", i, [1, 2], SamplingParams(temperature=t, seed=4)) for i, t in enumerate([0, 0.8, 0, 0.8])]
+    for seq in seqs:
+        seq.generator = torch.Generator().manual_seed(4) if seq.params.sampled else None
+    tokens = sample(poisoned, seqs, eos_ids=[], ops=TORCH_OPS)
+    assert tokens[1] == NO_TOKEN and tokens[2] == NO_TOKEN
+    for seq in seqs:
+        seq.generator = torch.Generator().manual_seed(4) if seq.params.sampled else None
+    for i in (0, 3):
+        assert tokens[i] == sample(logits[i:i + 1], [seqs[i]], eos_ids=[], ops=TORCH_OPS)[0]
+
+
+def test_a_grammar_that_raises_fails_its_row_alone():
+    from tokenmill.engine.sampler import NO_TOKEN, sample
+
+    class Broken:
+        def __call__(self, token_ids, scores):
+            raise RuntimeError("matcher state lost")
+
+    logits = torch.randn(2, 96, generator=torch.Generator().manual_seed(2))
+    seqs = [Sequence("r", i, [1, 2], SamplingParams(temperature=0)) for i in range(2)]
+    tokens = sample(logits, seqs, eos_ids=[], ops=TORCH_OPS, constraints=[Broken(), None])
+    assert tokens == [NO_TOKEN, int(logits[1].argmax())]
+    assert "structured output failed" in seqs[0].error and "matcher state lost" in seqs[0].error

@@ -81,3 +81,23 @@ def tgi_client(served):
     from huggingface_hub import InferenceClient
 
     return InferenceClient(base_url=served.url, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(smollm2_gguf, tmp_path_factory):
+    """A tiny random Llama over SmolLM2's tokenizer and chat template: a real server's every path, at a cost
+    per token small enough for hundreds of requests on two cores (its answers are arbitrary but deterministic)."""
+    import torch
+    import transformers
+
+    from tokenmill.auto import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, pad_token_id=None, tie_word_embeddings=True, initializer_range=1.0)
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, progress=False), tokenizer

@@ -79,3 +79,75 @@ def test_a_failed_engine_step_is_a_424_and_the_server_recovers(served, monkeypat
     monkeypatch.undo()
     assert _post(served, "/generate", json=body).status_code == 200
     assert served.engine.blocks.num_used_blocks == 0 and not served.engine.has_unfinished_requests()
+
+
+# issue 18: parameters that once poisoned the engine, each a 4xx naming the field (or served, where the rule
+# gives a meaning) with the server unaffected
+@pytest.mark.parametrize("path, body, fragment", [
+    (CHAT, {"messages": MESSAGES, "repetition_penalty": 1e-300}, "repetition_penalty must be >="),
+    (CHAT, {"messages": MESSAGES, "stop": ["x" * 900] * 1000}, "at most 16 stop strings"),
+    (CHAT, {"messages": MESSAGES, "stop": ["x" * 900]}, "at most 256 characters"),
+    ("/v1/completions", {"prompt": ["hi"] * 200, "n": 16}, "asks for 3200 sequences (200 prompt(s) x n=16)"),
+    ("/v1/completions", {"prompt": [[1, 2]] * 33}, "more than the limit of 32 per request"),
+])
+def test_openai_engine_limits(served, path, body, fragment):
+    response = _post(served, path, json={"model": "smollm2", "max_tokens": 2, **body})
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("parameters, fragment", [
+    ({"repetition_penalty": 1e-300}, "repetition_penalty must be >="),
+    ({"do_sample": True, "seed": 2**64}, "seed"),
+])
+def test_tgi_engine_limits(served, parameters, fragment):
+    response = _post(served, "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2, **parameters}})
+    assert response.status_code == 422, response.text
+    assert fragment in response.json()["error"] and "`grammar`" not in response.json()["error"]
+
+
+def test_the_largest_seed_with_two_choices_leaves_nothing_behind(served):
+    """Issue 18's critical example: the next unrelated request got a 500 and a slot and its blocks stayed taken."""
+    body = {"model": "smollm2", "messages": MESSAGES, "temperature": 1, "seed": 2**64 - 1, "n": 2, "max_tokens": 3}
+    first = _post(served, CHAT, json=body)
+    assert first.status_code == 200 and len(first.json()["choices"]) == 2
+    assert _post(served, CHAT, json=body).json()["choices"] == first.json()["choices"]  # seeded: reproducible
+    greedy = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 3, "temperature": 0})
+    assert greedy.status_code == 200
+    assert served.engine.blocks.num_used_blocks == 0 and not served.engine.has_unfinished_requests()
+
+
+def test_a_tiny_temperature_is_the_greedy_answer(served):
+    def answer(temperature):
+        response = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 4,
+                                             "temperature": temperature, "seed": 3})
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    assert answer(1e-300) == answer(0)
+
+
+def test_a_request_whose_logits_turn_nan_fails_alone_in_every_shape(served, monkeypatch):
+    """Issue 18: one row's NaN failed the whole step and every request in flight. The poisoned request (marked
+    by max_tokens=7) now gets an error in its API's shape, a stream an error event and no [DONE]."""
+    run = served.engine.runner.run
+
+    def poison_marked(chunks, all_rows):
+        last_logits, every_position = run(chunks, all_rows)
+        marked = [i for i, chunk in enumerate(chunks) if chunk.seq.params.max_tokens == 7]
+        if marked:
+            last_logits = last_logits.clone()
+            last_logits[marked] = float("nan")
+        return last_logits, every_position
+
+    monkeypatch.setattr(served.engine.runner, "run", poison_marked)
+    chat = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 7})
+    assert chat.status_code == 500 and "no finite next-token distribution" in chat.json()["error"]["message"]
+    tgi = _post(served, "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 7}})
+    assert tgi.status_code == 424 and tgi.json()["error_type"] == "generation"
+    streamed = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 7, "stream": True})
+    events = [line for line in streamed.text.splitlines() if line.startswith("data:")]
+    assert "no finite next-token distribution" in events[-1] and "[DONE]" not in streamed.text
+    fine = _post(served, CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 3, "temperature": 0})
+    assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"]
+    assert served.engine.blocks.num_used_blocks == 0 and not served.engine.has_unfinished_requests()

@@ -15,7 +15,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
-    parser.add_argument("--max-concurrent-requests", type=int, default=128, help="beyond this: 429")
+    parser.add_argument("--max-concurrent-requests", type=int, default=128,
+                        help="sequences generated at once (a request counts prompts x n); beyond this: 429")
+    parser.add_argument("--max-sequences-per-request", type=int, default=32,
+                        help="prompts x n (best_of) of one request; beyond this: 422")
+    parser.add_argument("--engine-stall-seconds", type=float, default=120.0,
+                        help="an engine step longer than this makes /health 503 and refuses new requests")
     parser.add_argument("--max-input-tokens", type=int, default=None, help="longest prompt accepted (422 beyond)")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="prompt + new tokens limit (422 beyond)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
@@ -79,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
+        max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,
     )
     app = build_server_app(model, tokenizer, engine_config, settings, thread_tuner)
     info = app.state.tokenmill.engine.model_info()

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from time import monotonic  # bound here: tests replace the module `time` to fake step durations
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 
 class EngineStepError(RuntimeError):
     """The model step failed; every request in flight at that moment fails with this."""
+
+
+class RequestFailedError(EngineStepError):
+    """One request failed on its own (e.g. its next-token distribution was not finite); the others went on."""
+
+
+class EngineDeadError(EngineStepError):
+    """The engine thread is gone (or was shut down): nothing in flight can finish."""
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ok: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,11 +64,15 @@ class _Stream:
 
 class AsyncEngine:
     """`tuner`: picks the engine thread's torch thread count from step times, through the model's execution
-    policy (None: the policy keeps its count)."""
+    policy (None: the policy keeps its count). `stall_seconds`: with work pending, a loop turn (one step) longer
+    than this makes `health()` report the engine stuck."""
 
     def __init__(self, engine: LLMEngine, on_step: Callable[[LLMEngine, float], None] | None = None,
-                 tuner: ThreadTuner | None = None):
+                 tuner: ThreadTuner | None = None, stall_seconds: float = 120.0):
         self.engine = engine
+        self.stall_seconds = stall_seconds
+        self._beat = monotonic()  # when the engine thread last began a loop turn
+        self._busy = False  # whether that turn has work (commands or a step) rather than waiting for some
         self.on_step = on_step
         self.tuner = tuner
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -97,6 +116,8 @@ class AsyncEngine:
         """Yield a RequestOutput after every step that produced something for this request. Call `validate`
         first: a request the engine refuses ends the iteration with its ValueError."""
         request_id = request_id or self.new_request_id()
+        if not self._thread.is_alive() or self._stopping:
+            raise EngineDeadError("the engine is not running; the server cannot generate")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         self._send(("add", request_id, prompt_token_ids, params))
@@ -107,6 +128,8 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
+                if item.error is not None:
+                    raise RequestFailedError(item.error)
                 yield item
                 if finished:
                     return
@@ -122,6 +145,21 @@ class AsyncEngine:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._fail_streams(EngineDeadError("the engine was shut down"))
+
+    def fail_waiting(self, reason: str) -> None:
+        """End every caller's wait with EngineDeadError(reason) (a shutdown that cannot wait for a stuck engine)."""
+        self._fail_streams(EngineDeadError(reason))
+
+    def health(self) -> EngineHealth:
+        """Unhealthy when the engine thread has died or one step has run longer than `stall_seconds`."""
+        if not self._thread.is_alive():
+            return EngineHealth(False, "the engine thread is not running")
+        stalled = monotonic() - self._beat
+        if self._busy and stalled > self.stall_seconds:
+            return EngineHealth(False, f"the engine has been in one step for {stalled:.0f} s")
+        return EngineHealth(True)
 
     # ---- the engine thread ----
     def _send(self, command) -> None:
@@ -139,8 +177,10 @@ class AsyncEngine:
             if stream is not None:
                 batches.setdefault(stream.loop, []).append((stream.outputs, item))
         for loop, batch in batches.items():
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # that caller's event loop closed meanwhile: nobody is left to read these
+                pass
 
     def _drain_commands(self) -> None:
         while True:
@@ -149,37 +189,56 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if command[0] == "add":
-                _, request_id, prompt, params = command
-                if request_id not in self._streams:
-                    continue  # the caller left before the request started
-                try:
-                    self.engine.add_request(request_id, prompt, params)
-                except ValueError as error:
-                    self._deliver(request_id, error)
+                self._add(*command[1:])
             else:
                 self.engine.abort_request(command[1])
 
+    def _add(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
+        if request_id not in self._streams:
+            return  # the caller left before the request started
+        try:
+            self.engine.add_request(request_id, prompt, params)
+        except ValueError as error:
+            self._deliver(request_id, error)
+        except Exception as error:  # noqa: BLE001 - one request that cannot start must not stop the engine
+            log.exception("request %s could not be started", request_id)
+            self.engine.abort_request(request_id)
+            self._deliver(request_id, RequestFailedError(f"the request could not be started: {error!r}"))
+
     def _loop(self) -> None:
-        while not self._stopping:
-            self._drain_commands()
-            if not self.engine.has_unfinished_requests():
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            threads = self._set_threads()
-            started = time.perf_counter()
-            try:
-                outputs = self.engine.step()
-            except Exception as error:  # noqa: BLE001 - a failed step must not kill the server
-                log.exception("engine step failed")
-                self._fail_all(EngineStepError(f"generation failed: {error}"))
-                continue
-            self._deliver_all([(output.request_id, output) for output in outputs])
-            seconds = time.perf_counter() - started
+        try:
+            while not self._stopping:
+                self._beat, self._busy = monotonic(), True
+                try:
+                    self._turn()
+                except Exception as error:  # noqa: BLE001 - the loop outlives any one failure
+                    log.exception("engine step failed")
+                    self._fail_all(EngineStepError(f"generation failed: {error}"))
+        finally:
+            if not self._stopping:
+                log.critical("the engine thread stopped unexpectedly; the requests in flight fail")
+            self._fail_streams(EngineDeadError("the engine stopped"))
+
+    def _turn(self) -> None:
+        """One turn of the engine thread: take commands, then one step (or wait for work)."""
+        self._drain_commands()
+        if not self.engine.has_unfinished_requests():
+            self._busy = False
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        threads = self._set_threads()
+        started = time.perf_counter()
+        outputs = self.engine.step()
+        self._deliver_all([(output.request_id, output) for output in outputs])
+        seconds = time.perf_counter() - started
+        try:
             if self.tuner is not None and self.engine.last_step_tokens:
                 self.tuner.record(threads, seconds, self.engine.last_step_tokens)
             if self.on_step is not None:
                 self.on_step(self.engine, seconds)
+        except Exception:  # noqa: BLE001 - observers must not fail the requests of a step that worked
+            log.exception("engine step observer failed")
 
     def _set_threads(self) -> int:
         """The thread count of the next step: the tuner's choice, written into the model's execution policy,
@@ -194,6 +253,10 @@ class AsyncEngine:
 
     def _fail_all(self, error: Exception) -> None:
         self._deliver_all([(request_id, error) for request_id in self.engine.abort_all()])
+
+    def _fail_streams(self, error: Exception) -> None:
+        """Wake every caller still waiting (the engine is gone: nothing more will come)."""
+        self._deliver_all([(request_id, error) for request_id in list(self._streams)])
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:

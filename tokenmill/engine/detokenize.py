@@ -54,10 +54,17 @@ class SequenceText:
         return delta
 
     def _stop_prefix_overlap(self) -> int:
-        longest = 0
-        for stop in self.stop:
-            for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(stop[:size]):
-                    longest = max(longest, size)
-                    break
-        return longest
+        """The longest end of the text that begins some stop string."""
+        return max((_overlap(self.text, stop) for stop in self.stop), default=0)
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that is a proper prefix of `stop`. Only positions holding stop's first
+    character are tried (found by str.find), so typical text costs a few C-level scans, not one per length."""
+    tail = text[len(text) - min(len(stop) - 1, len(text)):]
+    start = tail.find(stop[0])
+    while start != -1:
+        if stop.startswith(tail[start:]):
+            return len(tail) - start
+        start = tail.find(stop[0], start + 1)
+    return 0

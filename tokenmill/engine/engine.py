@@ -16,10 +16,10 @@ from ..cache.paged import PagedKVPool
 from ..generation.constrained import StructuredOutputProcessor
 from .block_manager import BlockManager
 from .detokenize import SequenceText
-from .limits import RequestLimits, check_request
+from .limits import RequestLimits, check_per_step_costs, check_request
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
-from .sampler import choice_seed, prompt_logprobs, sample
+from .sampler import NO_TOKEN, choice_seed, prompt_logprobs, sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, SequenceStatus
@@ -114,6 +114,7 @@ class LLMEngine:
         if bad:
             raise ValueError(f"prompt token ids out of range [0, {self.vocab_size}): {bad[:5]}")
         max_tokens = check_request(len(prompt_token_ids), params.max_tokens, limits or self.limits)
+        check_per_step_costs(params.stop, params.stop_token_ids, params.logit_bias)
         if params.structured_output is not None and (self.tokenizer is None or not self.eos_token_ids):
             raise ValueError("structured output needs the engine to have a tokenizer and the model's eos token id")
         return max_tokens
@@ -133,6 +134,16 @@ class LLMEngine:
         if params.max_tokens != max_tokens:
             params = SamplingParams(**{**params.__dict__, "max_tokens": max_tokens})
         constraints = self._constraints(len(prompt_token_ids), params)  # before any state: a bad spec raises here
+        request = self._new_request(request_id, prompt_token_ids, params, constraints)
+        # only now, with nothing left that can fail, does the request enter the engine's state
+        for seq in request.seqs:
+            self.scheduler.add(seq)
+        self._requests[request_id] = request
+        self.tokens_in += len(prompt_token_ids)
+
+    def _new_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                     constraints) -> _Request:
+        """A request's sequences, seeded generators and stop-string state, touching no engine state."""
         seqs, texts, seeds = [], [], []
         for index in range(params.n):
             seq = Sequence(request_id, index, list(prompt_token_ids), params)
@@ -146,10 +157,8 @@ class LLMEngine:
             seeds.append(seed)
             texts.append(SequenceText(self.tokenizer, params.stop, params.skip_special_tokens,
                                       params.include_stop_str_in_output) if self.tokenizer is not None else None)
-            self.scheduler.add(seq)
-        self._requests[request_id] = _Request(request_id, prompt_token_ids, params, seqs, texts,
-                                              [0] * params.n, [0] * params.n, seeds, constraints)
-        self.tokens_in += len(prompt_token_ids)
+        return _Request(request_id, prompt_token_ids, params, seqs, texts, [0] * params.n, [0] * params.n, seeds,
+                        constraints)
 
     def abort_request(self, request_id: str) -> None:
         request = self._requests.get(request_id)
@@ -159,11 +168,24 @@ class LLMEngine:
             self.scheduler.finish(seq, "abort")
         self._pending_final.append(self._report(request))
 
+    def fail_request(self, request_id: str, message: str) -> None:
+        """End one request with an error (its sequences finished, blocks freed); reported at the next step."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        for seq in request.seqs:
+            seq.error = message
+            self.scheduler.finish(seq, "error")
+        self._pending_final.append(self._report(request))
+
     def abort_all(self) -> list[str]:
-        """Abort every request without reporting (after a failed step); returns their ids."""
+        """Abort every request without reporting (after a failed step); returns their ids. Any sequence left in
+        the scheduler without a request is finished too, so every block goes back to the pool."""
         request_ids = list(self._requests)
         for request_id in request_ids:
             self.abort_request(request_id)
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.finish(seq, "abort")
         self._pending_final.clear()
         return request_ids
 
@@ -185,7 +207,9 @@ class LLMEngine:
             self.scheduler.record_computed(chunk)
             if i in every_position:
                 self._record_prompt_logprobs(chunk, every_position[i])
-            if chunk.completes_sequence:
+            if chunk.seq.request_id not in self._requests:  # nothing will read it: give its blocks back
+                self.scheduler.finish(chunk.seq, "abort")
+            elif chunk.completes_sequence:
                 ready.append(chunk.seq)
                 rows.append(i)
         touched: dict[str, _Request] = {}
@@ -194,10 +218,21 @@ class LLMEngine:
             ops = self.runner.model.execution_policy.ops  # the model's kernel set takes the greedy argmax too
             tokens = sample(logits, ready, self.eos_token_ids, ops, self._ready_constraints(ready))
             for seq, token in zip(ready, tokens):
-                self._append_token(seq, token)
-                touched[seq.request_id] = self._requests[seq.request_id]
+                if token == NO_TOKEN:
+                    self.fail_request(seq.request_id, seq.error or _not_finite_message(seq))
+            for seq, token in zip(ready, tokens):
+                request = self._requests.get(seq.request_id)
+                if request is None or seq.is_finished:
+                    continue  # its request failed in this step
+                try:
+                    self._append_token(seq, token)
+                except Exception as error:  # noqa: BLE001 - one request's text or grammar must not fail the step
+                    self.fail_request(seq.request_id, f"generation failed for this request: {error!r}")
+                    continue
+                touched[seq.request_id] = request
         for request in touched.values():
-            reports.append(self._report(request))
+            if request.request_id in self._requests:
+                reports.append(self._report(request))
         return reports
 
     def _ready_constraints(self, ready: list[Sequence]) -> list[StructuredOutputProcessor | None] | None:
@@ -261,7 +296,8 @@ class LLMEngine:
             self._requests.pop(request.request_id, None)
         return RequestOutput(request.request_id, request.prompt_token_ids, outputs, done,
                              num_cached_tokens=request.seqs[0].num_cached_prompt_tokens,
-                             prompt_logprobs=request.seqs[0].prompt_logprobs)
+                             prompt_logprobs=request.seqs[0].prompt_logprobs,
+                             error=next((seq.error for seq in request.seqs if seq.error), None))
 
     # ---- observability ----
     def stats(self) -> dict[str, float]:
@@ -273,3 +309,11 @@ class LLMEngine:
             "prefix_cache_hit_rate": self.blocks.prefix_hit_rate,
             "preemptions": self.scheduler.num_preemptions,
         }
+
+
+def _not_finite_message(seq: Sequence) -> str:
+    p = seq.params
+    return (f"choice {seq.index} has no finite next-token distribution (NaN or infinite logits): the model's "
+            f"logits or this request's own parameters (temperature={p.temperature}, "
+            f"repetition_penalty={p.repetition_penalty}, presence_penalty={p.presence_penalty}, "
+            f"frequency_penalty={p.frequency_penalty}) overflowed; only this request was stopped")

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Per-request caps on what the engine does for a request at every step, so one request's parameters cannot slow
+# every other request's steps: stop strings are searched in each new piece of text, stop token ids and logit
+# bias entries are looked up or applied per token.
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
+MAX_LOGIT_BIAS_ENTRIES = 1024
+
 
 class RequestLimitError(ValueError):
-    """A request beyond a limit; `param` names the request field at fault ("prompt" or "max_tokens")."""
+    """A request beyond a limit; `param` names the request field at fault ("prompt", "max_tokens", "stop",
+    "stop_token_ids", "logit_bias", "n")."""
 
     def __init__(self, message: str, param: str):
         super().__init__(message)
@@ -55,3 +64,19 @@ def check_request(prompt_len: int, max_tokens: int | None, limits: RequestLimits
             f"and {max_tokens} new tokens were asked for ({prompt_len + max_tokens} in total, which exceeds the "
             f"limit of {limits.max_total_tokens} tokens)", "max_tokens")
     return max_tokens
+
+
+def check_per_step_costs(stop: list[str], stop_token_ids: list[int], logit_bias: dict | None) -> None:
+    """RequestLimitError when a request's stop list or logit bias is beyond the per-request caps above."""
+    if len(stop) > MAX_STOP_STRINGS:
+        raise RequestLimitError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stop)}", "stop")
+    longest = max((len(s) for s in stop), default=0)
+    if longest > MAX_STOP_STRING_CHARS:
+        raise RequestLimitError(f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters, got one "
+                                f"of {longest}", "stop")
+    if len(stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise RequestLimitError(f"at most {MAX_STOP_TOKEN_IDS} stop token ids are allowed, got "
+                                f"{len(stop_token_ids)}", "stop_token_ids")
+    if len(logit_bias or {}) > MAX_LOGIT_BIAS_ENTRIES:
+        raise RequestLimitError(f"logit_bias may have at most {MAX_LOGIT_BIAS_ENTRIES} entries, got "
+                                f"{len(logit_bias)}", "logit_bias")

@@ -19,6 +19,18 @@ from .sampling_params import SamplingParams
 from .sequence import Sequence, TokenLogprob
 
 NEUTRAL = SamplingParams()  # every warper off (temperature 1)
+NO_TOKEN = -1  # a row whose distribution is not finite: the engine fails that sequence alone
+
+
+def unusable_rows(values: torch.Tensor, tokens: list[int]) -> list[int]:
+    """Rows whose chosen value is NaN or infinite: the logits (or the row's parameters) broke its arithmetic."""
+    chosen = values.gather(1, torch.tensor(tokens, dtype=torch.long, device=values.device)[:, None])[:, 0]
+    return (~torch.isfinite(chosen)).nonzero()[:, 0].tolist()
+
+
+def _valid_distributions(probs: torch.Tensor) -> torch.Tensor:
+    """bool [rows]: every probability finite and some mass left (what torch.multinomial needs)."""
+    return torch.isfinite(probs).all(-1) & (probs.sum(-1) > 0)
 
 
 def _row_token_mask(token_lists: list[list[int]], vocab: int, device) -> torch.Tensor:
@@ -100,16 +112,23 @@ def sampling_probs(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int
 
 def choose_tokens(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], ops) -> list[int]:
     """One token per row: argmax of the adjusted logits for greedy rows (by `ops`, the model's kernel set), a
-    seeded draw for sampled ones."""
+    seeded draw for sampled ones; NO_TOKEN for a row whose distribution is not finite (the others unaffected)."""
     adjusted = adjusted_logits(logits, seqs, eos_ids)
     tokens = argmax_rows(adjusted, ops).tolist()
     sampled = [i for i, seq in enumerate(seqs) if seq.params.sampled]
+    for i in unusable_rows(adjusted, tokens):
+        tokens[i] = NO_TOKEN
     if sampled:
         chosen = [seqs[i] for i in sampled]
         rows = adjusted if len(sampled) == len(seqs) else adjusted[torch.tensor(sampled)]
         probs = warpers(chosen)(rows).softmax(-1)
-        for i, token in zip(sampled, draw(probs, [seq.generator for seq in chosen]).tolist()):
-            tokens[i] = token
+        valid = _valid_distributions(probs).tolist()
+        drawable = [k for k, ok in enumerate(valid) if ok]
+        drawn = draw(probs[drawable], [chosen[k].generator for k in drawable]).tolist() if drawable else []
+        for i in sampled:
+            tokens[i] = NO_TOKEN
+        for k, token in zip(drawable, drawn):
+            tokens[sampled[k]] = token
     return tokens
 
 
@@ -159,24 +178,32 @@ def sample(rows: torch.Tensor, seqs: list[Sequence], eos_ids: list[int], ops, co
            ) -> list[int]:
     """One next token per sequence (rows [seqs, vocab]: each one's last-position logits), recording logprobs.
     `ops`: the model's kernel set (`model.execution_policy.ops`), which takes the greedy argmax.
-    `constraints[i]`: sequence i's structured-output processor, or None (unconstrained)."""
+    `constraints[i]`: sequence i's structured-output processor, or None (unconstrained).
+    A row whose logits (raw, or after its own penalties and temperature) leave no finite choice gets NO_TOKEN."""
     tokens: list[int] = argmax_rows(rows, ops).tolist()  # greedy rows need nothing more
     constraints = constraints or [None] * len(seqs)
     slow = [i for i, seq in enumerate(seqs) if needs_slow_path(seq)]
     constrained = [i for i, processor in enumerate(constraints) if processor is not None]
-    if not slow and not constrained:
-        record_logprobs(rows, seqs, tokens)
-        return tokens
     allowed = rows.clone() if constrained else rows
     for i in constrained:  # each grammar is its own stateful matcher
-        allowed[i] = constrain(rows[i], seqs[i], constraints[i])
+        try:
+            allowed[i] = constrain(rows[i], seqs[i], constraints[i])
+        except Exception as error:  # noqa: BLE001 - one grammar's failure is its row's alone
+            seqs[i].error = f"structured output failed: {error!r}"
+            allowed[i] = float("nan")
     for i in constrained:
         tokens[i] = int(allowed[i].argmax())
+    for i in unusable_rows(allowed, tokens):
+        tokens[i] = NO_TOKEN
     if slow:
         slow_rows = allowed if len(slow) == len(seqs) else allowed[torch.tensor(slow)]
         for i, token in zip(slow, choose_tokens(slow_rows, [seqs[i] for i in slow], eos_ids, ops)):
             tokens[i] = token
-    record_logprobs(rows, seqs, tokens)
+    kept = [i for i, token in enumerate(tokens) if token != NO_TOKEN]
+    if len(kept) == len(seqs):
+        record_logprobs(rows, seqs, tokens)
+    elif kept:
+        record_logprobs(rows[torch.tensor(kept)], [seqs[i] for i in kept], [tokens[i] for i in kept])
     return tokens
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# A positive temperature below this is greedy: softmax(logits / T) is then one-hot in float32 for any logit gap
+# above 1e-3 (exp(-100) is below float32's smallest value), and at T -> 0 logits / T overflows to inf / NaN.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+SEED_RANGE = (-2**63, 2**64)  # what torch.Generator.manual_seed accepts (negatives wrap modulo 2**64)
+# sampling runs in float32: a parameter beyond its range becomes inf, a positive divisor below its smallest
+# normal value becomes 0 or loses its precision, and the division then yields inf / NaN
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
 
 
 @dataclass
@@ -41,6 +51,15 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if abs(value) > FLOAT32_MAX:
+                raise ValueError(f"{name} must be at most {FLOAT32_MAX:.4g} in magnitude (float32), got {value!r}")
+        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in (self.logit_bias or {}).values()):
+            raise ValueError("logit_bias values must be finite numbers")
         checks = [
             (isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
             (self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
@@ -55,9 +74,11 @@ class SamplingParams:
             (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
             (-2 <= self.frequency_penalty <= 2,
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (self.repetition_penalty >= FLOAT32_TINY, f"repetition_penalty must be >= {FLOAT32_TINY:.4g} (> 0 and "
+             f"a normal float32: logits are divided by it), got {self.repetition_penalty}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
-            (self.seed is None or (isinstance(self.seed, int) and -2**63 <= self.seed < 2**64),
+            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                   and SEED_RANGE[0] <= self.seed < SEED_RANGE[1]),
              f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}"),
             (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
              f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
@@ -70,9 +91,9 @@ class SamplingParams:
 
     @property
     def sampled(self) -> bool:
-        if self.do_sample is not None:
-            return self.do_sample and self.temperature > 0
-        return self.temperature > 0
+        """Whether tokens are drawn; a temperature below MIN_SAMPLING_TEMPERATURE is greedy (its limit)."""
+        hot = self.temperature >= MIN_SAMPLING_TEMPERATURE
+        return hot if self.do_sample is None else self.do_sample and hot
 
     @property
     def needs_history(self) -> bool:

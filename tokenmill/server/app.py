@@ -68,6 +68,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
     # Swagger UI loads its scripts from a CDN and renders blank offline: /docs is a plain local page instead
     app = FastAPI(title="tokenmill", version=__version__, docs_url=None, redoc_url=None)
     state = ServerState(engine, settings, metrics or ServerMetrics())
+    state.metrics.watch(state, engine.model_info().kv_blocks)
     app.state.tokenmill = state
     install_error_handlers(app)
     _install_guards(app, settings)
@@ -108,5 +109,7 @@ def build_server_app(model, tokenizer, engine_config: EngineConfig | None = None
                      settings: ServerSettings | None = None, thread_tuner: ThreadTuner | None = None) -> FastAPI:
     """Model + tokenizer → engine → async engine → app, with metrics wired to every engine step."""
     metrics = ServerMetrics()
-    engine = AsyncEngine(LLMEngine(model, tokenizer, engine_config), on_step=metrics.on_step, tuner=thread_tuner)
+    stall = (settings or ServerSettings()).engine_stall_seconds
+    engine = AsyncEngine(LLMEngine(model, tokenizer, engine_config), on_step=metrics.on_step, tuner=thread_tuner,
+                         stall_seconds=stall)
     return create_app(engine, settings, metrics)

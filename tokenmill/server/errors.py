@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..engine.async_engine import EngineStepError
+from ..engine.async_engine import EngineDeadError, EngineStepError
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                  413: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable",
@@ -68,6 +68,8 @@ def install_error_handlers(app) -> None:
 
     @app.exception_handler(EngineStepError)
     async def _engine_error(request: Request, error: EngineStepError):
+        if isinstance(error, EngineDeadError):  # nothing can be served until the server is restarted
+            return error_response(request.url.path, 503, str(error))
         return error_response(request.url.path, 424 if not is_openai_path(request.url.path) else 500, str(error))
 
     @app.exception_handler(RequestValidationError)

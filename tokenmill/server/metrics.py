@@ -30,6 +30,16 @@ class ServerMetrics:
         self.step_seconds = Histogram("tokenmill_engine_step_seconds", "duration of one engine step",
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.engine_threads = Gauge("tokenmill_engine_threads", "torch threads the engine steps with", registry=r)
+        self.in_flight = Gauge("tokenmill_requests_in_flight", "generation requests admitted and not finished",
+                               registry=r)
+        self.sequences_in_flight = Gauge("tokenmill_sequences_in_flight",
+                                         "sequences of the requests in flight (what admission counts)", registry=r)
+
+    def watch(self, state, kv_blocks_total: int) -> None:
+        """Read the in-flight counts from the server state at each scrape; the pool size is known up front."""
+        self.in_flight.set_function(lambda: state.in_flight)
+        self.sequences_in_flight.set_function(lambda: state.in_flight_sequences)
+        self.kv_total.set(kv_blocks_total)
 
     def on_step(self, engine, seconds: float) -> None:
         """Called by the engine thread after each step."""

@@ -88,12 +88,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
     tokenizer = state.tokenizer
     outputs = state.stream(prompt, params)
-    state.acquire()
+    state.acquire(body.n)
     if not body.stream:
         try:
             final = await final_output(request, outputs)
         finally:
-            state.release()
+            state.release(body.n)
         choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
                         "logprobs": _chat_logprobs(tokenizer, o.logprobs), "finish_reason": _finish_reason(o)}
                    for o in final.outputs]
@@ -124,7 +124,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         except EngineStepError as error:
             yield sse_event(stream_error_event(request.url.path, str(error)))
         finally:
-            state.release()
+            state.release(body.n)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -141,6 +141,7 @@ async def completions(body: CompletionRequest, request: Request):
     state.check_model(body.model)
     if body.suffix:
         raise APIError(422, "suffix is not supported", param="suffix")
+    sequences = state.check_sequences(len(body.prompts()), body.n, param="prompt")  # before encoding any
     prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
     requested = body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size)
     params = [state.validate(p, requested) for p in prompts]
@@ -150,12 +151,12 @@ async def completions(body: CompletionRequest, request: Request):
             "object": "text_completion"}
     prompt_tokens = sum(len(p) for p in prompts)
     streams = [state.stream(p, q) for p, q in zip(prompts, params)]
-    state.acquire()
+    state.acquire(sequences)
     if not body.stream:
         try:
             finals: list[RequestOutput] = await asyncio.gather(*(final_output(request, s) for s in streams))
         finally:
-            state.release()
+            state.release(sequences)
         choices = []
         for k, final in enumerate(finals):
             for o in final.outputs:
@@ -194,7 +195,7 @@ async def completions(body: CompletionRequest, request: Request):
         except EngineStepError as error:
             yield sse_event(stream_error_event(request.url.path, str(error)))
         finally:
-            state.release()
+            state.release(sequences)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

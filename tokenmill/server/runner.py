@@ -28,8 +28,11 @@ class DrainingServer(uvicorn.Server):
 
     def _exit_when_idle(self, sig, frame) -> None:
         deadline = time.monotonic() + self.drain_timeout
-        while self.state.in_flight > 0 and time.monotonic() < deadline:
+        # a dead or stuck engine finishes nothing: waiting for it would keep SIGTERM from ever completing
+        while self.state.in_flight > 0 and time.monotonic() < deadline and self.state.engine.health().ok:
             time.sleep(0.05)
+        if self.state.in_flight > 0:  # the requests left can no longer finish: answer them rather than hang
+            self.state.engine.fail_waiting("the server is shutting down before this request could finish")
         self.should_exit = True
 
     @property

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 @dataclass
 class ServerSettings:
     model_name: str = "tokenmill"
-    max_concurrent_requests: int = 128  # beyond: 429
+    max_concurrent_requests: int = 128  # sequences generated at once (n choices of p prompts: p x n); beyond: 429
+    max_sequences_per_request: int = 32  # prompts x n (best_of) of one request, half the default batch; beyond: 422
+    engine_stall_seconds: float = 120.0  # one engine step longer than this: /health 503, no new admissions
     max_input_tokens: int | None = None  # None: the engine's limit
     max_total_tokens: int | None = None  # prompt + new tokens; None: the engine's limit
     max_request_bytes: int = 1 << 20

@@ -23,7 +23,8 @@ class ServerState:
     settings: ServerSettings
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     draining: bool = False
-    in_flight: int = 0
+    in_flight: int = 0  # admitted requests not yet finished
+    in_flight_sequences: int = 0  # their sequences (what admission counts)
 
     @property
     def tokenizer(self):
@@ -47,18 +48,42 @@ class ServerState:
     def vocab_size(self) -> int:
         return self.engine.model_info().vocab_size
 
-    def acquire(self) -> None:
-        """Admit one generation request: 503 while draining, 429 beyond the concurrency limit."""
+    @property
+    def max_sequences_per_request(self) -> int:
+        return min(self.settings.max_sequences_per_request, self.settings.max_concurrent_requests)
+
+    def check_sequences(self, prompts: int, n: int, param: str = "n") -> int:
+        """The sequences a request asks for (prompts x n); 422 beyond the per-request cap, before any work."""
+        count = prompts * n
+        if count > self.max_sequences_per_request:
+            raise APIError(422, f"this request asks for {count} sequences ({prompts} prompt(s) x n={n}), more than "
+                                f"the limit of {self.max_sequences_per_request} per request", param=param)
+        return count
+
+    def check_healthy(self) -> None:
+        """503 while draining or while the engine thread is dead or stuck in one step."""
         if self.draining:
             raise APIError(503, "the server is shutting down and accepts no new requests")
-        if self.in_flight >= self.settings.max_concurrent_requests:
-            self.metrics.requests.labels(outcome="overloaded").inc()
-            raise APIError(429, f"too many concurrent requests (limit {self.settings.max_concurrent_requests}); "
-                                "retry later")
-        self.in_flight += 1
+        health = self.engine.health()
+        if not health.ok:
+            raise APIError(503, f"the engine is unhealthy: {health.reason}")
 
-    def release(self) -> None:
+    def acquire(self, sequences: int = 1) -> None:
+        """Admit one generation request of `sequences` sequences: 503 while draining or unhealthy, 429 beyond
+        the concurrency limit (counted in sequences, so one request of many choices cannot take every slot)."""
+        self.check_healthy()
+        self.check_sequences(1, sequences)
+        limit = self.settings.max_concurrent_requests
+        if self.in_flight_sequences + sequences > limit:
+            self.metrics.requests.labels(outcome="overloaded").inc()
+            raise APIError(429, f"too many concurrent sequences ({self.in_flight_sequences} running, this request "
+                                f"{sequences}, limit {limit}); retry later")
+        self.in_flight += 1
+        self.in_flight_sequences += sequences
+
+    def release(self, sequences: int = 1) -> None:
         self.in_flight -= 1
+        self.in_flight_sequences -= sequences
 
     def check_model(self, name: str | None, client_defaults: tuple[str, ...] = ()) -> None:
         """404 for a name that is not this server's model; `client_defaults` are names a client sends on its

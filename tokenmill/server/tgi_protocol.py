@@ -101,9 +101,14 @@ def spec_from_tgi(grammar: dict | None) -> tuple[str, object] | None:
 def sampling_params(p: TGIParameters, max_new_tokens: int | None) -> SamplingParams:
     """max_new_tokens: as requested (None: the server's default, set by validation)."""
     try:
-        return _sampling_params(p, max_new_tokens, spec_from_tgi(p.grammar))
+        spec = spec_from_tgi(p.grammar)
     except ValueError as error:  # a bad grammar: TGI answers 422 validation
         raise APIError(422, f"`grammar`: {error}") from None
+    try:
+        return _sampling_params(p, max_new_tokens, spec)
+    except ValueError as error:  # the grammar's compilation or a value outside the engine's ranges
+        label = "`grammar`: " if spec is not None and "structured output" in str(error) else ""
+        raise APIError(422, f"{label}{error}") from None
 
 
 def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_output) -> SamplingParams:

@@ -87,11 +87,11 @@ def _details(view: _TokenView, body: GenerateRequest, final: RequestOutput, best
 async def _generate(state: ServerState, body: GenerateRequest, request: Request):
     prompt, params = _prepare(state, body)
     outputs = state.stream(prompt, params)
-    state.acquire()
+    state.acquire(params.n)
     try:
         final = await final_output(request, outputs)
     finally:
-        state.release()
+        state.release(params.n)
     best = _best(final)
     if any(o.finish_reason == "error" for o in final.outputs):
         raise APIError(424, "generation failed")
@@ -107,7 +107,7 @@ async def _generate_stream(state: ServerState, body: GenerateRequest):
         raise APIError(422, "`best_of` != 1 is not allowed for this endpoint")
     prompt, params = _prepare(state, body)
     outputs = state.stream(prompt, params)
-    state.acquire()
+    state.acquire(params.n)
     view = _TokenView(state.tokenizer)
     details_on = body.parameters.details
     prefix = body.inputs if body.parameters.return_full_text else ""
@@ -134,7 +134,7 @@ async def _generate_stream(state: ServerState, body: GenerateRequest):
         except EngineStepError as error:
             yield sse_event(stream_error_event("/generate_stream", str(error)))
         finally:
-            state.release()
+            state.release(params.n)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -174,8 +174,7 @@ async def info(request: Request):
 
 @router.get("/health")
 async def health(request: Request):
-    if _state(request).draining:
-        raise APIError(503, "the server is shutting down")
+    _state(request).check_healthy()
     return Response(status_code=200)
 
 
