@@ -30,7 +30,8 @@ def is_openai_path(path: str) -> bool:
 _UNPARSABLE = "There was an error parsing the body"  # FastAPI's detail when the body is not even text
 
 
-def error_response(path: str, status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_response(path: str, status: int, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     if message == _UNPARSABLE:
         message = "the request body could not be parsed: it must be UTF-8 encoded JSON"
     if is_openai_path(path):
@@ -39,7 +40,7 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
                           "param": param, "code": None}}
     else:
         body = {"error": message, "error_type": _TGI_TYPES.get(status, "validation")}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def stream_error_event(path: str, message: str) -> dict:
