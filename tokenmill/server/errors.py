@@ -54,8 +54,9 @@ def _describe_validation(error: RequestValidationError) -> tuple[str, str | None
     problems, param = [], None
     for item in error.errors():
         location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-        if item.get("type") == "json_invalid":
-            return f"the request body is not valid JSON: {item.get('msg')}", None
+        if item.get("type") == "json_invalid":  # the parser's own words are in ctx (msg is a generic title)
+            reason = (item.get("ctx") or {}).get("error") or item.get("msg")
+            return f"the request body is not valid JSON: {reason}", None
         param = param or location or None
         problems.append(f"{location or 'body'}: {item.get('msg')}")
     return "invalid request: " + "; ".join(problems), param

@@ -15,8 +15,9 @@ from .errors import APIError, stream_error_event
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
 from .sse import SSE_DONE, SSE_HEADERS, sse_event
 from .state import ServerState, final_output, merge
+from .strict_json import StrictJSONRoute
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 # huggingface_hub's InferenceClient names the model itself ("tgi" for TGI endpoints, "dummy" with base_url)
 INFERENCE_CLIENT_MODEL_NAMES = ("tgi", "dummy")
 

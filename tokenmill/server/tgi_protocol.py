@@ -13,7 +13,7 @@ MAX_TOP_N_TOKENS = 5
 
 
 class TGIParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     best_of: int | None = Field(None, ge=1)
     decoder_input_details: bool = False
@@ -37,7 +37,7 @@ class TGIParameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     inputs: str
     parameters: TGIParameters = Field(default_factory=TGIParameters)
@@ -45,7 +45,7 @@ class GenerateRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     tokens: list[int] = Field(..., min_length=1)
 

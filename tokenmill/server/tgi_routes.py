@@ -12,11 +12,12 @@ from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
 from .sse import SSE_HEADERS, sse_event
 from .state import ServerState, final_output
+from .strict_json import StrictJSONRoute
 from .tgi_protocol import (MAX_BEST_OF, MAX_STOP_SEQUENCES, MAX_TOP_N_TOKENS, DetokenizeRequest, GenerateRequest,
                            sampling_params,
                            validate_parameters)
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 def _state(request: Request) -> ServerState:
