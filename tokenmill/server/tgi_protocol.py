@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.sampling_params import SamplingParams
+from ..engine.sampling_params import SamplingParams, check_structured_output
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 4
@@ -23,7 +23,7 @@ class TGIParameters(BaseModel):
     max_new_tokens: int | None = None
     repetition_penalty: float | None = None
     return_full_text: bool | None = False
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, lt=2**64)  # TGI's u64
     stop: list[str] = Field(default_factory=list)
     temperature: float | None = None
     top_k: int | None = None
@@ -59,6 +59,7 @@ def validate_parameters(p: TGIParameters) -> None:
     """TGI's own rules (same wording where it has one)."""
     _check(p.adapter_id is None, f"adapter_id {p.adapter_id!r}: LoRA adapters are not supported yet; this server "
                                  f"serves only its base model (omit adapter_id)")
+    _check(not p.watermark, "`watermark` is not supported by this server; omit it (or send false)")
     _check(p.temperature is None or p.temperature > 0, "`temperature` must be strictly positive")
     _check(p.repetition_penalty is None or p.repetition_penalty > 0, "`repetition_penalty` must be strictly positive")
     _check(p.frequency_penalty is None or -2 <= p.frequency_penalty <= 2, "`frequency_penalty` must be >= -2.0 and <= 2.0")
@@ -101,9 +102,15 @@ def spec_from_tgi(grammar: dict | None) -> tuple[str, object] | None:
 def sampling_params(p: TGIParameters, max_new_tokens: int | None) -> SamplingParams:
     """max_new_tokens: as requested (None: the server's default, set by validation)."""
     try:
-        return _sampling_params(p, max_new_tokens, spec_from_tgi(p.grammar))
+        structured_output = spec_from_tgi(p.grammar)
+        if structured_output is not None:
+            check_structured_output(structured_output)
     except ValueError as error:  # a bad grammar: TGI answers 422 validation
         raise APIError(422, f"`grammar`: {error}") from None
+    try:
+        return _sampling_params(p, max_new_tokens, structured_output)
+    except ValueError as error:  # a value the checks above let through but SamplingParams refuses
+        raise APIError(422, str(error)) from None
 
 
 def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_output) -> SamplingParams:
