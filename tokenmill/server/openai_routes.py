@@ -13,7 +13,7 @@ from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
-from .sse import SSE_DONE, SSE_HEADERS, sse_event
+from .sse import SSE_DONE, SSE_HEADERS, ending_in_error_event, sse_event
 from .state import ServerState, final_output, merge
 from .strict_json import StrictJSONRoute
 
@@ -127,7 +127,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         finally:
             state.release()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(ending_in_error_event(events(), request.url.path), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 def _completion_prompt_ids(state: ServerState, prompt) -> list[int]:
@@ -197,7 +198,8 @@ async def completions(body: CompletionRequest, request: Request):
         finally:
             state.release()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(ending_in_error_event(events(), request.url.path), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 @router.get("/v1/models")

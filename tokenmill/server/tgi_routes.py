@@ -10,7 +10,7 @@ from ..version import __version__
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
-from .sse import SSE_HEADERS, sse_event
+from .sse import SSE_HEADERS, ending_in_error_event, sse_event
 from .state import ServerState, final_output
 from .strict_json import StrictJSONRoute
 from .tgi_protocol import (MAX_BEST_OF, MAX_STOP_SEQUENCES, MAX_TOP_N_TOKENS, DetokenizeRequest, GenerateRequest,
@@ -137,7 +137,8 @@ async def _generate_stream(state: ServerState, body: GenerateRequest):
         finally:
             state.release()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(ending_in_error_event(events(), "/generate_stream"), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 @router.post("/generate")
