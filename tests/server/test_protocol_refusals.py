@@ -50,7 +50,7 @@ def test_the_well_formed_neighbours_are_served(served):
     ({"seed": -1}, "seed"),
     ({"watermark": True}, "`watermark` is not supported"),
     ({"temperature": -0.5}, "`temperature` must be strictly positive"),
-    ({"temperature": "Infinity"}, "finite number"),
+    ({"temperature": "Infinity"}, "valid number"),
 ])
 def test_tgi_refusals(served, parameters, fragment):
     response = _post(served, "/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, **parameters}})

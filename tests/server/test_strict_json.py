@@ -38,7 +38,7 @@ def test_nesting_up_to_the_bound_parses():
 
 
 def test_a_body_that_is_not_utf8_is_refused():
-    with pytest.raises(UnicodeDecodeError):
+    with pytest.raises(json.JSONDecodeError, match="must be UTF-8 encoded JSON .byte 0xed at position 7"):
         parse_json('{"a": "\ud800"}'.encode("utf-8", "surrogatepass"))  # an encoded surrogate
 
 
@@ -68,9 +68,9 @@ def test_the_server_refuses_it_in_its_shape_and_keeps_the_connection(served, pat
 
 
 @pytest.mark.parametrize("value", ["Infinity", "-inf", "nan"])
-def test_non_finite_numbers_spelled_as_strings_are_refused(served, value):
+def test_numbers_spelled_as_strings_are_refused(served, value):
     response = httpx2.post(f"{served.url}/generate", json={"inputs": "hi", "parameters": {"temperature": value}},
                            timeout=60)
-    assert response.status_code == 422 and "finite number" in response.json()["error"]
+    assert response.status_code == 422 and "valid number" in response.json()["error"]
     response = httpx2.post(f"{served.url}/v1/completions", json={"prompt": "hi", "top_p": value}, timeout=60)
-    assert response.status_code == 400 and "finite number" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "valid number" in response.json()["error"]["message"]

@@ -14,6 +14,7 @@ from . import openai_routes, tgi_routes
 from .errors import error_response, install_error_handlers
 from .guards import RequestGuards
 from .metrics import ServerMetrics
+from .openapi_doc import install_openapi
 from .settings import ServerSettings
 from .state import ServerState
 
@@ -35,6 +36,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
     state = ServerState(engine, settings, metrics or ServerMetrics())
     app.state.tokenmill = state
     install_error_handlers(app)
+    install_openapi(app, api_key_set=bool(settings.api_key))
     _install_guards(app, settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

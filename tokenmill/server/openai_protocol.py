@@ -43,18 +43,20 @@ def spec_from_openai(response_format: dict | None = None, **guided) -> tuple[str
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
     include_usage: bool = False
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}, "strict": ...}
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     model: str | None = None
     n: int = Field(1, ge=1, le=16)
@@ -62,7 +64,7 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = None
     seed: int | None = Field(None, ge=-2**63, lt=2**64)  # what the sampler's generators take
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(None, json_schema_extra={"minimum": 1})  # checked with the limits
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
@@ -132,21 +134,21 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Union[str, list[ContentPart], None] = None
 
 
 class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
 
     name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -155,17 +157,21 @@ class FunctionDefinition(BaseModel):
 
 
 class ChatTool(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
 
     type: Literal["function"]
     function: FunctionDefinition
 
 
 class FunctionName(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
     name: str
 
 
 class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
     type: Literal["function"]
     function: FunctionName
 

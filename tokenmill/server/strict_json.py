@@ -20,8 +20,12 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def parse_json(body: bytes):
-    """The body's value; json.JSONDecodeError naming the problem (UnicodeDecodeError for a non-UTF-8 body)."""
-    text = body.decode("utf-8")
+    """The body's value; json.JSONDecodeError naming the problem."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise json.JSONDecodeError(f"it must be UTF-8 encoded JSON (byte 0x{body[error.start]:02x} at position "
+                                   f"{error.start} is not UTF-8)", repr(body[:64]), error.start) from None
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:

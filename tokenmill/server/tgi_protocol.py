@@ -12,32 +12,37 @@ MAX_BEST_OF = 4
 MAX_TOP_N_TOKENS = 5
 
 
-class TGIParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+def _bounded(**bounds):
+    """A field whose bounds the schema documents while validate_parameters checks them, in TGI's words."""
+    return Field(None, json_schema_extra=bounds)
 
-    best_of: int | None = Field(None, ge=1)
+
+class TGIParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+
+    best_of: int | None = Field(None, ge=1, json_schema_extra={"maximum": MAX_BEST_OF})
     decoder_input_details: bool = False
     details: bool = False
     do_sample: bool = False
-    frequency_penalty: float | None = None
-    max_new_tokens: int | None = None
-    repetition_penalty: float | None = None
+    frequency_penalty: float | None = _bounded(minimum=-2, maximum=2)
+    max_new_tokens: int | None = _bounded(minimum=1)
+    repetition_penalty: float | None = _bounded(exclusiveMinimum=0)
     return_full_text: bool | None = False
     seed: int | None = Field(None, ge=0, lt=2**64)  # TGI's u64
-    stop: list[str] = Field(default_factory=list)
-    temperature: float | None = None
-    top_k: int | None = None
-    top_n_tokens: int | None = None
-    top_p: float | None = None
-    truncate: int | None = None
-    typical_p: float | None = None
+    stop: list[str] = Field(default_factory=list, json_schema_extra={"maxItems": MAX_STOP_SEQUENCES})
+    temperature: float | None = _bounded(exclusiveMinimum=0)
+    top_k: int | None = _bounded(minimum=1)
+    top_n_tokens: int | None = _bounded(minimum=0, maximum=MAX_TOP_N_TOKENS)
+    top_p: float | None = _bounded(exclusiveMinimum=0, exclusiveMaximum=1)
+    truncate: int | None = _bounded(minimum=1)
+    typical_p: float | None = _bounded(exclusiveMinimum=0, exclusiveMaximum=1)
     watermark: bool = False
     adapter_id: str | None = None
     grammar: dict | None = None
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     inputs: str
     parameters: TGIParameters = Field(default_factory=TGIParameters)
@@ -45,7 +50,7 @@ class GenerateRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     tokens: list[int] = Field(..., min_length=1)
 

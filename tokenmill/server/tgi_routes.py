@@ -187,6 +187,7 @@ async def tokenize(body: GenerateRequest, request: Request):
     """TGI's token list; start/stop are character offsets into `inputs` and text is that span (the tokens of
     one character split into bytes share its span)."""
     state = _state(request)
+    validate_parameters(body.parameters)  # unused here, but a request TGI refuses is refused here too
     if not body.inputs:
         raise APIError(422, "`inputs` cannot be empty")
     state.acquire()  # admitted like a generation request: it is CPU work of the same size as a prompt's
