@@ -20,7 +20,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-tokens", type=int, default=None, help="prompt + new tokens limit (422 beyond)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on generation routes")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health, /metrics, "
+                             "/info, /version, /docs and /openapi.json")
     parser.add_argument("--cors-allow-origin", action="append", default=None, metavar="ORIGIN",
                         help="allow cross-origin requests from ORIGIN (repeatable; '*' for any)")
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")

@@ -17,7 +17,7 @@ from .settings import ServerSettings
 
 logger = logging.getLogger("tokenmill.server")
 
-# Open without the API key: probes, scrapers and the API description (what each exposes: docs/serving.md)
+# Open without the API key: probes, scrapers and the API description (what each exposes: README, Serving)
 OPEN_PATHS = frozenset({"/health", "/metrics", "/info", "/version", "/docs", "/openapi.json"})
 
 
