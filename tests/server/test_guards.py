@@ -55,6 +55,21 @@ def test_a_chunked_body_under_the_limit_is_served(served):
     assert "content-length" not in response.request.headers and response.status_code == 200, response.text
 
 
+def test_a_body_trickling_past_its_deadline_is_408(smollm2, server_factory):
+    running = server_factory(*smollm2, request_body_seconds=1.0)
+    try:
+        sock = socket.create_connection(("127.0.0.1", running.server.port), timeout=30)
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"inputs\"")
+        started = time.monotonic()
+        answer = sock.recv(1 << 16)
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer, answer
+        assert time.monotonic() - started < 10
+        sock.close()
+    finally:
+        running.stop()
+
+
 def test_the_bearer_scheme_is_case_insensitive_and_the_key_exact():
     assert has_api_key(f"Bearer {KEY}", KEY) and has_api_key(f"bearer {KEY}", KEY)
     assert has_api_key(f"BEARER  {KEY} ", KEY)

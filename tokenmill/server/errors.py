@@ -9,9 +9,11 @@ from fastapi.responses import JSONResponse
 from ..engine.async_engine import EngineStepError
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                 408: "timeout",
                  413: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable",
                  500: "server_error", 424: "server_error"}
-_TGI_TYPES = {400: "validation", 401: "authentication", 404: "not_found", 413: "validation", 422: "validation",
+_TGI_TYPES = {400: "validation", 401: "authentication", 404: "not_found", 408: "timeout", 413: "validation",
+              422: "validation",
               429: "overloaded", 424: "generation", 503: "unhealthy", 500: "generation"}
 
 

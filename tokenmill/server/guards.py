@@ -7,6 +7,7 @@ task and memory stream.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 
@@ -59,7 +60,12 @@ class RequestGuards:
             await _too_large(path, f"the request body has {declared} bytes, more than the limit of {limit}")(
                 scope, receive, send)
             return
-        body = await read_body(receive, limit)
+        try:
+            async with asyncio.timeout(self.settings.request_body_seconds):
+                body = await read_body(receive, limit)
+        except TimeoutError:
+            await _too_slow(path, self.settings.request_body_seconds)(scope, receive, send)
+            return
         if body is None:  # the client went away before sending it all
             return
         if len(body) > limit:
@@ -114,6 +120,11 @@ async def shield(app, scope, receive, send) -> None:
         failure = error_response(scope["path"], 500, f"internal server error ({type(error).__name__}); the server "
                                                      "logged the details")
         await failure(scope, receive, send)
+
+
+def _too_slow(path: str, seconds: float):
+    return error_response(path, 408, f"the request body did not arrive within {seconds:g} s",
+                          headers={"Connection": "close"})
 
 
 def _too_large(path: str, message: str):

@@ -22,7 +22,8 @@ _OPENAI_CODES = {400: "invalid request (the body, a field, or a limit)", 404: "n
                  "concurrent requests", 503: "shutting down"}
 _TGI_CODES = {422: "invalid request (the body, a field, or a limit)", 424: "generation failed",
               429: "too many concurrent requests", 503: "shutting down or unhealthy"}
-_COMMON_CODES = {401: "missing or wrong API key", 413: "request body over the limit", 500: "internal error"}
+_COMMON_CODES = {401: "missing or wrong API key", 408: "request body too slow to arrive",
+                 413: "request body over the limit", 500: "internal error"}
 
 # one event (OpenAPI 3.1 reads an event stream's schema per event): its `data` a JSON text or OpenAI's [DONE]
 _SSE = {"text/event-stream": {"schema": {"type": "object", "required": ["data"],
