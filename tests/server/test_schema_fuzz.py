@@ -38,7 +38,8 @@ def test_the_server_answers_every_generated_request_as_documented(fuzzed_server,
                "--exclude-checks", IGNORED_CHECKS, "--phases", "coverage,fuzzing", "--max-time", str(BUDGET_SECONDS),
                "--seed", "18", "--workers", "1", "--request-timeout", "120", "--max-response-time", "120",
                "--header", f"Authorization: Bearer {KEY}", "--report", "json", "--report-json-path", str(report)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=BUDGET_SECONDS * 4)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=BUDGET_SECONDS * 4,
+                              cwd=tmp_path)  # its cache folder goes there, not into the checkout
     result = json.loads(report.read_text())
     cases = result["test_cases"]
     print(f"\nschemathesis: {cases['generated']} cases over {result['operations']['tested']} operations in "
