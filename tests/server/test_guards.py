@@ -78,10 +78,12 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_key_exact():
     assert not has_api_key(f"Bearer {KEY.upper()}", KEY)
 
 
-def test_only_probes_scrapers_and_the_api_description_are_open():
-    assert not any(needs_api_key(path) for path in ("/health", "/metrics", "/info", "/version", "/openapi.json"))
-    assert all(needs_api_key(path) for path in ("/tokenize", "/detokenize", "/v1/models", "/generate", "/",
-                                                "/v1/chat/completions", "/nowhere"))
+def test_only_probes_scrapers_the_api_description_and_the_chat_page_are_open():
+    assert not any(needs_api_key("GET", path) for path in ("/health", "/metrics", "/info", "/version",
+                                                           "/openapi.json", "/", "/static/chat.js"))
+    assert all(needs_api_key("POST", path) for path in ("/tokenize", "/detokenize", "/generate", "/",
+                                                        "/v1/chat/completions", "/nowhere", "/static/chat.js"))
+    assert needs_api_key("GET", "/v1/models") and needs_api_key("GET", "/nowhere")
     assert "/tokenize" not in OPEN_PATHS
 
 

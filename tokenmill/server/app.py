@@ -10,7 +10,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
-from . import openai_routes, tgi_routes
+from . import openai_routes, tgi_routes, web_page
 from .errors import error_response, install_error_handlers
 from .guards import RequestGuards
 from .metrics import ServerMetrics
@@ -45,6 +45,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
                            allow_headers=["*"])
     app.include_router(openai_routes.router)
     app.include_router(tgi_routes.router)
+    app.include_router(web_page.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs_route():

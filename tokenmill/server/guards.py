@@ -22,8 +22,10 @@ logger = logging.getLogger("tokenmill.server")
 OPEN_PATHS = frozenset({"/health", "/metrics", "/info", "/version", "/docs", "/openapi.json"})
 
 
-def needs_api_key(path: str) -> bool:
-    return path not in OPEN_PATHS
+def needs_api_key(method: str, path: str) -> bool:
+    """Everything but OPEN_PATHS and the chat page's files (the page asks for the key and sends it itself)."""
+    page_file = method in ("GET", "HEAD") and (path == "/" or path.startswith("/static/"))
+    return not page_file and path not in OPEN_PATHS
 
 
 def has_api_key(authorization: str, api_key: str) -> bool:
@@ -48,7 +50,7 @@ class RequestGuards:
             await self.app(scope, receive, send)
             return
         path, headers = scope["path"], Headers(scope=scope)
-        if self.settings.api_key and needs_api_key(path) and \
+        if self.settings.api_key and needs_api_key(scope["method"], path) and \
                 not has_api_key(headers.get("authorization", ""), self.settings.api_key):
             refusal = error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                                      headers={"WWW-Authenticate": "Bearer"})

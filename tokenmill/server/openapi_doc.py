@@ -31,6 +31,7 @@ _SSE = {"text/event-stream": {"schema": {"type": "object", "required": ["data"],
 # the 200 body of routes that do not answer JSON alone (None: no body)
 _SUCCESS_CONTENT = {
     ("get", "/health"): None,
+    ("get", "/"): {"text/html": {"schema": {"type": "string"}}},
     ("get", "/metrics"): {"text/plain": {"schema": {"type": "string"}}},
     ("post", "/generate_stream"): _SSE,
 }
@@ -74,9 +75,10 @@ def _correct_operation(path: str, method: str, operation: dict, api_key_set: boo
     responses.pop("422", None)  # FastAPI's HTTPValidationError: neither API answers that shape
     error_schema = OPENAI_ERROR if openai else TGI_ERROR
     codes = {**(_OPENAI_CODES if openai else _TGI_CODES), **_COMMON_CODES}
-    if not api_key_set or not needs_api_key(path):
+    guarded = api_key_set and needs_api_key(method.upper(), path)
+    if not guarded:
         codes.pop(401)
     for code, meaning in sorted(codes.items()):
         responses[str(code)] = {"description": meaning, "content": {"application/json": {"schema": error_schema}}}
-    if api_key_set and needs_api_key(path):
+    if guarded:
         operation["security"] = [{"bearer": []}]
