@@ -1,5 +1,5 @@
 """Schema fuzzing: schemathesis drives a real tokenmill server on loopback from its own /openapi.json for a
-bounded time, with every response check but those that need resources or accept only 2xx. Zero 5xx, zero
+bounded number of cases, with every response check but those that need resources or accept only 2xx. Zero 5xx, zero
 answers the document does not describe. The case count and any findings are printed for the record."""
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 KEY = "fuzz-key"
-BUDGET_SECONDS = 60
+EXAMPLES_PER_OPERATION = 25  # a bounded count, not a time: every operation is fuzzed however loaded the machine
 # positive_data_acceptance: a schema-valid request may still be refused (unknown model 404, a prompt past the
 # token limits, tools until tool calling exists); the other three test resources (create/delete) the API has not
 IGNORED_CHECKS = "positive_data_acceptance,use_after_free,ensure_resource_availability,object_level_authorization"
@@ -35,10 +35,10 @@ def fuzzed_server(smollm2, server_factory):
 def test_the_server_answers_every_generated_request_as_documented(fuzzed_server, tmp_path):
     report = tmp_path / "schemathesis.json"
     command = [_schemathesis(), "run", f"{fuzzed_server.url}/openapi.json", "--checks", "all",
-               "--exclude-checks", IGNORED_CHECKS, "--phases", "coverage,fuzzing", "--max-time", str(BUDGET_SECONDS),
+               "--exclude-checks", IGNORED_CHECKS, "--phases", "fuzzing", "--max-examples", str(EXAMPLES_PER_OPERATION),
                "--seed", "18", "--workers", "1", "--request-timeout", "120", "--max-response-time", "120",
                "--header", f"Authorization: Bearer {KEY}", "--report", "json", "--report-json-path", str(report)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=BUDGET_SECONDS * 4,
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600,
                               cwd=tmp_path)  # its cache folder goes there, not into the checkout
     result = json.loads(report.read_text())
     cases = result["test_cases"]
@@ -46,7 +46,7 @@ def test_the_server_answers_every_generated_request_as_documented(fuzzed_server,
           f"{result['running_time']:.0f} s; failures: {result['failures'] or 'none'}; errors: "
           f"{result['errors'] or 'none'}")
     assert result["operations"]["tested"] == result["operations"]["total"] >= 12
-    assert cases["generated"] > 100 and cases["errored"] == 0
+    assert cases["generated"] >= 100 and cases["errored"] == 0  # operations without inputs take one case
     assert not result["failures"] and not result["errors"], finished.stdout[-6000:]
     assert finished.returncode == 0, finished.stdout[-6000:]
     assert fuzzed_server.state.in_flight == 0
