@@ -24,8 +24,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-input-tokens", type=int, default=None, help="longest prompt accepted (422 beyond)")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="prompt + new tokens limit (422 beyond)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    parser.add_argument("--request-body-seconds", type=float, default=60.0,
+                        help="time a request body may take to arrive (408 beyond)")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on generation routes")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health, /metrics, "
+                             "/info, /version, /docs and /openapi.json")
     parser.add_argument("--cors-allow-origin", action="append", default=None, metavar="ORIGIN",
                         help="allow cross-origin requests from ORIGIN (repeatable; '*' for any)")
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
@@ -83,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
         model_name=args.served_model_name or (args.model or "SmolLM2-135M-Instruct"),
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
+        request_body_seconds=args.request_body_seconds,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
         max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,
     )

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.async_engine import AsyncEngine
@@ -15,42 +12,11 @@ from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
 from . import openai_routes, tgi_routes, web_page
 from .errors import error_response, install_error_handlers
+from .guards import RequestGuards
 from .metrics import ServerMetrics
+from .openapi_doc import install_openapi
 from .settings import ServerSettings
 from .state import ServerState
-
-GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream", "/"}
-
-
-class RequestGuards:
-    """Body-size limit and API key, checked before routing. A plain ASGI middleware: Starlette's
-    BaseHTTPMiddleware would relay every streamed SSE chunk through an extra task and memory stream."""
-
-    def __init__(self, app, settings: ServerSettings):
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            rejection = self._rejection(scope)
-            if rejection is not None:
-                await rejection(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _rejection(self, scope):
-        settings, path = self.settings, scope["path"]
-        headers = Headers(scope=scope)
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-            return error_response(path, 413, f"the request body has {length} bytes, more than the limit of "
-                                             f"{settings.max_request_bytes}")
-        if settings.api_key and scope["method"] == "POST" and path in GENERATION_ROUTES:
-            supplied = headers.get("authorization", "")
-            expected = f"Bearer {settings.api_key}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                return error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
-        return None
 
 
 def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
@@ -58,7 +24,7 @@ def _install_guards(app: FastAPI, settings: ServerSettings) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
-        return error_response(request.url.path, error.status_code, str(error.detail))
+        return error_response(request.url.path, error.status_code, str(error.detail), headers=error.headers)
 
 
 def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
@@ -71,6 +37,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
     state.metrics.watch(state, engine.model_info().kv_blocks)
     app.state.tokenmill = state
     install_error_handlers(app)
+    install_openapi(app, api_key_set=bool(settings.api_key))
     _install_guards(app, settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

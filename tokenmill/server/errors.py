@@ -9,9 +9,11 @@ from fastapi.responses import JSONResponse
 from ..engine.async_engine import EngineDeadError, EngineStepError
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                 408: "timeout",
                  413: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable",
                  500: "server_error", 424: "server_error"}
-_TGI_TYPES = {400: "validation", 401: "authentication", 404: "not_found", 413: "validation", 422: "validation",
+_TGI_TYPES = {400: "validation", 401: "authentication", 404: "not_found", 408: "timeout", 413: "validation",
+              422: "validation",
               429: "overloaded", 424: "generation", 503: "unhealthy", 500: "generation"}
 
 
@@ -30,7 +32,8 @@ def is_openai_path(path: str) -> bool:
 _UNPARSABLE = "There was an error parsing the body"  # FastAPI's detail when the body is not even text
 
 
-def error_response(path: str, status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_response(path: str, status: int, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     if message == _UNPARSABLE:
         message = "the request body could not be parsed: it must be UTF-8 encoded JSON"
     if is_openai_path(path):
@@ -39,7 +42,7 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
                           "param": param, "code": None}}
     else:
         body = {"error": message, "error_type": _TGI_TYPES.get(status, "validation")}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def stream_error_event(path: str, message: str) -> dict:
@@ -53,8 +56,9 @@ def _describe_validation(error: RequestValidationError) -> tuple[str, str | None
     problems, param = [], None
     for item in error.errors():
         location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-        if item.get("type") == "json_invalid":
-            return f"the request body is not valid JSON: {item.get('msg')}", None
+        if item.get("type") == "json_invalid":  # the parser's own words are in ctx (msg is a generic title)
+            reason = (item.get("ctx") or {}).get("error") or item.get("msg")
+            return f"the request body is not valid JSON: {reason}", None
         param = param or location or None
         problems.append(f"{location or 'body'}: {item.get('msg')}")
     return "invalid request: " + "; ".join(problems), param

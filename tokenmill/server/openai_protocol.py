@@ -33,6 +33,9 @@ def spec_from_openai(response_format: dict | None = None, **guided) -> tuple[str
         schema = (value.get("json_schema") or {}).get("schema")
         if schema is None:
             raise ValueError("response_format json_schema needs json_schema.schema")
+        if not isinstance(schema, dict):
+            raise ValueError(f"response_format json_schema.schema must be a JSON schema object, got "
+                             f"{type(schema).__name__}")
         return "json_schema", schema
     kinds = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
              "guided_grammar": "grammar"}
@@ -40,25 +43,28 @@ def spec_from_openai(response_format: dict | None = None, **guided) -> tuple[str
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
     include_usage: bool = False
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}, "strict": ...}
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     model: str | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = None
-    seed: int | None = None
-    max_tokens: int | None = None
+    seed: int | None = Field(None, ge=-2**63, lt=2**64)  # what the sampler's generators take
+    max_tokens: int | None = Field(None, json_schema_extra={"minimum": 1})  # checked with the limits
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
@@ -127,11 +133,47 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
     return parsed
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
-    role: str
-    content: Union[str, list[dict[str, Any]], None] = None
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Union[str, list[ContentPart], None] = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
+    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)
+
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatCompletionRequest(_Sampling):
@@ -139,8 +181,8 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[str, dict[str, Any], None] = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
 
     def refuse_tools(self) -> None:
         """Tool calling is not implemented: say so rather than answer in free text with tool_calls=None."""
@@ -164,10 +206,10 @@ class ChatCompletionRequest(_Sampling):
             if isinstance(content, list):  # content parts: only text is served
                 texts = []
                 for part in content:
-                    if part.get("type") != "text":
-                        raise APIError(422, f"unsupported content part type {part.get('type')!r}; only text",
-                                       param="messages")
-                    texts.append(str(part.get("text", "")))
+                    if part.type != "text" or part.text is None:
+                        raise APIError(422, f"unsupported content part of type {part.type!r}; only text parts, "
+                                            "each with its \"text\"", param="messages")
+                    texts.append(part.text)
                 content = "".join(texts)
             messages.append({**(message.model_extra or {}), "role": message.role, "content": content or ""})
         return messages

@@ -8,15 +8,17 @@ import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
-from .sse import SSE_DONE, SSE_HEADERS, sse_event
+from .sse import SSE_DONE, SSE_HEADERS, ending_in_error_event, sse_event
 from .state import ServerState, final_output, merge
+from .strict_json import StrictJSONRoute
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 # huggingface_hub's InferenceClient names the model itself ("tgi" for TGI endpoints, "dummy" with base_url)
 INFERENCE_CLIENT_MODEL_NAMES = ("tgi", "dummy")
 
@@ -77,14 +79,18 @@ def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _prepare_chat(state: ServerState, body: ChatCompletionRequest):
+    prompt = _chat_prompt(state, body)
+    return prompt, state.validate(prompt, body.sampling_params(body.requested_max_tokens(), body.logprobs_count(),
+                                                               state.vocab_size))
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
     body.refuse_tools()
-    prompt = _chat_prompt(state, body)
-    params = state.validate(prompt, body.sampling_params(body.requested_max_tokens(), body.logprobs_count(),
-                                                         state.vocab_size))
+    prompt, params = await run_in_threadpool(_prepare_chat, state, body)  # template and grammar: CPU work
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
     tokenizer = state.tokenizer
     outputs = state.stream(prompt, params)
@@ -126,13 +132,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         finally:
             state.release(body.n)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(ending_in_error_event(events(), request.url.path), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 def _completion_prompt_ids(state: ServerState, prompt) -> list[int]:
     if isinstance(prompt, str):
         return state.encode(prompt)
     return list(prompt)
+
+
+def _prepare_completions(state: ServerState, body: CompletionRequest):
+    prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
+    requested = body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size)
+    params = [state.validate(p, requested) for p in prompts]
+    echoes = [state.tokenizer.decode(p) if body.echo else "" for p in prompts]
+    return prompts, params, echoes
 
 
 @router.post("/v1/completions")
@@ -142,11 +157,8 @@ async def completions(body: CompletionRequest, request: Request):
     if body.suffix:
         raise APIError(422, "suffix is not supported", param="suffix")
     sequences = state.check_sequences(len(body.prompts()), body.n, param="prompt")  # before encoding any
-    prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
-    requested = body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size)
-    params = [state.validate(p, requested) for p in prompts]
+    prompts, params, echoes = await run_in_threadpool(_prepare_completions, state, body)  # CPU work
     tokenizer = state.tokenizer
-    echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name,
             "object": "text_completion"}
     prompt_tokens = sum(len(p) for p in prompts)
@@ -197,7 +209,8 @@ async def completions(body: CompletionRequest, request: Request):
         finally:
             state.release(sequences)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(ending_in_error_event(events(), request.url.path), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 @router.get("/v1/models")

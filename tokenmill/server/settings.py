@@ -14,6 +14,7 @@ class ServerSettings:
     max_input_tokens: int | None = None  # None: the engine's limit
     max_total_tokens: int | None = None  # prompt + new tokens; None: the engine's limit
     max_request_bytes: int = 1 << 20
+    request_body_seconds: float = 60.0  # a body still arriving after this: 408 (a trickle holds no connection)
     default_max_tokens: int = 256
-    api_key: str | None = None  # Bearer token required on generation routes when set
+    api_key: str | None = None  # Bearer token required on every route but the open ones (guards.py) when set
     cors_origins: list[str] | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.sampling_params import SamplingParams
+from ..engine.sampling_params import SamplingParams, check_structured_output
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 4
@@ -12,32 +12,37 @@ MAX_BEST_OF = 4
 MAX_TOP_N_TOKENS = 5
 
 
-class TGIParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def _bounded(**bounds):
+    """A field whose bounds the schema documents while validate_parameters checks them, in TGI's words."""
+    return Field(None, json_schema_extra=bounds)
 
-    best_of: int | None = Field(None, ge=1)
+
+class TGIParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+
+    best_of: int | None = Field(None, ge=1, json_schema_extra={"maximum": MAX_BEST_OF})
     decoder_input_details: bool = False
     details: bool = False
     do_sample: bool = False
-    frequency_penalty: float | None = None
-    max_new_tokens: int | None = None
-    repetition_penalty: float | None = None
+    frequency_penalty: float | None = _bounded(minimum=-2, maximum=2)
+    max_new_tokens: int | None = _bounded(minimum=1)
+    repetition_penalty: float | None = _bounded(exclusiveMinimum=0)
     return_full_text: bool | None = False
-    seed: int | None = Field(None, ge=0)
-    stop: list[str] = Field(default_factory=list)
-    temperature: float | None = None
-    top_k: int | None = None
-    top_n_tokens: int | None = None
-    top_p: float | None = None
-    truncate: int | None = None
-    typical_p: float | None = None
+    seed: int | None = Field(None, ge=0, lt=2**64)  # TGI's u64
+    stop: list[str] = Field(default_factory=list, json_schema_extra={"maxItems": MAX_STOP_SEQUENCES})
+    temperature: float | None = _bounded(exclusiveMinimum=0)
+    top_k: int | None = _bounded(minimum=1)
+    top_n_tokens: int | None = _bounded(minimum=0, maximum=MAX_TOP_N_TOKENS)
+    top_p: float | None = _bounded(exclusiveMinimum=0, exclusiveMaximum=1)
+    truncate: int | None = _bounded(minimum=1)
+    typical_p: float | None = _bounded(exclusiveMinimum=0, exclusiveMaximum=1)
     watermark: bool = False
     adapter_id: str | None = None
     grammar: dict | None = None
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     inputs: str
     parameters: TGIParameters = Field(default_factory=TGIParameters)
@@ -45,7 +50,7 @@ class GenerateRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     tokens: list[int] = Field(..., min_length=1)
 
@@ -59,6 +64,7 @@ def validate_parameters(p: TGIParameters) -> None:
     """TGI's own rules (same wording where it has one)."""
     _check(p.adapter_id is None, f"adapter_id {p.adapter_id!r}: LoRA adapters are not supported yet; this server "
                                  f"serves only its base model (omit adapter_id)")
+    _check(not p.watermark, "`watermark` is not supported by this server; omit it (or send false)")
     _check(p.temperature is None or p.temperature > 0, "`temperature` must be strictly positive")
     _check(p.repetition_penalty is None or p.repetition_penalty > 0, "`repetition_penalty` must be strictly positive")
     _check(p.frequency_penalty is None or -2 <= p.frequency_penalty <= 2, "`frequency_penalty` must be >= -2.0 and <= 2.0")
@@ -101,14 +107,15 @@ def spec_from_tgi(grammar: dict | None) -> tuple[str, object] | None:
 def sampling_params(p: TGIParameters, max_new_tokens: int | None) -> SamplingParams:
     """max_new_tokens: as requested (None: the server's default, set by validation)."""
     try:
-        spec = spec_from_tgi(p.grammar)
+        structured_output = spec_from_tgi(p.grammar)
+        if structured_output is not None:
+            check_structured_output(structured_output)
     except ValueError as error:  # a bad grammar: TGI answers 422 validation
         raise APIError(422, f"`grammar`: {error}") from None
     try:
-        return _sampling_params(p, max_new_tokens, spec)
-    except ValueError as error:  # the grammar's compilation or a value outside the engine's ranges
-        label = "`grammar`: " if spec is not None and "structured output" in str(error) else ""
-        raise APIError(422, f"{label}{error}") from None
+        return _sampling_params(p, max_new_tokens, structured_output)
+    except ValueError as error:  # a value the checks above let through but SamplingParams refuses
+        raise APIError(422, str(error)) from None
 
 
 def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_output) -> SamplingParams:

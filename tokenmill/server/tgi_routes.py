@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..version import __version__
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
-from .sse import SSE_HEADERS, sse_event
+from .sse import SSE_HEADERS, ending_in_error_event, sse_event
 from .state import ServerState, final_output
+from .strict_json import StrictJSONRoute
 from .tgi_protocol import (MAX_BEST_OF, MAX_STOP_SEQUENCES, MAX_TOP_N_TOKENS, DetokenizeRequest, GenerateRequest,
                            sampling_params,
                            validate_parameters)
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 def _state(request: Request) -> ServerState:
@@ -85,7 +87,7 @@ def _details(view: _TokenView, body: GenerateRequest, final: RequestOutput, best
 
 
 async def _generate(state: ServerState, body: GenerateRequest, request: Request):
-    prompt, params = _prepare(state, body)
+    prompt, params = await run_in_threadpool(_prepare, state, body)  # tokenizing and grammar: CPU work
     outputs = state.stream(prompt, params)
     state.acquire(params.n)
     try:
@@ -105,7 +107,7 @@ async def _generate(state: ServerState, body: GenerateRequest, request: Request)
 async def _generate_stream(state: ServerState, body: GenerateRequest):
     if (body.parameters.best_of or 1) > 1:
         raise APIError(422, "`best_of` != 1 is not allowed for this endpoint")
-    prompt, params = _prepare(state, body)
+    prompt, params = await run_in_threadpool(_prepare, state, body)  # tokenizing and grammar: CPU work
     outputs = state.stream(prompt, params)
     state.acquire(params.n)
     view = _TokenView(state.tokenizer)
@@ -136,7 +138,8 @@ async def _generate_stream(state: ServerState, body: GenerateRequest):
         finally:
             state.release(params.n)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(ending_in_error_event(events(), "/generate_stream"), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 @router.post("/generate")
@@ -183,11 +186,24 @@ async def tokenize(body: GenerateRequest, request: Request):
     """TGI's token list; start/stop are character offsets into `inputs` and text is that span (the tokens of
     one character split into bytes share its span)."""
     state = _state(request)
+    validate_parameters(body.parameters)  # unused here, but a request TGI refuses is refused here too
     if not body.inputs:
         raise APIError(422, "`inputs` cannot be empty")
-    encoding = state.tokenizer(body.inputs, return_offsets_mapping=True)
-    return [{"id": token_id, "text": body.inputs[start:stop], "start": start, "stop": stop}
-            for token_id, (start, stop) in zip(encoding["input_ids"], encoding["offset_mapping"])]
+    state.acquire()  # admitted like a generation request: it is CPU work of the same size as a prompt's
+    try:
+        return await run_in_threadpool(_token_spans, state, body.inputs)
+    finally:
+        state.release()
+
+
+def _token_spans(state: ServerState, inputs: str) -> list[dict]:
+    encoding = state.tokenizer(inputs, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    if len(ids) > state.max_input_tokens:  # its answer grows ~50 bytes a token: bounded like a prompt
+        raise APIError(422, f"the input has {len(ids)} tokens, more than the limit of {state.max_input_tokens} "
+                            "input tokens")
+    return [{"id": token_id, "text": inputs[start:stop], "start": start, "stop": stop}
+            for token_id, (start, stop) in zip(ids, offsets)]
 
 
 @router.post("/detokenize")
