@@ -10,6 +10,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
+from ..config_limits import check_layer_count
 from ..execution.policy import ExecutionPolicy, dequantized_policy
 from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
@@ -94,6 +95,7 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     dtype, device = policy.dtype, policy.device
     cls = pretrained_class(config.model_type)
     weights = cls.sanitize(config, weights)
+    check_layer_count(source, config.num_hidden_layers, weights)  # before laying out a layer count it cannot fill
     with torch.device("meta"), SkipInitialization():
         model = cls(config, attn_implementation=policy.attn_implementation)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
