@@ -54,12 +54,22 @@ def with_config(folder, **changes):
     ({"rope_scaling": {"rope_type": "linear", "factor": float("inf")}}, "rope_scaling.factor = inf: out of range"),
     ({"rope_scaling": "linear"}, "rope_scaling = 'linear': must be an object"),
     ({"num_local_experts": 4, "num_experts_per_tok": 8}, "num_experts_per_tok = 8 is more than the 4 experts"),
+    ({"hidden_size": None}, "hidden_size is missing"),
+    ({"intermediate_size": "null"}, "intermediate_size = 'null': must be a whole number"),
 ])
 def test_absurd_config_values_are_refused(folder, changes, match):
     with_config(folder, **changes)
     with pytest.raises(CheckpointError, match=match) as error:
         AutoModelForCausalLM.from_pretrained(folder, progress=False)
     assert str(error.value).startswith(f"{folder / 'config.json'}: ")
+
+
+def test_a_null_intermediate_size_is_missing(folder):
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = None
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json: intermediate_size is missing"):
+        AutoModelForCausalLM.from_pretrained(folder, progress=False)
 
 
 def test_layer_count_is_checked_against_the_weights(folder):
@@ -82,10 +92,13 @@ def test_a_real_config_passes_and_float_positions_are_accepted(folder):
     assert ModelConfig.from_json_file(folder / "config.json").num_hidden_layers == 2
 
 
+SIZES = {"vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}
+
+
 def test_gemma3_style_rope_parameters_per_layer_type():
-    good = {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+    good = SIZES | {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
                                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
     check_config_values("c.json", good)
-    bad = {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": -1.0}}}
+    bad = SIZES | {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": -1.0}}}
     with pytest.raises(CheckpointError, match="rope_parameters.full_attention.rope_theta = -1.0"):
         check_config_values("c.json", bad)

@@ -37,10 +37,13 @@ SIZE_BOUNDS = {
     "num_experts": (1, MAX_EXPERTS), "num_local_experts": (1, MAX_EXPERTS),
     "num_experts_per_tok": (1, MAX_EXPERTS),
 }
+# sizes every decoder needs, with their GPT-2 spelling
+REQUIRED_SIZES = {"vocab_size": "vocab_size", "hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                  "num_attention_heads": "n_head"}
 # positions may be written as 4096.0 by some converters; they only bound indices, never shapes
 POSITION_BOUNDS = {
     "max_position_embeddings": (1, MAX_POSITIONS), "n_positions": (1, MAX_POSITIONS), "n_ctx": (1, MAX_POSITIONS),
-    "sliding_window": (1, MAX_POSITIONS), "original_max_position_embeddings": (1, MAX_POSITIONS),
+    "sliding_window": (0, MAX_POSITIONS),  # 0: no window (Qwen2 writes it so) "original_max_position_embeddings": (1, MAX_POSITIONS),
 }
 # field -> (exclusive lower bound, inclusive upper bound) for finite floats
 FLOAT_BOUNDS = {
@@ -62,6 +65,12 @@ def check_config_values(path, config: dict[str, Any], spelled: dict[str, str] | 
     def name(field: str) -> str:
         return (spelled or {}).get(field, field)
 
+    for field, alias in REQUIRED_SIZES.items():
+        if config.get(field) is None and config.get(alias) is None:
+            raise CheckpointError(path, f"{name(field)} is missing")
+    if "intermediate_size" in config and config["intermediate_size"] is None and config.get("n_inner") is None \
+            and config.get("model_type") != "gpt2":
+        raise CheckpointError(path, f"{name('intermediate_size')} is missing")
     for field, (low, high) in SIZE_BOUNDS.items():
         _check_int(path, name(field), config.get(field), low, high, integral_floats=False)
     for field, (low, high) in POSITION_BOUNDS.items():

@@ -61,6 +61,15 @@ def test_per_layer_lists_are_checked_item_by_item_and_by_length(tmp_path):
                  "llama.feed_forward_length: a per-layer list of 3 values for 2 layers")
 
 
+def test_missing_sizes_are_named(tmp_path):
+    path = write_tiny_llama(tmp_path / "bad.gguf", drop=("llama.feed_forward_length",))
+    with pytest.raises(CheckpointError, match="bad.gguf: llama.feed_forward_length is missing"):
+        AutoModelForCausalLM.from_pretrained(path, progress=False)
+    path = write_tiny_llama(tmp_path / "bad.gguf", drop=("llama.block_count",))
+    with pytest.raises(CheckpointError, match="bad.gguf: cannot derive a llama config from the metadata"):
+        AutoModelForCausalLM.from_pretrained(path, progress=False)
+
+
 def test_block_count_against_the_tensors(tmp_path):
     load_refused(tmp_path, {"llama.block_count": (3, U32, None)},
                  r"llama.block_count = 3 but the weights hold layers 0..1")
