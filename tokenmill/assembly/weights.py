@@ -15,6 +15,7 @@ from ..execution.policy import ExecutionPolicy, dequantized_policy
 from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
 from ..loading.gguf import one_thread_per_op
+from .finite_weights import check_finite_weights
 from .pretrained_model import pretrained_class
 
 
@@ -101,6 +102,7 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
     check_weights(source, expected, weights)
+    check_finite_weights(source, weights)  # NaN/inf weights would make every logit NaN: refused here, not per step
     weights = install_quantized(model, weights, dtype)
     converted = {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
                  for name, t in weights.items()}

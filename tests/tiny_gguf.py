@@ -55,13 +55,16 @@ def tiny_llama_tensors(seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_tiny_llama(path, metadata: dict | None = None, drop: tuple = (), tensors: dict | None = None):
     """The tiny Llama with `metadata` (key -> (value, type, element type)) replacing or adding keys, `drop`ped
-    keys left out, and `tensors` replacing or adding tensors (a None value removes one)."""
+    keys left out, and `tensors` replacing or adding tensors (a None value removes one, a (bytes, type) pair
+    is written as those blocks)."""
     writer = GGUFWriter(str(path), "llama")
     for key, (value, kind, element) in (tiny_llama_metadata() | (metadata or {})).items():
         if key not in drop:
             writer.add_key_value(key, value, kind, sub_type=element)
     for name, tensor in (tiny_llama_tensors() | (tensors or {})).items():
-        if tensor is not None:
+        if isinstance(tensor, tuple):  # (block bytes, GGMLQuantizationType): an already quantized tensor
+            writer.add_tensor(name, tensor[0], raw_dtype=tensor[1])
+        elif tensor is not None:
             writer.add_tensor(name, tensor)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
