@@ -113,3 +113,12 @@ def test_sane_values_beyond_the_tiny_ones_still_load(tmp_path):
         "llama.feed_forward_length": ([FFN, FFN], ARR, I32)})
     model = AutoModelForCausalLM.from_pretrained(path, progress=False)
     assert model.config.max_position_embeddings == 10 * 2 ** 20 and model.config.intermediate_size == FFN
+
+
+def test_tokens_too_long_to_derive_merges_from(tmp_path):
+    """Merges of a SentencePiece vocabulary are derived by cutting every token everywhere: squared length."""
+    tokens = [f"t{index}" for index in range(VOCAB - 3)] + ["a" * 30_000] * 3
+    path = write_tiny_llama(tmp_path / "long.gguf", {"tokenizer.ggml.tokens": (tokens, ARR, STR)})
+    with pytest.raises(CheckpointError, match=r"long.gguf: tokenizer.ggml.tokens: tokens too long to derive merges "
+                                              r"from \(the longest has 30000 characters"):
+        AutoTokenizer.from_pretrained(path)
