@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_limits import check_config_values
 from .errors import CheckpointError
 
 
@@ -81,6 +82,7 @@ class ModelConfig:
             raise CheckpointError(path, f"not valid JSON: {error}") from None
         if not isinstance(source, dict):
             raise CheckpointError(path, "config.json does not hold a JSON object")
+        check_config_values(path, source)
         try:
             return cls.from_dict(source)
         except (TypeError, ValueError) as error:

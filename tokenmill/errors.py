@@ -39,3 +39,7 @@ class PickleCheckpointError(CheckpointError):
 
 class ChatTemplateError(TokenmillError, ValueError):
     """A chat template failed to render, raised on purpose, or tried to leave the sandbox."""
+
+
+class NonFiniteLogitsError(TokenmillError, FloatingPointError):
+    """A model produced NaN or infinite logits during generation; the message names where they first appear."""

@@ -10,10 +10,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
+from ..config_limits import check_layer_count
 from ..execution.policy import ExecutionPolicy, dequantized_policy
 from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
 from ..loading.gguf import one_thread_per_op
+from .finite_weights import check_finite_weights
 from .pretrained_model import pretrained_class
 
 
@@ -94,11 +96,13 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     dtype, device = policy.dtype, policy.device
     cls = pretrained_class(config.model_type)
     weights = cls.sanitize(config, weights)
+    check_layer_count(source, config.num_hidden_layers, weights)  # before laying out a layer count it cannot fill
     with torch.device("meta"), SkipInitialization():
         model = cls(config, attn_implementation=policy.attn_implementation)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
     check_weights(source, expected, weights)
+    check_finite_weights(source, weights)  # NaN/inf weights would make every logit NaN: refused here, not per step
     weights = install_quantized(model, weights, dtype)
     converted = {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
                  for name, t in weights.items()}

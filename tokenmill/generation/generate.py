@@ -16,6 +16,7 @@ import torch
 from ..cache.factory import make_cache
 from .config import GenerationConfig
 from .logits_process import LogitsProcessorList, build_logits_processor
+from .non_finite import logits_are_finite, non_finite_error
 from .outputs import GenerateDecoderOnlyOutput
 from .sampling import draw
 from .stopping_criteria import StoppingCriteriaList, build_stopping_criteria
@@ -83,11 +84,14 @@ def decode_steps(model, request: GenerationRequest) -> Iterator[tuple[torch.Tens
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     step_ids = input_ids[:, cache.get_seq_length():]
+    step = 0
     while True:
         positions = positions_from_mask(attention_mask)[:, -step_ids.shape[1]:]
         out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=positions,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         raw_logits = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+        if not logits_are_finite(raw_logits):  # before sampling, which would fail on NaN probabilities
+            raise non_finite_error(model, raw_logits, input_ids, attention_mask, step)
         scores = request.processors(input_ids, raw_logits)
         next_tokens = _sample_next(scores, config.do_sample, model.execution_policy.ops)
         next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
@@ -98,6 +102,7 @@ def decode_steps(model, request: GenerationRequest) -> Iterator[tuple[torch.Tens
         if not bool(unfinished.any()):
             return
         step_ids = next_tokens[:, None]
+        step += 1
 
 
 def sample_loop(model, request: GenerationRequest):

@@ -7,108 +7,18 @@ The file is mapped copy-on-write, so tensor bytes are read lazily by the OS and 
 from __future__ import annotations
 
 import mmap
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Mapping
 
-import numpy as np
 import torch
 
 from .. import kernels
 from ..errors import CheckpointError, UnsupportedArchitectureError, UnsupportedQuantTypeError
 from ..layers.quantized_linear import QuantizedWeight
-from . import dequant, gguf_arch
-
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts and is long gone
-DEFAULT_ALIGNMENT = 32
-
-# metadata value types: fixed-size scalars as struct formats (8 = string and 9 = array are read apart)
-SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-STRING_TYPE, ARRAY_TYPE = 8, 9
-LENGTH = struct.Struct("<Q")
-
-
-class TensorInfo(NamedTuple):
-    name: str
-    shape: tuple[int, ...]  # torch order (ggml lists the fastest-moving dimension first)
-    ggml_type: int
-    offset: int  # absolute, from the start of the file
-    nbytes: int
-
-
-class _Truncated(Exception):
-    """Raised inside the parser when a read runs past the end of the file."""
-
-
-class _HeaderParser:
-    """Sequential little-endian reader over the mapped header."""
-
-    def __init__(self, buffer: memoryview):
-        self.buffer = buffer
-        self.size = len(buffer)
-        self.pos = 0
-
-    def take(self, fmt: str):
-        width = struct.calcsize("<" + fmt)
-        if self.pos + width > self.size:
-            raise _Truncated(self.pos)
-        values = struct.unpack_from("<" + fmt, self.buffer, self.pos)
-        self.pos += width
-        return values if len(values) > 1 else values[0]
-
-    def string(self) -> str:
-        length = self.take("Q")
-        if self.pos + length > self.size:
-            raise _Truncated(self.pos)
-        raw = bytes(self.buffer[self.pos:self.pos + length])
-        self.pos += length
-        return raw.decode("utf-8", errors="replace")
-
-    def strings(self, count: int) -> list[str]:
-        """`count` strings: one pass to find them, one bulk copy, then decoding (a vocabulary has 10^5 of them)."""
-        read_length = LENGTH.unpack_from
-        buffer, size, pos = self.buffer, self.size, self.pos
-        first = pos
-        spans = []
-        for _ in range(count):
-            if pos + 8 > size:
-                raise _Truncated(pos)
-            (length,) = read_length(buffer, pos)
-            pos += 8
-            spans.append((pos - first, length))
-            pos += length
-        if pos > size:
-            raise _Truncated(pos)
-        blob = bytes(buffer[first:pos])
-        self.pos = pos
-        return [blob[start:start + length].decode("utf-8", errors="replace") for start, length in spans]
-
-    def value(self, value_type: int):
-        if value_type in SCALAR_FORMATS:
-            return self.take(SCALAR_FORMATS[value_type])
-        if value_type == STRING_TYPE:
-            return self.string()
-        if value_type == ARRAY_TYPE:
-            return self.array()
-        raise ValueError(f"unknown metadata value type {value_type} at byte {self.pos}")
-
-    def array(self) -> list:
-        element_type, count = self.take("IQ")
-        if element_type in SCALAR_FORMATS:
-            # numbers in bulk: one numpy read instead of `count` struct calls
-            dtype = np.dtype("<" + SCALAR_FORMATS[element_type].replace("?", "b1"))
-            end = self.pos + count * dtype.itemsize
-            if end > self.size:
-                raise _Truncated(self.pos)
-            values = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=self.pos).tolist()
-            self.pos = end
-            return values
-        if element_type == STRING_TYPE:
-            return self.strings(count)
-        return [self.value(element_type) for _ in range(count)]
+from . import dequant, gguf_arch, gguf_limits
+from .gguf_header import TensorInfo, parse_header
 
 
 def _map_file(path: Path) -> mmap.mmap:
@@ -127,58 +37,6 @@ def _map_file(path: Path) -> mmap.mmap:
         raise CheckpointError(path, "empty file: not a GGUF checkpoint") from None
 
 
-def _parse_header(path: Path, buffer: memoryview) -> tuple[dict, list[TensorInfo]]:
-    """Metadata and tensor table; errors name the file and what is wrong with it."""
-    if len(buffer) < 4 or bytes(buffer[:4]) != GGUF_MAGIC:
-        raise CheckpointError(path, f"bad magic {bytes(buffer[:4])!r}: not a GGUF file (expected b'GGUF')")
-    parser = _HeaderParser(buffer)
-    parser.pos = 4
-    try:
-        version = parser.take("I")
-        if version not in SUPPORTED_VERSIONS:
-            raise CheckpointError(path, f"unsupported GGUF version {version} (supported: 2, 3)")
-        tensor_count, kv_count = parser.take("QQ")
-        metadata = {}
-        for _ in range(kv_count):
-            key = parser.string()
-            metadata[key] = parser.value(parser.take("I"))
-        entries = []
-        for _ in range(tensor_count):
-            name = parser.string()
-            n_dims = parser.take("I")
-            dims = struct.unpack_from(f"<{n_dims}Q", buffer, parser.pos) if n_dims else ()
-            parser.pos += 8 * n_dims
-            ggml_type, offset = parser.take("IQ")
-            entries.append((name, tuple(reversed(dims)), ggml_type, offset))
-    except CheckpointError:
-        raise
-    except (_Truncated, struct.error):
-        raise CheckpointError(path, f"truncated header: the file ends at byte {len(buffer)} inside the metadata") from None
-    except (ValueError, OverflowError, MemoryError) as error:
-        raise CheckpointError(path, f"corrupt header: {error}") from None
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
-    data_start = -(-parser.pos // alignment) * alignment
-    return metadata, [_tensor_info(path, entry, data_start, len(buffer)) for entry in entries]
-
-
-def _tensor_info(path: Path, entry: tuple, data_start: int, file_size: int) -> TensorInfo:
-    name, shape, ggml_type, offset = entry
-    if ggml_type not in dequant.GGML_TYPES:
-        raise UnsupportedQuantTypeError(path, f"tensor {name!r} has unknown ggml type id {ggml_type}")
-    n_elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    block_elements = dequant.GGML_TYPES[ggml_type].block_elements
-    if n_elements % block_elements or (shape and shape[-1] % block_elements):
-        raise CheckpointError(path, f"tensor {name!r}: shape {shape} does not fit {dequant.type_name(ggml_type)} "
-                                    f"blocks of {block_elements}")
-    nbytes = dequant.tensor_nbytes(ggml_type, n_elements)
-    start = data_start + offset
-    if start + nbytes > file_size:
-        raise CheckpointError(
-            path, f"truncated tensor data: tensor {name!r} needs bytes {start}..{start + nbytes} "
-                  f"but the file is {file_size} bytes")
-    return TensorInfo(name, shape, ggml_type, start, nbytes)
-
-
 class GGUFCheckpoint:
     """One GGUF file: metadata, tensors, and what they mean in Hugging Face terms."""
 
@@ -187,7 +45,7 @@ class GGUFCheckpoint:
         the config and the weights; without it only the metadata, tokenizer and generation config are read."""
         self.path = Path(path)
         self._mapping = _map_file(self.path)
-        self.metadata, infos = _parse_header(self.path, memoryview(self._mapping))
+        self.metadata, infos = parse_header(self.path, memoryview(self._mapping))
         self.tensors: dict[str, TensorInfo] = {info.name: info for info in infos}
         architecture = self.metadata.get("general.architecture")
         if not isinstance(architecture, str):
@@ -214,7 +72,17 @@ class GGUFCheckpoint:
     # ---- config -------------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
-        return self.arch.config(self.metadata, self.tensors, self.gguf_tensor)
+        """The Hugging Face config; the metadata's sizes are checked first, the result against the tensors."""
+        gguf_limits.check_metadata(self.path, self.metadata, self.arch.name)
+        try:
+            config = self.arch.config(self.metadata, self.tensors, self.gguf_tensor)
+        except CheckpointError:
+            raise
+        except (ArithmeticError, TypeError, ValueError, KeyError, IndexError) as error:
+            raise CheckpointError(self.path, f"cannot derive a {self.architecture} config from the metadata: "
+                                             f"{type(error).__name__}: {error}") from None
+        gguf_limits.check_config(self.path, config, self.tensors, self.arch.name)
+        return config
 
     def generation_config_dict(self) -> dict:
         ids = {
@@ -296,11 +164,19 @@ class GGUFCheckpoint:
     def tokenizer(self):
         from .gguf_tokenizer import build_tokenizer
 
-        return build_tokenizer(self.metadata, self.path)
+        gguf_limits.check_token_metadata(self.path, self.metadata)
+        try:
+            return build_tokenizer(self.metadata, self.path)
+        except CheckpointError:
+            raise
+        except Exception as error:  # the tokenizers library raises plain Exception for a vocabulary it refuses
+            raise CheckpointError(self.path, f"cannot build a tokenizer from the tokenizer.ggml metadata: "
+                                             f"{type(error).__name__}: {error}") from None
 
     def tokenizer_config(self) -> dict:
         from .gguf_tokenizer import tokenizer_config
 
+        gguf_limits.check_token_metadata(self.path, self.metadata)
         return tokenizer_config(self.metadata)
 
 

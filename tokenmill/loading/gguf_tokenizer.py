@@ -17,6 +17,7 @@ from ..errors import CheckpointError
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 SPIECE_SPACE = "\u2581"
 GEMMA_MASK_TOKEN = "<mask>"
+MAX_MERGE_DERIVATION_WORK = 1 << 31  # character copies: ~2 s, two hundred times a real vocabulary's need
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -127,6 +128,7 @@ def _sentencepiece_bpe(metadata: dict, path) -> Tokenizer:
     else:
         priorities = metadata.get("tokenizer.ggml.scores") or [-index for index in range(len(tokens))]
     vocab = {token: index for index, token in enumerate(tokens)}
+    _check_derivation_cost(tokens, path)
     merges = derive_merges(tokens, vocab, priorities)
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if gemma and unk_id is not None else None
@@ -148,6 +150,17 @@ def _sentencepiece_bpe(metadata: dict, path) -> Tokenizer:
             decode_steps.append(decoders.Strip(" ", 1, 0))
     tokenizer.decoder = decoders.Sequence(decode_steps)
     return tokenizer
+
+
+def _check_derivation_cost(tokens: list[str], path) -> None:
+    """Deriving merges tries every cut of every token, copying both halves: work grows with the squared token
+    length. Real vocabularies need ~10^7 character copies; a file of long tokens could ask for 10^13."""
+    work = sum(len(token) * len(token) for token in tokens)
+    if work > MAX_MERGE_DERIVATION_WORK:
+        longest = max(tokens, key=len)
+        raise CheckpointError(path, f"tokenizer.ggml.tokens: tokens too long to derive merges from (the longest has "
+                                    f"{len(longest)} characters; squared lengths sum to {work}, limit "
+                                    f"{MAX_MERGE_DERIVATION_WORK})")
 
 
 def derive_merges(tokens: list[str], vocab: dict[str, int], priorities: list[float]) -> list[tuple[str, str]]:

@@ -21,9 +21,9 @@ def weight_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
-            raise CheckpointError(index, f"invalid shard index: {error}") from None
-        shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise CheckpointError(index, f"invalid shard index: {type(error).__name__}: {error}") from None
+        shards = _shard_names(index, weight_map)
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
             raise CheckpointError(index, f"shard(s) listed but missing: {', '.join(missing)}")
@@ -38,6 +38,18 @@ def weight_files(folder: Path) -> list[Path]:
     if pickles:
         return pickles
     raise CheckpointError(folder, "no weights found (expected model.safetensors or model.safetensors.index.json)")
+
+
+def _shard_names(index: Path, weight_map) -> list[str]:
+    """The distinct shard files of a weight map: plain file names in the folder, nothing outside it."""
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise CheckpointError(index, "invalid shard index: weight_map must map tensor names to file names")
+    shards = sorted(set(weight_map.values()))
+    outside = [name for name in shards if Path(name).name != name or name in ("", ".", "..")]
+    if outside:
+        raise CheckpointError(index, f"invalid shard index: shard names must be file names in the folder, "
+                                     f"got {outside[0]!r}")
+    return shards
 
 
 def read_safetensors(path: Path, dtype: torch.dtype | None, on_tensor=None) -> dict[str, torch.Tensor]:

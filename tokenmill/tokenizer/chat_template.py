@@ -10,6 +10,9 @@ Chat templates ship with checkpoints and are untrusted code. They run in an
   backstop for single slow steps (checked at every step), `MAX_RENDERED_CHARS` of output,
   ``*`` / ``**`` results of at most `MAX_OPERATOR_RESULT` items or digits, and no field width of a
   million or more in ``%`` / ``|format`` / ``str.format`` / ``|center`` (each would allocate it);
+* bounds the memory one step may take: ``+``, ``~``, padding and replacing str methods, growing filters
+  (``indent``, ``join``, ``replace``, ``batch`` ...), ``lipsum`` and printing a container are checked against
+  `template_limits.MAX_VALUE_CHARS` before they run (see template_limits);
 * turns every failure inside the template (syntax, ``raise_exception``, sandbox, runaway
   recursion, type errors) into a `ChatTemplateError` that says what went wrong.
 """
@@ -33,6 +36,7 @@ from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from ..errors import ChatTemplateError
+from . import template_limits
 
 MAX_RENDER_STEPS = 20_000_000  # a few seconds of Jinja; real templates take thousands
 MAX_RENDER_SECONDS = 10.0
@@ -42,6 +46,7 @@ _RANGE_CHECK_EVERY = 1024
 # A width or precision of a million or more, in a printf-style spec and in a str.format spec.
 _HUGE_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\d{7,}|\d*\.\d{7,})")
 _HUGE_BRACE_SPEC = re.compile(r"\{[^{}]*:[^{}]*\d{7,}[^{}]*\}")
+_NESTED_BRACE_SPEC = re.compile(r"\{[^{}]*:[^{}]*\{")  # a width taken from the arguments: '{:{}}'.format(s, w)
 
 
 @dataclass
@@ -114,6 +119,7 @@ def _refuse_huge_format(format_text: Any, pattern: re.Pattern, arguments: Any = 
 
 def _checked_format_filter(value, *args, **kwargs) -> str:
     _refuse_huge_format(value, _HUGE_PERCENT_SPEC, args)
+    template_limits.refuse_oversized("format", len(str(value)) + template_limits.text_size((args, kwargs)))
     return jinja2.filters.do_format(value, *args, **kwargs)
 
 
@@ -138,7 +144,8 @@ def _operator_result_size(operator_name: str, left: Any, right: Any) -> int:
 class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, made strict about unsafe attributes and aware of the per-render budget."""
 
-    intercepted_binops = frozenset(["*", "**", "%"])
+    intercepted_binops = frozenset(["*", "**", "%", "+"])
+    code_generator_class = template_limits.SizedCodeGenerator  # `~` runs through checked_concat
 
     def unsafe_undefined(self, obj: Any, attribute: str):
         raise SecurityError(
@@ -151,8 +158,13 @@ class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
             raise SecurityError(
                 f"'{operator_name}' would build a value of size {size} (limit {MAX_OPERATOR_RESULT})"
             )
+        template_limits.check_binop(operator_name, left, right)
+        if operator_name == "+":
+            return operator.add(left, right)
         if operator_name == "%":
             _refuse_huge_format(left, _HUGE_PERCENT_SPEC, right)
+            if isinstance(left, str):
+                template_limits.refuse_oversized("'%'", len(left) + template_limits.text_size(right))
             return operator.mod(left, right)
         return operator.mul(left, right) if operator_name == "*" else operator.pow(left, right)
 
@@ -164,6 +176,13 @@ class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
 
         def checked_format(*args, **kwargs):
             _refuse_huge_format(value.__self__, _HUGE_BRACE_SPEC)
+            if _NESTED_BRACE_SPEC.search(str(value.__self__)) and any(
+                    isinstance(argument, int) and abs(argument) > MAX_OPERATOR_RESULT
+                    for argument in (*args, *kwargs.values())):
+                raise SecurityError(f"format string {value.__self__[:80]!r} takes a width of a million or more "
+                                    f"from its arguments")
+            template_limits.refuse_oversized("str.format", len(value.__self__) + template_limits.text_size(
+                (args, kwargs)))
             return sandboxed_format(*args, **kwargs)
 
         return checked_format
@@ -178,7 +197,12 @@ class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's own signature
         _spend_budget()
+        template_limits.check_method_call(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
+
+    def checked_concat(self, parts: tuple) -> str:
+        """What `a ~ b` compiles to (template_limits.SizedCodeGenerator)."""
+        return template_limits.checked_concat(parts)
 
 
 class GenerationBlock(jinja2.ext.Extension):
@@ -218,6 +242,7 @@ def raise_exception(message: str):
 
 def tojson(value: Any, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
     """transformers' `tojson`: plain `json.dumps` (no HTML escaping), unicode kept, options exposed."""
+    template_limits.check_json(value, indent)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -260,15 +285,18 @@ class TemplateNamespace(jinja2.utils.Namespace):
 def chat_environment() -> ChatTemplateEnvironment:
     """The one shared environment every chat template is compiled in."""
     environment = ChatTemplateEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols],
+        finalize=template_limits.finalize_output,
     )
     environment.filters.update(tojson=tojson, format=_checked_format_filter, center=_checked_center_filter)
+    environment.filters = template_limits.sized_filters(environment.filters)
     environment.globals.update(
         raise_exception=raise_exception,
         strftime_now=strftime_now,
         range=_BudgetedRange,
         dict=TemplateDict(),
         namespace=TemplateNamespace,
+        lipsum=template_limits.lipsum,
     )
     return environment
 
