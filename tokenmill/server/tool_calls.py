@@ -79,7 +79,8 @@ class ToolCallFormat:
                    "properties": {"name": {"const": tool["name"]}, self.argument_key: tool["parameters"]},
                    "required": ["name", self.argument_key], "additionalProperties": False}
                   for tool in tool_schemas]
-        schema = bodies[0] if len(bodies) == 1 else {"anyOf": bodies}
+        schema = dict(bodies[0]) if len(bodies) == 1 else {"anyOf": bodies}
+        schema["x-guidance"] = {"whitespace_flexible": False}  # small models otherwise wander in whitespace
         return "call: %json " + json.dumps(schema, ensure_ascii=False)
 
     def grammar(self, tool_schemas: list[dict], several: bool) -> str:
