@@ -13,13 +13,14 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
-from . import openai_routes, tgi_routes
+from . import anthropic_routes, openai_routes, tgi_routes
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
 from .settings import ServerSettings
 from .state import ServerState
 
-GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream", "/"}
+GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream", "/", "/v1/responses",
+                     "/v1/messages"}
 
 
 class RequestGuards:
@@ -48,8 +49,12 @@ class RequestGuards:
         if settings.api_key and scope["method"] == "POST" and path in GENERATION_ROUTES:
             supplied = headers.get("authorization", "")
             expected = f"Bearer {settings.api_key}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                return error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
+            # Anthropic's clients send the key as `x-api-key`
+            supplied_key = headers.get("x-api-key", "")
+            if not (hmac.compare_digest(supplied.encode(), expected.encode())
+                    or hmac.compare_digest(supplied_key.encode(), settings.api_key.encode())):
+                return error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>' "
+                                                 "or 'x-api-key: <key>')")
         return None
 
 
@@ -78,6 +83,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
                            allow_headers=["*"])
     app.include_router(openai_routes.router)
     app.include_router(tgi_routes.router)
+    app.include_router(anthropic_routes.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs_route():

@@ -12,3 +12,8 @@ def sse_event(payload: Any) -> str:
 
 SSE_DONE = "data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse_named_event(name: str, payload: Any) -> str:
+    """A frame with its event name (`event: <name>`), as the Anthropic and Responses streams send them."""
+    return f"event: {name}\n{sse_event(payload)}"
