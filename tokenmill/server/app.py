@@ -13,7 +13,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
-from . import anthropic_routes, openai_routes, tgi_routes
+from . import anthropic_routes, openai_routes, responses_routes, tgi_routes
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
 from .settings import ServerSettings
@@ -84,6 +84,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
     app.include_router(openai_routes.router)
     app.include_router(tgi_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs_route():
