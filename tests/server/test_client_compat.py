@@ -29,7 +29,7 @@ def test_chat_and_completions_keep_404_for_a_wrong_model(served):
 
 
 def test_tools_are_no_longer_ignored(openai_client, served):
-    """Was: accepted, then free text with tool_calls=None; now served (tests/server/test_chat_tools.py has more)."""
+    """Was: accepted, then free text with tool_calls=None; now served (tests.server.test_chat_plan.py has more)."""
     import openai
 
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}

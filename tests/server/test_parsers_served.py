@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tests.server.conftest import MODEL_NAME
-from tests.server.test_chat_tools import ASK, TOOLS, check_weather_arguments
+from tests.server.test_chat_plan import ASK, TOOLS, check_weather_arguments
 from tokenmill.commands import serve
 from tokenmill.server.settings import ServerSettings
 

@@ -8,7 +8,7 @@ import anthropic
 import pytest
 
 from tests.server.conftest import MODEL_NAME
-from tests.server.test_chat_tools import ASK, WEATHER_SCHEMA, check_weather_arguments
+from tests.server.test_chat_plan import ASK, WEATHER_SCHEMA, check_weather_arguments
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0}  # this SDK no longer sends sampling settings itself; the API still takes them
@@ -119,3 +119,45 @@ def test_x_api_key_and_bearer_accepted(smollm2, server_factory):
         assert bearer.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=1).choices
     finally:
         running.stop()
+
+
+def _frames(texts):
+    """SSE frames → (event name, data) pairs, the name checked against the data's type."""
+    pairs = []
+    for text in texts:
+        name, data = text.split("\n", 1)
+        payload = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {payload['type']}"
+        pairs.append(payload)
+    return pairs
+
+
+def test_block_stream_thinking_text_and_tool_use():
+    from tokenmill.server.anthropic_routes import _BlockStream
+    from tokenmill.server.chat_plan import Piece
+    from tokenmill.server.tool_calls import ToolCall
+
+    blocks = _BlockStream()
+    pieces = [Piece(reasoning="hm"), Piece(reasoning=" ok", content="\n"), Piece(content="Hi"),
+              Piece(calls=[ToolCall("f", '{"a": 1}', id="call_x")])]
+    events = _frames([frame for piece in pieces for frame in blocks.frames(piece)] + blocks.close())
+    shape = [(e["type"], e.get("index"), (e.get("content_block") or e.get("delta") or {}).get("type")) for e in events]
+    assert shape == [("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+                     ("content_block_delta", 0, "thinking_delta"), ("content_block_stop", 0, None),
+                     ("content_block_start", 1, "text"), ("content_block_delta", 1, "text_delta"),
+                     ("content_block_stop", 1, None), ("content_block_start", 2, "tool_use"),
+                     ("content_block_delta", 2, "input_json_delta"), ("content_block_stop", 2, None)]
+    assert events[5]["delta"]["text"] == "\nHi"
+    assert events[7]["content_block"] == {"type": "tool_use", "id": "toolu_x", "name": "f", "input": {}}
+    assert events[8]["delta"]["partial_json"] == '{"a": 1}'
+
+
+def test_block_stream_whitespace_before_calls_opens_no_text_block():
+    from tokenmill.server.anthropic_routes import _BlockStream
+    from tokenmill.server.chat_plan import Piece
+    from tokenmill.server.tool_calls import ToolCall
+
+    blocks = _BlockStream()
+    frames = blocks.frames(Piece(content="\n")) + blocks.frames(Piece(calls=[ToolCall("f", "{}")])) + blocks.close()
+    assert [event["type"] for event in _frames(frames)] == ["content_block_start", "content_block_delta",
+                                                            "content_block_stop"]

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tests.server.conftest import MODEL_NAME
-from tests.server.test_chat_tools import ASK, WEATHER_SCHEMA, check_weather_arguments
+from tests.server.test_chat_plan import ASK, WEATHER_SCHEMA, check_weather_arguments
 from tokenmill.server.responses_protocol import ResponseStore
 
 QUESTION = "What is the capital of France?"
@@ -104,3 +104,26 @@ def test_store_keeps_the_latest_only():
     assert store.get("resp_2")[1] == [{"role": "user", "content": "2"}] and store.get("resp_1")
     with pytest.raises(Exception, match="resp_0"):
         store.get("resp_0")
+
+
+def test_item_stream_reasoning_message_and_call():
+    from tokenmill.server.chat_plan import Piece
+    from tokenmill.server.responses_routes import _ItemStream
+    from tokenmill.server.tool_calls import ToolCall
+
+    stream = _ItemStream()
+    pieces = [Piece(reasoning="think"), Piece(content="Hello"), Piece(calls=[ToolCall("f", '{"a": 1}')])]
+    frames = [frame for piece in pieces for frame in stream.frames(piece)] + stream.close()
+    events = [json.loads(frame.split("\n", 1)[1].removeprefix("data: ")) for frame in frames]
+    assert [event["type"] for event in events] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done"]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert [event.get("output_index") for event in events] == [0] * 6 + [1] * 6 + [2] * 4
+    assert [item["type"] for item in stream.items] == ["reasoning", "message", "function_call"]
+    assert stream.items[0]["content"] == [{"type": "reasoning_text", "text": "think"}]
+    assert stream.items[1]["content"][0]["text"] == "Hello" and stream.items[2]["arguments"] == '{"a": 1}'
