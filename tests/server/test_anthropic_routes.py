@@ -117,6 +117,10 @@ def test_x_api_key_and_bearer_accepted(smollm2, server_factory):
         assert caught.value.body["error"]["type"] == "authentication_error"
         bearer = openai.OpenAI(base_url=f"{running.url}/v1", api_key="sesame", max_retries=0)
         assert bearer.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=1).choices
+        stored = bearer.responses.create(model=MODEL_NAME, input="hi", max_output_tokens=1)
+        assert bearer.responses.retrieve(stored.id).id == stored.id
+        with pytest.raises(openai.AuthenticationError):  # stored responses are not readable without the key
+            openai.OpenAI(base_url=f"{running.url}/v1", api_key="wrong", max_retries=0).responses.retrieve(stored.id)
     finally:
         running.stop()
 

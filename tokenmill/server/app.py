@@ -46,7 +46,8 @@ class RequestGuards:
         if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
             return error_response(path, 413, f"the request body has {length} bytes, more than the limit of "
                                              f"{settings.max_request_bytes}")
-        if settings.api_key and scope["method"] == "POST" and path in GENERATION_ROUTES:
+        stored = path.startswith("/v1/responses/")  # stored responses are read back only with the key
+        if settings.api_key and ((scope["method"] == "POST" and path in GENERATION_ROUTES) or stored):
             supplied = headers.get("authorization", "")
             expected = f"Bearer {settings.api_key}"
             # Anthropic's clients send the key as `x-api-key`
