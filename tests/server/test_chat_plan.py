@@ -162,3 +162,19 @@ def test_tiny_random_model_forced_call_validates(tiny_random_served):
         assert choice.finish_reason == "tool_calls", choice.message
         assert [call.function.name for call in choice.message.tool_calls] == ["get_weather"]
         check_weather_arguments(choice.message.tool_calls[0].function.arguments)
+
+
+def test_template_kwargs_reach_the_template(smollm2):
+    from tokenmill.server.errors import APIError
+
+    tokenizer = smollm2[1]
+    original = tokenizer.chat_template
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}{% if enable_thinking %}<think>{% endif %}"
+    try:
+        assert plan_chat(_State(tokenizer), ASK, [], template_kwargs={"enable_thinking": True}).prompt_text.endswith(
+            "<think>")
+        assert "<think>" not in plan_chat(_State(tokenizer), ASK, [], template_kwargs={}).prompt_text
+        with pytest.raises(APIError, match="'tools'"):
+            plan_chat(_State(tokenizer), ASK, [], template_kwargs={"tools": []})
+    finally:
+        tokenizer.chat_template = original

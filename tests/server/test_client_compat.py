@@ -29,13 +29,15 @@ def test_chat_and_completions_keep_404_for_a_wrong_model(served):
 
 
 def test_tools_are_no_longer_ignored(openai_client, served):
-    """Was: accepted, then free text with tool_calls=None; now served (tests.server.test_chat_plan.py has more)."""
+    """Was: accepted, then free text with tool_calls=None; now served (tests/server/test_chat_plan.py has more)."""
     import openai
 
-    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {}, "additionalProperties": False}}}
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     called = openai_client.chat.completions.create(model="smollm2", messages=messages, tools=[tool],
-                                                   tool_choice="required", parallel_tool_calls=False, max_tokens=30)
+                                                   tool_choice="required", parallel_tool_calls=False, max_tokens=30,
+                                                   temperature=0)
     assert [call.function.name for call in called.choices[0].message.tool_calls] == ["weather"]
     with pytest.raises(openai.BadRequestError, match="'required' needs tools"):
         openai_client.chat.completions.create(model="smollm2", messages=messages, tool_choice="required",

@@ -36,6 +36,17 @@ class MessagesRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+    def template_kwargs(self) -> dict | None:
+        """`thinking` → `enable_thinking`, the switch Qwen3-style templates read (others ignore it)."""
+        if self.thinking is None:
+            return None
+        kind = self.thinking.get("type")
+        if kind not in ("enabled", "disabled", "adaptive"):
+            raise APIError(422, f"thinking.type must be enabled, disabled or adaptive, got {kind!r}",
+                           param="thinking")
+        return {"enable_thinking": kind != "disabled"}
 
     def chat_messages(self) -> list[dict]:
         messages = [{"role": "system", "content": _text_of(self.system, "system")}] if self.system else []

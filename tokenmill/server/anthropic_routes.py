@@ -70,7 +70,8 @@ async def messages(body: MessagesRequest, request: Request):
     state: ServerState = request.app.state.tokenmill
     state.check_model(body.model)
     tool_choice, parallel = body.openai_tool_choice()
-    plan = plan_chat(state, body.chat_messages(), body.tool_specs(), tool_choice, parallel)
+    plan = plan_chat(state, body.chat_messages(), body.tool_specs(), tool_choice, parallel,
+                     body.template_kwargs())
     prompt = plan.prompt_ids
     params = state.validate(prompt, replace(body.sampling_params(), structured_output=plan.structured_output,
                                             skip_special_tokens=plan.skip_special_tokens))

@@ -212,7 +212,7 @@ def plan_chat(state, messages: list[dict], tools: list[dict], tool_choice=None, 
         forced = ("grammar", fmt.grammar(candidates, several=mode == "required" and parallel_tool_calls))
         try:
             check_structured_output(forced)
-        except ValueError as error:
+        except (ValueError, ImportError) as error:  # ImportError: llguidance, an optional dependency, is missing
             raise APIError(422, f"the tools' parameter schemas cannot be enforced: {error}", param="tools") from None
     text = _render(tokenizer, prepared, offered, template_kwargs)
     reasoning = settings.reasoning_parser
