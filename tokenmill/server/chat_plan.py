@@ -197,29 +197,36 @@ def plan_chat(state, messages: list[dict], tools: list[dict], tool_choice=None, 
     prepared = _template_messages(messages, fmt_name, renders_tools)
     offered = tools if mode != "none" else []
     if offered and not renders_tools:
-        described = "\n".join(json.dumps({"type": "function", "function": tool}, ensure_ascii=False)
-                              for tool in offered)
-        prompt = _TOOL_PROMPT.format(tools=described, example=_EXAMPLES[fmt_name])
-        if prepared and prepared[0].get("role") == "system":
-            prepared[0] = {**prepared[0], "content": f"{prepared[0].get('content') or ''}\n\n{prompt}".lstrip()}
-        else:
-            prepared.insert(0, {"role": "system", "content": prompt})
-    forced = None
-    if mode in ("required", "named"):
-        if structured_output is not None:
-            raise APIError(422, "a forced tool call (tool_choice 'required' or a named function) cannot be combined "
-                                "with a response format", param="tool_choice")
-        forced = ("grammar", fmt.grammar(candidates, several=mode == "required" and parallel_tool_calls))
-        try:
-            check_structured_output(forced)
-        except (ValueError, ImportError) as error:  # ImportError: llguidance, an optional dependency, is missing
-            raise APIError(422, f"the tools' parameter schemas cannot be enforced: {error}", param="tools") from None
+        prepared = _with_tools_described(prepared, offered, fmt_name)
+    forced = _forced_call(fmt, mode, candidates, parallel_tool_calls) if mode in ("required", "named") else None
+    if forced is not None and structured_output is not None:
+        raise APIError(422, "a forced tool call (tool_choice 'required' or a named function) cannot be combined "
+                            "with a response format", param="tool_choice")
     text = _render(tokenizer, prepared, offered, template_kwargs)
     reasoning = settings.reasoning_parser
     if reasoning in (None, "auto"):
         reasoning = detect_reasoning_parser(source)
     return ChatPlan(text, list(tokenizer.encode(text, add_special_tokens=False)), fmt,
                     None if reasoning == "none" else reasoning, forced or structured_output)
+
+
+def _with_tools_described(messages: list[dict], tools: list[dict], fmt_name: str) -> list[dict]:
+    """The tools and the call format in the system message, for a template that does not render tools."""
+    described = "\n".join(json.dumps({"type": "function", "function": tool}, ensure_ascii=False) for tool in tools)
+    prompt = _TOOL_PROMPT.format(tools=described, example=_EXAMPLES[fmt_name])
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{prompt}".lstrip()}, *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
+
+
+def _forced_call(fmt: ToolCallFormat, mode: str, candidates: list[dict], parallel: bool) -> tuple[str, str]:
+    """The grammar of one call (several for "required" with parallel calls) of `candidates`, checked."""
+    forced = ("grammar", fmt.grammar(candidates, several=mode == "required" and parallel))
+    try:
+        check_structured_output(forced)
+    except (ValueError, ImportError) as error:  # ImportError: llguidance, an optional dependency, is missing
+        raise APIError(422, f"the tools' parameter schemas cannot be enforced: {error}", param="tools") from None
+    return forced
 
 
 def _render(tokenizer, messages: list[dict], tools: list[dict], template_kwargs: dict | None) -> str:
