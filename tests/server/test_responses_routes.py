@@ -95,6 +95,8 @@ def test_unknown_previous_response_is_404(openai_client):
         openai_client.responses.create(model=MODEL_NAME, input="hi", tools=[{"type": "web_search"}])
     with pytest.raises(openai.BadRequestError):
         openai_client.responses.create(model=MODEL_NAME, input=[{"type": "input_image", "image_url": "x"}])
+    with pytest.raises(openai.BadRequestError, match="input is empty"):
+        openai_client.responses.create(model=MODEL_NAME, input=[])
 
 
 def test_store_keeps_the_latest_only():

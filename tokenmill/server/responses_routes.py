@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from ..engine.async_engine import EngineStepError
 from .chat_plan import Piece, plan_chat
-from .errors import stream_error_event
+from .errors import APIError, stream_error_event
 from .responses_protocol import (ResponsesRequest, ResponseStore, conversation_after, created_now, function_call_item,
                                  item_id, message_item, output_items, output_text_part, reasoning_item,
                                  response_object, usage_of)
@@ -119,6 +119,8 @@ async def create_response(body: ResponsesRequest, request: Request):
     store = _store(request)
     history = store.get(body.previous_response_id)[1] if body.previous_response_id else []
     history = [*history, *body.input_messages()]
+    if not history:
+        raise APIError(422, "the input is empty: send text or at least one input item", param="input")
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + history
     plan = plan_chat(state, messages, body.tool_specs(), body.chat_tool_choice(), body.parallel_tool_calls,
                      structured_output=body.structured_output())
