@@ -46,3 +46,16 @@ def test_detection_and_names():
     assert check_reasoning_parser("deepseek_r1") == "deepseek_r1"
     with pytest.raises(ValueError, match="qwen3"):
         check_reasoning_parser("o1")
+
+
+@pytest.mark.parametrize("parser, prompt, expected", [
+    (None, "<think>", None),
+    ("qwen3", "<|im_start|>assistant\n", "optional"),
+    ("qwen3", "<|im_start|>assistant\n<think>\n", "open"),
+    ("qwen3", "<|im_start|>assistant\n<think>\n\n</think>\n\n", None),  # thinking switched off by the template
+    ("deepseek_r1", "<｜Assistant｜>", "open"),
+])
+def test_thinking_state_from_the_prompt(parser, prompt, expected):
+    from tokenmill.server.reasoning import thinking_state
+
+    assert thinking_state(parser, prompt) == expected

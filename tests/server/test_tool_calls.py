@@ -118,3 +118,22 @@ def test_forcing_grammar_accepts_only_valid_calls(fmt, good, bad):
         matcher = llguidance.LLMatcher(tokenizer, grammar)
         consumed = matcher.try_consume_tokens(list(text.encode()))
         assert (consumed == len(text.encode()) and matcher.is_accepting()) == accepted, text
+
+
+@pytest.mark.parametrize("thinking, text, accepted", [
+    ("optional", '<think>\nweather, so call it</think>\n\n<tool_call>\n{"name":"f","arguments":{}}\n</tool_call>',
+     True),
+    ("optional", '<tool_call>\n{"name":"f","arguments":{}}\n</tool_call>', True),
+    ("optional", 'plain words <tool_call>\n{"name":"f","arguments":{}}\n</tool_call>', False),
+    ("open", 'still reasoning</think>\n<tool_call>\n{"name":"f","arguments":{}}\n</tool_call>', True),
+    ("open", '<tool_call>\n{"name":"f","arguments":{}}\n</tool_call>', False),  # the reasoning must close first
+    (None, '<think>x</think><tool_call>\n{"name":"f","arguments":{}}\n</tool_call>', False),
+])
+def test_forcing_grammar_lets_the_model_reason_first(thinking, text, accepted):
+    import llguidance
+
+    tool = {"name": "f", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}
+    grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_format("hermes").grammar([tool], False, thinking))
+    matcher = llguidance.LLMatcher(llguidance.LLTokenizer("byte"), grammar, log_level=0)
+    consumed = matcher.try_consume_tokens(list(text.encode()))
+    assert (consumed == len(text.encode()) and matcher.is_accepting()) == accepted

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..engine.sampling_params import check_structured_output
 from .errors import APIError
-from .reasoning import ReasoningStream, detect_reasoning_parser
+from .reasoning import ReasoningStream, detect_reasoning_parser, thinking_state
 from .tool_calls import ToolCall, ToolCallFormat, ToolCallStream, detect_tool_call_format, tool_call_format
 
 # for templates that do not render `tools` themselves (SmolLM2's): the tools described in a system message
@@ -198,16 +198,20 @@ def plan_chat(state, messages: list[dict], tools: list[dict], tool_choice=None, 
     offered = tools if mode != "none" else []
     if offered and not renders_tools:
         prepared = _with_tools_described(prepared, offered, fmt_name)
-    forced = _forced_call(fmt, mode, candidates, parallel_tool_calls) if mode in ("required", "named") else None
-    if forced is not None and structured_output is not None:
-        raise APIError(422, "a forced tool call (tool_choice 'required' or a named function) cannot be combined "
-                            "with a response format", param="tool_choice")
     text = _render(tokenizer, prepared, offered, template_kwargs)
     reasoning = settings.reasoning_parser
     if reasoning in (None, "auto"):
         reasoning = detect_reasoning_parser(source)
-    return ChatPlan(text, list(tokenizer.encode(text, add_special_tokens=False)), fmt,
-                    None if reasoning == "none" else reasoning, forced or structured_output)
+    reasoning = None if reasoning == "none" else reasoning
+    forced = None
+    if mode in ("required", "named"):
+        if structured_output is not None:
+            raise APIError(422, "a forced tool call (tool_choice 'required' or a named function) cannot be "
+                                "combined with a response format", param="tool_choice")
+        forced = _forced_call(fmt, mode == "required" and parallel_tool_calls, candidates,
+                              thinking_state(reasoning, text))
+    return ChatPlan(text, list(tokenizer.encode(text, add_special_tokens=False)), fmt, reasoning,
+                    forced or structured_output)
 
 
 def _with_tools_described(messages: list[dict], tools: list[dict], fmt_name: str) -> list[dict]:
@@ -219,9 +223,9 @@ def _with_tools_described(messages: list[dict], tools: list[dict], fmt_name: str
     return [{"role": "system", "content": prompt}, *messages]
 
 
-def _forced_call(fmt: ToolCallFormat, mode: str, candidates: list[dict], parallel: bool) -> tuple[str, str]:
-    """The grammar of one call (several for "required" with parallel calls) of `candidates`, checked."""
-    forced = ("grammar", fmt.grammar(candidates, several=mode == "required" and parallel))
+def _forced_call(fmt: ToolCallFormat, several: bool, candidates: list[dict], thinking: str | None) -> tuple[str, str]:
+    """The grammar of one call (or several) of `candidates`, after the reasoning when the model reasons; checked."""
+    forced = ("grammar", fmt.grammar(candidates, several, thinking))
     try:
         check_structured_output(forced)
     except (ValueError, ImportError) as error:  # ImportError: llguidance, an optional dependency, is missing

@@ -19,6 +19,17 @@ def detect_reasoning_parser(template: str | None) -> str | None:
     return "qwen3" if CLOSE in (template or "") else None
 
 
+def thinking_state(parser: str | None, prompt_text: str) -> str | None:
+    """Where generation starts: "open" (inside a reasoning: deepseek_r1, or the prompt opened `<think>`),
+    "optional" (it may open one), None (no reasoning parsed, or the prompt already closed it)."""
+    prompt_end = prompt_text.rstrip()
+    if parser is None:
+        return None
+    if parser == "deepseek_r1" or prompt_end.endswith(OPEN):
+        return "open"
+    return None if prompt_end.endswith(CLOSE) else "optional"
+
+
 def _partial_suffix(text: str, marker: str) -> int:
     """The length of the longest end of `text` that begins `marker` (held back until the next delta)."""
     for size in range(min(len(marker) - 1, len(text)), 0, -1):
@@ -34,7 +45,7 @@ class ReasoningStream:
         self.parser = parser
         self.pending = ""
         # the template opened the tag at the end of the prompt: generation starts inside it
-        self.inside = parser == "deepseek_r1" or prompt_text.rstrip().endswith(OPEN)
+        self.inside = thinking_state(parser, prompt_text) == "open"
         self.undecided = True  # the output may still open with `<think>` (dropped, even when already inside)
         self.done = False  # `</think>` seen: the rest is the answer
         self.trim = False  # the newlines templates put after `</think>` are dropped from the answer's start

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 
 _DECODER = json.JSONDecoder()
+# reasoning before a forced call: any text up to `</think>` (llguidance's stop attribute)
+THOUGHT_RULE = 'thought[stop="</think>"]: /(.|\\n)*/\n'
 
 
 def new_call_id() -> str:
@@ -83,8 +85,17 @@ class ToolCallFormat:
         schema["x-guidance"] = {"whitespace_flexible": False}  # small models otherwise wander in whitespace
         return "call: %json " + json.dumps(schema, ensure_ascii=False)
 
-    def grammar(self, tool_schemas: list[dict], several: bool) -> str:
-        """Lark text forcing one call (several: one or more) of `tool_schemas` ([{"name", "parameters"}])."""
+    def grammar(self, tool_schemas: list[dict], several: bool, thinking: str | None = None) -> str:
+        """Lark text forcing one call (several: one or more) of `tool_schemas` ([{"name", "parameters"}]).
+        thinking: "optional" (the model may open `<think>` first), "open" (it is inside one already), None."""
+        rules = self.call_rules(tool_schemas, several)
+        if thinking is None:
+            return rules
+        opening, start = ('"<think>" ', "start: think? calls") if thinking == "optional" else ("", "start: think calls")
+        think = f"think: {opening}thought /\\n*/\n"  # the newlines templates put after `</think>`
+        return f"{start}\n{think}{THOUGHT_RULE}{rules.replace('start:', 'calls:', 1)}"
+
+    def call_rules(self, tool_schemas: list[dict], several: bool) -> str:
         raise NotImplementedError
 
 
@@ -119,7 +130,7 @@ class HermesFormat(ToolCallFormat):
             return None
         return _call_from_object(values[0], ("arguments", "parameters"))
 
-    def grammar(self, tool_schemas: list[dict], several: bool) -> str:
+    def call_rules(self, tool_schemas: list[dict], several: bool) -> str:
         start = 'start: block ("\\n" block)*' if several else "start: block"
         return f'{start}\nblock: "<tool_call>\\n" call "\\n</tool_call>"\n{self.call_rule(tool_schemas)}\n'
 
@@ -142,7 +153,7 @@ class Llama3JsonFormat(ToolCallFormat):
             return calls if calls and not rest.strip() else None
         return calls or []
 
-    def grammar(self, tool_schemas: list[dict], several: bool) -> str:
+    def call_rules(self, tool_schemas: list[dict], several: bool) -> str:
         start = 'start: call ("; " call)*' if several else "start: call"
         return f"{start}\n{self.call_rule(tool_schemas)}\n"
 
@@ -179,7 +190,7 @@ class MistralFormat(ToolCallFormat):
             calls.append(call)
         return calls if calls or not final else None
 
-    def grammar(self, tool_schemas: list[dict], several: bool) -> str:
+    def call_rules(self, tool_schemas: list[dict], several: bool) -> str:
         calls = 'call ("," call)*' if several else "call"
         return f'start: "[TOOL_CALLS][" {calls} "]"\n{self.call_rule(tool_schemas)}\n'
 
