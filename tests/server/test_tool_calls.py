@@ -137,3 +137,23 @@ def test_forcing_grammar_lets_the_model_reason_first(thinking, text, accepted):
     matcher = llguidance.LLMatcher(llguidance.LLTokenizer("byte"), grammar, log_level=0)
     consumed = matcher.try_consume_tokens(list(text.encode()))
     assert (consumed == len(text.encode()) and matcher.is_accepting()) == accepted
+
+
+@pytest.mark.parametrize("fmt, text", [
+    ("hermes", '<tool_call>\n{"name":"f","arguments":{"x":1}}\n</tool_call>\n'
+               '<tool_call>\n{"name":"g","arguments":{}}\n</tool_call>'),
+    ("llama3_json", '{"name":"f","parameters":{"x":1}}; {"name":"g","parameters":{}}'),
+    ("mistral", '[TOOL_CALLS][{"name":"f","arguments":{"x":1}},{"name":"g","arguments":{}}]'),
+])
+def test_what_the_grammar_forces_parses_back(fmt, text):
+    """Several calls in the forcing grammar's own shape: accepted by it, and read back by the same format."""
+    import llguidance
+
+    tools = [{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}},
+                                          "required": ["x"], "additionalProperties": False}},
+             {"name": "g", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}]
+    format_ = tool_call_format(fmt)
+    grammar = llguidance.LLMatcher.grammar_from_lark(format_.grammar(tools, several=True))
+    matcher = llguidance.LLMatcher(llguidance.LLTokenizer("byte"), grammar, log_level=0)
+    assert matcher.try_consume_tokens(list(text.encode())) == len(text.encode()) and matcher.is_accepting()
+    assert _named(parse_tool_calls(format_, text)[1]) == [("f", {"x": 1}), ("g", {})]
