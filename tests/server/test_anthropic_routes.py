@@ -68,6 +68,14 @@ def test_streamed_tool_use_accumulates(client):
     check_weather_arguments(json.dumps(final.content[0].input))
 
 
+def test_output_config_json_schema(client):
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
+              "required": ["capital"], "additionalProperties": False}
+    message = client.messages.create(model=MODEL_NAME, max_tokens=30, messages=QUESTION, extra_body=GREEDY,
+                                     output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert set(json.loads(message.content[0].text)) == {"capital"} and message.stop_reason == "end_turn"
+
+
 def test_tool_result_round_trips(client):
     messages = [*ASK, {"role": "assistant", "content": [
                     {"type": "tool_use", "id": "toolu_1", "name": "get_weather",

@@ -24,6 +24,8 @@ RESPONSES = [
     {"input": "hi", "tools": [{"type": "function"}]},
     {"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"type": "nope"}}}},
     {"input": "hi", "max_output_tokens": 0},
+    {"input": "hi", "background": True},
+    {"input": "hi", "conversation": "conv_1"},
 ]
 MESSAGES = [
     {"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "tool_result"}, "x"]}]},
@@ -34,6 +36,9 @@ MESSAGES = [
     {"max_tokens": 4, "messages": [USER], "temperature": 1.5},
     {"max_tokens": 0, "messages": [USER]},
     {"max_tokens": 4, "messages": []},
+    {"max_tokens": 4, "messages": [USER], "output_config": {"format": {"type": "json_schema", "schema": {"type": 1}}}},
+    {"max_tokens": 4, "messages": [USER], "output_config": {"format": {"type": "yaml"}}},
+    {"max_tokens": 4, "messages": [USER], "mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]},
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.sampling_params import SamplingParams
+from ..engine.sampling_params import SamplingParams, check_structured_output
 from .chat_plan import AssistantOutput, tool_spec
 from .errors import APIError
 from .tool_calls import ToolCall
@@ -37,6 +37,27 @@ class MessagesRequest(BaseModel):
     tool_choice: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    container: Any = None  # server-side features this server does not have: refused, not ignored
+    mcp_servers: list[Any] | None = None
+
+    def structured_output(self) -> tuple[str, object] | None:
+        """`output_config.format` (a JSON schema) as structured output; refuses the server-side features."""
+        for name in ("container", "mcp_servers"):
+            if getattr(self, name):
+                raise APIError(422, f"{name} is not supported by this server", param=name)
+        fmt = (self.output_config or {}).get("format")
+        if fmt is None:
+            return None
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+            raise APIError(422, "output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
+                           param="output_config.format")
+        spec = ("json_schema", fmt.get("schema"))
+        try:
+            check_structured_output(spec)
+        except ValueError as error:
+            raise APIError(422, str(error), param="output_config.format") from None
+        return spec
 
     def template_kwargs(self) -> dict | None:
         """`thinking` → `enable_thinking`, the switch Qwen3-style templates read (others ignore it)."""

@@ -71,7 +71,7 @@ async def messages(body: MessagesRequest, request: Request):
     state.check_model(body.model)
     tool_choice, parallel = body.openai_tool_choice()
     plan = plan_chat(state, body.chat_messages(), body.tool_specs(), tool_choice, parallel,
-                     body.template_kwargs())
+                     body.template_kwargs(), body.structured_output())
     prompt = plan.prompt_ids
     params = state.validate(prompt, replace(body.sampling_params(), structured_output=plan.structured_output,
                                             skip_special_tokens=plan.skip_special_tokens))

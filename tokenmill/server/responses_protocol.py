@@ -38,6 +38,14 @@ class ResponsesRequest(BaseModel):
     store: bool = True
     text: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    background: bool = False  # features this server does not have: refused, not ignored
+    conversation: Any = None
+    prompt: Any = None
+
+    def refuse_unsupported(self) -> None:
+        for name in ("background", "conversation", "prompt"):
+            if getattr(self, name):
+                raise APIError(422, f"{name} is not supported by this server", param=name)
 
     def input_messages(self) -> list[dict]:
         if isinstance(self.input, str):

@@ -116,6 +116,7 @@ class _ItemStream:
 async def create_response(body: ResponsesRequest, request: Request):
     state: ServerState = request.app.state.tokenmill
     state.check_model(body.model)
+    body.refuse_unsupported()
     store = _store(request)
     history = store.get(body.previous_response_id)[1] if body.previous_response_id else []
     history = [*history, *body.input_messages()]
