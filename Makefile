@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: demo test test-portable setup setup-test mutation clean
+.PHONY: demo test test-portable setup setup-test setup-browser mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,28 @@ $(VENV)/.test-installed: $(VENV)/.runtime-installed
 setup: $(VENV)/.runtime-installed
 setup-test: $(VENV)/.test-installed
 
+# The chat page's browser test drives Debian's chromium through playwright (playwright's own browser download is
+# not used: its CDN may be unreachable). apt-get as root, else through sudo; TOKENMILL_NO_BROWSER=1 skips it all,
+# TOKENMILL_CHROMIUM names another chromium binary.
+setup-browser:
+	@if [ "$${TOKENMILL_NO_BROWSER:-}" = 1 ] || [ -n "$${TOKENMILL_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 \
+	    || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: the browser test needs chromium: install it, then set TOKENMILL_CHROMIUM=/path/to/chromium" \
+	       "(or TOKENMILL_NO_BROWSER=1 to skip that test)" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	elif command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "make: the browser test needs chromium: run 'apt-get install -y chromium' as root" \
+	       "(or set TOKENMILL_NO_BROWSER=1 to skip that test)" >&2; exit 1; \
+	fi
+
 demo: setup
 	$(BIN)/tokenmill generate --chat --stream --max-new-tokens 96 "$(PROMPT)"
 
-test: setup-test
+test: setup-test setup-browser
 	$(BIN)/python -m pytest -q
 
 PORTABLE_ISAS ?= avx2 scalar

@@ -1,4 +1,5 @@
-"""A built wheel carries the kernels: installed outside the checkout, they compile and run from the package."""
+"""A built wheel carries its package data: installed outside the checkout, the kernels compile and run from the
+package, and the chat page's files are there to serve."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ CHECK = textwrap.dedent("""
         bound = (columns / 32 + 7) * 2.0 ** -24 * (x.abs().double() @ weight.abs().double().t()).float()
         assert torch.all((out - expected).abs() <= bound), type_id
     print("built", kernels.build_isa(), "from", Path(kernels.__file__).parent)
+
+    from tokenmill.server import web_page
+
+    for name in web_page.ASSET_TYPES:  # what GET / and /static/ serve, read from the installed package
+        assert (Path(web_page.__file__).parent / "static" / name).is_file(), name
+        assert web_page.asset_bytes(name).strip(), name
+    print("chat page files:", sorted(web_page.ASSET_TYPES))
 """)
 
 
@@ -52,7 +60,7 @@ def _pip(*args: str, cwd: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
-def test_an_installed_wheel_compiles_and_runs_the_kernels(tmp_path):
+def test_an_installed_wheel_compiles_and_runs_the_kernels_and_has_the_chat_page(tmp_path):
     # build from a copy: setuptools writes build/ and *.egg-info beside the sources it builds
     source = tmp_path / "source"
     source.mkdir()
@@ -76,4 +84,5 @@ def test_an_installed_wheel_compiles_and_runs_the_kernels(tmp_path):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "built scalar" in result.stdout and str(installed) in result.stdout
+    assert "chat page files: ['chat.css', 'chat.html', 'chat.js', 'markdown.js']" in result.stdout
     assert list((tmp_path / "cache" / "kernels").glob("*.so")), "no library was compiled into TOKENMILL_CACHE"
