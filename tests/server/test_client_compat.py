@@ -1,5 +1,5 @@
 """What issue 17 found broken for unchanged clients: InferenceClient's chat model name, accepted-and-ignored
-arguments (tools, adapter_id) refused clearly, /tokenize spans, /detokenize, /version, an offline /docs."""
+arguments (adapter_id) refused clearly, tools now served, /tokenize spans, /detokenize, /version, an offline /docs."""
 
 import httpx2
 import pytest
@@ -28,14 +28,18 @@ def test_chat_and_completions_keep_404_for_a_wrong_model(served):
     assert completion.status_code == 404
 
 
-def test_tools_are_refused_until_tool_calling_exists(openai_client, served):
+def test_tools_are_no_longer_ignored(openai_client, served):
+    """Was: accepted, then free text with tool_calls=None; now served (tests/server/test_chat_plan.py has more)."""
     import openai
 
-    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {}, "additionalProperties": False}}}
     messages = [{"role": "user", "content": "Weather in Paris?"}]
-    with pytest.raises(openai.BadRequestError, match="tool calling is not supported yet"):
-        openai_client.chat.completions.create(model="smollm2", messages=messages, tools=[tool], max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="tool calling is not supported yet"):
+    called = openai_client.chat.completions.create(model="smollm2", messages=messages, tools=[tool],
+                                                   tool_choice="required", parallel_tool_calls=False, max_tokens=30,
+                                                   temperature=0)
+    assert [call.function.name for call in called.choices[0].message.tool_calls] == ["weather"]
+    with pytest.raises(openai.BadRequestError, match="'required' needs tools"):
         openai_client.chat.completions.create(model="smollm2", messages=messages, tool_choice="required",
                                               max_tokens=2)
     ignored = openai_client.chat.completions.create(model="smollm2", messages=messages, tools=[tool],

@@ -27,10 +27,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-body-seconds", type=float, default=60.0,
                         help="time a request body may take to arrive (408 beyond)")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health, /metrics, "
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route but /health, /metrics, "
                              "/info, /version, /docs and /openapi.json")
     parser.add_argument("--cors-allow-origin", action="append", default=None, metavar="ORIGIN",
                         help="allow cross-origin requests from ORIGIN (repeatable; '*' for any)")
+    parser.add_argument("--tool-call-parser", default="auto",
+                        choices=["auto", "hermes", "llama3_json", "mistral"],
+                        help="how tool calls are read from the model's text (auto: from the chat template's "
+                             "markers, else hermes)")
+    parser.add_argument("--reasoning-parser", default="auto", choices=["auto", "qwen3", "deepseek_r1", "none"],
+                        help="split <think>...</think> into reasoning_content (auto: when the chat template "
+                             "speaks <think>; none: never)")
+    parser.add_argument("--stored-responses", type=int, default=1000,
+                        help="responses kept in memory for /v1/responses previous_response_id")
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     parser.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks (default: memory)")
     parser.add_argument("--kv-cache-memory", type=float, default=None, help="KV pool size in GiB (default: auto)")
@@ -89,6 +98,9 @@ def main(args: argparse.Namespace) -> int:
         request_body_seconds=args.request_body_seconds,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
         max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,
+        tool_call_parser=None if args.tool_call_parser == "auto" else args.tool_call_parser,
+        reasoning_parser=None if args.reasoning_parser == "auto" else args.reasoning_parser,
+        stored_responses=args.stored_responses,
     )
     app = build_server_app(model, tokenizer, engine_config, settings, thread_tuner)
     info = app.state.tokenmill.engine.model_info()

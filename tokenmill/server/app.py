@@ -10,7 +10,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
-from . import openai_routes, tgi_routes, web_page
+from . import anthropic_routes, openai_routes, responses_routes, tgi_routes, web_page
 from .errors import error_response, install_error_handlers
 from .guards import RequestGuards
 from .metrics import ServerMetrics
@@ -46,6 +46,8 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
                            allow_headers=["*"])
     app.include_router(openai_routes.router)
     app.include_router(tgi_routes.router)
+    app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(web_page.router)
 
     @app.get("/docs", include_in_schema=False)

@@ -16,6 +16,10 @@ _TGI_TYPES = {400: "validation", 401: "authentication", 404: "not_found", 408: "
               422: "validation",
               429: "overloaded", 424: "generation", 503: "unhealthy", 500: "generation"}
 
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    503: "overloaded_error"}
+
 
 class APIError(Exception):
     """Raised by routes; `status` is TGI's code, `openai_status` the OpenAI one (422 → 400)."""
@@ -29,6 +33,10 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+def is_anthropic_path(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
 _UNPARSABLE = "There was an error parsing the body"  # FastAPI's detail when the body is not even text
 
 
@@ -36,7 +44,10 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
                    headers: dict[str, str] | None = None) -> JSONResponse:
     if message == _UNPARSABLE:
         message = "the request body could not be parsed: it must be UTF-8 encoded JSON"
-    if is_openai_path(path):
+    if is_anthropic_path(path):
+        status = 400 if status == 422 else status
+        body = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+    elif is_openai_path(path):
         status = 400 if status == 422 else status
         body = {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "invalid_request_error"),
                           "param": param, "code": None}}
@@ -47,6 +58,8 @@ def error_response(path: str, status: int, message: str, param: str | None = Non
 
 def stream_error_event(path: str, message: str) -> dict:
     """The payload of an error that happens after a stream has started (the status is already 200)."""
+    if is_anthropic_path(path):
+        return {"type": "error", "error": {"type": "api_error", "message": message}}
     if is_openai_path(path):
         return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
     return {"error": message, "error_type": "generation"}

@@ -28,13 +28,16 @@ def needs_api_key(method: str, path: str) -> bool:
     return not page_file and path not in OPEN_PATHS
 
 
-def has_api_key(authorization: str, api_key: str) -> bool:
-    """`Authorization: Bearer <key>`; the scheme is case-insensitive (RFC 9110 §11.1), the key compared in
-    constant time."""
+def has_api_key(authorization: str, api_key: str, x_api_key: str = "") -> bool:
+    """`Authorization: Bearer <key>` (the scheme case-insensitive, RFC 9110 §11.1) or Anthropic's `x-api-key: <key>`,
+    the key compared in constant time."""
     scheme, _, credentials = authorization.strip().partition(" ")
     # Starlette decodes header values as latin-1: encoding back gives the bytes the client sent
     supplied = credentials.strip().encode("latin-1", errors="replace")
-    return scheme.lower() == "bearer" and hmac.compare_digest(supplied, api_key.encode())
+    bearer = scheme.lower() == "bearer" and hmac.compare_digest(supplied, api_key.encode())
+    header = bool(x_api_key) and hmac.compare_digest(x_api_key.strip().encode("latin-1", errors="replace"),
+                                                     api_key.encode())
+    return bearer or header
 
 
 class RequestGuards:
@@ -51,8 +54,9 @@ class RequestGuards:
             return
         path, headers = scope["path"], Headers(scope=scope)
         if self.settings.api_key and needs_api_key(scope["method"], path) and \
-                not has_api_key(headers.get("authorization", ""), self.settings.api_key):
-            refusal = error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                not has_api_key(headers.get("authorization", ""), self.settings.api_key, headers.get("x-api-key", "")):
+            refusal = error_response(path, 401, "missing or wrong API key (send 'Authorization: Bearer <key>' "
+                                                "or 'x-api-key: <key>')",
                                      headers={"WWW-Authenticate": "Bearer"})
             await refusal(scope, receive, send)
             return

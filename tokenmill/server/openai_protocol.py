@@ -181,15 +181,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[ChatTool] | None = None
-    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
-
-    def refuse_tools(self) -> None:
-        """Tool calling is not implemented: say so rather than answer in free text with tool_calls=None."""
-        wants_tools = bool(self.tools) and self.tool_choice != "none"
-        if wants_tools or self.tool_choice not in (None, "none", "auto"):
-            raise APIError(400, "tool calling is not supported yet by this server; send no `tools` (or "
-                                "tool_choice=\"none\" to have them ignored)", param="tools")
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

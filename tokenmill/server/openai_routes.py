@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
+from .chat_plan import ChatPlan, chat_delta, chat_message, finish_reason, function_tools, plan_chat
 from .errors import APIError, stream_error_event
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
 from .sse import SSE_DONE, SSE_HEADERS, ending_in_error_event, sse_event
@@ -68,29 +70,24 @@ def _completion_logprobs(tokenizer, entries, offset: int) -> dict | None:
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
-def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
-    tokenizer = state.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        raise APIError(422, "this model has no chat template; use /v1/completions", param="messages")
-    try:
-        text = tokenizer.apply_chat_template(body.plain_messages(), add_generation_prompt=True, tokenize=False)
-    except Exception as error:  # noqa: BLE001 - a template error is the request's fault
-        raise APIError(422, f"the chat template failed on these messages: {error}", param="messages") from None
-    return list(tokenizer.encode(text, add_special_tokens=False))
+def _chat_plan(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
+    return plan_chat(state, body.plain_messages(), function_tools(body.tools), body.tool_choice,
+                     body.parallel_tool_calls, body.chat_template_kwargs, body.structured_output())
 
 
 def _prepare_chat(state: ServerState, body: ChatCompletionRequest):
-    prompt = _chat_prompt(state, body)
-    return prompt, state.validate(prompt, body.sampling_params(body.requested_max_tokens(), body.logprobs_count(),
-                                                               state.vocab_size))
+    plan = _chat_plan(state, body)
+    requested = body.sampling_params(body.requested_max_tokens(), body.logprobs_count(), state.vocab_size)
+    return plan, state.validate(plan.prompt_ids, replace(requested, structured_output=plan.structured_output,
+                                                         skip_special_tokens=plan.skip_special_tokens))
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
-    body.refuse_tools()
-    prompt, params = await run_in_threadpool(_prepare_chat, state, body)  # template and grammar: CPU work
+    plan, params = await run_in_threadpool(_prepare_chat, state, body)  # template and grammar: CPU work
+    prompt = plan.prompt_ids
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
     tokenizer = state.tokenizer
     outputs = state.stream(prompt, params)
@@ -100,9 +97,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             final = await final_output(request, outputs)
         finally:
             state.release(body.n)
-        choices = [{"index": o.index, "message": {"role": "assistant", "content": o.text},
-                        "logprobs": _chat_logprobs(tokenizer, o.logprobs), "finish_reason": _finish_reason(o)}
-                   for o in final.outputs]
+        parsed = [plan.output() for _ in final.outputs]
+        for o, split in zip(final.outputs, parsed):
+            split.step(o.text, finished=True)
+        choices = [{"index": o.index, "message": chat_message(split),
+                    "logprobs": _chat_logprobs(tokenizer, o.logprobs), "finish_reason": finish_reason(o.finish_reason,
+                                                                                                      split)}
+                   for o, split in zip(final.outputs, parsed)]
         return {**meta, "object": "chat.completion", "choices": choices,
                 "usage": _usage(len(prompt), final.num_generated_tokens)}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -114,15 +115,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 yield sse_event({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                        "logprobs": None, "finish_reason": None}]})
             generated = 0
+            parsed = [plan.output() for _ in range(body.n)]
             async for output in outputs:
                 generated = output.num_generated_tokens
                 for o in output.outputs:
-                    if not o.delta_text and not o.finished and not (o.logprobs is not None and o.delta_logprobs):
+                    split = parsed[o.index]
+                    delta = chat_delta(split.step(o.delta_text, o.finished), split)
+                    if not delta and not o.finished and not (o.logprobs is not None and o.delta_logprobs):
                         continue
-                    choice = {"index": o.index, "delta": {"content": o.delta_text} if o.delta_text else {},
+                    choice = {"index": o.index, "delta": delta,
                               "logprobs": _chat_logprobs(tokenizer, o.delta_logprobs if o.logprobs is not None
                                                          else None),
-                              "finish_reason": _finish_reason(o) if o.finished else None}
+                              "finish_reason": finish_reason(o.finish_reason, split) if o.finished else None}
                     yield sse_event({**chunk, "choices": [choice]})
             if include_usage:
                 yield sse_event({**chunk, "choices": [], "usage": _usage(len(prompt), generated)})

@@ -18,3 +18,16 @@ class ServerSettings:
     default_max_tokens: int = 256
     api_key: str | None = None  # Bearer token required on every route but the open ones (guards.py) when set
     cors_origins: list[str] | None = None
+    tool_call_parser: str | None = None  # hermes | llama3_json | mistral; None: from the chat template
+    reasoning_parser: str | None = None  # qwen3 | deepseek_r1 | none; None: from the chat template
+    stored_responses: int = 1000  # /v1/responses kept for previous_response_id (oldest dropped first)
+
+    def __post_init__(self):
+        """An unknown parser name fails at start-up, not on the first request."""
+        from .reasoning import check_reasoning_parser
+        from .tool_calls import tool_call_format
+
+        if self.tool_call_parser is not None:
+            tool_call_format(self.tool_call_parser)
+        if self.reasoning_parser is not None:
+            check_reasoning_parser(self.reasoning_parser)

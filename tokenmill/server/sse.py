@@ -36,3 +36,8 @@ async def ending_in_error_event(events: AsyncIterator[str], path: str) -> AsyncI
         yield sse_event(stream_error_event(path, message))
     finally:
         await events.aclose()  # runs the route's own cleanup (its admission slot) now, not at garbage collection
+
+
+def sse_named_event(name: str, payload: Any) -> str:
+    """A frame with its event name (`event: <name>`), as the Anthropic and Responses streams send them."""
+    return f"event: {name}\n{sse_event(payload)}"
