@@ -93,6 +93,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="peak RSS that counts as out of memory on a CPU (e.g. 8GiB; default 80%% of available)")
     parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT, help="folder for JSON and PNG files")
     parser.add_argument("--no-plots", action="store_true", help="no PNG files")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column in the table (spread, tokens per CPU-second, KV bytes, all ratios)")
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
+                        help="measure each engine's peak RSS in a process of its own (the default when this "
+                             "process holds more than one model, e.g. with --vs)")
+    memory.add_argument("--memory-in-process", dest="isolate_memory", action="store_false",
+                        help="read peak RSS in the sweep's own process (faster; counts every loaded model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     serving = _serving_module()
     if serving is not None:
@@ -118,20 +126,21 @@ def _options(args: argparse.Namespace):
     return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, isolate_memory=args.isolate_memory)
 
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "bench_mode", None) == "serve":
         return _serving_module().main(args)
-    from ..bench.report import format_table, write_json, write_plots
+    from ..bench.plots import write_plots
+    from ..bench.report import format_table, write_json
     from ..bench.run import run_bench
 
     report = run_bench(_options(args))
     json_path = args.output / "bench.json"
     write_json(report, json_path)
     plots = [] if args.no_plots else write_plots(report, args.output)
-    print(format_table(report))
+    print(format_table(report, wide=args.wide))
     print(f"\nwrote {json_path}" + "".join(f", {p}" for p in plots))
     if not args.no_plots and not plots:
         print("(no plots: pip install matplotlib)", file=sys.stderr)
