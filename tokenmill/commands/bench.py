@@ -60,12 +60,12 @@ class _ServeOrModel(argparse._SubParsersAction):
     def __call__(self, parser, namespace, values, option_string=None):
         if values[0] in self._name_parser_map:
             return super().__call__(parser, namespace, values, option_string)
-        namespace.model_arg = values[0]
+        namespace.model = values[0]
         parser.parse_args(values[1:], namespace)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(model_arg=None)
+    parser.set_defaults(model=None)
     parser.add_argument("--model", "-m", dest="model_option", default=None, metavar="MODEL",
                         help=MODEL_HELP + "; a positional MODEL works too")
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (folder or Hub repo)")

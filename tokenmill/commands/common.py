@@ -38,7 +38,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
     """The model, the same on every command: a positional MODEL or -m/--model MODEL."""
-    parser.add_argument("model_arg", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--model", "-m", dest="model_option", default=None, metavar="MODEL",
                         help="the same as the positional MODEL")
 
@@ -47,7 +47,7 @@ def resolve_model_arg(args: argparse.Namespace) -> None:
     """args.model from the positional or -m (None: the embedded default); both, naming different models: refused."""
     if not hasattr(args, "model_option"):
         return
-    positional, option = args.model_arg, args.model_option
+    positional, option = args.model, args.model_option
     if positional is not None and option is not None and positional != option:
         raise TokenmillError(f"two models named: {positional!r} (positional) and {option!r} (-m/--model); give one")
     args.model = option if option is not None else positional
