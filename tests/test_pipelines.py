@@ -126,3 +126,19 @@ def test_smollm2_greedy_equals_transformers(smollm2_gguf, hf_smollm2, hf_smollm2
     greedy = {"do_sample": False, "max_new_tokens": 8}
     assert ours(CHAT, **greedy) == theirs(CHAT, **greedy)
     assert ours(PROMPTS, batch_size=2, **greedy) == theirs(PROMPTS, batch_size=2, **greedy)
+
+
+def test_a_generation_config_gets_the_defaults_in_a_copy(tiny_pipes):
+    """As in transformers, do_sample=False equals the default, so the pipeline's sampling default is added to the
+    config; top_k=1 keeps the sampled tokens the argmax, so both pipelines must give the same text."""
+    import transformers
+
+    from tokenmill import GenerationConfig
+
+    ours, theirs = tiny_pipes
+    config = GenerationConfig(max_new_tokens=5, top_k=1)
+    kwargs = ours._generate_kwargs({"generation_config": config})
+    assert kwargs["generation_config"] is not config and config.pad_token_id is None
+    assert kwargs["generation_config"].do_sample is True and kwargs["generation_config"].temperature == 0.7
+    their_config = transformers.GenerationConfig(max_new_tokens=5, top_k=1)
+    assert ours(PROMPTS[0], generation_config=config) == theirs(PROMPTS[0], generation_config=their_config)

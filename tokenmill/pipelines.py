@@ -4,6 +4,8 @@ same outputs (`[{"generated_text": ...}]`, a list of such lists for a list of in
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 SUPPORTED_TASKS = ("text-generation",)
@@ -183,9 +185,7 @@ class TextGenerationPipeline:
             added = {key: value for key, value in added.items() if key not in SAMPLING_KEYS}
         if user_config is None:
             return {**options, **added}
-        import copy
-
-        user_config = copy.deepcopy(user_config)
+        user_config = copy.deepcopy(user_config)  # the caller's config stays as it was
         user_config.update(**added)
         return {**options, "generation_config": user_config}
 
