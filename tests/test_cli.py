@@ -60,13 +60,13 @@ def test_chat_keeps_history_resets_and_quits(monkeypatch, capsys):
 
     original = chat.reply
 
-    def recording_reply(model, tokenizer, history, args):
+    def recording_reply(model, tokenizer, history, args, *rest):
         seen_histories.append([m["content"] for m in history])
-        return original(model, tokenizer, history, args)
+        return original(model, tokenizer, history, args, *rest)
 
     monkeypatch.setattr(chat, "reply", recording_reply)
     code, out, err = run(["chat", "--max-new-tokens", "6"], monkeypatch, capsys)
-    assert code == 0 and "/reset" in err and "conversation cleared" in err
+    assert code == 0 and "/help" in err and "conversation cleared" in err
     assert seen_histories[0] == ["My name is Ada."]
     assert seen_histories[1][0] == "My name is Ada." and seen_histories[1][2] == "What is my name?"
     assert seen_histories[2] == ["Hello"]
@@ -212,10 +212,10 @@ def test_chat_survives_a_broken_line_and_a_too_long_turn(monkeypatch, capsys):
     monkeypatch.setattr("builtins.input", fake_input)
     seen = []
     original = chat.reply
-    monkeypatch.setattr(chat, "reply", lambda model, tok, history, args: (
-        seen.append([len(m["content"]) for m in history]), original(model, tok, history, args))[1])
+    monkeypatch.setattr(chat, "reply", lambda model, tok, history, args, *rest: (
+        seen.append([len(m["content"]) for m in history]), original(model, tok, history, args, *rest))[1])
     code, out, err = run(["chat", "--max-new-tokens", "4"], monkeypatch, capsys)
-    assert code == 0 and "not valid UTF-8" in err and "context length" in err and "/reset" in err
+    assert code == 0 and "not valid UTF-8" in err and "context length" in err and "/clear" in err
     assert seen[-1] == [len("Hello")]  # the failed turn left no trace in the history
     assert "Traceback" not in err
 

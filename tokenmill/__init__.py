@@ -18,7 +18,7 @@ _EXPORTS = {
     "StoppingCriteria": "generation.stopping_criteria", "StoppingCriteriaList": "generation.stopping_criteria",
     "TextStreamer": "generation.streamers", "TextIteratorStreamer": "generation.streamers",
     "set_seed": "generation.utils", "Tokenizer": "tokenizer",
-    "LLM": "engine", "SamplingParams": "engine",
+    "LLM": "engine", "SamplingParams": "engine", "pipeline": "pipelines",
     "TokenmillError": "errors", "CheckpointError": "errors", "ChatTemplateError": "errors",
     "UnsupportedArchitectureError": "errors", "UnsupportedQuantTypeError": "errors",
 }

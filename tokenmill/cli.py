@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from .commands.common import HelpFormatter, resolve_model_arg
 from .errors import TokenmillError
 from .version import __version__
 
@@ -16,11 +17,13 @@ COMMANDS = {
     "convert": "convert a GGUF file into a Hugging Face folder",
     "bench": "measure speed and memory, side by side with transformers",
     "serve": "serve a model over HTTP (OpenAI and TGI APIs)",
+    "verify": "check tokenmill's logits and greedy tokens against transformers on fixed prompts",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokenmill", description="LLM inference in native PyTorch")
+    parser = argparse.ArgumentParser(prog="tokenmill", description="LLM inference in native PyTorch",
+                                     epilog="run `tokenmill COMMAND --help` for a command's options and an example")
     parser.add_argument("--version", action="version", version=f"tokenmill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
@@ -30,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
             if error.name != f"tokenmill.commands.{name}":
                 raise
             continue
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                                        epilog=getattr(module, "EXAMPLE", None))
         module.add_args(command_parser)
         command_parser.set_defaults(run=module.main)
     return parser
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        resolve_model_arg(args)
         return args.run(args) or 0
     except (TokenmillError, ValueError) as error:  # bad input: a message, not a traceback
         print(f"tokenmill: error: {error}", file=sys.stderr)

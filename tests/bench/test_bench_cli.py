@@ -14,13 +14,13 @@ from tokenmill import cli, kernels
 from tokenmill.bench.backends import TokenmillBackend
 from tokenmill.bench.limits import search_limit
 from tokenmill.bench.measure import Workload
-from tokenmill.bench import report as report_module
+from tokenmill.bench import plots as plots_module
 
 TIMED_FIELDS = ("ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "prefill_tokens_per_cpu_s",
                 "decode_tokens_per_cpu_s")
 RUN_FIELDS = {"out_of_memory", "repeats", "fell_back_to_offloaded", *TIMED_FIELDS, "peak_rss_bytes",
               "peak_rss_delta_bytes", "memory_growth_per_token_bytes", "kv_cache_bytes", "kv_cache_bytes_per_token",
-              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes"}
+              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes", "peak_rss_shared_process_bytes"}
 # tiny model: 2 layers x (keys + values) x 2 kv heads x head_dim 8 x 4 bytes
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 8 * 4
 STAT_FIELDS = {"median", "min", "max", "spread_pct", "runs"}
@@ -68,6 +68,9 @@ def test_every_point_has_every_field_for_both_engines(bench_run):
         assert mine["prefill_tokens_per_s"]["median"] == pytest.approx(
             statistics.median(point["batch_size"] * point["prompt_length"] / t for t in mine["ttft_s"]["runs"]))
         assert mine["peak_rss_bytes"] > 0
+        # measured in a process holding only tokenmill's model: below this process's reading, which also counts
+        # transformers' model and modules (the two engines once reported the same figure)
+        assert mine["peak_rss_bytes"] < mine["peak_rss_shared_process_bytes"]
         # exact bytes; the quantized cache's 32-token full-precision residual still holds all 11 positions
         assert mine["kv_cache_bytes_per_token"] == KV_BYTES_PER_TOKEN
         other = point["results"]["transformers"]
@@ -75,6 +78,7 @@ def test_every_point_has_every_field_for_both_engines(bench_run):
             assert "unsupported" in other and point["ratios"] == {}
             continue
         assert set(other) == RUN_FIELDS
+        assert other["peak_rss_bytes"] != mine["peak_rss_bytes"]  # each engine's own process, its own figure
         ratio = point["ratios"]["vs_transformers"]
         assert ratio["decode_tokens_per_s"] == pytest.approx(
             mine["decode_tokens_per_s"]["median"] / other["decode_tokens_per_s"]["median"])
@@ -114,7 +118,8 @@ def test_table_is_printed(bench_run, capsys, tiny_folder, tmp_path):
             "--warmup", "0", "--no-progress", "--no-plots", "-o", str(tmp_path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "decode tok/s" in out and "4+3 x1 float32 sdpa dynamic t2" in out and "bench.json" in out
+    assert "decode tok/s" in out and "bench.json" in out
+    assert "every row: float32 sdpa dynamic t2" in out and "\n4+3 x1 " in out  # settings shared by all rows said once
 
 
 def test_limit_search_stops_cleanly_at_out_of_memory(tiny_folder, monkeypatch):
@@ -165,7 +170,8 @@ def test_bad_arguments_are_refused(tiny_folder):
 
 def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):
     argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
-            "--warmup", "0", "--weights", "gguf,dense", "--no-progress", "--no-plots", "-o", str(tmp_path)]
+            "--warmup", "0", "--weights", "gguf,dense", "--no-progress", "--no-plots", "--memory-in-process",
+            "-o", str(tmp_path)]
     assert cli.main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [point["weights"] for point in report["points"]] == ["gguf", "dense"]
@@ -173,7 +179,7 @@ def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):
     # Q4_1/Q8_0 blocks against float32: about 4.5-8.5 bits per weight instead of 32
     assert weights["tokenmill float32 sdpa gguf"] < weights["tokenmill float32 sdpa dense"] / 4
     # each weight mode is its own plotted line, not one line zig-zagging between the two
-    series = report_module._series(report, "decode_tokens_per_s")
+    series = plots_module._series(report, "decode_tokens_per_s")
     assert {key[:2] for key in series} == {("tokenmill", "gguf"), ("tokenmill", "dense")}
     assert all(len(points) == 1 for points in series.values())
 
@@ -207,7 +213,8 @@ def test_versus_llama_cpp_runs_batch_one_and_marks_the_rest(smollm2_gguf, tmp_pa
 
     monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=FakeLlama))
     argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--batch-sizes", "1,2",
-            "--repeats", "1", "--warmup", "0", "--vs", "llama.cpp", "--no-progress", "--no-plots", "-o", str(tmp_path)]
+            "--repeats", "1", "--warmup", "0", "--vs", "llama.cpp", "--no-progress", "--no-plots",
+            "--memory-in-process", "-o", str(tmp_path)]  # the fake Llama lives in this process only
     assert cli.main(argv) == 0
     one, two = json.loads((tmp_path / "bench.json").read_text())["points"]
     assert one["results"]["llama.cpp"]["decode_tokens_per_s"]["median"] > 0

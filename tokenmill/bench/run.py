@@ -14,6 +14,7 @@ import torch
 from ..version import __version__
 from ..kernels import system
 from .backends import make_backend
+from .isolated import apply_isolated_memory
 from .limits import default_budget, search_limit
 from .measure import Workload
 from .sweep import SweepSpec, run_sweep
@@ -34,6 +35,8 @@ class BenchOptions:
     limit_batch: int = 1
     memory_budget: int | None = None
     progress: bool = True
+    # None: in a process per engine when this one holds several models (every engine's weights counted otherwise)
+    isolate_memory: bool | None = None
 
 
 def environment(options: BenchOptions) -> dict:
@@ -53,12 +56,20 @@ def run_bench(options: BenchOptions) -> dict:
     backends += [make_backend(name, options.source, options.gguf_file) for name in options.versus]
     report = {"environment": environment(options)}
     report["points"] = run_sweep(options.spec, backends, progress=options.progress)
+    if _isolates_memory(options, backends):
+        apply_isolated_memory(report["points"], [b.name for b in backends], options.source, options.gguf_file)
     report["models"] = {" ".join((b.name, *(part for part in key if part != "auto"))): info
                         for b in backends for key, info in b.load_info.items()}
     if options.limit_search:
         report["limits"] = run_limit_search(options, backends)
     report["environment"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
+
+
+def _isolates_memory(options: BenchOptions, backends) -> bool:
+    if options.isolate_memory is not None:
+        return options.isolate_memory
+    return sum(len(backend.models) for backend in backends) > 1
 
 
 def run_limit_search(options: BenchOptions, backends) -> dict:

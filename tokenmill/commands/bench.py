@@ -10,7 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .common import model_source
+from .common import MODEL_HELP, model_source
 
 DEFAULT_OUTPUT = Path("bench-results")
 
@@ -44,37 +44,67 @@ def _serving_module():
         return None
 
 
+EXAMPLE = """examples:
+  tokenmill bench model.gguf --prompt-lengths 128,512 --new-tokens 64 --vs transformers
+  tokenmill bench serve --url http://127.0.0.1:8000 --num-requests 32"""
+
+
+class _ServeOrModel(argparse._SubParsersAction):
+    """`bench serve ...` runs the serving benchmark; `bench MODEL ...` names the model (the positional the other
+    commands take), its options after it parsed by the bench parser."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.choices = None  # any word may be a MODEL: __call__ tells the two apart
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] in self._name_parser_map:
+            return super().__call__(parser, namespace, values, option_string)
+        namespace.model = values[0]
+        parser.parse_args(values[1:], namespace)
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default=None, help="folder, .gguf file or Hub id (default: SmolLM2)")
-    parser.add_argument("--gguf-file", default=None)
-    parser.add_argument("--prompt-lengths", type=_int_list, default=[32, 128, 512])
+    parser.set_defaults(model=None)
+    parser.add_argument("--model", "-m", dest="model_option", default=None, metavar="MODEL",
+                        help=MODEL_HELP + "; a positional MODEL works too")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (folder or Hub repo)")
+    parser.add_argument("--prompt-lengths", type=_int_list, default=[32, 128, 512], help="prompt lengths in tokens")
     parser.add_argument("--new-tokens", type=_int_list, default=[32], help="decode lengths")
-    parser.add_argument("--batch-sizes", type=_int_list, default=[1])
-    parser.add_argument("--dtypes", type=_str_list, default=["float32"])
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1], help="rows generated together")
+    parser.add_argument("--dtypes", type=_str_list, default=["float32"], help="float32, bfloat16, float16")
     parser.add_argument("--attn", type=_str_list, default=["sdpa"], help="attention implementations: sdpa,eager")
     parser.add_argument("--caches", type=_str_list, default=["dynamic"],
                         help="cache kinds: dynamic,static,offloaded,quantized,sliding_window,sink")
-    parser.add_argument("--threads", type=_int_list, default=[2])
+    parser.add_argument("--threads", type=_int_list, default=[2], help="torch threads")
     parser.add_argument("--weights", type=_str_list, default=["auto"],
                         help="tokenmill's GGUF weights: gguf (blocks, float32 kernels), dense (dequantized at "
                              "load), auto (gguf on the CPU in float32); transformers always dequantizes")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per setting (medians reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")
     parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
                         help="also run this engine, interleaved: transformers, or llama.cpp (needs llama-cpp-python)")
     parser.add_argument("--limit-search", action="store_true",
                         help="grow the sequence until memory runs out (or the context ends), then report it")
-    parser.add_argument("--limit-start", type=int, default=256)
+    parser.add_argument("--limit-start", type=int, default=256, help="first sequence length of the limit search")
     parser.add_argument("--limit-max", type=int, default=None, help="largest sequence length to try")
     parser.add_argument("--limit-batch", type=int, default=1, help="batch size of the limit search")
     parser.add_argument("--memory-budget", type=_size, default=None,
                         help="peak RSS that counts as out of memory on a CPU (e.g. 8GiB; default 80%% of available)")
     parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT, help="folder for JSON and PNG files")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="no PNG files")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column in the table (spread, tokens per CPU-second, KV bytes, all ratios)")
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
+                        help="measure each engine's peak RSS in a process of its own (the default when this "
+                             "process holds more than one model, e.g. with --vs)")
+    memory.add_argument("--memory-in-process", dest="isolate_memory", action="store_false",
+                        help="read peak RSS in the sweep's own process (faster; counts every loaded model)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     serving = _serving_module()
     if serving is not None:
-        modes = parser.add_subparsers(dest="bench_mode", metavar="serve")
+        modes = parser.add_subparsers(dest="bench_mode", metavar="{serve,MODEL}", action=_ServeOrModel)
         serve_parser = modes.add_parser("serve", help="benchmark a running server (OpenAI API)")
         serving.add_args(serve_parser)
 
@@ -96,20 +126,21 @@ def _options(args: argparse.Namespace):
     return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, isolate_memory=args.isolate_memory)
 
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "bench_mode", None) == "serve":
         return _serving_module().main(args)
-    from ..bench.report import format_table, write_json, write_plots
+    from ..bench.plots import write_plots
+    from ..bench.report import format_table, write_json
     from ..bench.run import run_bench
 
     report = run_bench(_options(args))
     json_path = args.output / "bench.json"
     write_json(report, json_path)
     plots = [] if args.no_plots else write_plots(report, args.output)
-    print(format_table(report))
+    print(format_table(report, wide=args.wide))
     print(f"\nwrote {json_path}" + "".join(f", {p}" for p in plots))
     if not args.no_plots and not plots:
         print("(no plots: pip install matplotlib)", file=sys.stderr)

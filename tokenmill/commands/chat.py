@@ -1,79 +1,166 @@
-"""`tokenmill chat`: interactive, streaming, multi-turn. /reset clears the history, /quit (or Ctrl-D) leaves."""
+"""`tokenmill chat`: interactive, streaming, multi-turn. Slash commands in chat_commands.py, input in chat_input.py.
+
+Ctrl-C while an answer is written stops it at the next token and returns to the prompt; the part already shown
+stays in the conversation as the assistant's message (so the roles keep alternating). A second Ctrl-C stops it
+at once. Ctrl-C at the prompt clears the line; Ctrl-D or /bye leaves.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
+
+import torch
 
 from ..errors import TokenmillError
+from .chat_commands import ChatSession, run_command
+from .chat_input import MessageReader, history_path
 from .common import add_model_args, add_sampling_args, load_model_and_tokenizer, require_valid_text, sampling_kwargs
 
-HELP = "commands: /reset clears the conversation, /quit or Ctrl-D leaves"
+EXAMPLE = """examples:
+  tokenmill chat model.gguf --system "Answer briefly." --temperature 0.7
+  then, at the prompt:  /set temperature 0.2   /system You are a poet.   /save chat.json   /bye"""
+
+GREETING = "type a message; /help lists the commands, Ctrl-C stops an answer, Ctrl-D or /bye leaves"
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_sampling_args(parser)
     parser.add_argument("--system", default=None, help="system message for the conversation")
+    parser.add_argument("--verbose", action="store_true",
+                        help="after each answer, a line with its token counts and tokens/s (or /set verbose)")
 
 
-def reply(model, tokenizer, history: list[dict], args) -> str:
-    from ..generation.streamers import TextStreamer
+class StopRequest:
+    """A stopping criterion set by Ctrl-C (SIGINT) during an answer; a second Ctrl-C raises KeyboardInterrupt."""
 
-    inputs = tokenizer.apply_chat_template(history, add_generation_prompt=True, return_tensors="pt",
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.requested, dtype=torch.bool, device=input_ids.device)
+
+    def on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+class AnswerPrinter:
+    """Prints the answer as it becomes final and keeps what was shown, with the times the verbose line needs."""
+
+    def __init__(self, tokenizer):
+        from ..generation.streamers import TextStreamer
+
+        printer = self
+
+        class _Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                printer.shown.append(text)
+                print(text, flush=True, end="" if not stream_end else "\n")
+
+            def put(self, value) -> None:
+                if not self.next_tokens_are_prompt:
+                    printer.token_times.append(time.perf_counter())
+                super().put(value)
+
+        self.streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.shown: list[str] = []
+        self.token_times: list[float] = []
+        self.started = time.perf_counter()
+
+    def text(self) -> str:
+        return "".join(self.shown)
+
+    def stats(self, prompt_tokens: int) -> str:
+        times = self.token_times
+        if not times:
+            return f"[prompt {prompt_tokens} tokens; no answer tokens]"
+        prefill = times[0] - self.started
+        decode = times[-1] - times[0]
+        rate = f"{(len(times) - 1) / decode:.1f} tokens/s" if decode > 0 else "- tokens/s"
+        return (f"[{len(times)} tokens, {rate}; prompt {prompt_tokens} tokens in {prefill:.2f} s "
+                f"({prompt_tokens / prefill if prefill > 0 else 0:.0f} tokens/s)]")
+
+
+def reply(model, tokenizer, messages: list[dict], args, printer: AnswerPrinter | None = None,
+          stop: StopRequest | None = None) -> str:
+    """The answer to `messages`, streamed to stdout; a stop request ends it early (the shown part returned)."""
+    from ..generation.stopping_criteria import StoppingCriteriaList
+
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    output = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            streamer=streamer, tokenizer=tokenizer, **sampling_kwargs(args))
+    printer = printer or AnswerPrinter(tokenizer)
+    criteria = StoppingCriteriaList([stop] if stop is not None else [])
+    try:
+        output = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                streamer=printer.streamer, tokenizer=tokenizer, stopping_criteria=criteria,
+                                **sampling_kwargs(args))
+    except KeyboardInterrupt:  # the second Ctrl-C: what was shown is the answer
+        print()
+        return printer.text()
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def read_line() -> str:
-    try:
-        line = input("you> ")
-    except UnicodeDecodeError as error:  # a strict UTF-8 stdin
-        raise TokenmillError(f"the line is not valid UTF-8 ({error.reason})") from None
-    return require_valid_text(line, "the line")  # a surrogateescape stdin
-
-
-def answer(model, tokenizer, history: list[dict], line: str, args) -> None:
+def answer(model, tokenizer, session: ChatSession, line: str) -> None:
     """One turn: the user's line and the streamed reply join the history; a turn that fails leaves it as it was."""
-    history.append({"role": "user", "content": line})
+    session.turns.append({"role": "user", "content": line})
     print("assistant> ", end="", flush=True)
+    printer, stop = AnswerPrinter(tokenizer), StopRequest()
+    previous_handler = signal.signal(signal.SIGINT, stop.on_sigint)
     try:
-        history.append({"role": "assistant", "content": reply(model, tokenizer, history, args)})
+        text = reply(model, tokenizer, session.messages(), session.args, printer, stop)
     except ValueError as error:  # e.g. the conversation outgrew the context
-        history.pop()
-        print(f"\ntokenmill: error: {error}; /reset starts a new conversation", file=sys.stderr)
+        session.turns.pop()
+        print(f"\ntokenmill: error: {error}; /clear starts a new conversation", file=sys.stderr)
+        return
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    session.turns.append({"role": "assistant", "content": text})
+    if stop.requested:
+        print("(stopped; the partial answer stays in the conversation)", file=sys.stderr)
+    if session.verbose:
+        prompt_tokens = len(tokenizer.apply_chat_template(session.messages()[:-1], add_generation_prompt=True))
+        print(printer.stats(prompt_tokens), file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..generation.utils import set_seed
 
-    system = [{"role": "system", "content": require_valid_text(args.system, "the --system message")}] \
-        if args.system else []
+    system = require_valid_text(args.system, "the --system message") if args.system else None
     model, tokenizer = load_model_and_tokenizer(args)
     if not tokenizer.chat_template:
         print("tokenmill: error: this model has no chat template; use `tokenmill generate`", file=sys.stderr)
         return 1
     if args.seed is not None:
         set_seed(args.seed)
-    history = list(system)
-    print(HELP, file=sys.stderr)
-    while True:
+    session = ChatSession(args, system=system, verbose=args.verbose)
+    reader = MessageReader()
+    print(GREETING + (f" (history in {history_path()})" if reader.readline else ""), file=sys.stderr)
+    while not session.done:
         try:
-            line = read_line()
+            line = reader.read("you> ")
         except EOFError:
             print()
             return 0
+        except KeyboardInterrupt:  # at the prompt: a fresh line, as a shell does
+            print("\n(use Ctrl-D or /bye to leave)", file=sys.stderr)
+            continue
         except TokenmillError as error:  # one bad line does not end the conversation
             print(f"tokenmill: error: {error}; type it again", file=sys.stderr)
             continue
         text = line.strip()
-        if text in ("/quit", "/exit"):
-            return 0
-        if text == "/reset":
-            history = list(system)
-            print("(conversation cleared)", file=sys.stderr)
+        if text.startswith("/"):
+            try:
+                message = run_command(session, text)
+            except TokenmillError as error:
+                print(f"tokenmill: error: {error}", file=sys.stderr)
+                continue
+            if message:
+                print(message, file=sys.stderr)
         elif text:
-            answer(model, tokenizer, history, line, args)
+            answer(model, tokenizer, session, line)
+    return 0

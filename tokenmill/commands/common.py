@@ -19,22 +19,59 @@ def require_valid_text(text: str, where: str) -> str:
     return text
 
 
+MODEL_HELP = "folder, .gguf file or Hub id (default: the embedded SmolLM2-135M-Instruct)"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (unless the help already says it, or there is none to say); the
+    epilog's examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS) or text == argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".strip()
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    """The model, the same on every command: a positional MODEL or -m/--model MODEL."""
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("--model", "-m", dest="model_option", default=None, metavar="MODEL",
+                        help="the same as the positional MODEL")
+
+
+def resolve_model_arg(args: argparse.Namespace) -> None:
+    """args.model from the positional or -m (None: the embedded default); both, naming different models: refused."""
+    if not hasattr(args, "model_option"):
+        return
+    positional, option = args.model, args.model_option
+    if positional is not None and option is not None and positional != option:
+        raise TokenmillError(f"two models named: {positional!r} (positional) and {option!r} (-m/--model); give one")
+    args.model = option if option is not None else positional
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default=None,
-                        help="folder, .gguf file or Hub id (default: the embedded SmolLM2-135M-Instruct)")
+    add_model_arg(parser)
+    add_load_args(parser)
+
+
+def add_load_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (folder or Hub repo)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens generated per answer")
     parser.add_argument("--do-sample", action="store_true", help="sample (implied by --temperature/--top-p/...)")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--min-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--temperature", type=float, help="sampling temperature; 0 is greedy")
+    parser.add_argument("--top-k", type=int, help="sample among the k likeliest tokens")
+    parser.add_argument("--top-p", type=float, help="sample within this probability mass (nucleus)")
+    parser.add_argument("--min-p", type=float, help="drop tokens below this fraction of the top probability")
+    parser.add_argument("--repetition-penalty", type=float, help="above 1 discourages repeats")
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from ..assembly.pretrained import parse_dtype
 
 
+EXAMPLE = """example:
+  tokenmill convert SmolLM2-135M-Instruct-Q4_1.gguf smollm2-hf --dtype bfloat16"""
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("gguf", help="the .gguf file to convert")
     parser.add_argument("output_dir", help="folder to write (created if missing)")

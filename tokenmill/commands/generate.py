@@ -6,12 +6,18 @@ import argparse
 import sys
 
 from ..errors import TokenmillError
-from .common import add_model_args, add_sampling_args, load_model_and_tokenizer, require_valid_text, sampling_kwargs
+from .common import add_load_args, add_model_arg, add_sampling_args, load_model_and_tokenizer, require_valid_text, sampling_kwargs
+
+
+EXAMPLE = """examples:
+  tokenmill generate "The capital of France is" --max-new-tokens 20
+  tokenmill generate model.gguf "Name three colours." --chat --stream --temperature 0.7"""
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    add_model_arg(parser)  # MODEL before PROMPT: one positional is the prompt, two are MODEL PROMPT
     parser.add_argument("prompt", help="the prompt text ('-' reads it from standard input)")
-    add_model_args(parser)
+    add_load_args(parser)
     add_sampling_args(parser)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--system", default=None, help="system message (needs --chat; refused without it)")

@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import model_source
+from .common import add_model_arg, model_source
+
+EXAMPLE = """examples:
+  tokenmill info model.gguf --json
+  tokenmill info --system"""
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", default=None, help="folder, .gguf or Hub id (default: embedded SmolLM2)")
+    add_model_arg(parser)
     parser.add_argument("--gguf-file", default=None)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--system", action="store_true",
@@ -42,7 +46,7 @@ def _print_rows(rows: list[tuple[str, object]]) -> None:
 def system_main(args: argparse.Namespace) -> int:
     from ..kernels.system import describe
 
-    if args.source is not None or args.gguf_file is not None:
+    if args.model is not None or args.gguf_file is not None:
         raise ValueError("info --system describes this machine: give it no checkpoint")
     info = describe()
     if args.json:
@@ -76,7 +80,6 @@ def main(args: argparse.Namespace) -> int:
         return system_main(args)
     from ..assembly.describe import describe
 
-    args.model = args.source
     info = describe(model_source(args), args.gguf_file)
     if args.execution:
         info["execution_policy"] = _execution_policy(args).as_dict()

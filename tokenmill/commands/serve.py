@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_model_arg
+
+EXAMPLE = """example:
+  tokenmill serve model.gguf --port 8000 --served-model-name smollm2"""
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None,
-                        help="folder, .gguf file or Hub id (default: the embedded SmolLM2-135M-Instruct)")
+    add_model_arg(parser)
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (folder or Hub repo)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

@@ -1,4 +1,5 @@
-"""Offline batch use: `LLM(model).generate(prompts, SamplingParams(...))` runs every prompt through the engine."""
+"""Offline batch use: `LLM(model).generate(prompts, SamplingParams(...))` runs every prompt through the engine;
+`LLM.chat(messages)` renders conversations through the chat template first."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ class LLM:
         self.engine = LLMEngine(model, tokenizer, EngineConfig(**engine_kwargs))
         self._ids = itertools.count()
 
+    def get_tokenizer(self):
+        """The tokenizer prompts are encoded with (None with skip_tokenizer_init)."""
+        return self.tokenizer
+
     def _prompt_ids(self, prompt) -> list[int]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -34,10 +39,20 @@ class LLM:
             return list(self.tokenizer.encode(prompt))
         if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
             return list(prompt["prompt_token_ids"])
+        if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+            return self._prompt_ids(prompt["prompt"])
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             return list(prompt)
-        raise TypeError(f"a prompt is a string, a list of token ids or {{'prompt_token_ids': [...]}}, "
-                        f"got {type(prompt).__name__}")
+        raise TypeError(f"a prompt is a string, a list of token ids, {{'prompt': text}} or "
+                        f"{{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
+
+    @staticmethod
+    def _prompt_text(prompt) -> str | None:
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+            return prompt["prompt"]
+        return None
 
     def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
@@ -53,10 +68,45 @@ class LLM:
         for prompt, prompt_params in zip(prompts, params_list):
             request_id = f"offline-{next(self._ids)}"
             self.engine.add_request(request_id, self._prompt_ids(prompt), prompt_params)
-            order.append(request_id)
+            order.append((request_id, self._prompt_text(prompt)))
         finished: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished_requests():
             for output in self.engine.step():
                 if output.finished:
                     finished[output.request_id] = output
-        return [finished[request_id] for request_id in order]
+        results = []
+        for request_id, text in order:
+            finished[request_id].prompt = text
+            results.append(finished[request_id])
+        return results
+
+    def chat(self, messages, sampling_params: SamplingParams | list[SamplingParams] | None = None,
+             use_tqdm: bool = False, *, chat_template: str | None = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, tools: list | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """One conversation (a list of {"role", "content"} messages) or a list of them, each rendered by the chat
+        template; one RequestOutput per conversation, its `prompt` the rendered text."""
+        if self.tokenizer is None:
+            raise ValueError("LLM.chat needs a tokenizer with a chat template; this LLM was made without one")
+        conversations = [messages] if _is_conversation(messages) else list(messages)
+        if not conversations or not all(_is_conversation(c) for c in conversations):
+            raise TypeError("messages must be a conversation (a non-empty list of {'role': ..., 'content': ...} "
+                            "dicts) or a list of conversations")
+        if continue_final_message:
+            add_generation_prompt = False  # continuing the last message opens no new turn (vLLM does the same)
+        texts = [self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, tools=tools, **(chat_template_kwargs or {}))
+            for conversation in conversations]
+        # the rendered text already holds the template's special tokens: encode it without adding more
+        prompts = [{"prompt_token_ids": list(self.tokenizer.encode(text, add_special_tokens=False))}
+                   for text in texts]
+        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        for output, text in zip(outputs, texts):
+            output.prompt = text
+        return outputs
+
+
+def _is_conversation(value) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(message, dict) and "role" in message for message in value))

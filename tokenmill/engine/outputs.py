@@ -34,6 +34,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprob | None] | None = None
     error: str | None = None
+    prompt: str | None = None  # the prompt text when one was given (LLM.generate / LLM.chat), as in vLLM
 
     @property
     def num_generated_tokens(self) -> int:

@@ -40,8 +40,14 @@ class SamplingParams:
     do_sample: bool | None = None  # None: sample iff temperature > 0
     # (kind, value): kind in json_schema | regex | choice | grammar (generation/constrained.py); None: free text
     structured_output: tuple[str, object] | None = None
+    # vLLM's spellings of structured_output; at most one of them (or structured_output) may be set
+    guided_json: dict | str | type | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def __post_init__(self):
+        self.structured_output = _structured_output_of(self)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
@@ -100,6 +106,28 @@ class SamplingParams:
         """Whether the logits depend on tokens already produced (penalties)."""
         return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
                 or self.min_tokens > 0)
+
+
+GUIDED_KINDS = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
+                "guided_grammar": "grammar"}
+
+
+def _structured_output_of(params: SamplingParams):
+    """The one (kind, value) spec from structured_output or vLLM's guided_* fields; two different ones are refused
+    (the same one twice is what dataclasses.replace hands back)."""
+    guided = [(name, getattr(params, name)) for name in GUIDED_KINDS if getattr(params, name) is not None]
+    if len(guided) > 1:
+        raise ValueError(f"set one structured-output constraint, not {len(guided)}: "
+                         f"{', '.join(name for name, _ in guided)}")
+    if not guided:
+        return params.structured_output
+    name, value = guided[0]
+    if name == "guided_json" and hasattr(value, "model_json_schema"):  # a pydantic model class, as vLLM takes
+        value = value.model_json_schema()
+    spec = (GUIDED_KINDS[name], value)
+    if params.structured_output is not None and tuple(params.structured_output) != spec:
+        raise ValueError(f"set one structured-output constraint, not both {name} and structured_output")
+    return spec
 
 
 def check_structured_output(spec) -> None:
