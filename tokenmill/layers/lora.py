@@ -116,8 +116,8 @@ class LoraAdapters:
     def remove(self, name: str, root: nn.Module) -> None:
         self.require(name)
         del self.by_name[name]
-        if self.active == name:
-            self.active = None
+        if self.active == name:  # as peft: the first remaining adapter becomes active
+            self.active = next(iter(self.by_name), None)
         self.rebind(root)
 
     def require(self, name: str) -> None:
