@@ -118,6 +118,13 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._send(("abort", request_id))
 
+    async def call(self, function: Callable[[LLMEngine], object]):
+        """`function(engine)` run on the engine thread between steps (e.g. loading an adapter); its result, or
+        its exception raised here."""
+        future = asyncio.get_running_loop().create_future()
+        self._send(("call", function, future))
+        return await future
+
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stopping = True
         self._wake.set()
@@ -156,6 +163,8 @@ class AsyncEngine:
                     self.engine.add_request(request_id, prompt, params)
                 except ValueError as error:
                     self._deliver(request_id, error)
+            elif command[0] == "call":
+                _run_call(self.engine, *command[1:])
             else:
                 self.engine.abort_request(command[1])
 
@@ -194,6 +203,25 @@ class AsyncEngine:
 
     def _fail_all(self, error: Exception) -> None:
         self._deliver_all([(request_id, error) for request_id in self.engine.abort_all()])
+
+
+def _run_call(engine: LLMEngine, function, future: asyncio.Future) -> None:
+    try:
+        result, error = function(engine), None
+    except Exception as failure:  # noqa: BLE001 - handed to the caller, never kills the engine thread
+        result, error = None, failure
+    loop = future.get_loop()
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:

@@ -30,6 +30,7 @@ class SamplingParams:
     do_sample: bool | None = None  # None: sample iff temperature > 0
     # (kind, value): kind in json_schema | regex | choice | grammar (generation/constrained.py); None: free text
     structured_output: tuple[str, object] | None = None
+    adapter: str | None = None  # the name of a LoRA adapter loaded on the model; None: the base model
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -61,6 +62,8 @@ class SamplingParams:
              f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}"),
             (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
              f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
+            (self.adapter is None or (isinstance(self.adapter, str) and self.adapter != ""),
+             f"adapter must be an adapter's name or None, got {self.adapter!r}"),
         ]
         for ok, message in checks:
             if not ok:

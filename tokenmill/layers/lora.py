@@ -99,6 +99,8 @@ class LoraAdapters:
         self._deltas: dict[nn.Module, dict[str, LowRank]] = {}
         self.active: str | None = None
         self.enabled = True
+        self.load_ids: dict[str, int] = {}  # a fresh id per load: a reloaded name is a different adapter
+        self._loads = 0
 
     def __contains__(self, name: str) -> bool:
         return name in self.by_name
@@ -111,11 +113,14 @@ class LoraAdapters:
             raise ValueError(f"an adapter named {name!r} is already loaded; delete_adapter({name!r}) first or "
                              f"choose another adapter_name")
         self.by_name[name] = deltas
+        self._loads += 1
+        self.load_ids[name] = self._loads
         self.rebind(root)
 
     def remove(self, name: str, root: nn.Module) -> None:
         self.require(name)
         del self.by_name[name]
+        del self.load_ids[name]
         if self.active == name:  # as peft: the first remaining adapter becomes active
             self.active = next(iter(self.by_name), None)
         self.rebind(root)
