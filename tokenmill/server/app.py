@@ -13,13 +13,14 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
-from . import openai_routes, tgi_routes
+from . import lora_routes, openai_routes, tgi_routes
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
 from .settings import ServerSettings
 from .state import ServerState
 
-GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream", "/"}
+GENERATION_ROUTES = {"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream", "/",
+                     "/v1/load_lora_adapter", "/v1/unload_lora_adapter"}  # the API key guards these POSTs
 
 
 class RequestGuards:
@@ -78,6 +79,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
                            allow_headers=["*"])
     app.include_router(openai_routes.router)
     app.include_router(tgi_routes.router)
+    app.include_router(lora_routes.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs_route():
@@ -104,8 +106,14 @@ def _docs_page(schema: dict) -> str:
 
 
 def build_server_app(model, tokenizer, engine_config: EngineConfig | None = None,
-                     settings: ServerSettings | None = None, thread_tuner: ThreadTuner | None = None) -> FastAPI:
-    """Model + tokenizer → engine → async engine → app, with metrics wired to every engine step."""
+                     settings: ServerSettings | None = None, thread_tuner: ThreadTuner | None = None,
+                     lora_adapters: dict[str, str] | None = None) -> FastAPI:
+    """Model + tokenizer → engine → async engine → app, with metrics wired to every engine step;
+    `lora_adapters` (name → PEFT folder) are loaded before the engine starts."""
     metrics = ServerMetrics()
-    engine = AsyncEngine(LLMEngine(model, tokenizer, engine_config), on_step=metrics.on_step, tuner=thread_tuner)
-    return create_app(engine, settings, metrics)
+    engine = LLMEngine(model, tokenizer, engine_config)
+    for name, path in (lora_adapters or {}).items():
+        engine.load_adapter(name, path)
+    app = create_app(AsyncEngine(engine, on_step=metrics.on_step, tuner=thread_tuner), settings, metrics)
+    app.state.tokenmill.adapter_sources.update({name: str(path) for name, path in (lora_adapters or {}).items()})
+    return app

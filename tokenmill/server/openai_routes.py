@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -12,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .errors import APIError, stream_error_event
+from .lora_routes import adapter_models
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
 from .sse import SSE_DONE, SSE_HEADERS, sse_event
 from .state import ServerState, final_output, merge
@@ -80,12 +82,13 @@ def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
+    adapter = state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
     body.refuse_tools()
     prompt = _chat_prompt(state, body)
-    params = state.validate(prompt, body.sampling_params(body.requested_max_tokens(), body.logprobs_count(),
-                                                         state.vocab_size))
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
+    requested = body.sampling_params(body.requested_max_tokens(), body.logprobs_count(), state.vocab_size)
+    params = state.validate(prompt, dataclasses.replace(requested, adapter=adapter))
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": adapter or state.settings.model_name}
     tokenizer = state.tokenizer
     outputs = state.stream(prompt, params)
     state.acquire()
@@ -138,16 +141,17 @@ def _completion_prompt_ids(state: ServerState, prompt) -> list[int]:
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
+    adapter = state.check_model(body.model)
     if body.suffix:
         raise APIError(422, "suffix is not supported", param="suffix")
     prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
-    requested = body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size)
+    requested = dataclasses.replace(body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size),
+                                    adapter=adapter)
     params = [state.validate(p, requested) for p in prompts]
     tokenizer = state.tokenizer
     echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name,
-            "object": "text_completion"}
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": adapter or state.settings.model_name, "object": "text_completion"}
     prompt_tokens = sum(len(p) for p in prompts)
     streams = [state.stream(p, q) for p, q in zip(prompts, params)]
     state.acquire()
@@ -204,4 +208,4 @@ async def list_models(request: Request):
     state = _state(request)
     return {"object": "list", "data": [{"id": state.settings.model_name, "object": "model", "created": 0,
                                         "owned_by": "tokenmill",
-                                        "max_model_len": state.max_total_tokens}]}
+                                        "max_model_len": state.max_total_tokens}, *adapter_models(state)]}

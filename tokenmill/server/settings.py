@@ -15,3 +15,4 @@ class ServerSettings:
     default_max_tokens: int = 256
     api_key: str | None = None  # Bearer token required on generation routes when set
     cors_origins: list[str] | None = None
+    allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter enabled
