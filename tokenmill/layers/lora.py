@@ -47,15 +47,17 @@ class LoraBatch:
 
     def project(self, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """linear(x) plus each row's adapter delta on this linear, if any."""
-        return self._add_deltas(linear(x), x, [linear])
+        out = linear(x)
+        return self._add_deltas(out, x, [linear]) if self.groups else out  # no adapter: nothing else runs
 
     def project_fused(self, fused, x: torch.Tensor) -> torch.Tensor:
         """A fused projection's output ([a | b | ...] of `fused.linears`) plus each part's delta."""
-        return self._add_deltas(fused(x), x, fused.linears)
+        out = fused(x)
+        return self._add_deltas(out, x, fused.linears) if self.groups else out
 
     def _add_deltas(self, out: torch.Tensor, x: torch.Tensor, linears: list[nn.Module]) -> torch.Tensor:
         per_linear = [self.deltas.get(linear) for linear in linears]
-        if not self.groups or not any(per_linear):
+        if not any(per_linear):
             return out
         for name, rows in self.groups:
             parts = [deltas.get(name) if deltas else None for deltas in per_linear]
