@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokenmill.auto import AutoModelForCausalLM
-from tokenmill.engine import LLM, EngineConfig, LLMEngine, SamplingParams
+from tokenmill.engine import LLM, EngineConfig, LLMEngine, LoRARequest, SamplingParams
 from tokenmill.engine.adapters import AdapterInUseError, UnknownAdapterError
 
 from lora_oracle import make_adapter
@@ -113,3 +113,13 @@ def test_llm_generate_with_an_adapter(model, adapters):
     prompt = _prompts(1, seed=9)[0]
     output = llm.generate([prompt], _greedy(5, "beta"))[0]
     assert output.outputs[0].token_ids == _peft_greedy(adapters["beta"][1], prompt, 5)
+
+
+def test_llm_generate_with_a_vllm_lora_request(tiny_llama_dir, adapters):
+    llm = LLM(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, progress=False),
+              num_blocks=32, block_size=4)
+    prompt = _prompts(1, seed=10)[0]
+    request = LoRARequest("alpha-adapter", 1, str(adapters["alpha"][0]))
+    output = llm.generate([prompt], _greedy(5), lora_request=request)[0]  # loaded on first use
+    assert output.outputs[0].token_ids == _peft_greedy(adapters["alpha"][1], prompt, 5)
+    assert llm.model.lora_adapters.names() == ["alpha-adapter"] and llm.model.active_adapters() == []

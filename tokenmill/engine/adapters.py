@@ -3,6 +3,8 @@ loading / unloading adapters between steps (never while a request still uses one
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class UnknownAdapterError(ValueError):
     """A request names an adapter the model does not hold."""
@@ -10,6 +12,24 @@ class UnknownAdapterError(ValueError):
 
 class AdapterInUseError(ValueError):
     """An adapter cannot be unloaded while requests still run through it."""
+
+
+@dataclass(frozen=True)
+class LoRARequest:
+    """vLLM's way to name an adapter for `LLM.generate(..., lora_request=)`: loaded from `lora_path` on first use."""
+
+    lora_name: str
+    lora_int_id: int = 0  # vLLM's numeric id; names identify adapters here
+    lora_path: str = ""
+
+
+def adapter_of_request(engine, request: LoRARequest | None) -> str | None:
+    """The adapter name a LoRARequest selects, loading its folder into the engine's model the first time."""
+    if request is None:
+        return None
+    if request.lora_name not in engine.runner.model.lora_adapters:
+        engine.load_adapter(request.lora_name, request.lora_path)
+    return request.lora_name
 
 
 def check_adapter(model, name: str | None) -> None:
