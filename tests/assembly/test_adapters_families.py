@@ -158,3 +158,26 @@ def test_expert_targets_are_refused(tmp_path):
     with pytest.raises(AdapterError, match="mixture-of-experts experts or routers is not supported"):
         model.load_adapter(adapter)
     assert model.lora_adapters.names() == []
+
+
+def test_adapters_that_do_not_fit_the_model_are_refused(tmp_path_factory, tiny_llama):
+    oracle, folder = tiny_llama  # hidden 32: the 48-wide adapter below is for another size
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    pair = save_tiny(tmp_path_factory, "llama-other-size", transformers.LlamaForCausalLM, llama_config())
+    wrong_size = tmp_path_factory.mktemp("wrong-size-lora")
+    make_adapter(pair.oracle, wrong_size, ["q_proj"], seed=1)
+    with pytest.raises(AdapterError, match="the adapter.s delta is 48 x 48, the model.s .* is 32 x 32"):
+        model.load_adapter(wrong_size)
+    head = tmp_path_factory.mktemp("lm-head-lora")
+    make_adapter(oracle, head, ["lm_head"], seed=1)
+    with pytest.raises(AdapterError, match="a full copy of a base layer"):
+        model.load_adapter(head)
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.ones(2, 32),
+               "base_model.model.lm_head.lora_B.weight": torch.ones(64, 2)}, head / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match="not a projection LoRA applies to here"):
+        model.load_adapter(head)
+    with pytest.raises(AdapterError, match="not a local adapter folder"):
+        model.load_adapter(tmp_path_factory.mktemp("empty") / "missing")
+    with pytest.raises(NotImplementedError, match="inference only"):
+        model.load_adapter(head, is_trainable=True)
+    assert model.lora_adapters.names() == []  # nothing half-loaded

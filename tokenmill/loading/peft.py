@@ -98,6 +98,9 @@ def read_peft_lora(path: str | Path) -> PeftLora:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in read_safetensors(weights_file, None).items():
         match = _KEY.match(key.removeprefix(_PREFIX))
+        if key.endswith(".base_layer.weight"):
+            raise AdapterError(f"{weights_file}: tensor {key!r} is a full copy of a base layer (peft saves one for "
+                               f"an adapter on embeddings or lm_head, which tokenmill does not apply)")
         if match is None:
             raise AdapterError(f"{weights_file}: tensor {key!r} is not a LoRA A/B weight (only "
                                f"'<module>.lora_A.weight' / '.lora_B.weight' are supported)")
