@@ -14,10 +14,13 @@ PREFIX = "base_model.model.model.layers.0.self_attn"
 
 
 def _folder(tmp_path, config: dict, tensors: dict | None = None):
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, **config}))
+    settings = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, **config}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(settings))
     if tensors is None:
-        tensors = {f"{PREFIX}.q_proj.lora_A.weight": torch.randn(2, 8), f"{PREFIX}.q_proj.lora_B.weight": torch.randn(6, 2),
-                   f"{PREFIX}.v_proj.lora_A.weight": torch.randn(4, 8), f"{PREFIX}.v_proj.lora_B.weight": torch.randn(3, 4)}
+        tensors = {f"{PREFIX}.q_proj.lora_A.weight": torch.randn(2, 8),
+                   f"{PREFIX}.q_proj.lora_B.weight": torch.randn(6, 2),
+                   f"{PREFIX}.v_proj.lora_A.weight": torch.randn(4, 8),
+                   f"{PREFIX}.v_proj.lora_B.weight": torch.randn(3, 4)}
     save_file(tensors, tmp_path / "adapter_model.safetensors")
     return tmp_path
 

@@ -1,5 +1,6 @@
 """What issue 17 found broken for unchanged clients: InferenceClient's chat model name, accepted-and-ignored
-arguments (tools) refused clearly, an unknown adapter_id a 404, /tokenize spans, /detokenize, /version, an offline /docs."""
+arguments (tools) refused clearly, an unknown adapter_id a 404, /tokenize spans, /detokenize, /version, an
+offline /docs."""
 
 import httpx2
 import pytest
