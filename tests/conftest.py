@@ -95,3 +95,14 @@ def tiny_llama(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama")
     oracle.save_pretrained(folder)
     return oracle, folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_lora(hf_smollm2, tmp_path_factory):
+    """(adapter folder, peft model): a LoRA adapter made by peft on transformers' SmolLM2 (the GGUF's weights
+    dequantized), on every attention and MLP projection, B random (not zero) so it changes the output."""
+    from lora_oracle import make_adapter
+
+    folder = tmp_path_factory.mktemp("smollm2-lora")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return folder, make_adapter(hf_smollm2, folder, targets, seed=21, rank=8, alpha=16)

@@ -35,9 +35,10 @@ class Served:
         self.state.engine.shutdown()
 
 
-def start_server(model, tokenizer, **settings) -> Served:
+def start_server(model, tokenizer, lora_adapters=None, **settings) -> Served:
     app = build_server_app(model, tokenizer, EngineConfig(num_blocks=320, block_size=16, max_num_seqs=48),
-                           ServerSettings(**{"model_name": MODEL_NAME, "default_max_tokens": 16, **settings}))
+                           ServerSettings(**{"model_name": MODEL_NAME, "default_max_tokens": 16, **settings}),
+                           lora_adapters=lora_adapters)
     server = make_server(app, "127.0.0.1", 0, log_level="warning", drain_timeout=60)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

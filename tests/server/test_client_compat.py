@@ -1,5 +1,6 @@
 """What issue 17 found broken for unchanged clients: InferenceClient's chat model name, accepted-and-ignored
-arguments (adapter_id) refused clearly, tools now served, /tokenize spans, /detokenize, /version, an offline /docs."""
+arguments refused clearly, tools now served, an unknown adapter_id a 404, /tokenize spans, /detokenize, /version,
+an offline /docs."""
 
 import httpx2
 import pytest
@@ -47,11 +48,11 @@ def test_tools_are_no_longer_ignored(openai_client, served):
     assert ignored.choices[0].message.tool_calls is None
 
 
-def test_adapter_id_is_refused_until_lora_exists(tgi_client):
-    from huggingface_hub.errors import ValidationError
-
-    with pytest.raises(ValidationError, match="LoRA adapters are not supported yet"):
-        tgi_client.text_generation(PROMPT, max_new_tokens=2, adapter_id="my/lora")
+def test_an_unknown_adapter_id_is_a_clear_404(served):
+    # adapter_id selects a loaded LoRA adapter (tests/server/test_lora.py); one the server lacks is not found
+    reply = httpx2.post(f"{served.url}/generate", json={"inputs": PROMPT, "parameters": {"adapter_id": "my/lora"}})
+    assert reply.status_code == 404, reply.text
+    assert reply.json()["error_type"] == "not_found" and "'my/lora' does not exist" in reply.json()["error"]
 
 
 def test_tokenize_spans_are_character_offsets(served):

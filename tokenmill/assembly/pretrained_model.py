@@ -10,10 +10,11 @@ from functools import cache
 
 from ..generation.generate import GenerationMixin
 from ..models.registry import model_class
+from .adapters import AdapterMixin
 from .save import save_pretrained
 
 
-class PretrainedModelMixin(GenerationMixin):
+class PretrainedModelMixin(GenerationMixin, AdapterMixin):
     family_class: type  # the models/<family>.py class this one composes
 
     def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", **unused) -> list[str]:

@@ -53,7 +53,25 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="auto",
                         help="torch threads of the engine: a number, or auto (default): chosen from measured step "
                              "times between 1 (best on a busy shared CPU) and torch's default (best when idle)")
+    parser.add_argument("--lora", action="append", default=None, metavar="NAME=PATH",
+                        help="serve a PEFT LoRA adapter folder under NAME (repeatable); a request selects it with "
+                             "model=NAME (OpenAI) or adapter_id=NAME (TGI). Example: --lora sql=./sql-lora")
+    parser.add_argument("--allow-runtime-lora", action="store_true",
+                        help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     parser.add_argument("--log-level", default="info")
+
+
+def lora_adapters(specs: list[str] | None) -> dict[str, str]:
+    """`--lora NAME=PATH` flags → {name: path}; SystemExit naming a malformed or repeated one."""
+    adapters: dict[str, str] = {}
+    for spec in specs or []:
+        name, separator, path = spec.partition("=")
+        if not separator or not name or not path:
+            raise SystemExit(f"tokenmill serve: --lora takes NAME=PATH, got {spec!r}")
+        if name in adapters:
+            raise SystemExit(f"tokenmill serve: --lora {name!r} is given twice")
+        adapters[name] = path
+    return adapters
 
 
 def _thread_tuner(threads: str):
@@ -85,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
     from ..server.settings import ServerSettings
 
     thread_tuner = _thread_tuner(args.threads)
+    adapters = lora_adapters(args.lora)
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
@@ -105,8 +124,14 @@ def main(args: argparse.Namespace) -> int:
         tool_call_parser=None if args.tool_call_parser == "auto" else args.tool_call_parser,
         reasoning_parser=None if args.reasoning_parser == "auto" else args.reasoning_parser,
         stored_responses=args.stored_responses,
+        allow_runtime_lora=args.allow_runtime_lora,
     )
-    app = build_server_app(model, tokenizer, engine_config, settings, thread_tuner)
+    if settings.model_name in adapters:
+        raise SystemExit(f"tokenmill serve: --lora {settings.model_name!r} is the served model's own name")
+    try:
+        app = build_server_app(model, tokenizer, engine_config, settings, thread_tuner, adapters)
+    except (KeyError, ValueError) as error:  # an adapter folder that cannot be read or does not fit the model
+        raise SystemExit(f"tokenmill serve: {error}") from None
     info = app.state.tokenmill.engine.model_info()
     print(f"tokenmill: serving {settings.model_name!r} on http://{args.host}:{args.port} "
           f"({info.kv_blocks} KV blocks of {info.block_size} tokens)", file=sys.stderr)

@@ -141,6 +141,13 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._send(("abort", request_id))
 
+    async def call(self, function: Callable[[LLMEngine], object]):
+        """`function(engine)` run on the engine thread between steps (e.g. loading an adapter); its result, or
+        its exception raised here."""
+        future = asyncio.get_running_loop().create_future()
+        self._send(("call", function, future))
+        return await future
+
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stopping = True
         self._wake.set()
@@ -190,6 +197,8 @@ class AsyncEngine:
                 return
             if command[0] == "add":
                 self._add(*command[1:])
+            elif command[0] == "call":
+                _run_call(self.engine, *command[1:])
             else:
                 self.engine.abort_request(command[1])
 
@@ -257,6 +266,25 @@ class AsyncEngine:
     def _fail_streams(self, error: Exception) -> None:
         """Wake every caller still waiting (the engine is gone: nothing more will come)."""
         self._deliver_all([(request_id, error) for request_id in list(self._streams)])
+
+
+def _run_call(engine: LLMEngine, function, future: asyncio.Future) -> None:
+    try:
+        result, error = function(engine), None
+    except Exception as failure:  # noqa: BLE001 - handed to the caller, never kills the engine thread
+        result, error = None, failure
+    loop = future.get_loop()
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:

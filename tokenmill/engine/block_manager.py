@@ -86,14 +86,16 @@ class BlockManager:
             self.free(block)
 
     # ---- prefix caching ----
-    def lookup_prefix(self, token_ids: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
-        """Blocks already holding the leading full blocks of `token_ids` (at most `max_tokens` tokens).
+    def lookup_prefix(self, token_ids: list[int], max_tokens: int, root: int | None = None
+                      ) -> tuple[list[int], list[int]]:
+        """Blocks already holding the leading full blocks of `token_ids` (at most `max_tokens` tokens); `root`
+        starts the hash chain (the first block's parent), so chains of different roots never meet.
 
         Returns (block ids, their hashes); the blocks are shared (ref taken) by this call.
         """
         if not self.enable_prefix_caching:
             return [], []
-        blocks, hashes, parent = [], [], None
+        blocks, hashes, parent = [], [], root
         for start in range(0, max_tokens - self.block_size + 1, self.block_size):
             digest = block_hash(parent, tuple(token_ids[start:start + self.block_size]))
             self.prefix_queries += 1

@@ -14,6 +14,7 @@ import torch
 
 from ..cache.paged import PagedKVPool
 from ..generation.constrained import StructuredOutputProcessor
+from .adapters import check_adapter, load_adapter, prefix_root, unload_adapter
 from .block_manager import BlockManager
 from .detokenize import SequenceText
 from .limits import RequestLimits, check_per_step_costs, check_request
@@ -115,6 +116,7 @@ class LLMEngine:
             raise ValueError(f"prompt token ids out of range [0, {self.vocab_size}): {bad[:5]}")
         max_tokens = check_request(len(prompt_token_ids), params.max_tokens, limits or self.limits)
         check_per_step_costs(params.stop, params.stop_token_ids, params.logit_bias)
+        check_adapter(self.runner.model, params.adapter)
         if params.structured_output is not None and (self.tokenizer is None or not self.eos_token_ids):
             raise ValueError("structured output needs the engine to have a tokenizer and the model's eos token id")
         return max_tokens
@@ -146,7 +148,8 @@ class LLMEngine:
         """A request's sequences, seeded generators and stop-string state, touching no engine state."""
         seqs, texts, seeds = [], [], []
         for index in range(params.n):
-            seq = Sequence(request_id, index, list(prompt_token_ids), params)
+            seq = Sequence(request_id, index, list(prompt_token_ids), params,
+                           prefix_root=prefix_root(self.runner.model, params.adapter))
             seed = None
             if params.sampled:
                 seed = choice_seed(params.seed, index) if params.seed is not None else random.getrandbits(63)
@@ -159,6 +162,14 @@ class LLMEngine:
                                       params.include_stop_str_in_output) if self.tokenizer is not None else None)
         return _Request(request_id, prompt_token_ids, params, seqs, texts, [0] * params.n, [0] * params.n, seeds,
                         constraints)
+
+    def load_adapter(self, name: str, path) -> None:
+        """Load a PEFT LoRA folder as `name` (call between steps: the async engine runs it on its thread)."""
+        load_adapter(self.runner.model, name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        in_use = sum(1 for request in self._requests.values() if request.params.adapter == name)
+        unload_adapter(self.runner.model, name, in_use)
 
     def abort_request(self, request_id: str) -> None:
         request = self._requests.get(request_id)

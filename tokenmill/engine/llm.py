@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+from .adapters import LoRARequest, adapter_of_request
 from .engine import EngineConfig, LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -55,8 +57,8 @@ class LLM:
         return None
 
     def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in input order."""
+                 use_tqdm: bool = False, lora_request: LoRARequest | None = None) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in input order; `lora_request` runs them all through that adapter."""
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
                                                  and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -64,6 +66,9 @@ class LLM:
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(params_list)} SamplingParams for {len(prompts)} prompts")
+        if lora_request is not None:
+            adapter = adapter_of_request(self.engine, lora_request)
+            params_list = [dataclasses.replace(p, adapter=adapter) for p in params_list]
         order = []
         for prompt, prompt_params in zip(prompts, params_list):
             request_id = f"offline-{next(self._ids)}"

@@ -92,8 +92,10 @@ class ModelRunner:
         cache = PagedBatchCache(self.pool, layout)
         keep = 0 if all_logits_rows else 1
         self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
+        adapters = [chunks[owner].seq.params.adapter for owner in rows.owners]  # each row's LoRA adapter, if any
         out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
-                         position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep)
+                         position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep,
+                         adapter_names=adapters)
         logits = out.logits
         if len(rows.last_row) == logits.shape[0]:  # one row per chunk (decode steps): no gather copy
             last = logits[:, -1].float()

@@ -45,6 +45,7 @@ class SamplingParams:
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    adapter: str | None = None  # the name of a LoRA adapter loaded on the model; None: the base model
 
     def __post_init__(self):
         self.structured_output = _structured_output_of(self)
@@ -88,6 +89,8 @@ class SamplingParams:
              f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}"),
             (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
              f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
+            (self.adapter is None or (isinstance(self.adapter, str) and self.adapter != ""),
+             f"adapter must be an adapter's name or None, got {self.adapter!r}"),
         ]
         for ok, message in checks:
             if not ok:

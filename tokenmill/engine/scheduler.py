@@ -138,7 +138,7 @@ class Scheduler:
         if seq.params.prompt_logprobs is not None:
             return  # prompt logprobs need logits at every prompt position, so nothing may be skipped
         # at least one token is always computed, so the step yields logits for the next token
-        blocks, hashes = self.blocks.lookup_prefix(seq.all_token_ids, seq.num_tokens - 1)
+        blocks, hashes = self.blocks.lookup_prefix(seq.all_token_ids, seq.num_tokens - 1, seq.prefix_root)
         seq.block_table, seq.block_hashes = blocks, hashes
         seq.num_computed_tokens = len(blocks) * self.blocks.block_size
         if seq.num_preemptions == 0:
@@ -154,7 +154,7 @@ class Scheduler:
         while len(seq.block_hashes) < seq.num_computed_tokens // size:
             tokens = tokens or seq.all_token_ids
             index = len(seq.block_hashes)
-            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            parent = seq.block_hashes[-1] if seq.block_hashes else seq.prefix_root
             digest = self.blocks.register_full_block(
                 seq.block_table[index], parent, tuple(tokens[index * size:(index + 1) * size]))
             seq.block_hashes.append(digest)

@@ -45,6 +45,7 @@ class Sequence:
     generator: torch.Generator | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
+    prefix_root: int | None = None  # where its prefix-cache hash chain starts: one root per adapter (KV differs)
 
     @property
     def seq_id(self) -> tuple[str, int]:

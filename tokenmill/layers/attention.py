@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from ..cache.base import Cache
 from ..execution.ops import TORCH_OPS, TorchOps
+from .lora import NO_LORA, LoraBatch
 from .mask import AttentionMask
 from .mlp import FusedProjection, fuse
 from .norm import RMSNorm
@@ -21,6 +22,8 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 class Attention(nn.Module):
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")  # the projections forward() runs through `lora`
+
     def __init__(
         self,
         hidden_size: int,
@@ -68,15 +71,15 @@ class Attention(nn.Module):
         fused = self._qkv
         return fused if fused is not None and fused.is_current() else None
 
-    def project_qkv(self, hidden: torch.Tensor):
+    def project_qkv(self, hidden: torch.Tensor, lora: LoraBatch = NO_LORA):
         batch, length, _ = hidden.shape
         fused = self._fused_qkv()
         if fused is not None:
-            qkv = fused(hidden).view(batch, length, -1, self.head_dim)
+            qkv = lora.project_fused(fused, hidden).view(batch, length, -1, self.head_dim)
             return qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
-        q = self.q_proj(hidden).view(batch, length, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden).view(batch, length, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden).view(batch, length, self.num_kv_heads, self.head_dim)
+        q = lora.project(self.q_proj, hidden).view(batch, length, self.num_heads, self.head_dim)
+        k = lora.project(self.k_proj, hidden).view(batch, length, self.num_kv_heads, self.head_dim)
+        v = lora.project(self.v_proj, hidden).view(batch, length, self.num_kv_heads, self.head_dim)
         return q, k, v
 
     def forward(
@@ -86,9 +89,10 @@ class Attention(nn.Module):
         mask: AttentionMask,
         cache: Cache | None,
         ops: TorchOps = TORCH_OPS,
+        lora: LoraBatch = NO_LORA,
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
-        q, k, v = self.rotated_qkv(hidden, rope, ops)
+        q, k, v = self.rotated_qkv(hidden, rope, ops, lora)
         allowed, is_causal = mask.allowed, mask.is_causal
         native = ops.attends(q, k, self.softcap)
         slots = None
@@ -101,7 +105,7 @@ class Attention(nn.Module):
             # the cache may store fewer (window) or more (preallocated) columns than positions seen
             allowed, is_causal = layer_cache.visible_mask(allowed, is_causal, length)
         if native:
-            return self.o_proj(ops.attention(q, k, v, allowed, is_causal, self.scaling, slots))
+            return lora.project(self.o_proj, ops.attention(q, k, v, allowed, is_causal, self.scaling, slots))
         if self.attn_implementation == "eager" or self.softcap is not None:
             out = self._eager(q, k, v, allowed, is_causal)
         else:
@@ -110,21 +114,21 @@ class Attention(nn.Module):
                 scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
             )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return self.o_proj(out)
+        return lora.project(self.o_proj, out)
 
-    def rotated_qkv(self, hidden: torch.Tensor, rope,
-                    ops: TorchOps = TORCH_OPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rotated_qkv(self, hidden: torch.Tensor, rope, ops: TorchOps = TORCH_OPS,
+                    lora: LoraBatch = NO_LORA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as [batch, heads, seq, head_dim], q and k normed (if the family does) and rotated."""
         fused = self._fused_qkv() if self.q_norm is None else None
         if fused is not None:  # q and k are adjacent in the fused output: rotate both in one pass
             batch, length, _ = hidden.shape
-            qkv = fused(hidden).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            qkv = lora.project_fused(fused, hidden).view(batch, length, -1, self.head_dim).transpose(1, 2)
             qk, v = qkv.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=1)
             if rope is not None:
                 qk = apply_rotary(qk, *rope, ops)
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             return q, k, v
-        q, k, v = self.project_qkv(hidden)
+        q, k, v = self.project_qkv(hidden, lora)
         if self.q_norm is not None:
             q, k = self.q_norm(q, ops), self.k_norm(k, ops)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..execution.ops import TorchOps
+from .lora import NO_LORA, LoraBatch
 
 
 class PreNormBlock(nn.Module):
@@ -24,9 +25,9 @@ class PreNormBlock(nn.Module):
         self.sliding_window = sliding_window
         self.rope_key = rope_key
 
-    def forward(self, hidden, rope, mask, cache, ops: TorchOps):
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden, ops), rope, mask, cache, ops)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden, ops), ops)
+    def forward(self, hidden, rope, mask, cache, ops: TorchOps, lora: LoraBatch = NO_LORA):
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden, ops), rope, mask, cache, ops, lora)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden, ops), ops, lora)
 
 
 class SandwichBlock(nn.Module):
@@ -46,10 +47,10 @@ class SandwichBlock(nn.Module):
         self.sliding_window = sliding_window
         self.rope_key = rope_key
 
-    def forward(self, hidden, rope, mask, cache, ops: TorchOps):
-        attended = self.self_attn(self.input_layernorm(hidden, ops), rope, mask, cache, ops)
+    def forward(self, hidden, rope, mask, cache, ops: TorchOps, lora: LoraBatch = NO_LORA):
+        attended = self.self_attn(self.input_layernorm(hidden, ops), rope, mask, cache, ops, lora)
         hidden = hidden + self.post_attention_layernorm(attended, ops)
-        fed = self.mlp(self.pre_feedforward_layernorm(hidden, ops), ops)
+        fed = self.mlp(self.pre_feedforward_layernorm(hidden, ops), ops, lora)
         return hidden + self.post_feedforward_layernorm(fed, ops)
 
 

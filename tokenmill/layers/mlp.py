@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..execution.ops import TORCH_OPS, TorchOps
+from .lora import NO_LORA, LoraBatch
 from .quantized_linear import QuantizedFusedProjection
 
 _ACTIVATIONS = {
@@ -80,6 +81,8 @@ def fuse(linears: list[nn.Module]):
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x)): SwiGLU with silu, GeGLU with gelu."""
 
+    lora_targets = ("gate_proj", "up_proj", "down_proj")  # the projections forward() runs through `lora`
+
     def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
@@ -92,12 +95,13 @@ class GatedMLP(nn.Module):
         """One [gate|up] matmul per call instead of two (see FusedProjection)."""
         self._gate_up = fuse([self.gate_proj, self.up_proj])
 
-    def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS, lora: LoraBatch = NO_LORA) -> torch.Tensor:
         fused = self._gate_up
         if fused is not None and fused.accepts(x) and fused.is_current():
-            gate_up = fused(x)
+            gate_up = lora.project_fused(fused, x)
             if self.act is F.silu:
-                return self.down_proj(ops.silu_mul(gate_up))
+                return lora.project(self.down_proj, ops.silu_mul(gate_up))
             gate, up = gate_up.chunk(2, dim=-1)
-            return self.down_proj(self.act(gate) * up)
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            return lora.project(self.down_proj, self.act(gate) * up)
+        gated = self.act(lora.project(self.gate_proj, x)) * lora.project(self.up_proj, x)
+        return lora.project(self.down_proj, gated)

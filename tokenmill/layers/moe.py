@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..execution.ops import TORCH_OPS, TorchOps
+from .lora import NO_LORA, LoraBatch
 from .mlp import activation
 
 _PER_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>\w+)\.weight$")
@@ -61,6 +62,8 @@ class Experts(nn.Module):
 class SparseMoeBlock(nn.Module):
     """Routed experts, plus (Qwen2-MoE) a shared expert scaled by sigmoid(shared_expert_gate(x))."""
 
+    lora_targets = ("shared_expert_gate",)  # the shared expert's own projections are its GatedMLP's
+
     def __init__(self, gate: TopKRouter, experts: Experts, shared_expert: nn.Module | None = None,
                  shared_expert_gate: nn.Module | None = None):
         super().__init__()
@@ -69,15 +72,16 @@ class SparseMoeBlock(nn.Module):
         self.shared_expert = shared_expert
         self.shared_expert_gate = shared_expert_gate
 
-    def forward(self, hidden: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, ops: TorchOps = TORCH_OPS, lora: LoraBatch = NO_LORA) -> torch.Tensor:
         shape = hidden.shape
         tokens = hidden.reshape(-1, shape[-1])
         weights, expert_ids = self.gate(tokens)
         out = self.experts(tokens, expert_ids, weights)
         if self.shared_expert is not None:
-            shared = self.shared_expert(tokens, ops)
+            token_lora = lora.flattened(shape[1])  # rows of `tokens` are (batch row, position) pairs
+            shared = self.shared_expert(tokens, ops, token_lora)
             if self.shared_expert_gate is not None:
-                shared = torch.sigmoid(self.shared_expert_gate(tokens)) * shared
+                shared = torch.sigmoid(token_lora.project(self.shared_expert_gate, tokens)) * shared
             out = out + shared
         return out.reshape(shape)
 

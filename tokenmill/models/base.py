@@ -19,6 +19,7 @@ from ..config import ModelConfig
 from ..execution.ops import TORCH_OPS, TorchOps
 from ..execution.policy import ExecutionPolicy, ExecutionPolicyError, dequantized_policy, moved_policy
 from ..layers.attention import Attention
+from ..layers.lora import NO_LORA, LoraAdapters, LoraBatch
 from ..layers.mask import AttentionMask, build_attention_mask
 from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
 from ..layers.rope import RotaryEmbedding
@@ -70,7 +71,7 @@ class DecoderModel(nn.Module):
         return hidden
 
     def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False,
-                ops: TorchOps = TORCH_OPS):
+                ops: TorchOps = TORCH_OPS, lora: LoraBatch = NO_LORA):
         batch, query_length, _ = hidden.shape
         past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -85,7 +86,7 @@ class DecoderModel(nn.Module):
                 masks[window] = build_attention_mask(
                     attention_mask, past_length, query_length, batch, hidden.device, window
                 )
-            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache, ops)
+            hidden = layer(hidden, rope.get(getattr(layer, "rope_key", "default")), masks[window], cache, ops, lora)
             if all_hidden is not None:
                 all_hidden.append(hidden)
         hidden = self.norm(hidden, ops)
@@ -111,6 +112,7 @@ class CausalLM(nn.Module):
         self.generation_config = None
         # how the model runs; the loader replaces this ATen-only default with the policy it chose
         self.execution_policy = ExecutionPolicy()
+        self.lora_adapters = LoraAdapters()  # loaded LoRA adapters (assembly/adapters.py loads them)
 
     # ---- hooks an architecture may override ----
     @classmethod
@@ -168,16 +170,19 @@ class CausalLM(nn.Module):
         output_hidden_states: bool = False,
         labels: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        adapter_names: list[str | None] | None = None,
         **unused,
     ) -> CausalLMOutput:
+        """`adapter_names`: each batch row's LoRA adapter (None: the base model); absent, the active adapter."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         hidden = self.model.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         cache = past_key_values if use_cache else None
+        lora = self.lora_adapters.batch(adapter_names, hidden.shape[0], hidden.device)
         hidden, all_hidden = self.model(hidden, attention_mask, position_ids, cache, output_hidden_states,
-                                        ops=self.execution_policy.ops)
+                                        ops=self.execution_policy.ops, lora=lora)
         if isinstance(logits_to_keep, int):
             kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         else:
@@ -221,6 +226,7 @@ class CausalLM(nn.Module):
             self.lm_head = dense_copy(self.lm_head)
         self.tie_weights()
         self.fuse_projections()
+        self.lora_adapters.rebind(self)  # the adapters' targets are the new float modules
         # dense weights: transformers' arithmetic again, bit for bit (the C kernels that match it still serve)
         self.execution_policy = dequantized_policy(self.execution_policy)
         return self
@@ -245,6 +251,7 @@ class CausalLM(nn.Module):
         if before.weight_format == "gguf-blocks" and after.weight_format == "dense":
             self.dequantize()  # the GGUF block kernels run on the CPU in float32 only
         moved = super().to(*args, **kwargs)
+        self.lora_adapters.to(device, dtype if dtype is not None and dtype.is_floating_point else None)
         self.tie_weights()  # a move that cannot swap tensors in place (e.g. to meta) makes new parameters
         self.execution_policy = after
         return moved

@@ -16,6 +16,7 @@ from ..config import ModelConfig
 from ..execution.ops import TORCH_OPS, TorchOps
 from ..layers.attention import Attention
 from ..layers.decoder import PreNormBlock
+from ..layers.lora import NO_LORA, LoraBatch
 from ..layers.mlp import activation
 from ..layers.norm import LayerNorm
 from ..loading.gguf_arch import ArchSpec, Metadata, special_ids, vocab_size
@@ -37,14 +38,17 @@ _GENERIC_ONLY = ("hidden_size", "num_hidden_layers", "num_attention_heads", "max
 
 
 class GPT2MLP(nn.Module):
+    lora_targets = ("c_fc", "c_proj")  # the projections forward() runs through `lora`
+
     def __init__(self, hidden_size: int, inner_size: int, act: str):
         super().__init__()
         self.c_fc = nn.Linear(hidden_size, inner_size)
         self.c_proj = nn.Linear(inner_size, hidden_size)
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS) -> torch.Tensor:  # no kernel replaces it
-        return self.c_proj(self.act(self.c_fc(x)))
+    def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS,
+                lora: LoraBatch = NO_LORA) -> torch.Tensor:  # no kernel replaces it
+        return lora.project(self.c_proj, self.act(lora.project(self.c_fc, x)))
 
 
 class GPT2Decoder(DecoderModel):
@@ -55,12 +59,12 @@ class GPT2Decoder(DecoderModel):
         self.wpe = wpe
 
     def forward(self, hidden, attention_mask, position_ids, cache, output_hidden_states=False,
-                ops: TorchOps = TORCH_OPS):
+                ops: TorchOps = TORCH_OPS, lora: LoraBatch = NO_LORA):
         if position_ids is None:
             past_length = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past_length, past_length + hidden.shape[1], device=hidden.device)[None]
         hidden = hidden + self.wpe(position_ids)
-        return super().forward(hidden, attention_mask, position_ids, cache, output_hidden_states, ops)
+        return super().forward(hidden, attention_mask, position_ids, cache, output_hidden_states, ops, lora)
 
 
 class GPT2LMHeadModel(CausalLM):

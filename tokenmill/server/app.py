@@ -10,7 +10,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import EngineConfig, LLMEngine
 from ..engine.thread_tuner import ThreadTuner
 from ..version import __version__
-from . import anthropic_routes, openai_routes, responses_routes, tgi_routes, web_page
+from . import anthropic_routes, lora_routes, openai_routes, responses_routes, tgi_routes, web_page
 from .errors import error_response, install_error_handlers
 from .guards import RequestGuards
 from .metrics import ServerMetrics
@@ -49,6 +49,7 @@ def create_app(engine: AsyncEngine, settings: ServerSettings | None = None,
     app.include_router(anthropic_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(web_page.router)
+    app.include_router(lora_routes.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs_route():
@@ -75,10 +76,16 @@ def _docs_page(schema: dict) -> str:
 
 
 def build_server_app(model, tokenizer, engine_config: EngineConfig | None = None,
-                     settings: ServerSettings | None = None, thread_tuner: ThreadTuner | None = None) -> FastAPI:
-    """Model + tokenizer → engine → async engine → app, with metrics wired to every engine step."""
+                     settings: ServerSettings | None = None, thread_tuner: ThreadTuner | None = None,
+                     lora_adapters: dict[str, str] | None = None) -> FastAPI:
+    """Model + tokenizer → engine → async engine → app, with metrics wired to every engine step;
+    `lora_adapters` (name → PEFT folder) are loaded before the engine starts."""
     metrics = ServerMetrics()
     stall = (settings or ServerSettings()).engine_stall_seconds
-    engine = AsyncEngine(LLMEngine(model, tokenizer, engine_config), on_step=metrics.on_step, tuner=thread_tuner,
-                         stall_seconds=stall)
-    return create_app(engine, settings, metrics)
+    engine = LLMEngine(model, tokenizer, engine_config)
+    for name, path in (lora_adapters or {}).items():
+        engine.load_adapter(name, path)
+    app = create_app(AsyncEngine(engine, on_step=metrics.on_step, tuner=thread_tuner, stall_seconds=stall), settings,
+                     metrics)
+    app.state.tokenmill.adapter_sources.update({name: str(path) for name, path in (lora_adapters or {}).items()})
+    return app

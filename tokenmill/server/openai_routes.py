@@ -15,6 +15,7 @@ from ..engine.outputs import CompletionOutput, RequestOutput
 from ..engine.async_engine import EngineStepError
 from .chat_plan import ChatPlan, chat_delta, chat_message, finish_reason, function_tools, plan_chat
 from .errors import APIError, stream_error_event
+from .lora_routes import adapter_models
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
 from .sse import SSE_DONE, SSE_HEADERS, ending_in_error_event, sse_event
 from .state import ServerState, final_output, merge
@@ -75,20 +76,22 @@ def _chat_plan(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
                      body.parallel_tool_calls, body.chat_template_kwargs, body.structured_output())
 
 
-def _prepare_chat(state: ServerState, body: ChatCompletionRequest):
+def _prepare_chat(state: ServerState, body: ChatCompletionRequest, adapter: str | None):
     plan = _chat_plan(state, body)
     requested = body.sampling_params(body.requested_max_tokens(), body.logprobs_count(), state.vocab_size)
     return plan, state.validate(plan.prompt_ids, replace(requested, structured_output=plan.structured_output,
-                                                         skip_special_tokens=plan.skip_special_tokens))
+                                                         skip_special_tokens=plan.skip_special_tokens,
+                                                         adapter=adapter))
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
-    plan, params = await run_in_threadpool(_prepare_chat, state, body)  # template and grammar: CPU work
+    adapter = state.check_model(body.model, client_defaults=INFERENCE_CLIENT_MODEL_NAMES)
+    plan, params = await run_in_threadpool(_prepare_chat, state, body, adapter)  # template and grammar: CPU work
     prompt = plan.prompt_ids
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name}
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": adapter or state.settings.model_name}
     tokenizer = state.tokenizer
     outputs = state.stream(prompt, params)
     state.acquire(body.n)
@@ -146,9 +149,9 @@ def _completion_prompt_ids(state: ServerState, prompt) -> list[int]:
     return list(prompt)
 
 
-def _prepare_completions(state: ServerState, body: CompletionRequest):
+def _prepare_completions(state: ServerState, body: CompletionRequest, adapter: str | None):
     prompts = [_completion_prompt_ids(state, p) for p in body.prompts()]
-    requested = body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size)
+    requested = replace(body.sampling_params(body.max_tokens, body.logprobs, state.vocab_size), adapter=adapter)
     params = [state.validate(p, requested) for p in prompts]
     echoes = [state.tokenizer.decode(p) if body.echo else "" for p in prompts]
     return prompts, params, echoes
@@ -157,14 +160,14 @@ def _prepare_completions(state: ServerState, body: CompletionRequest):
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
+    adapter = state.check_model(body.model)
     if body.suffix:
         raise APIError(422, "suffix is not supported", param="suffix")
     sequences = state.check_sequences(len(body.prompts()), body.n, param="prompt")  # before encoding any
-    prompts, params, echoes = await run_in_threadpool(_prepare_completions, state, body)  # CPU work
+    prompts, params, echoes = await run_in_threadpool(_prepare_completions, state, body, adapter)  # CPU work
     tokenizer = state.tokenizer
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.settings.model_name,
-            "object": "text_completion"}
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": adapter or state.settings.model_name, "object": "text_completion"}
     prompt_tokens = sum(len(p) for p in prompts)
     streams = [state.stream(p, q) for p, q in zip(prompts, params)]
     state.acquire(sequences)
@@ -222,4 +225,4 @@ async def list_models(request: Request):
     state = _state(request)
     return {"object": "list", "data": [{"id": state.settings.model_name, "object": "model", "created": 0,
                                         "owned_by": "tokenmill",
-                                        "max_model_len": state.max_total_tokens}]}
+                                        "max_model_len": state.max_total_tokens}, *adapter_models(state)]}

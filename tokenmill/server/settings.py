@@ -18,6 +18,7 @@ class ServerSettings:
     default_max_tokens: int = 256
     api_key: str | None = None  # Bearer token required on every route but the open ones (guards.py) when set
     cors_origins: list[str] | None = None
+    allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter enabled
     tool_call_parser: str | None = None  # hermes | llama3_json | mistral; None: from the chat template
     reasoning_parser: str | None = None  # qwen3 | deepseek_r1 | none; None: from the chat template
     stored_responses: int = 1000  # /v1/responses kept for previous_response_id (oldest dropped first)

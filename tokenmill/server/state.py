@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from fastapi import Request
 
+from ..engine.adapters import UnknownAdapterError
 from ..engine.async_engine import AsyncEngine
 from ..engine.limits import RequestLimitError, RequestLimits
 from ..engine.outputs import RequestOutput
@@ -25,6 +26,7 @@ class ServerState:
     draining: bool = False
     in_flight: int = 0  # admitted requests not yet finished
     in_flight_sequences: int = 0  # their sequences (what admission counts)
+    adapter_sources: dict[str, str] = field(default_factory=dict)  # LoRA adapter name → the folder it came from
 
     @property
     def tokenizer(self):
@@ -85,12 +87,16 @@ class ServerState:
         self.in_flight -= 1
         self.in_flight_sequences -= sequences
 
-    def check_model(self, name: str | None, client_defaults: tuple[str, ...] = ()) -> None:
-        """404 for a name that is not this server's model; `client_defaults` are names a client sends on its
-        own (huggingface_hub's InferenceClient: "tgi", "dummy"), accepted like TGI accepts any name on chat."""
-        if name and name != self.settings.model_name and name not in client_defaults:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves "
-                                f"{self.settings.model_name!r}", param="model")
+    def check_model(self, name: str | None, client_defaults: tuple[str, ...] = ()) -> str | None:
+        """The LoRA adapter a request's model name selects (None: the base model); 404 for a name that is neither
+        this server's model nor a loaded adapter. `client_defaults` are names a client sends on its own
+        (huggingface_hub's InferenceClient: "tgi", "dummy"), accepted like TGI accepts any name on chat."""
+        if not name or name == self.settings.model_name or name in client_defaults:
+            return None
+        if name in self.adapter_sources:
+            return name
+        served = ", ".join(repr(n) for n in [self.settings.model_name, *self.adapter_sources])
+        raise APIError(404, f"the model {name!r} does not exist; this server serves {served}", param="model")
 
     def encode(self, text: str, what: str = "prompt") -> list[int]:
         if not isinstance(text, str) or not text:
@@ -104,6 +110,8 @@ class ServerState:
             return self.engine.validate(prompt_ids, params, self.limits)
         except RequestLimitError as error:
             raise APIError(422, str(error), param=error.param) from None
+        except UnknownAdapterError as error:  # unloaded since the model name was checked
+            raise APIError(404, str(error), param="model") from None
         except ValueError as error:
             raise APIError(422, str(error)) from None
 

@@ -62,8 +62,6 @@ def _check(ok: bool, message: str) -> None:
 
 def validate_parameters(p: TGIParameters) -> None:
     """TGI's own rules (same wording where it has one)."""
-    _check(p.adapter_id is None, f"adapter_id {p.adapter_id!r}: LoRA adapters are not supported yet; this server "
-                                 f"serves only its base model (omit adapter_id)")
     _check(not p.watermark, "`watermark` is not supported by this server; omit it (or send false)")
     _check(p.temperature is None or p.temperature > 0, "`temperature` must be strictly positive")
     _check(p.repetition_penalty is None or p.repetition_penalty > 0, "`repetition_penalty` must be strictly positive")

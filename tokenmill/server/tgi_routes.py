@@ -3,6 +3,8 @@ also /detokenize and /version (vLLM's shapes)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -60,7 +62,8 @@ def _prepare(state: ServerState, body: GenerateRequest):
     prompt = list(state.tokenizer.encode(body.inputs))
     if p.truncate is not None and len(prompt) > p.truncate:
         prompt = prompt[-p.truncate:]  # TGI keeps the end of the input
-    return prompt, state.validate(prompt, sampling_params(p, p.max_new_tokens))
+    adapter = state.check_model(p.adapter_id)  # a loaded LoRA adapter's name, or the base model's (or none)
+    return prompt, state.validate(prompt, dataclasses.replace(sampling_params(p, p.max_new_tokens), adapter=adapter))
 
 
 def _best(final: RequestOutput) -> CompletionOutput:
