@@ -163,7 +163,7 @@ def _parse_header(path: Path, buffer: memoryview) -> tuple[dict, list[TensorInfo
 
 def _tensor_info(path: Path, entry: tuple, data_start: int, file_size: int) -> TensorInfo:
     name, shape, ggml_type, offset = entry
-    if ggml_type not in dequant.GGML_TYPES:
+    if ggml_type not in dequant.GGML_TYPES or ggml_type >= dequant.TOKENMILL_TYPES_FROM:
         raise UnsupportedQuantTypeError(path, f"tensor {name!r} has unknown ggml type id {ggml_type}")
     n_elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
     block_elements = dequant.GGML_TYPES[ggml_type].block_elements
