@@ -10,6 +10,7 @@ becomes the code-book entry whose interval between midpoints holds x/d (the near
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -18,9 +19,10 @@ from torch import nn
 from ..kernels.gguf_types import BY_NAME
 from ..layers.quantized_linear import QuantizedWeight
 from ..loading.dequant import FP4_VALUES, NF4_VALUES
+from ..loading.gguf import one_thread_per_op
 
 BLOCK = 32  # elements per block for every type made here
-ROWS_PER_CHUNK = 256  # rows quantized at once: the float32 intermediates stay a few MB whatever the matrix
+CHUNK_ELEMENTS = 1 << 18  # weights quantized at once: the float32 intermediates stay cache-sized
 HALF_MAX = 65504.0  # the largest finite float16: a block scale past it cannot be stored
 
 
@@ -138,9 +140,10 @@ def quantize_weight(weight: torch.Tensor, method: str, name: str = "weight") -> 
                          f"where {method}'s block scales are stored")
     block_type = BY_NAME[type_name]
     blocks = torch.empty(rows, columns // BLOCK * block_type.block_bytes, dtype=torch.uint8)
-    for start in range(0, rows, ROWS_PER_CHUNK):
-        part = weight[start:start + ROWS_PER_CHUNK].to(torch.float32).reshape(-1, BLOCK)
-        blocks[start:start + ROWS_PER_CHUNK] = quantize(part).view(-1, blocks.shape[1])
+    step = max(1, CHUNK_ELEMENTS // columns)
+    for start in range(0, rows, step):
+        part = weight[start:start + step].to(torch.float32).reshape(-1, BLOCK)
+        blocks[start:start + step] = quantize(part).view(-1, blocks.shape[1])
     return QuantizedWeight(blocks, block_type.type_id, columns)
 
 
@@ -154,11 +157,10 @@ def quantize_modules(model: nn.Module, weights: dict, method: str, skip_modules:
     """`weights` with each nn.Linear weight of `model` (and each nn.Embedding's, if `embeddings`) as blocks of
     `method`; skipped modules, other tensors and matrices whose width is not a multiple of 32 stay float."""
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
-    out = dict(weights)
-    for module_name, module in model.named_modules():
-        name = f"{module_name}.weight"
-        if type(module) not in kinds or name not in weights or skipped(module_name, skip_modules):
-            continue
-        if weights[name].shape[-1] % BLOCK == 0:
-            out[name] = quantize_weight(weights[name], method, name)
-    return out
+    names = [f"{module_name}.weight" for module_name, module in model.named_modules()
+             if type(module) in kinds and not skipped(module_name, skip_modules)]
+    names = [name for name in names if name in weights and weights[name].shape[-1] % BLOCK == 0]
+    # one matrix per Python thread, each op single-threaded: a busy core stalls no thread team (~8 ms per op)
+    with one_thread_per_op() as workers, ThreadPoolExecutor(workers) as pool:
+        quantized = pool.map(lambda name: quantize_weight(weights[name], method, name), names)
+        return {**weights, **dict(zip(names, quantized))}
