@@ -9,9 +9,9 @@ from tokenmill import AutoModelForCausalLM
 
 @pytest.mark.parametrize("argument", [{"load_in_4bit": True}, {"load_in_8bit": True},
                                       {"quantization_config": {"load_in_4bit": True}}])
-def test_quantize_on_load_is_refused(smollm2_gguf, argument):
-    # these were swallowed by **hub_kwargs and the model loaded unquantized
-    with pytest.raises(NotImplementedError, match="quantizing a model at load time is not supported yet"):
+def test_quantizing_a_gguf_is_refused(smollm2_gguf, argument):
+    # its weights are quantized already: quantizing them again is an error, not a silent double rounding
+    with pytest.raises(ValueError, match="is a GGUF file: its weights are stored quantized already"):
         AutoModelForCausalLM.from_pretrained(str(smollm2_gguf), **argument)
 
 

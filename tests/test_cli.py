@@ -33,6 +33,13 @@ def test_generate_greedy_matches_python_api(monkeypatch, capsys, smollm2_gguf):
     assert out.rstrip("\n") == tokenizer.decode(expected[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def test_quantize_refuses_a_gguf_and_an_unknown_method(monkeypatch, capsys, smollm2_gguf):
+    code, _, err = run(["generate", "Hi", "--model", str(smollm2_gguf), "--quantize", "q8_0"], monkeypatch, capsys)
+    assert code == 1 and "is a GGUF file: its weights are stored quantized already" in err
+    code, _, err = run(["generate", "Hi", "--quantize", "int3"], monkeypatch, capsys)
+    assert code == 1 and "unknown quantization method 'int3'" in err and "nf4, fp4" in err
+
+
 def test_generate_chat_stream_equals_non_stream(monkeypatch, capsys):
     argv = ["generate", "Name a colour.", "--chat", "--max-new-tokens", "12"]
     _, plain, _ = run(argv, monkeypatch, capsys)

@@ -18,34 +18,26 @@ class AutoConfig:
         return load_config(source, gguf_file, **hub_kwargs)
 
 
-# transformers' quantize-on-load arguments: tokenmill has no such quantization yet, so they are refused
-QUANTIZATION_ARGUMENTS = ("load_in_4bit", "load_in_8bit", "quantization_config")
-
-
-def refuse_quantization(arguments: dict) -> None:
-    asked = [name for name in QUANTIZATION_ARGUMENTS if arguments.get(name) not in (None, False)]
-    if asked:
-        raise NotImplementedError(f"{', '.join(asked)}: quantizing a model at load time is not supported yet; load "
-                                  f"a GGUF file (its blocks stay quantized on the CPU) or drop the argument")
-
-
 class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(source, *, dtype=None, device=None, gguf_file: str | None = None,
                         attn_implementation: str = "sdpa", allow_pickle: bool = False,
                         progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
-                        kernels: str | None = None, **hub_kwargs):
+                        kernels: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
+                        load_in_4bit: bool | None = None, **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
         float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
         kernels: "native", "exact" or "torch" (None: the policy's choice). With the other arguments it makes the
         model's execution policy (`model.execution_policy`, see execution/policy.py); an impossible combination
-        raises ExecutionPolicyError before any weight is read."""
-        refuse_quantization(hub_kwargs)
+        raises ExecutionPolicyError before any weight is read.
+        quantization_config / load_in_8bit / load_in_4bit (a float folder only): quantize at load into blocks the
+        CPU kernels run, see assembly/quantization_config.py (BitsAndBytesConfig, or {"method": "q4_0"})."""
         return load_model(source, dtype=dtype, device=device, gguf_file=gguf_file,
                           attn_implementation=attn_implementation, allow_pickle=allow_pickle, progress=progress,
                           torch_dtype=torch_dtype, keep_quantized=keep_quantized, kernel_set=kernels,
-                          **hub_kwargs)
+                          quantization_config=quantization_config, load_in_8bit=load_in_8bit,
+                          load_in_4bit=load_in_4bit, **hub_kwargs)
 
 
 class AutoTokenizer:

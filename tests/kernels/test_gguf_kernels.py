@@ -16,7 +16,8 @@ from numerics import UNIT_ROUNDOFF, assert_runs_agree, rounding_floor
 
 # byte offsets of each block's float16 fields (scales, mins): set to finite values in random blocks
 HALF_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82),
-               "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,)}
+               "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_NL": (0,), "IQ4_XS": (0,),
+               "NF4": (0,), "FP4": (0,)}
 TYPE_IDS = {info.name: type_id for type_id, info in dequant.GGML_TYPES.items()}
 
 

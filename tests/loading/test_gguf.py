@@ -417,7 +417,8 @@ def test_shape_not_a_whole_number_of_blocks(tmp_path, tiny_llama_bytes):
         GGUFCheckpoint(path, gguf_architectures())
 
 
-def test_unknown_type_id(tmp_path, tiny_llama_bytes):
-    path = write_bytes(tmp_path, retyped(tiny_llama_bytes, b"blk.0.attn_output.weight", 77))
-    with pytest.raises(UnsupportedQuantTypeError, match="unknown ggml type id 77"):
+@pytest.mark.parametrize("type_id", [77, 1000])  # 1000: tokenmill's own NF4, made at load, never a GGUF type
+def test_unknown_type_id(tmp_path, tiny_llama_bytes, type_id):
+    path = write_bytes(tmp_path, retyped(tiny_llama_bytes, b"blk.0.attn_output.weight", type_id))
+    with pytest.raises(UnsupportedQuantTypeError, match=f"unknown ggml type id {type_id}"):
         GGUFCheckpoint(path, gguf_architectures())

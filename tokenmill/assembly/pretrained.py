@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -13,6 +14,7 @@ from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source
 from ..loading.safetensors import read_folder_weights
 from ..models.registry import gguf_architectures, model_class
+from .quantization_config import QuantizationConfigError, QuantizationPlan, quantization_plan
 from .weights import build_model, return_freed_memory
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -48,15 +50,34 @@ def load_config(source, gguf_file: str | None = None, **hub_kwargs) -> ModelConf
     return ModelConfig.from_json_file(resolved.folder / "config.json")
 
 
+def warn_about_quantized_compute(plan: QuantizationPlan, policy) -> None:
+    """One warning where the model will not run as the request implies: blocks without kernels to multiply
+    them become dense float weights (the quantized values, float speed); the kernels compute in float32."""
+    if policy.weight_format == "dense":
+        warnings.warn(f"tokenmill: {plan.method} blocks run on the CPU kernels in float32 only, and this model "
+                      f"runs as {policy.describe()}: its weights are quantized to {plan.method} and dequantized "
+                      f"to dense float (the quantized values, at float speed and memory)", RuntimeWarning,
+                      stacklevel=4)
+    elif plan.compute_dtype not in (None, torch.float32):
+        warnings.warn(f"tokenmill: bnb_4bit_compute_dtype={plan.compute_dtype} has no effect on the CPU: the "
+                      f"block kernels compute in float32", RuntimeWarning, stacklevel=4)
+
+
 def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
                attn_implementation: str = "sdpa", allow_pickle: bool = False,
                progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
-               kernel_set: str | None = None, **hub_kwargs):
+               kernel_set: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
+               load_in_4bit: bool | None = None, **hub_kwargs):
     """AutoModelForCausalLM.from_pretrained (see its docstring); the request and the machine make the model's
     execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read."""
     started = time.perf_counter()
+    plan = quantization_plan(quantization_config, load_in_8bit, load_in_4bit)
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     gguf = None
+    if resolved.is_gguf and plan is not None:
+        raise QuantizationConfigError(
+            f"{resolved.gguf_path} is a GGUF file: its weights are stored quantized already and stay in their "
+            f"blocks on the CPU; drop the quantization arguments, or quantize a float Hugging Face folder")
     if resolved.is_gguf:
         gguf = GGUFCheckpoint(resolved.gguf_path, gguf_architectures())
         config = ModelConfig.from_dict(gguf.config_dict())
@@ -71,12 +92,16 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     else:
         config = ModelConfig.from_json_file(resolved.folder / "config.json")
         model_class(config.model_type)
-        target_dtype = parse_dtype(dtype or torch_dtype, config.torch_dtype)
-        policy = choose_policy(device=parse_device(device), dtype=target_dtype, keep_quantized=keep_quantized,
-                               kernels=kernel_set, attn_implementation=attn_implementation)
+        # the block kernels compute in float32: a quantized folder loads in float32 unless a dtype is named
+        target_dtype = parse_dtype(dtype or torch_dtype, "float32" if plan else config.torch_dtype)
+        policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=plan is not None,
+                               keep_quantized=keep_quantized, kernels=kernel_set,
+                               attn_implementation=attn_implementation)
+        if plan is not None:
+            warn_about_quantized_compute(plan, policy)
         weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle, progress=progress)
         origin = resolved.folder
-    model = build_model(config, weights, source=origin, policy=policy)
+    model = build_model(config, weights, source=origin, policy=policy, quantization=plan)
     del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
     return_freed_memory()
     model.generation_config = generation_config_of(resolved, gguf)

@@ -17,6 +17,8 @@ from ..errors import CheckpointError
 from ..loading.gguf import one_thread_per_op
 from .finite_weights import check_finite_weights
 from .pretrained_model import pretrained_class
+from .quantization_config import QuantizationPlan
+from .quantize import quantize_modules
 
 
 def _describe(names, limit: int = 8) -> str:
@@ -86,10 +88,20 @@ def return_freed_memory() -> None:
         trim(0)
 
 
+def quantize_at_load(model: nn.Module, weights: dict, plan: QuantizationPlan, policy: ExecutionPolicy) -> dict:
+    """The plan's modules as blocks; under a dense policy (no kernels to run them) their dequantized values."""
+    weights = quantize_modules(model, weights, plan.method, plan.skip_modules, plan.embeddings)
+    if policy.weight_format == "gguf-blocks":
+        return weights
+    return {name: t.dequantize(policy.dtype) if isinstance(t, QuantizedWeight) else t
+            for name, t in weights.items()}
+
+
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
-                policy: ExecutionPolicy | None = None):
+                policy: ExecutionPolicy | None = None, quantization: QuantizationPlan | None = None):
     """The model for `weights`, on the policy's device and dtype, holding the policy (default: ATen on the CPU
-    in float32). GGUF blocks (QuantizedWeight) need a policy with weight_format "gguf-blocks"."""
+    in float32). GGUF blocks (QuantizedWeight) need a policy with weight_format "gguf-blocks". `quantization`:
+    float weights to quantize into blocks once the model's modules are known (assembly/quantize.py)."""
     policy = policy or ExecutionPolicy()
     if policy.weight_format == "dense" and any(isinstance(t, QuantizedWeight) for t in weights.values()):
         raise ValueError(f"GGUF block weights need a gguf-blocks execution policy, got {policy.describe()}")
@@ -103,6 +115,8 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
     check_weights(source, expected, weights)
     check_finite_weights(source, weights)  # NaN/inf weights would make every logit NaN: refused here, not per step
+    if quantization is not None:
+        weights = quantize_at_load(model, weights, quantization, policy)
     weights = install_quantized(model, weights, dtype)
     converted = {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
                  for name, t in weights.items()}

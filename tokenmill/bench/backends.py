@@ -96,6 +96,10 @@ class TokenmillBackend(Backend):
     def _load(self, dtype: str, attn: str, weights: str = "auto"):
         from ..auto import AutoModelForCausalLM
 
+        if weights not in WEIGHT_KINDS:  # a quantization method (q8_0, nf4, ...): quantize the float model at load
+            return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
+                                                        attn_implementation=attn, progress=False,
+                                                        quantization_config=weights)
         return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                     attn_implementation=attn, progress=False,
                                                     keep_quantized=WEIGHT_KINDS[weights])

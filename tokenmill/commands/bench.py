@@ -79,7 +79,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_int_list, default=[2], help="torch threads")
     parser.add_argument("--weights", type=_str_list, default=["auto"],
                         help="tokenmill's GGUF weights: gguf (blocks, float32 kernels), dense (dequantized at "
-                             "load), auto (gguf on the CPU in float32); transformers always dequantizes")
+                             "load), auto (gguf on the CPU in float32), or a float model quantized at load "
+                             "(q8_0, nf4, ...); transformers always dequantizes")
+    parser.add_argument("--quantize", action="append", default=[], metavar="TYPE",
+                        help="also run tokenmill with the float model quantized at load to TYPE (q8_0, q4_0, "
+                             "q4_1, q5_0, q5_1, nf4, fp4), in the same sweep as --weights (repeatable)")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per setting (medians reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")
     parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
@@ -118,11 +122,15 @@ def _options(args: argparse.Namespace):
     unknown = [name for name in args.vs if name not in ("transformers", "llama.cpp")]
     if unknown:
         raise SystemExit(f"tokenmill: error: --vs supports transformers (and llama.cpp), not {unknown}")
-    bad_weights = [kind for kind in args.weights if kind not in ("gguf", "dense", "auto")]
+    from ..assembly.quantize import QUANTIZERS
+
+    weights = list(dict.fromkeys(args.weights + [method.lower() for method in args.quantize]))
+    bad_weights = [kind for kind in weights if kind not in ("gguf", "dense", "auto", *QUANTIZERS)]
     if bad_weights:
-        raise SystemExit(f"tokenmill: error: --weights takes gguf, dense or auto, not {bad_weights}")
+        raise SystemExit(f"tokenmill: error: --weights takes gguf, dense, auto or a quantization method "
+                         f"({', '.join(QUANTIZERS)}), not {bad_weights}")
     spec = SweepSpec(args.prompt_lengths, args.new_tokens, args.batch_sizes, args.dtypes, args.attn, args.caches,
-                     args.threads, args.repeats, args.warmup, args.weights)
+                     args.threads, args.repeats, args.warmup, weights)
     return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,

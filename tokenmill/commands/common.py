@@ -62,6 +62,12 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (folder or Hub repo)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_quantize_arg(parser)
+
+
+def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", default=None, metavar="TYPE",
+                        help="quantize a float model's linear layers at load: q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +110,6 @@ def load_model_and_tokenizer(args: argparse.Namespace):
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device)
+                                                 device=args.device, quantization_config=args.quantize)
     print(f"loaded {source} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model, tokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_arg
+from .common import add_model_arg, add_quantize_arg
 
 EXAMPLE = """example:
   tokenmill serve model.gguf --port 8000 --served-model-name smollm2"""
@@ -16,6 +16,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (folder or Hub repo)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_quantize_arg(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device)
+                                                 device=args.device, quantization_config=args.quantize)
     engine_config = EngineConfig(
         block_size=args.block_size, num_blocks=args.num_kv_blocks,
         kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,

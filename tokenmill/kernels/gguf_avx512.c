@@ -9,6 +9,7 @@
 
 #include "exports.h"
 #include "gguf_types.h"
+#include "tables.h"
 #include "target.h"
 
 #if defined(TM_AVX512)
@@ -108,6 +109,19 @@ static inline int dequant_Q8_0(const uint8_t *b, __m512 *w) {
     }
     return 2;
 }
+
+/* NF4 / FP4: the block's table is the code book times its scale, each weight one permute of it */
+static inline int dequant_code_book(const float *code_book, const uint8_t *b, __m512 *w) {
+    lookup_nibbles(_mm512_mul_ps(_mm512_loadu_ps(code_book), broadcast_half(b)), b + 2, w);
+    return 2;
+}
+
+static const float NF4_VALUES[16] = TM_NF4_VALUES;
+static const float FP4_VALUES[16] = TM_FP4_VALUES;
+
+static inline int dequant_NF4(const uint8_t *b, __m512 *w) { return dequant_code_book(NF4_VALUES, b, w); }
+
+static inline int dequant_FP4(const uint8_t *b, __m512 *w) { return dequant_code_book(FP4_VALUES, b, w); }
 
 static inline int dequant_Q4_K(const uint8_t *b, __m512 *w) {
     const float d = _cvtsh_ss((uint16_t)(b[0] | (b[1] << 8))), dmin = _cvtsh_ss((uint16_t)(b[2] | (b[3] << 8)));

@@ -16,9 +16,12 @@
 
 #include "exports.h"
 #include "gguf_types.h"
+#include "tables.h"
 #include "target.h"
 
-static const float IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const float IQ4_VALUES[16] = TM_IQ4_VALUES;
+static const float NF4_VALUES[16] = TM_NF4_VALUES;
+static const float FP4_VALUES[16] = TM_FP4_VALUES;
 
 /* IEEE half -> float, exact for every input (subnormals, inf, nan included). */
 static inline float half_at(const uint8_t *p) {
@@ -173,6 +176,20 @@ static void block_IQ4_NL(const uint8_t *b, float *out) {
         out[j + 16] = IQ4_VALUES[qs[j] >> 4] * d;
     }
 }
+
+/* a float16 scale, then 32 nibbles indexing `table` (IQ4_NL's layout) */
+static inline void table_block(const float *table, const uint8_t *b, float *out) {
+    const float d = half_at(b);
+    const uint8_t *qs = b + 2;
+    for (int j = 0; j < 16; j++) {
+        out[j] = table[qs[j] & 0x0F] * d;
+        out[j + 16] = table[qs[j] >> 4] * d;
+    }
+}
+
+static void block_NF4(const uint8_t *b, float *out) { table_block(NF4_VALUES, b, out); }
+
+static void block_FP4(const uint8_t *b, float *out) { table_block(FP4_VALUES, b, out); }
 
 static void block_IQ4_XS(const uint8_t *b, float *out) {
     const float d = half_at(b);

@@ -4,6 +4,9 @@
  * X(NAME, TYPE_ID, BLOCK_BYTES, BLOCK_ELEMENTS, KERNELS)
  *   KERNELS: NONE (no kernel: dequantized in torch), BLOCKS (scalar dequantizer and matmul in gguf_blocks.c),
  *   BLOCKS_AVX512 (also a register-tiled AVX-512 matmul in gguf_avx512.c).
+ * Ids from 1000 are tokenmill's own block types, made only by quantizing at load (assembly/quantize.py) and
+ * never read from a GGUF file: NF4 and FP4 are IQ4_NL's layout (a float16 scale, 32 nibbles) over
+ * bitsandbytes' 16-value tables (tables.h).
  */
 #ifndef TOKENMILL_GGUF_TYPES_H
 #define TOKENMILL_GGUF_TYPES_H
@@ -40,7 +43,9 @@
     X(BF16, 30, 2, 1, NONE)               \
     X(TQ1_0, 34, 54, 256, NONE)           \
     X(TQ2_0, 35, 66, 256, NONE)           \
-    X(MXFP4, 39, 17, 32, NONE)
+    X(MXFP4, 39, 17, 32, NONE)            \
+    X(NF4, 1000, 18, 32, BLOCKS_AVX512)   \
+    X(FP4, 1001, 18, 32, BLOCKS_AVX512)
 
 /* TM_IF_<KERNELS>_BLOCKS(code) / TM_IF_<KERNELS>_AVX512(code): `code` where that kernel exists, else nothing */
 #define TM_IF_BLOCKS_NONE(...)

@@ -18,6 +18,13 @@ QK_K = 256  # elements in a "K-quant" super-block
 # llama.cpp's non-linear 4-bit code book, shared by IQ4_NL and IQ4_XS
 IQ4_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 
+# tokenmill's own NF4 / FP4 blocks (IQ4_NL's layout, made only by quantizing at load): bitsandbytes' code books,
+# sorted, as the float32 values kernels/tables.h holds (9 significant digits name each float32 exactly)
+NF4_VALUES = (-1.0, -0.696192801, -0.525073051, -0.394917488, -0.284441382, -0.18477343, -0.0910500363, 0.0,
+              0.0795802996, 0.160930201, 0.246112302, 0.337915242, 0.440709829, 0.562617004, 0.722956836, 1.0)
+FP4_VALUES = (-1.0, -0.666666687, -0.5, -0.333333343, -0.25, -0.166666672, -0.00520833349, -0.0, 0.0,
+              0.00520833349, 0.166666672, 0.25, 0.333333343, 0.5, 0.666666687, 1.0)
+
 # Work in row chunks of about this many output elements: intermediates stay cache-sized and the
 # float32 scratch of a huge embedding table is never allocated all at once.
 CHUNK_ELEMENTS = 1 << 20
@@ -32,6 +39,8 @@ class GGMLType(NamedTuple):
 # ids and block sizes from the one table the C kernels are built from (kernels/gguf_types.h)
 GGML_TYPES: dict[int, GGMLType] = {type_id: GGMLType(block.name, block.block_elements, block.block_bytes)
                                    for type_id, block in BLOCK_TYPES.items()}
+
+TOKENMILL_TYPES_FROM = 1000  # ids from here are tokenmill's own block types (gguf_types.h), never in a GGUF file
 
 # plain element types: the bytes are reinterpreted, not unpacked
 PLAIN_DTYPES = {
@@ -190,6 +199,14 @@ def dequant_iq4_nl(blocks: torch.Tensor) -> torch.Tensor:
     return _iq4_lookup(_nibbles(blocks[:, 2:]).view(-1, 32)).mul_(d)
 
 
+def _code_book_dequantizer(values: tuple[float, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A float16 scale, then 32 nibbles indexing `values` (IQ4_NL's layout)."""
+    def dequant_code_book(blocks: torch.Tensor) -> torch.Tensor:
+        table = torch.tensor(values, dtype=torch.float32)
+        return table[_nibbles(blocks[:, 2:]).view(-1, 32).long()].mul_(_half(blocks, 0))
+    return dequant_code_book
+
+
 def dequant_iq4_xs(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     d = _half(blocks, 0)
@@ -209,6 +226,7 @@ BLOCK_KERNELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Q2_K": dequant_q2_k, "Q3_K": dequant_q3_k, "Q4_K": dequant_q4_k,
     "Q5_K": dequant_q5_k, "Q6_K": dequant_q6_k,
     "IQ4_NL": dequant_iq4_nl, "IQ4_XS": dequant_iq4_xs,
+    "NF4": _code_book_dequantizer(NF4_VALUES), "FP4": _code_book_dequantizer(FP4_VALUES),
 }
 
 SUPPORTED_TYPES = frozenset(BLOCK_KERNELS) | frozenset(PLAIN_DTYPES)

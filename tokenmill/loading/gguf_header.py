@@ -211,7 +211,7 @@ def _tensor_infos(path: Path, entries: list[tuple], data_start: int, file_size: 
 
 def _tensor_info(path: Path, entry: tuple, data_start: int, file_size: int) -> TensorInfo:
     name, shape, ggml_type, offset = entry
-    if ggml_type not in dequant.GGML_TYPES:
+    if ggml_type not in dequant.GGML_TYPES or ggml_type >= dequant.TOKENMILL_TYPES_FROM:  # our own ids: never in a file
         raise UnsupportedQuantTypeError(path, f"tensor {name!r} has unknown ggml type id {ggml_type}")
     n_elements = math.prod(shape)  # exact Python integers: 2^32 x 2^32 must not wrap to 0
     block_elements = dequant.GGML_TYPES[ggml_type].block_elements
