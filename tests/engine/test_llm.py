@@ -1,0 +1,74 @@
+"""LLM: the offline front end: which prompt forms it takes, the order of its outputs, and how it builds its engine."""
+
+import pytest
+
+from tokenmill.engine import LLM, SamplingParams
+
+
+class _Words:
+    """A stand-in tokenizer: one id per character (the engine needs encode, decode and eos_token_id)."""
+
+    eos_token_id = None
+
+    def encode(self, text):
+        return [ord(c) % 90 + 1 for c in text]
+
+    def decode(self, ids, **kwargs):
+        return "".join(chr(i + 32) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model):
+    return LLM(tiny_model, _Words(), num_blocks=64, block_size=4, max_num_seqs=3)
+
+
+def _greedy(n=3):
+    return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+
+
+def test_engine_settings_and_tokenizer_reach_the_engine(llm, tiny_model):
+    assert llm.model is tiny_model and isinstance(llm.tokenizer, _Words) and llm.engine.tokenizer is llm.tokenizer
+    assert (llm.engine.config.num_blocks, llm.engine.config.block_size, llm.engine.config.max_num_seqs) == (64, 4, 3)
+
+
+def test_every_prompt_form_gives_the_same_tokens_in_input_order(llm):
+    ids = _Words().encode("hello")
+    single = llm.generate(ids, _greedy())
+    assert len(single) == 1 and single[0].prompt_token_ids == ids and single[0].finished
+    tokens = single[0].outputs[0].token_ids
+    assert len(tokens) == 3
+    outputs = llm.generate(["hello", {"prompt_token_ids": ids}, tuple(ids), [7, 8]], _greedy())
+    assert [o.outputs[0].token_ids for o in outputs[:3]] == [tokens] * 3
+    assert outputs[3].prompt_token_ids == [7, 8]
+    assert len({o.request_id for o in outputs}) == 4 and all(o.request_id.startswith("offline-") for o in outputs)
+    assert llm.generate("hello", _greedy())[0].outputs[0].token_ids == tokens
+
+
+def test_one_params_per_prompt_or_one_for_all(llm):
+    outputs = llm.generate([[5, 6], [5, 6]], [_greedy(2), _greedy(4)])
+    assert [len(o.outputs[0].token_ids) for o in outputs] == [2, 4]
+    assert len(llm.generate([5, 6])[0].outputs[0].token_ids) == SamplingParams().max_tokens
+    with pytest.raises(ValueError) as error:
+        llm.generate([[5], [6]], [_greedy()])
+    assert str(error.value) == "1 SamplingParams for 2 prompts"
+
+
+def test_bad_prompts_are_named(llm, tiny_model):
+    with pytest.raises(TypeError) as error:
+        llm.generate([[5, 6.5]], _greedy())
+    assert str(error.value) == ("a prompt is a string, a list of token ids or {'prompt_token_ids': [...]}, "
+                                "got list")
+    with pytest.raises(TypeError) as error:
+        llm.generate([{"text": "x"}], _greedy())
+    assert str(error.value).endswith("got dict")
+    with pytest.raises(ValueError) as error:
+        LLM(tiny_model, num_blocks=8, block_size=4).generate("hello", _greedy())
+    assert str(error.value) == "text prompts need a tokenizer; pass token ids or LLM(model, tokenizer)"
+
+
+def test_a_folder_loads_without_a_tokenizer_when_asked(tiny_llama_dir):
+    import torch
+
+    llm = LLM(str(tiny_llama_dir), skip_tokenizer_init=True, dtype="bfloat16", num_blocks=16, block_size=4)
+    assert llm.tokenizer is None and llm.model.config.vocab_size == 96 and llm.model.dtype == torch.bfloat16
+    assert len(llm.generate([[5, 6]], _greedy(2))[0].outputs[0].token_ids) == 2
