@@ -269,3 +269,10 @@ def test_prompt_logprobs_by_hand():
     assert [t.top for t in got][1][0][0] == 1 and len(got[0].top) == 1 and got[0].top[0][0] == 0
     assert [t.top for t in prompt_logprobs(logits, seq, start=0, top_n=0)] == [[], [], []]
     assert prompt_logprobs(logits, seq, start=3, top_n=2) == []
+
+
+def test_sample_constrains_rows_without_a_slow_path_and_passes_eos_on():
+    rows = _log([[0.6, 0.3, 0.1]] * 2)
+    assert sample(rows, [_seq(temperature=0), _seq(temperature=0)], eos_ids=[], ops=TORCH_OPS,
+                  constraints=[None, _AllowOnly(2)]) == [0, 2]
+    assert sample(rows[:1], [_seq(temperature=0, min_tokens=1)], eos_ids=[0], ops=TORCH_OPS) == [1]
