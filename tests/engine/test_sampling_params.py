@@ -119,3 +119,13 @@ def test_a_grammar_the_matcher_rejects_is_refused_with_its_reason(spec, start):
         check_structured_output(spec)
     assert str(error.value).startswith(start) and len(str(error.value)) > len(start)
     assert not str(error.value).endswith(("\n", " "))  # the matcher's reason, stripped
+
+
+def test_a_matcher_warning_is_not_a_refusal(monkeypatch):
+    import llguidance
+
+    real = llguidance.LLMatcher
+    warned = type("WarningMatcher", (), {"grammar_from_regex": staticmethod(real.grammar_from_regex),
+                                         "validate_grammar": staticmethod(lambda grammar: "WARNING: slow regex\n")})
+    monkeypatch.setattr(llguidance, "LLMatcher", warned)
+    check_structured_output(("regex", "[0-9]+"))  # accepted: only a problem that is not a warning refuses
