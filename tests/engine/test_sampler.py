@@ -211,7 +211,8 @@ def test_needs_slow_path():
 
 
 def test_record_logprobs_by_hand():
-    rows = _log([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]])
+    # unnormalized: each row shifted, so the log-normalizer is not 0
+    rows = _log([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]) + torch.tensor([[2.0], [-1.0], [5.0]])
     seqs = [_seq(logprobs=2), _seq(), _seq(logprobs=0)]
     record_logprobs(rows, seqs, [2, 0, 2])
     first, = seqs[0].output_logprobs
@@ -246,7 +247,7 @@ def test_constrain_gives_the_processor_prompt_and_outputs():
 
 
 def test_sample_mixes_fast_constrained_and_slow_rows():
-    rows = _log([[0.6, 0.3, 0.1]] * 4)
+    rows = _log([[0.6, 0.3, 0.1]] * 4) + 3.0
     seqs = [_seq(temperature=0, logprobs=1), _seq(temperature=0), _seq(temperature=0, logit_bias={1: 2.0}),
             _seq(temperature=0, logit_bias={2: 9.0}, logprobs=0)]
     processor = _AllowOnly(1)
