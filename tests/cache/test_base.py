@@ -83,3 +83,24 @@ def test_cache_crop_reorder_and_repeat():
     cache.reorder_cache(torch.tensor([0, 0]))
     cache.batch_repeat_interleave(2)
     assert cache.layers[0].batch_size() == 4 and torch.equal(cache.layers[0].values, values[[0] * 4, :, :2])
+
+
+def test_default_nbytes_counts_the_stored_tensors():
+    class KeysOnly(LayerCache):
+        keys = torch.zeros(2, 3, dtype=torch.float16)
+        values = None
+
+    assert KeysOnly().nbytes() == 2 * 3 * 2 and len(KeysOnly().tensors()) == 1
+
+
+def test_first_layer_length_crop_to_zero_and_repeat_of_one_layer():
+    cache = Cache(lambda layer_idx: DynamicLayer())
+    cache.update(*_kv(length=3), 0)
+    cache.update(*_kv(length=1), 1)
+    assert cache.get_seq_length() == 3
+    cache.crop(0)
+    assert [layer.seq_length() for layer in cache.layers] == [0, 0]
+    single = Cache(lambda layer_idx: DynamicLayer())
+    single.update(*_kv(batch=2), 0)
+    single.batch_repeat_interleave(3)
+    assert single.layers[0].batch_size() == 6
