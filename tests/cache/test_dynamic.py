@@ -57,3 +57,9 @@ def test_crop_and_reorder():
 def test_dynamic_cache_layers_are_dynamic():
     cache = DynamicCache(config=object())
     assert isinstance(cache.layer(1), DynamicLayer) and len(cache) == 2
+
+
+def test_batch_size_is_the_rows_not_the_heads():
+    layer = DynamicLayer()
+    layer.update(*_kv(2, batch=1, heads=3))
+    assert layer.batch_size() == 1
