@@ -93,3 +93,7 @@ def test_crop_and_reorder_release_the_device_copy():
 ])
 def test_out_of_memory_is_recognised(error, expected):
     assert is_out_of_memory(error) is expected
+
+
+def test_an_empty_layer_holds_no_bytes():
+    assert OffloadedCache().layer(0).nbytes() == 0 and OffloadedCache().layer(0).tensors() == []

@@ -101,3 +101,17 @@ def test_static_cache_length_from_argument_or_config():
     cache.reset()
     assert [layer.seq_length() for layer in cache.layers] == [0, 0]
     assert cache.layers[1].device == "cpu"
+
+
+def test_one_slot_is_enough_and_an_empty_layer_holds_no_bytes():
+    layer = StaticLayer(1)
+    assert layer.nbytes() == 0 and layer.tensors() == []
+    layer.update(*_kv(1))
+    assert layer.seq_length() == 1
+
+
+def test_two_queries_see_causally():
+    layer = StaticLayer(4)
+    layer.update(*_kv(2))
+    mask, _ = layer.visible_mask(None, True, 2)
+    assert mask.tolist() == [[[[True, False, False, False], [True, True, False, False]]]]

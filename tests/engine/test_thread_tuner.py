@@ -133,3 +133,31 @@ def test_a_probe_win_then_a_loss_starts_over():
     used = _run(tuner, lambda threads, step: next(times), 10 - 1)
     assert used == [1, 1, 1, 2, 2, 1, 1, 1, 2]
     assert tuner.probe_wins == 1 and tuner.current == 1
+
+
+def test_the_time_cap_counts_from_zero():
+    tuner = ThreadTuner([1, 2], min_interval=100, max_interval=100, margin=0.75, max_seconds=1.0)
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 10)
+    assert used == [1] * 8 + [2, 1]
+
+
+def test_three_alternatives_are_probed_in_order():
+    tuner = ThreadTuner([1, 2, 3, 4], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 16)
+    assert [n for n in used if n != 1] == [2, 3, 4, 2]
+
+
+def test_a_current_count_step_during_a_probe_counts_for_the_current_count():
+    tuner = ThreadTuner([1, 2], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    _run(tuner, lambda threads, step: 0.125, 3)
+    assert tuner.threads_for_next_step() == 2 and tuner.probe == 2
+    tuner.record(1, 0.0625, 32)  # a step that began on the current count before the probe was chosen
+    assert tuner.probe == 2 and tuner.probe_wins == 0 and len(tuner.recent) == 4
+
+
+def test_every_switch_is_counted():
+    tuner = ThreadTuner([1, 2], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    # two threads are faster for the first 20 steps, one thread after
+    _run(tuner, lambda threads, step: (0.0625 if threads == 2 else 0.125) if step < 20
+         else (0.0625 if threads == 1 else 0.125), 60)
+    assert tuner.switches == 2 and tuner.current == 1
