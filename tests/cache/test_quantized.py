@@ -109,7 +109,7 @@ def test_a_constant_vector_is_exact_and_a_bad_group_is_named():
     assert codes.tolist() == [[0, 0, 0, 0]] and scale.item() > 0
     assert dequantize(codes, scale, low, 8).tolist() == [[2.5] * 4]
     with pytest.raises(ValueError) as error:
-        quantize(torch.zeros(1, 6), 8, group_size=4)
+        quantize(torch.zeros(1, 2, 6), 8, group_size=4)
     assert str(error.value) == "head_dim 6 is not a multiple of the quantization group size 4"
 
 
@@ -213,3 +213,16 @@ def test_quantized_cache_settings_reach_its_layers():
     layer = QuantizedCache(backend="quanto", config=None, nbits=4, residual_length=7, q_group_size=16).layer(0)
     assert (layer.nbits, layer.residual_length, layer.q_group_size) == (4, 7, 16)
     assert QuantizedLayer().nbits == 8 and QuantizedLayer().residual_length == 32
+
+
+def test_int4_store_dense_and_value_groups_and_no_empty_moves():
+    store = QuantizedTensor(4)
+    x = torch.tensor([[[[0.0, 5.0, 10.0, 15.0]]]])
+    store.append(x)
+    assert torch.equal(store.dense(), x)
+    layer = QuantizedLayer(nbits=8, residual_length=0, q_group_size=2)
+    layer.update(*_kv(1))
+    assert layer.quantized_keys.scale.shape[-1] == layer.quantized_values.scale.shape[-1] == 2
+    layer = QuantizedLayer(nbits=8, residual_length=2)
+    layer.update(*_kv(2))  # exactly the residual: nothing is quantized
+    assert layer.quantized_keys.codes is None and len(layer.tensors()) == 2

@@ -19,12 +19,13 @@ def _expected(p, recent, sinks):
     return {k for k in range(p + 1) if k > p - recent or k < sinks}
 
 
+@pytest.mark.parametrize("counts", [(5, 1, 1, 3, 1, 1, 2), (1, 1, 1, 1, 1, 1, 1, 2)])
 @pytest.mark.parametrize("window, sinks", [(4, 0), (5, 1), (6, 2)])
-def test_every_query_sees_exactly_its_window(window, sinks):
+def test_every_query_sees_exactly_its_window(window, sinks, counts):
     layer = WindowLayer(window, sinks)
     recent = window - sinks
     seen = 0
-    for count in (5, 1, 1, 3, 1, 1, 2):
+    for count in counts:
         keys, values = _positions(seen, count)
         full_keys, full_values = layer.update(keys, values)
         assert torch.equal(full_values, full_keys + 0.5)
@@ -112,3 +113,19 @@ def test_window_caches_read_their_sizes():
     assert (layer.window, layer.sinks) == (10, 3)
     with pytest.raises(ValueError):
         SinkCache(window_length=4, num_sink_tokens=3)
+
+
+def test_a_decode_step_keeps_the_padding_mask_and_a_wider_mask_is_read_from_its_end():
+    layer = WindowLayer(8)
+    layer.update(*_positions(0, 4))
+    keys, _ = layer.update(*_positions(4, 1))
+    allowed = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+    allowed[..., 1] = False  # position 1 is padding
+    mask, _ = layer.visible_mask(allowed, True, 1)
+    assert {k for k, ok in zip(keys[0, 0, :, 0].long().tolist(), mask[0, 0, 0].tolist()) if ok} == {0, 2, 3, 4}
+    wider = torch.cat([torch.zeros(1, 1, 1, 2, dtype=torch.bool), allowed], dim=-1)  # two columns before position 0
+    assert torch.equal(layer.visible_mask(wider, True, 1)[0], mask)
+
+
+def test_an_empty_window_layer_holds_no_bytes():
+    assert WindowLayer(4).nbytes() == 0 and WindowLayer(4).tensors() == []
