@@ -85,11 +85,11 @@ def _statuses(folder: Path, mutmut: str) -> dict[str, int]:
     return counts
 
 
-def _run_one(name: str, mutmut: str, children: int, keep: bool) -> None:
+def _run_one(name: str, mutmut: str, children: int, keep: bool, only: list[str]) -> None:
     folder = _prepare(name, keep)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what is imported
     started = time.monotonic()
-    subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=folder, env=env,
+    subprocess.run([mutmut, "run", "--max-children", str(children), *only], cwd=folder, env=env,
                    stdout=subprocess.DEVNULL, check=False)
     elapsed = time.monotonic() - started
     counts = _statuses(folder, mutmut)
@@ -104,13 +104,15 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"modules to run (default: all): {', '.join(MODULES)}")
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--keep", action="store_true", help="reuse the last run's results (mutmut's own cache)")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="run only the mutants matching this name pattern, e.g. 'tokenmill.engine.sampler.x_warpers*'")
     args = parser.parse_args()
     unknown = [name for name in args.names if name not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
     mutmut = str(Path(sys.executable).parent / "mutmut")
     for name in args.names or list(MODULES):
-        _run_one(name, mutmut, args.max_children, args.keep)
+        _run_one(name, mutmut, args.max_children, args.keep, args.only)
 
 
 if __name__ == "__main__":
