@@ -2,7 +2,8 @@
 
 mutmut reads one [tool.mutmut] table from the working directory, so each module runs in its own scratch folder
 (.cache/mutation/<name>/) whose pyproject.toml names that module and its tests; tokenmill/ and tests/ are linked in.
-Usage: python scripts/mutation.py [--max-children N] [--keep] [NAME ...]   (NAME: a key of MODULES; none = all)
+Usage: python scripts/mutation.py [--max-children N] [--keep] [--only GLOB] [--all] [NAME ...]
+(NAME: a key of MODULES; none: every module but the model-running ones, which --all adds)
 """
 
 import argparse
@@ -45,6 +46,9 @@ MODULES = {
     "bench_measure": ("tokenmill/bench/measure.py", ["tests/bench/test_measure.py", "tests/bench/test_backends.py"]),
     "detokenizer": ("tokenmill/tokenizer/detokenizer.py", ["tests/tokenizer/test_detokenizer.py"]),
 }
+
+# their tests build and run the tiny Llama for every mutant (about 20 s each here): run only when named or --all
+MODEL_MODULES = {"engine", "model_runner", "async_engine", "llm"}
 
 STATUS_LINE = re.compile(r"^\s*(\S+): (\S+)")
 
@@ -103,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"modules to run (default: all): {', '.join(MODULES)}")
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--all", action="store_true", help="with no NAME, include the model-running modules")
     parser.add_argument("--keep", action="store_true", help="reuse the last run's results (mutmut's own cache)")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="run only the mutants matching this name pattern, e.g. 'tokenmill.engine.sampler.x_warpers*'")
@@ -111,7 +116,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
     mutmut = str(Path(sys.executable).parent / "mutmut")
-    for name in args.names or list(MODULES):
+    default = [name for name in MODULES if args.all or name not in MODEL_MODULES]
+    for name in args.names or default:
         _run_one(name, mutmut, args.max_children, args.keep, args.only)
 
 
