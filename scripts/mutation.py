@@ -62,6 +62,7 @@ def _config(module: str, tests: list[str]) -> str:
         f'only_mutate = ["{module}"]\n'
         f"pytest_add_cli_args_test_selection = [{quoted}]\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        "timeout_constant = 10.0\n"  # the CPU-time limit: torch's threads spinning on a busy machine must not read as a hang
     )
 
 
@@ -92,6 +93,7 @@ def _statuses(folder: Path, mutmut: str) -> dict[str, int]:
 def _run_one(name: str, mutmut: str, children: int, keep: bool, only: list[str]) -> None:
     folder = _prepare(name, keep)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what is imported
+    env["OMP_NUM_THREADS"] = "1"  # one thread per mutant process: the children are the parallelism
     started = time.monotonic()
     subprocess.run([mutmut, "run", "--max-children", str(children), *only], cwd=folder, env=env,
                    stdout=subprocess.DEVNULL, check=False)
