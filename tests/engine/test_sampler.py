@@ -263,10 +263,15 @@ def test_sample_mixes_fast_constrained_and_slow_rows():
 
 def test_prompt_logprobs_by_hand():
     seq = _seq(prompt=[0, 2, 1, 1])
-    logits = _log([[0.5, 0.2, 0.3], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
+    # unnormalized rows (shifted), so only a softmax over the vocabulary gives these probabilities
+    logits = _log([[0.5, 0.2, 0.3], [0.1, 0.6, 0.3], [0.7, 0.2, 0.1], [0.3, 0.3, 0.4]]) + torch.tensor(
+        [[1.0], [-2.0], [0.5], [0.0]])
     got = prompt_logprobs(logits, seq, start=1, top_n=1)  # logits[j] predicts prompt token 1 + j + 1
     assert [t.token_id for t in got] == [1, 1]
-    assert [t.logprob for t in got] == pytest.approx([torch.tensor(p).log().item() for p in (0.2, 0.8)], abs=1e-6)
+    assert [t.logprob for t in got] == pytest.approx([torch.tensor(p).log().item() for p in (0.2, 0.6)], abs=1e-6)
+    chunk = prompt_logprobs(logits[:2], seq, start=0, top_n=0)  # a prefill chunk: two rows, two targets
+    assert [(t.token_id, t.top) for t in chunk] == [(2, []), (1, [])]
+    assert [t.logprob for t in chunk] == pytest.approx([torch.tensor(p).log().item() for p in (0.3, 0.6)], abs=1e-6)
     assert [t.top for t in got][1][0][0] == 1 and len(got[0].top) == 1 and got[0].top[0][0] == 0
     assert [t.top for t in prompt_logprobs(logits, seq, start=0, top_n=0)] == [[], [], []]
     assert prompt_logprobs(logits, seq, start=3, top_n=2) == []
