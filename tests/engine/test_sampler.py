@@ -124,7 +124,7 @@ def _log(probs):
 
 
 def test_row_token_mask_ignores_ids_outside_the_vocabulary():
-    mask = _row_token_mask([[1, 5, 99, -1], [], [0, 0]], 6, "cpu")
+    mask = _row_token_mask([[1, 5, 6, 99, -1], [], [0, 0]], 6, "cpu")
     expected = torch.zeros(3, 6, dtype=torch.bool)
     expected[0, 1] = expected[0, 5] = expected[2, 0] = True
     assert torch.equal(mask, expected)
@@ -145,6 +145,7 @@ def test_min_tokens_blocks_eos_and_stop_ids_until_reached_unless_nothing_is_left
     inf = float("-inf")
     assert torch.equal(blocked, torch.tensor([[0.0, 0.0, inf, inf], [0.0] * 4, [0.0, 0.0, inf, 0.0]]))
     assert block_early_stop(logits, seqs[1:2], eos_ids=[2]) is logits
+    assert torch.equal(block_early_stop(logits, [_seq(min_tokens=2)], eos_ids=[4, 99]), logits)  # ids past the vocabulary
     only_eos = torch.tensor([[inf, inf, 1.0, inf]])  # a finished grammar allows only eos
     assert torch.equal(block_early_stop(only_eos, [_seq(min_tokens=3)], eos_ids=[2]), only_eos)
 
@@ -189,10 +190,11 @@ def test_choose_tokens_draws_sampled_rows_from_their_own_generator():
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]] * 3)
     seqs = [_seq(temperature=0, logit_bias={1: 5.0}), _seq(top_k=1, logit_bias={3: 9.0}),
             _seq(temperature=1.0, top_k=2)]
-    seqs[2].generator = torch.Generator().manual_seed(5)
+    seqs[2].generator = torch.Generator().manual_seed(4)
     top2 = torch.tensor([3.0, 2.0]).softmax(-1)
     expected_draw = torch.multinomial(torch.tensor([top2[0], 0.0, top2[1], 0.0]), 1,
-                                      generator=torch.Generator().manual_seed(5)).item()
+                                      generator=torch.Generator().manual_seed(4)).item()
+    assert expected_draw == 2  # this seed draws the second choice, not the argmax a greedy row would take
     assert choose_tokens(logits, seqs, eos_ids=[], ops=TORCH_OPS) == [1, 3, expected_draw]
 
 
@@ -273,6 +275,7 @@ def test_prompt_logprobs_by_hand():
     assert [(t.token_id, t.top) for t in chunk] == [(2, []), (1, [])]
     assert [t.logprob for t in chunk] == pytest.approx([torch.tensor(p).log().item() for p in (0.3, 0.6)], abs=1e-6)
     assert [t.top for t in got][1][0][0] == 1 and len(got[0].top) == 1 and got[0].top[0][0] == 0
+    assert got[0].top[0][1] == pytest.approx(torch.tensor(0.5).log().item(), abs=1e-6)
     assert [t.top for t in prompt_logprobs(logits, seq, start=0, top_n=0)] == [[], [], []]
     assert prompt_logprobs(logits, seq, start=3, top_n=2) == []
 
