@@ -135,6 +135,8 @@ def test_logit_bias_adds_per_row_and_skips_unknown_ids():
     biased = apply_logit_bias(logits, [_seq(logit_bias={1: 2.0, 3: -1.5, 4: 9.0, -1: 9.0}), _seq()])
     assert torch.equal(biased, torch.tensor([[0.0, 2.0, 0.0, -1.5], [0.0, 0.0, 0.0, 0.0]]))
     assert apply_logit_bias(logits, [_seq(logit_bias={9: 1.0}), _seq()]) is logits
+    wide = apply_logit_bias(torch.zeros(1, 3, dtype=torch.float64), [_seq(logit_bias={0: 1.5})])  # token 0, float64
+    assert wide.dtype == torch.float64 and wide.tolist() == [[1.5, 0.0, 0.0]]
 
 
 def test_min_tokens_blocks_eos_and_stop_ids_until_reached_unless_nothing_is_left():
