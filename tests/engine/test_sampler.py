@@ -287,3 +287,24 @@ def test_sample_constrains_rows_without_a_slow_path_and_passes_eos_on():
     assert sample(rows, [_seq(temperature=0), _seq(temperature=0)], eos_ids=[], ops=TORCH_OPS,
                   constraints=[None, _AllowOnly(2)]) == [0, 2]
     assert sample(rows[:1], [_seq(temperature=0, min_tokens=1)], eos_ids=[0], ops=TORCH_OPS) == [1]
+
+
+def test_min_tokens_restores_only_the_rows_with_nothing_left():
+    inf = float("-inf")
+    logits = torch.tensor([[inf, inf, 1.0, inf], [0.5, 0.0, 1.0, 0.0]])  # row 0: a finished grammar allows only eos
+    blocked = block_early_stop(logits, [_seq(min_tokens=3), _seq(min_tokens=3)], eos_ids=[2])
+    assert torch.equal(blocked, torch.tensor([[inf, inf, 1.0, inf], [0.5, 0.0, inf, 0.0]]))
+
+
+def test_penalties_when_every_row_has_one_and_histories_differ():
+    logits = torch.tensor([[2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]])
+    seqs = [_seq(prompt=[3], outputs=[0, 0, 2], repetition_penalty=2.0), _seq(prompt=[3], repetition_penalty=2.0)]
+    assert torch.equal(apply_penalties(logits, seqs), torch.tensor([[1.0, 2.0, 1.0, 1.0], [2.0, 2.0, 2.0, 1.0]]))
+
+
+def test_presence_alone_counts_and_ids_past_the_vocabulary_are_ignored():
+    logits = torch.zeros(2, 4, dtype=torch.float64)
+    seqs = [_seq(outputs=[1, 1, 4], presence_penalty=0.1), _seq(outputs=[2], frequency_penalty=0.1)]
+    penalized = apply_penalties(logits, seqs)
+    assert penalized.dtype == torch.float64
+    assert penalized.tolist() == [[0.0, -0.1, 0.0, 0.0], [0.0, 0.0, -0.1, 0.0]]  # the penalties in float64
