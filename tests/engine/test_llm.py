@@ -69,6 +69,6 @@ def test_bad_prompts_are_named(llm, tiny_model):
 def test_a_folder_loads_without_a_tokenizer_when_asked(tiny_llama_dir):
     import torch
 
-    llm = LLM(str(tiny_llama_dir), skip_tokenizer_init=True, dtype="bfloat16", num_blocks=16, block_size=4)
+    llm = LLM(tiny_llama_dir, skip_tokenizer_init=True, dtype="bfloat16", num_blocks=16, block_size=4)  # a Path
     assert llm.tokenizer is None and llm.model.config.vocab_size == 96 and llm.model.dtype == torch.bfloat16
     assert len(llm.generate([[5, 6]], _greedy(2))[0].outputs[0].token_ids) == 2
