@@ -72,3 +72,22 @@ def test_a_folder_loads_without_a_tokenizer_when_asked(tiny_llama_dir):
     llm = LLM(tiny_llama_dir, skip_tokenizer_init=True, dtype="bfloat16", num_blocks=16, block_size=4)  # a Path
     assert llm.tokenizer is None and llm.model.config.vocab_size == 96 and llm.model.dtype == torch.bfloat16
     assert len(llm.generate([[5, 6]], _greedy(2))[0].outputs[0].token_ids) == 2
+
+
+def test_a_folder_with_a_tokenizer_loads_it_unless_one_is_given(tiny_llama_dir, tmp_path):
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_llama_dir, folder)
+    letters = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz ")} | {"[UNK]": 27}
+    tokenizer = Tokenizer(models.WordLevel(letters, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    llm = LLM(str(folder), num_blocks=16, block_size=4)
+    assert llm.tokenizer.encode("hello") == [7, 4, 11, 11, 14]
+    assert llm.generate("hello", _greedy(2))[0].prompt_token_ids == [7, 4, 11, 11, 14]
+    assert isinstance(LLM(str(folder), _Words(), num_blocks=16, block_size=4).tokenizer, _Words)
