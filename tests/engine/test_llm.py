@@ -91,3 +91,18 @@ def test_a_folder_with_a_tokenizer_loads_it_unless_one_is_given(tiny_llama_dir, 
     assert llm.tokenizer.encode("hello") == [7, 4, 11, 11, 14]
     assert llm.generate("hello", _greedy(2))[0].prompt_token_ids == [7, 4, 11, 11, 14]
     assert isinstance(LLM(str(folder), _Words(), num_blocks=16, block_size=4).tokenizer, _Words)
+
+
+def test_loading_options_reach_the_loaders(monkeypatch, tiny_model):
+    from tokenmill import auto
+
+    calls = []
+    monkeypatch.setattr(auto.AutoModelForCausalLM, "from_pretrained",
+                        staticmethod(lambda source, **kwargs: calls.append(("model", source, kwargs)) or tiny_model))
+    monkeypatch.setattr(auto.AutoTokenizer, "from_pretrained",
+                        staticmethod(lambda source, **kwargs: calls.append(("tokenizer", source, kwargs)) or _Words()))
+    llm = LLM("some/model.gguf", dtype="float32", device="cpu", gguf_file="q4.gguf", num_blocks=8, block_size=4)
+    assert calls == [("model", "some/model.gguf", {"dtype": "float32", "device": "cpu", "gguf_file": "q4.gguf",
+                                                   "progress": False}),
+                     ("tokenizer", "some/model.gguf", {"gguf_file": "q4.gguf"})]
+    assert llm.model is tiny_model and isinstance(llm.tokenizer, _Words)
