@@ -66,13 +66,13 @@ test-portable: setup-test
 	done
 
 # mutation testing (local, not CI; docs/testing.md): mutmut is a test-only tool, installed here and nowhere else.
-# Modules and tests are set in pyproject.toml's [tool.mutmut]; MUTANTS narrows a run, e.g.
-# make mutation MUTANTS='tokenmill.engine.block_manager*'
-MUTANTS ?=
+# scripts/mutation.py runs each module against the tests that exercise it (its MODULES table), one module at a
+# time; MODULES narrows a run, e.g. make mutation MODULES='scheduler sampler'; CHILDREN sets mutmut's workers.
+MODULES ?=
+CHILDREN ?= $$(( $$(nproc) / 2 > 0 ? $$(nproc) / 2 : 1 ))
 mutation: setup-test
 	$(BIN)/pip install --quiet mutmut==3.8.1
-	$(BIN)/mutmut run --max-children $$(nproc) $(MUTANTS)
-	$(BIN)/mutmut results
+	$(BIN)/python scripts/mutation.py --max-children $(CHILDREN) $(MODULES)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache mutants

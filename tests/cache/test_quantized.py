@@ -84,3 +84,145 @@ def test_generate_by_name_with_cache_config(model):
     cache = out.past_key_values
     assert isinstance(cache, QuantizedCache) and cache.nbits == 4
     assert cache.layers[0].quantized_keys.length() == 39 - 8
+
+
+# ---- on tensors, no model (the mutation run of quantized.py selects these and the round trip) ----
+
+from tokenmill.cache.quantized import DEFAULT_INT4_GROUP, QuantizedLayer, QuantizedTensor  # noqa: E402
+
+
+def test_codes_scales_and_packing_by_hand():
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    codes, scale, low = quantize(x, 8)
+    assert codes.dtype == torch.uint8 and codes.tolist() == [[0, 85, 170, 255]]
+    assert scale.flatten().tolist() == pytest.approx([3 / 255]) and low.flatten().tolist() == [0.0]
+    codes, scale, low = quantize(x * 5, 4)  # codes 0, 5, 10, 15: two per byte, the first in the low nibble
+    assert codes.tolist() == [[0 | 5 << 4, 10 | 15 << 4]] and scale.flatten().tolist() == pytest.approx([1.0])
+    assert torch.equal(dequantize(codes, scale, low, 4), x * 5)
+    codes, scale, low = quantize(torch.tensor([[0.0, 1.0, 10.0, 13.0]]), 8, group_size=2)
+    assert scale.tolist()[0] == pytest.approx([1 / 255, 3 / 255]) and low.tolist() == [[0.0, 10.0]]
+    assert codes.tolist() == [[0, 255, 0, 255]]
+
+
+def test_a_constant_vector_is_exact_and_a_bad_group_is_named():
+    codes, scale, low = quantize(torch.full((1, 4), 2.5), 8)
+    assert codes.tolist() == [[0, 0, 0, 0]] and scale.item() > 0
+    assert dequantize(codes, scale, low, 8).tolist() == [[2.5] * 4]
+    with pytest.raises(ValueError) as error:
+        quantize(torch.zeros(1, 2, 6), 8, group_size=4)
+    assert str(error.value) == "head_dim 6 is not a multiple of the quantization group size 4"
+
+
+# every vector below spans 3 (consecutive values): int8's half step is 3/255/2; the 1e-4 beside it covers
+# float32 dequantization's rounding, 4u max|x| (test_round_trip_error_is_within_half_a_step) for |x| < 400
+def _kv(length, start=0, batch=2, dim=4):
+    keys = torch.arange(start, start + batch * length * dim, dtype=torch.float32).reshape(batch, 1, length, dim)
+    return keys, -keys
+
+
+def test_quantized_tensor_grows_selects_and_crops():
+    store = QuantizedTensor(8)
+    assert store.length() == 0 and store.dense() is None and store.tensors() == []
+    store.select(torch.tensor([0]))
+    store.crop(1)
+    first, second = _kv(2)[0], _kv(1, start=50)[0]
+    store.append(first)
+    store.append(second)
+    assert store.length() == 3 and len(store.tensors()) == 3
+    expected = torch.cat([first, second], dim=2)
+    assert (store.dense() - expected).abs().max() <= 3 / 255 / 2 + 1e-4  # half a step of the widest vector
+    assert store.scale.shape == store.low.shape == (2, 1, 3, 1)
+    store.select(torch.tensor([1]))
+    store.crop(2)
+    assert store.length() == 2 and (store.dense() - expected[[1], :, :2]).abs().max() <= 3 / 255 / 2 + 1e-4
+    assert store.scale.shape == store.low.shape == (1, 1, 2, 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nbits": 3}, "quantized cache supports nbits in (4, 8), got 3"),
+    ({"residual_length": -1}, "residual_length must be >= 0, got -1"),
+])
+def test_bad_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        QuantizedLayer(**kwargs)
+    assert str(error.value) == message
+    with pytest.raises(ValueError):
+        QuantizedCache(**kwargs)
+
+
+def test_the_residual_stays_exact_and_older_entries_are_quantized():
+    layer = QuantizedLayer(nbits=8, residual_length=2)
+    assert layer.batch_size() == 0 and layer.seq_length() == 0 and layer.tensors() == []
+    chunks = [_kv(3), _kv(1, start=100), _kv(1, start=200)]
+    for count, (keys, values) in enumerate(chunks, 1):
+        full_keys, full_values = layer.update(keys, values)
+        expected_keys = torch.cat([k for k, _ in chunks[:count]], dim=2)
+        expected_values = torch.cat([v for _, v in chunks[:count]], dim=2)
+        assert full_keys.shape == expected_keys.shape and full_values.shape == expected_values.shape
+        assert torch.equal(full_keys[..., -1:, :], keys[..., -1:, :])  # this step's own keys: exact
+        assert (full_keys - expected_keys).abs().max() <= 3 / 255 / 2 + 1e-4
+        assert (full_values - expected_values).abs().max() <= 3 / 255 / 2 + 1e-4
+    assert layer.seq_length() == 5 and layer.quantized_keys.length() == 3 and layer.batch_size() == 2
+    assert torch.equal(layer.keys, torch.cat([chunks[1][0], chunks[2][0]], dim=2))
+    assert torch.equal(layer.values, torch.cat([chunks[1][1], chunks[2][1]], dim=2))
+    assert len(layer.tensors()) == 2 + 3 + 3
+
+
+def test_crop_and_reorder():
+    layer = QuantizedLayer(nbits=8, residual_length=3)
+    keys, values = _kv(5)
+    layer.update(keys, values)  # 2 quantized, 3 exact
+    with pytest.raises(ValueError) as error:
+        layer.crop(1)
+    assert str(error.value) == "cannot crop a quantized cache into its quantized part (2 positions)"
+    layer.crop(4)
+    assert layer.seq_length() == 4 and torch.equal(layer.keys, keys[..., 2:4, :])
+    assert torch.equal(layer.values, values[..., 2:4, :])
+    layer.reorder(torch.tensor([1, 1, 0]))
+    assert layer.batch_size() == 3 and torch.equal(layer.keys, keys[[1, 1, 0], :, 2:4])
+    assert torch.equal(layer.values, values[[1, 1, 0], :, 2:4])
+    assert layer.quantized_keys.codes.shape[0] == layer.quantized_values.codes.shape[0] == 3
+    assert (layer.quantized_values.dense() - values[[1, 1, 0], :, :2]).abs().max() <= 3 / 255 / 2 + 1e-4
+    empty = QuantizedLayer()
+    empty.reorder(torch.tensor([0]))
+    empty.crop(0)
+    assert empty.keys is None and empty.seq_length() == 0
+
+
+def test_int4_groups_of_32_by_default_when_head_dim_allows():
+    layer = QuantizedLayer(nbits=4, residual_length=0)
+    layer.update(*_kv(1, dim=64))
+    assert layer.quantized_keys.group_size == layer.quantized_values.group_size == DEFAULT_INT4_GROUP == 32
+    assert layer.quantized_keys.scale.shape[-1] == 2
+    layer = QuantizedLayer(nbits=4, residual_length=0)
+    layer.update(*_kv(1, dim=16))
+    assert layer.quantized_keys.group_size is None and layer.quantized_keys.scale.shape[-1] == 1
+    layer = QuantizedLayer(nbits=4, residual_length=0, q_group_size=8)
+    layer.update(*_kv(1, dim=64))
+    assert layer.quantized_keys.group_size == 8
+    layer = QuantizedLayer(nbits=8, residual_length=0)
+    layer.update(*_kv(1, dim=64))
+    assert layer.quantized_keys.group_size is None
+    with pytest.raises(ValueError) as error:
+        QuantizedLayer(nbits=4).update(*_kv(1, dim=5))
+    assert str(error.value) == "int4 packing needs an even head_dim, got 5"
+
+
+def test_quantized_cache_settings_reach_its_layers():
+    assert (QuantizedCache().nbits, QuantizedCache().residual_length, QuantizedCache().q_group_size) == (8, 32, None)
+    layer = QuantizedCache(backend="quanto", config=None, nbits=4, residual_length=7, q_group_size=16).layer(0)
+    assert (layer.nbits, layer.residual_length, layer.q_group_size) == (4, 7, 16)
+    assert QuantizedLayer().nbits == 8 and QuantizedLayer().residual_length == 32
+
+
+def test_int4_store_dense_and_value_groups_and_no_empty_moves():
+    store = QuantizedTensor(4)
+    x = torch.tensor([[[[0.0, 5.0, 10.0, 15.0]]]])
+    store.append(x)
+    assert torch.equal(store.dense(), x)
+    layer = QuantizedLayer(nbits=8, residual_length=0, q_group_size=2)
+    layer.update(*_kv(1))
+    assert layer.quantized_keys.scale.shape[-1] == layer.quantized_values.scale.shape[-1] == 2
+    layer = QuantizedLayer(nbits=8, residual_length=2)
+    layer.update(*_kv(2))  # exactly the residual: nothing is quantized
+    assert layer.quantized_keys.codes is None and len(layer.tensors()) == 2

@@ -41,3 +41,15 @@ def test_refusals_name_the_field_and_the_numbers(prompt_len, requested, param, m
     with pytest.raises(RequestLimitError, match=message) as refused:
         check_request(prompt_len, requested, RequestLimits(100, 99))
     assert refused.value.param == param and isinstance(refused.value, ValueError)
+
+
+def test_narrowed_never_raises_the_prompt_limit_and_leaves_a_token_to_generate():
+    assert RequestLimits(100, 50).narrowed() == RequestLimits(100, 50)  # nothing given: unchanged
+    assert RequestLimits(100, 99).narrowed(max_total_tokens=40, max_input_tokens=60) == RequestLimits(40, 39)
+    assert RequestLimits(100, 99).narrowed(max_input_tokens=30) == RequestLimits(100, 30)
+
+
+def test_an_empty_prompt_is_named():
+    with pytest.raises(RequestLimitError) as error:
+        check_request(0, None, RequestLimits(100, 99))
+    assert (str(error.value), error.value.param) == ("the prompt is empty (it encodes to zero tokens)", "prompt")

@@ -98,3 +98,38 @@ def test_an_engine_step_runs_on_the_execution_policys_threads(tiny_model):
     finally:
         tiny_model.set_execution_policy(loaded)
         torch.set_num_threads(before)
+
+
+# ---- without a model: which tokens a chunk feeds, the row length chosen, the pool's dtype ----
+
+def test_chunk_token_ids_across_the_prompt_boundary():
+    from tokenmill.engine.model_runner import chunk_token_ids
+    from tokenmill.engine.sampling_params import SamplingParams
+    from tokenmill.engine.scheduler import ScheduledChunk
+    from tokenmill.engine.sequence import Sequence
+
+    seq = Sequence("r", 0, [1, 2, 3], SamplingParams())
+    seq.output_token_ids = [4, 5, 6]
+    cases = {(3, 1): [4], (4, 2): [5, 6], (0, 3): [1, 2, 3], (2, 1): [3], (1, 3): [2, 3, 4], (2, 3): [3, 4, 5]}
+    assert {key: chunk_token_ids(ScheduledChunk(seq, *key)) for key in cases} == cases
+
+
+def test_segment_length_by_hand():
+    from tokenmill.engine.model_runner import segment_length
+
+    # cost = rows * (segment + columns * 0.01 + 0.2): 16 gives 3 rows * 16.82 = 50.46, 8 gives 6 * 8.82 = 52.92,
+    # 27 gives 2 * 27.82 = 55.64
+    assert segment_length([27, 13], 62) == 16
+    # 4 gives 4 + 18 = 22 rows * 4.9 = 107.8; 2 gives 4 + 35 = 39 rows * 2.9 = 113.1
+    assert segment_length([1, 1, 1, 1, 70], 70) == 4
+
+
+def test_the_pool_takes_the_kv_dtype_or_the_models():
+    from types import SimpleNamespace
+
+    from tokenmill.engine.model_runner import ModelRunner
+
+    model = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float16)
+    model.eval = lambda: model
+    assert ModelRunner(model, 4, 2).pool.dtype == torch.float16
+    assert ModelRunner(model, 4, 2, kv_dtype=torch.float32).pool.dtype == torch.float32

@@ -67,3 +67,97 @@ def test_leaves_a_count_that_turned_slow_within_the_time_cap():
     used = _run(tuner, seconds, 400)
     assert 2 in used[250:300] and tuner.current == 1
     assert used[300:].count(2) <= 40  # back on one thread after about 30 s of slow steps
+
+
+# ---- exact traces (step times that are powers of two, so every comparison is exact) ----
+
+import pytest  # noqa: E402
+
+from tokenmill.engine.thread_tuner import TOKENS_PER_FIXED_COST, step_cost  # noqa: E402
+
+
+def test_step_cost_is_per_token_plus_the_fixed_share():
+    assert TOKENS_PER_FIXED_COST == 32 and step_cost(1.0, 32) == 1 / 64 and step_cost(3.0, 0) == 3 / 32
+
+
+def test_choices_are_checked_sorted_and_the_start_is_the_fewest():
+    tuner = ThreadTuner([4, 2, 4])
+    assert tuner.choices == [2, 4] and tuner.current == 2
+    assert (tuner.min_interval, tuner.max_interval, tuner.margin, tuner.max_seconds) == (8, 1024, 0.93, 30.0)
+    for bad in ([], [0, 1]):
+        with pytest.raises(ValueError) as error:
+            ThreadTuner(bad)
+        assert str(error.value) == f"thread counts must be >= 1, got {bad}"
+
+
+def test_a_probe_costing_exactly_the_margin_loses_and_the_interval_doubles_to_its_cap():
+    tuner = ThreadTuner([1, 2], min_interval=4, max_interval=16, margin=0.75, max_seconds=float("inf"))
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.09375, 50)
+    assert used == [1] * 4 + [2] + [1] * 8 + [2] + [1] * 16 + [2] + [1] * 16 + [2] + [1] * 2
+    assert tuner.current == 1 and tuner.switches == 0 and tuner.interval == 16
+
+
+def test_two_cheaper_probe_steps_switch_and_probing_restarts_from_the_minimum():
+    tuner = ThreadTuner([1, 2], min_interval=4, max_interval=64, margin=0.75, max_seconds=float("inf"))
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.0625, 24)
+    assert used == [1] * 4 + [2, 2] + [2] * 4 + [1] + [2] * 8 + [1] + [2] * 4
+    assert tuner.current == 2 and tuner.switches == 1 and tuner.probe is None and tuner.probe_wins == 0
+    assert len(tuner.recent) == 8 and tuner.interval == 16
+
+
+def test_no_probe_before_three_steps_are_known():
+    tuner = ThreadTuner([1, 2], min_interval=1, max_interval=1, margin=0.75, max_seconds=float("inf"))
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 8)
+    assert used == [1, 1, 1, 2, 1, 2, 1, 2]
+
+
+def test_the_time_cap_makes_a_probe_due_early():
+    tuner = ThreadTuner([1, 2], min_interval=100, max_interval=100, margin=0.75, max_seconds=0.375)
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 9)
+    assert used == [1, 1, 1, 2, 1, 1, 1, 2, 1]
+    assert tuner.seconds_since_probe == 0.125 and tuner.steps_until_probe == 99
+
+
+def test_alternatives_take_turns_and_other_counts_are_ignored():
+    tuner = ThreadTuner([1, 2, 3], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 12)
+    assert used == [1, 1, 1, 2, 1, 1, 1, 3, 1, 1, 1, 2]
+    before = (list(tuner.recent), tuner.steps_until_probe, tuner.seconds_since_probe)
+    tuner.record(3, 9.0, 32)  # neither the current count nor a probe: not counted
+    assert (list(tuner.recent), tuner.steps_until_probe, tuner.seconds_since_probe) == before
+
+
+def test_a_probe_win_then_a_loss_starts_over():
+    tuner = ThreadTuner([1, 2], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    times = iter([0.125] * 3 + [0.0625, 0.5] + [0.125] * 3 + [0.0625, 0.0625])
+    used = _run(tuner, lambda threads, step: next(times), 10 - 1)
+    assert used == [1, 1, 1, 2, 2, 1, 1, 1, 2]
+    assert tuner.probe_wins == 1 and tuner.current == 1
+
+
+def test_the_time_cap_counts_from_zero():
+    tuner = ThreadTuner([1, 2], min_interval=100, max_interval=100, margin=0.75, max_seconds=1.0)
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 10)
+    assert used == [1] * 8 + [2, 1]
+
+
+def test_three_alternatives_are_probed_in_order():
+    tuner = ThreadTuner([1, 2, 3, 4], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    used = _run(tuner, lambda threads, step: 0.125 if threads == 1 else 0.5, 16)
+    assert [n for n in used if n != 1] == [2, 3, 4, 2]
+
+
+def test_a_current_count_step_during_a_probe_counts_for_the_current_count():
+    tuner = ThreadTuner([1, 2], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    _run(tuner, lambda threads, step: 0.125, 3)
+    assert tuner.threads_for_next_step() == 2 and tuner.probe == 2
+    tuner.record(1, 0.0625, 32)  # a step that began on the current count before the probe was chosen
+    assert tuner.probe == 2 and tuner.probe_wins == 0 and len(tuner.recent) == 4
+
+
+def test_every_switch_is_counted():
+    tuner = ThreadTuner([1, 2], min_interval=3, max_interval=3, margin=0.75, max_seconds=float("inf"))
+    # two threads are faster for the first 20 steps, one thread after
+    _run(tuner, lambda threads, step: (0.0625 if threads == 2 else 0.125) if step < 20
+         else (0.0625 if threads == 1 else 0.125), 60)
+    assert tuner.switches == 2 and tuner.current == 1
