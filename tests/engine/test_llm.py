@@ -153,8 +153,8 @@ def test_one_params_per_prompt_or_one_for_all(llm):
 def test_bad_prompts_are_named(llm, tiny_model):
     with pytest.raises(TypeError) as error:
         llm.generate([[5, 6.5]], _greedy())
-    assert str(error.value) == ("a prompt is a string, a list of token ids or {'prompt_token_ids': [...]}, "
-                                "got list")
+    assert str(error.value) == ("a prompt is a string, a list of token ids, {'prompt': text} or "
+                                "{'prompt_token_ids': [...]}, got list")
     with pytest.raises(TypeError) as error:
         llm.generate([{"text": "x"}], _greedy())
     assert str(error.value).endswith("got dict")
