@@ -124,7 +124,7 @@ def test_template_with_tools_gets_them_as_transformers_passes_them(smollm2):
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
-    ({"tools": [{"type": "retrieval"}]}, "tools"),
+    ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
     ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
 ])
 def test_bad_tool_requests_rejected(openai_client, extra, param):

@@ -68,3 +68,27 @@ def test_a_streamed_request_out_of_range_is_refused_before_the_stream(served, pa
     response = _post(served, path, body)
     assert response.status_code in (400, 422) and "seed" in response.text
     assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("path, body, fragment", [
+    (CHAT, {"messages": HI, "max_tokens": 2, "reasoning_effort": "low"}, "reasoning_effort: unrecognized"),
+    (CHAT, {"messages": HI, "max_tokens": 2, "functions": [{"name": "f"}]}, "functions: unrecognized"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "best_of": 3}, "best_of must equal n"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "use_beam_search": True}, "use_beam_search: unrecognized"),
+])
+def test_an_argument_that_would_be_ignored_is_refused_by_name(served, path, body, fragment):
+    response = _post(served, path, body)
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"]
+
+
+def test_tgi_refuses_an_unknown_parameter_by_name(served):
+    response = _post(served, "/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 2, "min_p": 0.1}})
+    assert response.status_code == 422 and "parameters.min_p: unrecognized" in response.json()["error"]
+
+
+def test_the_harmless_openai_arguments_are_served(served):
+    for path, body in ((CHAT, {"messages": HI, "max_tokens": 2, "user": "u-1"}),
+                       ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "n": 2, "best_of": 2, "seed": 1})):
+        response = _post(served, path, body)
+        assert response.status_code == 200, (body, response.text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -65,14 +67,34 @@ def stream_error_event(path: str, message: str) -> dict:
     return {"error": message, "error_type": "generation"}
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _field_path(loc) -> list[str]:
+    """The body's field path of a pydantic error location, up to the first union member's tag (such as
+    `literal['none','auto']` or a class name): what a client names is the field, not pydantic's branch."""
+    path = []
+    for part in loc:
+        text = str(part)
+        if part == "body":
+            continue
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*|\d+", text) or text in _UNION_TAGS:
+            break
+        path.append(text)
+    return path
+
+
 def _describe_validation(error: RequestValidationError) -> tuple[str, str | None]:
     problems, param = [], None
     for item in error.errors():
-        location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        location = ".".join(_field_path(item.get("loc", ())))
         if item.get("type") == "json_invalid":  # the parser's own words are in ctx (msg is a generic title)
             reason = (item.get("ctx") or {}).get("error") or item.get("msg")
             return f"the request body is not valid JSON: {reason}", None
         param = param or location or None
+        if item.get("type") == "extra_forbidden":
+            problems.append(f"{location}: unrecognized request argument; tokenmill does not implement it")
+            continue
         problems.append(f"{location or 'body'}: {item.get('msg')}")
     return "invalid request: " + "; ".join(problems), param
 

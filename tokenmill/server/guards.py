@@ -63,8 +63,8 @@ class RequestGuards:
         declared = headers.get("content-length")
         limit = self.settings.max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(path, f"the request body has {declared} bytes, more than the limit of {limit}")(
-                scope, receive, send)
+            await self._refuse_large(path, f"the request body has {declared} bytes, more than the limit of {limit}",
+                                     scope, receive, send)
             return
         try:
             async with asyncio.timeout(self.settings.request_body_seconds):
@@ -75,9 +75,37 @@ class RequestGuards:
         if body is None:  # the client went away before sending it all
             return
         if len(body) > limit:
-            await _too_large(path, f"the request body is more than the limit of {limit} bytes")(scope, receive, send)
+            await self._refuse_large(path, f"the request body is more than the limit of {limit} bytes",
+                                     scope, receive, send)
             return
         await shield(self.app, scope, replay(body, receive), send)
+
+    async def _refuse_large(self, path: str, message: str, scope, receive, send) -> None:
+        # read and drop what is still arriving (bounded in bytes and time) before answering: closing a socket
+        # with unread bytes resets it, and the client would lose the 413 before reading it. A client waiting
+        # for "100 Continue" has sent nothing: reading would invite the body, so it is answered at once.
+        if "100-continue" in Headers(scope=scope).get("expect", "").lower():
+            await _too_large(path, message)(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await discard_body(receive, DRAIN_LIMIT_FACTOR * self.settings.max_request_bytes)
+        except TimeoutError:
+            pass
+        await _too_large(path, message)(scope, receive, send)
+
+
+DRAIN_LIMIT_FACTOR = 16  # an oversized body is drained up to this many times the limit, then cut off
+DRAIN_SECONDS = 5.0
+
+
+async def discard_body(receive, budget: int) -> None:
+    """Receive and drop the rest of a body, up to `budget` bytes (never kept in memory)."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        budget -= len(message.get("body", b""))
 
 
 async def read_body(receive, limit: int) -> bytes | None:

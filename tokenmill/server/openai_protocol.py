@@ -56,9 +56,11 @@ class ResponseFormat(BaseModel):
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+    # an argument tokenmill does not implement is refused by name, as OpenAI refuses one it does not know
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     model: str | None = None
+    user: str | None = None  # the end user's id: OpenAI keeps it for abuse monitoring; it changes no output
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -181,8 +183,8 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[str, dict[str, Any], None] = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -193,6 +195,12 @@ class ChatCompletionRequest(_Sampling):
         if self.top_logprobs and not self.logprobs:
             raise APIError(422, "top_logprobs requires logprobs=true", param="top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def tool_dicts(self) -> tuple[list[dict[str, Any]], str | dict[str, Any] | None]:
+        """`tools` and `tool_choice` as plain JSON (checked by the models above: a malformed one is a 400)."""
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools or []]
+        choice = self.tool_choice
+        return tools, choice.model_dump() if isinstance(choice, BaseModel) else choice
 
     def plain_messages(self) -> list[dict[str, Any]]:
         messages = []
@@ -215,6 +223,7 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)  # only best_of == n: ranking more candidates than returned is not built
 
     def prompts(self) -> list[Union[str, list[int]]]:
         prompt = self.prompt

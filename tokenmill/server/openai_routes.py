@@ -72,7 +72,8 @@ def _completion_logprobs(tokenizer, entries, offset: int) -> dict | None:
 
 
 def _chat_plan(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
-    return plan_chat(state, body.plain_messages(), function_tools(body.tools), body.tool_choice,
+    tools, tool_choice = body.tool_dicts()
+    return plan_chat(state, body.plain_messages(), function_tools(tools), tool_choice,
                      body.parallel_tool_calls, body.chat_template_kwargs, body.structured_output())
 
 
@@ -163,6 +164,9 @@ async def completions(body: CompletionRequest, request: Request):
     adapter = state.check_model(body.model)
     if body.suffix:
         raise APIError(422, "suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(422, f"best_of={body.best_of} with n={body.n} is not supported: tokenmill returns every "
+                            "candidate it generates (best_of must equal n)", param="best_of")
     sequences = state.check_sequences(len(body.prompts()), body.n, param="prompt")  # before encoding any
     prompts, params, echoes = await run_in_threadpool(_prepare_completions, state, body, adapter)  # CPU work
     tokenizer = state.tokenizer

@@ -34,6 +34,14 @@ _SUCCESS_CONTENT = {
     ("get", "/"): {"text/html": {"schema": {"type": "string"}}},
     ("get", "/metrics"): {"text/plain": {"schema": {"type": "string"}}},
     ("post", "/generate_stream"): _SSE,
+    ("post", "/v1/load_lora_adapter"): {"text/plain": {"schema": {"type": "string"}}},
+    ("post", "/v1/unload_lora_adapter"): {"text/plain": {"schema": {"type": "string"}}},
+}
+# codes only some routes answer
+_ROUTE_CODES = {
+    ("post", "/v1/load_lora_adapter"): {403: "runtime LoRA loading is disabled (--allow-runtime-lora)"},
+    ("post", "/v1/unload_lora_adapter"): {403: "runtime LoRA loading is disabled (--allow-runtime-lora)",
+                                          409: "the adapter is in use by running requests"},
 }
 _MAY_STREAM = {("post", "/v1/chat/completions"), ("post", "/v1/completions"), ("post", "/")}
 
@@ -74,7 +82,7 @@ def _correct_operation(path: str, method: str, operation: dict, api_key_set: boo
     openai = is_openai_path(path)
     responses.pop("422", None)  # FastAPI's HTTPValidationError: neither API answers that shape
     error_schema = OPENAI_ERROR if openai else TGI_ERROR
-    codes = {**(_OPENAI_CODES if openai else _TGI_CODES), **_COMMON_CODES}
+    codes = {**(_OPENAI_CODES if openai else _TGI_CODES), **_COMMON_CODES, **_ROUTE_CODES.get((method, path), {})}
     guarded = api_key_set and needs_api_key(method.upper(), path)
     if not guarded:
         codes.pop(401)

@@ -52,7 +52,8 @@ class ServerState:
 
     @property
     def max_sequences_per_request(self) -> int:
-        return min(self.settings.max_sequences_per_request, self.settings.max_concurrent_requests)
+        # a one-sequence request is always well formed: a server at its limit answers it 429, not 422
+        return min(self.settings.max_sequences_per_request, max(1, self.settings.max_concurrent_requests))
 
     def check_sequences(self, prompts: int, n: int, param: str = "n") -> int:
         """The sequences a request asks for (prompts x n); 422 beyond the per-request cap, before any work."""

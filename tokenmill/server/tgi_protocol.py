@@ -18,7 +18,7 @@ def _bounded(**bounds):
 
 
 class TGIParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     best_of: int | None = Field(None, ge=1, json_schema_extra={"maximum": MAX_BEST_OF})
     decoder_input_details: bool = False
@@ -42,7 +42,7 @@ class TGIParameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     inputs: str
     parameters: TGIParameters = Field(default_factory=TGIParameters)
@@ -50,7 +50,7 @@ class GenerateRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     tokens: list[int] = Field(..., min_length=1)
 
