@@ -48,7 +48,10 @@ def test_each_bound_is_accepted_at_its_edge(kwargs):
     ({"presence_penalty": 2.5}, "presence_penalty must be in [-2, 2], got 2.5"),
     ({"frequency_penalty": -2.5}, "frequency_penalty must be in [-2, 2], got -2.5"),
     ({"frequency_penalty": 2.5}, "frequency_penalty must be in [-2, 2], got 2.5"),
-    ({"repetition_penalty": 0}, "repetition_penalty must be > 0, got 0"),
+    ({"repetition_penalty": 0}, "repetition_penalty must be >= 1.175e-38 (> 0 and a normal float32: logits are "
+                                "divided by it), got 0"),
+    ({"repetition_penalty": 1e-39}, "repetition_penalty must be >= 1.175e-38 (> 0 and a normal float32: logits "
+                                    "are divided by it), got 1e-39"),
     ({"logprobs": -1}, "logprobs must be in [0, 20], got -1"),
     ({"logprobs": 21}, "logprobs must be in [0, 20], got 21"),
     ({"prompt_logprobs": -1}, "prompt_logprobs must be in [0, 20], got -1"),
