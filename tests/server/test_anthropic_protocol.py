@@ -73,3 +73,19 @@ def test_stop_reasons():
     assert stop_reason("length", None, output, []) == ("max_tokens", None)
     assert stop_reason("stop", "END", output, ["END"]) == ("stop_sequence", "END")
     assert stop_reason("stop", None, output, ["END"]) == ("end_turn", None)
+
+
+def test_effort_and_thinking_reach_the_template():
+    body = _request(thinking={"type": "enabled", "budget_tokens": 1024}, output_config={"effort": "high"})
+    assert body.template_kwargs() == {"enable_thinking": True, "reasoning_effort": "high"}
+    with pytest.raises(APIError, match="output_config.effort"):
+        _request(output_config={"effort": "extreme"}).template_kwargs()
+    with pytest.raises(APIError, match="output_config.task_budget"):
+        _request(output_config={"task_budget": 5}).structured_output()
+
+
+def test_an_argument_that_would_be_ignored_is_refused():
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError):
+        _request(inference_geo="eu")
+    assert _request(service_tier="auto", metadata={"user_id": "u"}).service_tier == "auto"

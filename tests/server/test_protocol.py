@@ -32,3 +32,14 @@ def test_tgi_grammar_maps_to_specs():
     assert spec_from_tgi(None) is None
     with pytest.raises(ValueError, match="grammar type"):
         spec_from_tgi({"type": "xml", "value": ""})
+
+
+def test_reasoning_effort_joins_the_template_kwargs_and_an_explicit_kwarg_wins():
+    from tokenmill.server.openai_protocol import ChatCompletionRequest
+    messages = [{"role": "user", "content": "hi"}]
+    assert ChatCompletionRequest(messages=messages, reasoning_effort="low").template_kwargs() == {
+        "reasoning_effort": "low"}
+    both = ChatCompletionRequest(messages=messages, reasoning_effort="low",
+                                 chat_template_kwargs={"reasoning_effort": "high", "x": 1})
+    assert both.template_kwargs() == {"reasoning_effort": "high", "x": 1}
+    assert ChatCompletionRequest(messages=messages).template_kwargs() is None

@@ -71,7 +71,8 @@ def test_a_streamed_request_out_of_range_is_refused_before_the_stream(served, pa
 
 
 @pytest.mark.parametrize("path, body, fragment", [
-    (CHAT, {"messages": HI, "max_tokens": 2, "reasoning_effort": "low"}, "reasoning_effort: unrecognized"),
+    (CHAT, {"messages": HI, "max_tokens": 2, "prediction": {"type": "content"}}, "prediction: unrecognized"),
+    (CHAT, {"messages": HI, "max_tokens": 2, "reasoning_effort": "extreme"}, "reasoning_effort"),
     (CHAT, {"messages": HI, "max_tokens": 2, "functions": [{"name": "f"}]}, "functions: unrecognized"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "best_of": 3}, "best_of must equal n"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "use_beam_search": True}, "use_beam_search: unrecognized"),

@@ -60,3 +60,19 @@ def test_output_items_and_the_stored_conversation():
     assert items[1]["content"][0]["text"] == "Hello"
     history = [{"role": "user", "content": "hi"}]
     assert conversation_after(history, output) == [*history, {"role": "assistant", "content": "Hello"}]
+
+
+def test_reasoning_effort_reaches_the_template_and_a_summary_is_refused():
+    assert ResponsesRequest(input="hi", reasoning={"effort": "low"}).template_kwargs() == {"reasoning_effort": "low"}
+    assert ResponsesRequest(input="hi").template_kwargs() is None
+    with pytest.raises(APIError, match="reasoning.summary"):
+        ResponsesRequest(input="hi", reasoning={"summary": "auto"}).refuse_unsupported()
+    with pytest.raises(APIError, match="include"):
+        ResponsesRequest(input="hi", include=["reasoning.encrypted_content"]).refuse_unsupported()
+
+
+@pytest.mark.parametrize("extra", [{"max_tool_calls": 3}, {"truncation": "auto"}, {"reasoning": {"effort": "max"}}])
+def test_an_argument_that_would_be_ignored_is_refused(extra):
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError):
+        ResponsesRequest(input="hi", **extra)

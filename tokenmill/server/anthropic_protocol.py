@@ -4,7 +4,7 @@ message it answers with (text, thinking and tool_use blocks, stop reasons)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,14 +15,15 @@ from .tool_calls import ToolCall
 
 
 class AnthropicMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     role: str
     content: Union[str, list[dict[str, Any]]]
 
 
 class MessagesRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # an argument this server does not implement is refused by name, never ignored
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     max_tokens: int = Field(..., ge=1)
@@ -35,7 +36,8 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # the caller's own bookkeeping (user_id): it changes no output
+    service_tier: Literal["auto", "standard_only"] | None = None  # one tier here: both mean it
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
     container: Any = None  # server-side features this server does not have: refused, not ignored
@@ -46,6 +48,10 @@ class MessagesRequest(BaseModel):
         for name in ("container", "mcp_servers"):
             if getattr(self, name):
                 raise APIError(422, f"{name} is not supported by this server", param=name)
+        unknown = sorted(set(self.output_config or {}) - {"format", "effort"})
+        if unknown:
+            raise APIError(422, f"output_config.{unknown[0]} is not supported by this server",
+                           param=f"output_config.{unknown[0]}")
         fmt = (self.output_config or {}).get("format")
         if fmt is None:
             return None
@@ -60,14 +66,22 @@ class MessagesRequest(BaseModel):
         return spec
 
     def template_kwargs(self) -> dict | None:
-        """`thinking` → `enable_thinking`, the switch Qwen3-style templates read (others ignore it)."""
-        if self.thinking is None:
-            return None
-        kind = self.thinking.get("type")
-        if kind not in ("enabled", "disabled", "adaptive"):
-            raise APIError(422, f"thinking.type must be enabled, disabled or adaptive, got {kind!r}",
-                           param="thinking")
-        return {"enable_thinking": kind != "disabled"}
+        """`thinking` → `enable_thinking`, the switch Qwen3-style templates read, and `output_config.effort` →
+        `reasoning_effort`, the one effort templates read (a template without either switch ignores them)."""
+        kwargs = {}
+        if self.thinking is not None:
+            kind = self.thinking.get("type")
+            if kind not in ("enabled", "disabled", "adaptive"):
+                raise APIError(422, f"thinking.type must be enabled, disabled or adaptive, got {kind!r}",
+                               param="thinking")
+            kwargs["enable_thinking"] = kind != "disabled"
+        effort = (self.output_config or {}).get("effort")
+        if effort is not None:
+            if effort not in ("low", "medium", "high", "max"):
+                raise APIError(422, f"output_config.effort must be low, medium, high or max, got {effort!r}",
+                               param="output_config.effort")
+            kwargs["reasoning_effort"] = effort
+        return kwargs or None
 
     def chat_messages(self) -> list[dict]:
         messages = [{"role": "system", "content": _text_of(self.system, "system")}] if self.system else []

@@ -17,14 +17,14 @@ router = APIRouter()
 
 
 class LoadLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     lora_name: str = Field(..., min_length=1)
     lora_path: str = Field(..., min_length=1)
 
 
 class UnloadLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     lora_name: str = Field(..., min_length=1)
     lora_int_id: int | None = None  # vLLM's clients may send it; names identify adapters here

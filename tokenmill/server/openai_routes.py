@@ -74,7 +74,7 @@ def _completion_logprobs(tokenizer, entries, offset: int) -> dict | None:
 def _chat_plan(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
     tools, tool_choice = body.tool_dicts()
     return plan_chat(state, body.plain_messages(), function_tools(tools), tool_choice,
-                     body.parallel_tool_calls, body.chat_template_kwargs, body.structured_output())
+                     body.parallel_tool_calls, body.template_kwargs(), body.structured_output())
 
 
 def _prepare_chat(state: ServerState, body: ChatCompletionRequest, adapter: str | None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,8 +21,16 @@ def item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+class Reasoning(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None  # refused when set: no summariser here
+
+
 class ResponsesRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # an argument this server does not implement is refused by name, never ignored
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     input: Union[str, list[dict[str, Any]]]
@@ -38,14 +46,29 @@ class ResponsesRequest(BaseModel):
     store: bool = True
     text: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    reasoning: Reasoning | None = None
+    user: str | None = None  # identifiers for the caller's own bookkeeping: they change no output
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None  # a hint only: the prefix cache here is automatic
+    service_tier: Literal["auto", "default"] | None = None  # one tier here
+    truncation: Literal["disabled"] | None = None  # "auto" (drop old items) is not built: refused by the schema
+    include: list[str] | None = None  # nothing optional to include: a non-empty list is refused
     background: bool = False  # features this server does not have: refused, not ignored
     conversation: Any = None
     prompt: Any = None
 
     def refuse_unsupported(self) -> None:
-        for name in ("background", "conversation", "prompt"):
+        for name in ("background", "conversation", "prompt", "include"):
             if getattr(self, name):
                 raise APIError(422, f"{name} is not supported by this server", param=name)
+        if self.reasoning is not None and self.reasoning.summary is not None:
+            raise APIError(422, "reasoning.summary is not supported by this server (the reasoning is returned "
+                                "whole)", param="reasoning.summary")
+
+    def template_kwargs(self) -> dict | None:
+        """`reasoning.effort` → `reasoning_effort`, what templates with an effort switch read."""
+        effort = self.reasoning.effort if self.reasoning is not None else None
+        return {"reasoning_effort": effort} if effort is not None else None
 
     def input_messages(self) -> list[dict]:
         if isinstance(self.input, str):

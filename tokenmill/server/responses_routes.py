@@ -125,7 +125,7 @@ async def create_response(body: ResponsesRequest, request: Request):
         raise APIError(422, "the input is empty: send text or at least one input item", param="input")
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + history
     plan = plan_chat(state, messages, body.tool_specs(), body.chat_tool_choice(), body.parallel_tool_calls,
-                     structured_output=body.structured_output())
+                     body.template_kwargs(), structured_output=body.structured_output())
     prompt = plan.prompt_ids
     params = state.validate(prompt, replace(body.sampling_params(), structured_output=plan.structured_output,
                                             skip_special_tokens=plan.skip_special_tokens))
