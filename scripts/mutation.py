@@ -34,6 +34,7 @@ MODULES = {
     "engine": ("tokenmill/engine/engine.py", ["tests/engine/test_engine.py"]),
     "llm": ("tokenmill/engine/llm.py", ["tests/engine/test_llm.py"]),
     "async_engine": ("tokenmill/engine/async_engine.py", ["tests/engine/test_async_engine.py"]),
+    "adapters": ("tokenmill/engine/adapters.py", ["tests/engine/test_adapters.py"]),
     "cache_base": ("tokenmill/cache/base.py", ["tests/cache/test_base.py"]),
     "cache_dynamic": ("tokenmill/cache/dynamic.py", ["tests/cache/test_dynamic.py"]),
     "cache_static": ("tokenmill/cache/static.py", ["tests/cache/test_static.py"]),

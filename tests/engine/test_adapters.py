@@ -93,8 +93,11 @@ def test_prefix_cache_is_never_shared_across_adapters(model, adapters, hf_greedy
 
 def test_unknown_and_busy_adapters_are_clear_errors(model, adapters):
     loaded, engine = model
-    with pytest.raises(UnknownAdapterError, match="no LoRA adapter named 'gamma' is loaded"):
+    with pytest.raises(UnknownAdapterError) as unknown:
         engine.add_request("x", [1, 2, 3], _greedy(2, "gamma"))
+    assert str(unknown.value) == "no LoRA adapter named 'gamma' is loaded (loaded: 'alpha', 'beta')"
+    with pytest.raises(UnknownAdapterError, match="'gamma'"):
+        engine.unload_adapter("gamma")
     engine.add_request("busy", [1, 2, 3], _greedy(3, "alpha"))
     with pytest.raises(AdapterInUseError, match="used by 1 unfinished request"):
         engine.unload_adapter("alpha")
@@ -103,6 +106,10 @@ def test_unknown_and_busy_adapters_are_clear_errors(model, adapters):
     assert loaded.lora_adapters.names() == ["beta"]
     with pytest.raises(UnknownAdapterError):
         engine.add_request("late", [1, 2, 3], _greedy(2, "alpha"))
+    engine.unload_adapter("beta")
+    with pytest.raises(UnknownAdapterError) as none_left:
+        engine.add_request("later", [1, 2, 3], _greedy(2, "beta"))
+    assert str(none_left.value).endswith("(loaded: none)")
     with pytest.raises(ValueError, match="adapter must be an adapter's name"):
         SamplingParams(adapter="")
 
