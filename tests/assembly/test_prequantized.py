@@ -185,6 +185,8 @@ def _edited(folder, config_edit=None, drop: str | None = None):
     ({"bits": 3}, None, QuantizationConfigError, "bits=3: tokenmill loads 4- and 8-bit gptq"),
     ({"group_size": 48}, None, CheckpointError, "down_proj: group_size 48 does not divide its 128 input features"),
     ({"group_size": 0}, None, QuantizationConfigError, "positive integer or -1"),
+    ({"quant_method": "hqq"}, None, QuantizationConfigError, "quant_method 'hqq': tokenmill loads pre-quantized "
+                                                             "gptq and awq checkpoints"),
 ])
 def test_bad_checkpoints_are_clear_errors(tmp_path, config_edit, drop, error, message):
     folder = _edited(build_checkpoint(tiny_oracle(), tmp_path, "gptq", 4, 32, True), config_edit, drop)

@@ -52,12 +52,17 @@ class PackedFormat:
 
 
 def packed_format(quantization_config: dict | None) -> PackedFormat | None:
-    """The format of a checkpoint's config.json `quantization_config` (None: not GPTQ or AWQ)."""
+    """The format of a checkpoint's config.json `quantization_config` (None: there is none); a method other
+    than GPTQ or AWQ is an error naming those."""
     if not isinstance(quantization_config, dict):
         return None
     method = str(quantization_config.get("quant_method", "")).lower()
-    if method not in METHODS:
+    if not method:
         return None
+    if method not in METHODS:
+        raise QuantizationConfigError(f"a checkpoint quantized with quant_method {method!r}: tokenmill loads "
+                                      f"pre-quantized {' and '.join(METHODS)} checkpoints (and quantizes float "
+                                      f"folders at load)")
     bits = quantization_config.get("bits", quantization_config.get("w_bit"))
     if bits not in ((4, 8) if method == "gptq" else (4,)):
         raise QuantizationConfigError(f"{method} checkpoint with bits={bits!r}: tokenmill loads "
