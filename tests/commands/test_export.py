@@ -8,6 +8,7 @@ import torch
 
 from tokenmill import AutoModelForCausalLM
 from tokenmill.cli import main as cli_main
+from tokenmill.kernels.gguf_types import BY_NAME
 
 
 def test_export_without_a_tokenizer_warns_once_and_loads_back(tiny_llama, tmp_path, capsys):
@@ -27,3 +28,14 @@ def test_unknown_type_and_missing_source_are_errors(tmp_path, capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'q4_k'" in capsys.readouterr().err
     assert cli_main(["export", str(tmp_path / "absent"), str(tmp_path / "x.gguf"), "--no-progress"]) == 1
     assert "tokenmill: error:" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
+
+
+def test_convert_to_a_gguf_name_exports(tiny_llama, tmp_path, capsys):
+    _, folder = tiny_llama
+    out = tmp_path / "tiny-q4_0.gguf"
+    with pytest.warns(RuntimeWarning, match="no tokenizer written"):
+        assert cli_main(["convert", str(folder), str(out), "--type", "q4_0", "--no-progress"]) == 0
+    projection = AutoModelForCausalLM.from_pretrained(out, progress=False).model.layers[0].self_attn.q_proj
+    assert projection.ggml_type == BY_NAME["Q4_0"].type_id
+    assert cli_main(["convert", str(folder), str(tmp_path / "y.gguf"), "--type", "nf4", "--no-progress"]) == 1
+    assert "unknown GGUF export type 'nf4'" in capsys.readouterr().err

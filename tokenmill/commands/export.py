@@ -27,6 +27,10 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import CheckpointError
     from ..tokenizer import Tokenizer
 
+    from ..assembly.export_gguf import EXPORT_TYPES, ExportError
+
+    if args.type not in EXPORT_TYPES:  # before minutes of loading (`convert ... out.gguf` passes any --type)
+        raise ExportError(f"unknown GGUF export type {args.type!r}; choose one of {', '.join(EXPORT_TYPES)}")
     started = time.perf_counter()
     # dense float32 weights: each block type is made from the float values, never from other blocks
     model = load_model(args.source, dtype="float32", keep_quantized=False, progress=not args.no_progress)
