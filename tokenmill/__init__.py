@@ -12,6 +12,7 @@ from .version import __version__
 _EXPORTS = {
     "AutoConfig": "auto", "AutoModelForCausalLM": "auto", "AutoTokenizer": "auto",
     "BitsAndBytesConfig": "assembly.quantization_config",
+    "save_gguf": "assembly.export_gguf",
     "Cache": "cache", "DynamicCache": "cache", "StaticCache": "cache", "SlidingWindowCache": "cache",
     "SinkCache": "cache", "QuantizedCache": "cache", "OffloadedCache": "cache", "ModelConfig": "config",
     "GenerationConfig": "generation.config",

@@ -15,6 +15,7 @@ COMMANDS = {
     "chat": "interactive, streaming multi-turn chat",
     "info": "describe a checkpoint (architecture, parameters, quant types, context, template)",
     "convert": "convert a GGUF file into a Hugging Face folder",
+    "export": "write a model (Hugging Face folder, GGUF, Hub id) as a GGUF file: f32, f16, q8_0, q4_0, ...",
     "bench": "measure speed and memory, side by side with transformers",
     "serve": "serve a model over HTTP (OpenAI and TGI APIs)",
     "verify": "check tokenmill's logits and greedy tokens against transformers on fixed prompts",

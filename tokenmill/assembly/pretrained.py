@@ -14,6 +14,7 @@ from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source
 from ..loading.safetensors import read_folder_weights
 from ..models.registry import gguf_architectures, model_class
+from .prequantized import packed_format, read_prequantized
 from .quantization_config import QuantizationConfigError, QuantizationPlan, quantization_plan
 from .weights import build_model, return_freed_memory
 
@@ -73,7 +74,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     started = time.perf_counter()
     plan = quantization_plan(quantization_config, load_in_8bit, load_in_4bit)
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
-    gguf = None
+    gguf = packed = None
     if resolved.is_gguf and plan is not None:
         raise QuantizationConfigError(
             f"{resolved.gguf_path} is a GGUF file: its weights are stored quantized already and stay in their "
@@ -92,6 +93,18 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     else:
         config = ModelConfig.from_json_file(resolved.folder / "config.json")
         model_class(config.model_type)
+        packed = packed_format(config.get("quantization_config"))
+    if packed is not None:  # a GPTQ / AWQ folder: its packed layers become blocks the kernels run
+        if plan is not None:
+            raise QuantizationConfigError(f"{resolved.folder} holds a {packed.method} checkpoint, quantized "
+                                          f"already: drop the quantization arguments")
+        target_dtype = parse_dtype(dtype or torch_dtype, "float32")
+        policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=True,
+                               keep_quantized=keep_quantized, kernels=kernel_set,
+                               attn_implementation=attn_implementation)
+        weights = read_prequantized(resolved.folder, packed, policy, allow_pickle=allow_pickle, progress=progress)
+        origin = resolved.folder
+    elif not resolved.is_gguf:
         # the block kernels compute in float32: a quantized folder loads in float32 unless a dtype is named
         target_dtype = parse_dtype(dtype or torch_dtype, "float32" if plan else config.torch_dtype)
         policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=plan is not None,

@@ -129,6 +129,10 @@ def _plan_of_dict(request: dict) -> QuantizationPlan | None:
     quant_method = str(request.get("quant_method", "")).lower()
     if "method" in request:
         return _tokenmill_plan(request)
+    if quant_method in ("gptq", "awq"):
+        raise QuantizationConfigError(f"quant_method {quant_method!r} describes a pre-quantized checkpoint: load "
+                                      f"the {quant_method} folder itself (its config.json names the format) "
+                                      f"without a quantization_config argument")
     if quant_method in PRE_QUANTIZED_METHODS:
         raise QuantizationConfigError(f"quant_method {quant_method!r}: loading pre-quantized {quant_method} "
                                       f"checkpoints is not supported yet; quantizing at load supports "

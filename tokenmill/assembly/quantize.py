@@ -102,6 +102,18 @@ def quantize_q5_1(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((_halves(d), _halves(low), _high_bits(codes), _pack_nibbles(codes)), 1)
 
 
+def pack_blocks(type_name: str, d: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Blocks [n, block_bytes] of Q4_0 (codes 0..15), Q5_0 (0..31) or Q8_0 (-128..127) from scales d [n, 1]
+    (exact in float16) and codes [n, 32]: the layouts the quantizers above write, for codes made elsewhere."""
+    if type_name == "Q8_0":
+        return torch.cat((_halves(d), codes.to(torch.int8).view(torch.uint8)), 1)
+    if type_name == "Q5_0":
+        return torch.cat((_halves(d), _high_bits(codes), _pack_nibbles(codes)), 1)
+    if type_name == "Q4_0":
+        return torch.cat((_halves(d), _pack_nibbles(codes)), 1)
+    raise ValueError(f"no block packer for {type_name}")
+
+
 def code_book_codes(scaled: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
     """The index of the code-book entry for each scaled weight: how many midpoints between neighbouring
     entries lie strictly below it (the nearest entry; a weight on a midpoint takes the lower one)."""

@@ -84,6 +84,7 @@ def config_json(model) -> dict:
     """transformers v5 spelling: `dtype`, `rope_parameters`, `architectures` naming the class."""
     source = model.config.to_dict()
     source.pop("torch_dtype", None)
+    source.pop("quantization_config", None)  # the weights are written dequantized (a GPTQ/AWQ load included)
     source["dtype"] = str(model.dtype).replace("torch.", "")
     source["architectures"] = [type(model).__name__]
     source = type(model).checkpoint_config(source)

@@ -1,4 +1,5 @@
-"""`tokenmill convert MODEL.gguf OUT_DIR`: a GGUF file → a Hugging Face folder (float weights + tokenizer)."""
+"""`tokenmill convert MODEL.gguf OUT_DIR`: a GGUF file → a Hugging Face folder (float weights + tokenizer);
+an output ending in .gguf (`tokenmill convert MODEL_DIR out.gguf --type q8_0`) is `tokenmill export`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 from ..assembly.pretrained import parse_dtype
 
 
-EXAMPLE = """example:
-  tokenmill convert SmolLM2-135M-Instruct-Q4_1.gguf smollm2-hf --dtype bfloat16"""
+EXAMPLE = """examples:
+  tokenmill convert SmolLM2-135M-Instruct-Q4_1.gguf smollm2-hf --dtype bfloat16
+  tokenmill convert smollm2-hf smollm2-q8_0.gguf --type q8_0   (the same as tokenmill export)"""
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +20,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="folder to write (created if missing)")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     parser.add_argument("--max-shard-size", default="5GB", help="split weights into shards above this size")
+    parser.add_argument("--type", default="f16", help="with an output ending in .gguf: how its matrices are "
+                                                      "stored, as `tokenmill export --type`")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..assembly.convert import convert_gguf
+
+    if args.output_dir.endswith(".gguf"):  # a model → GGUF, as transformers users name it
+        from . import export
+
+        return export.main(argparse.Namespace(source=args.gguf, output=args.output_dir, type=args.type,
+                                              no_progress=args.no_progress))
 
     started = time.perf_counter()
     written = convert_gguf(args.gguf, args.output_dir, dtype=parse_dtype(args.dtype, "float32"),

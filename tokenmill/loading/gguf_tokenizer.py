@@ -95,12 +95,12 @@ def _byte_level_bpe(metadata: dict, path) -> Tokenizer:
     }
     pairs = [tuple(merge.split(" ", 1)) for merge in merges]
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-    tokenizer.pre_tokenizer = _byte_level_pre_tokenizer(metadata.get("tokenizer.ggml.pre"))
+    tokenizer.pre_tokenizer = byte_level_pre_tokenizer(metadata.get("tokenizer.ggml.pre"))
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
 
-def _byte_level_pre_tokenizer(pre: str | None):
+def byte_level_pre_tokenizer(pre: str | None):
     split = SPLIT_BY_PRE.get(pre)
     if split is not None:
         return pre_tokenizers.Sequence([

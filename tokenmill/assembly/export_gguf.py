@@ -1,0 +1,153 @@
+"""A model → a GGUF file (`save_gguf`, `tokenmill export`), through the `gguf` package's GGUFWriter: llama.cpp's
+tensor names and layouts (the inverse of each family's ArchSpec), its hyperparameter keys, the tokenizer
+(assembly/export_tokenizer.py), and the matrices as F32, F16 or blocks from assembly/quantize.py's quantizers.
+
+Which tensors take the block type (llama.cpp's rule for its legacy types): every 2-D weight whose width is a
+multiple of 32, the token embeddings and output head included; 1-D tensors (norms, biases) stay F32, and a
+matrix of another width is written F16.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..loading.gguf_arch import GGUF_TENSOR_NAME
+from ..models.registry import families
+from .export_tokenizer import add_tokenizer
+from .quantize import BLOCK, quantize_weight
+from .save import checkpoint_state
+
+EXPORTABLE = ("llama", "qwen2", "qwen3")  # the dense llama-like decoders: the shared names and keys, no quirks
+BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # made by assembly/quantize.py; llama.cpp reads all five
+EXPORT_TYPES = ("f32", "f16") + BLOCK_TYPES
+ROPE_TYPES = (None, "default", "linear", "yarn")  # llama3's per-frequency divisors are not written yet
+
+
+class ExportError(ValueError):
+    """A model or request the GGUF export cannot honour, with what it can."""
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ExportError("GGUF export needs the gguf package: pip install 'tokenmill[gguf]'") from None
+    return gguf
+
+
+def _check_exportable(config, file_type: str):
+    if config.model_type not in EXPORTABLE:
+        raise ExportError(f"GGUF export supports {', '.join(EXPORTABLE)} models, not {config.model_type!r}")
+    if file_type not in EXPORT_TYPES:
+        raise ExportError(f"unknown GGUF export type {file_type!r}; choose one of {', '.join(EXPORT_TYPES)}")
+    if config.hidden_act != "silu":
+        raise ExportError(f"hidden_act {config.hidden_act!r}: llama.cpp's {config.model_type} runs SiLU only")
+    rope_type = (config.rope_parameters or {}).get("rope_type")
+    if rope_type not in ROPE_TYPES:
+        raise ExportError(f"rope_type {rope_type!r} cannot be written yet; exportable: linear, yarn or none")
+
+
+def gguf_names(spec, config) -> dict[str, str]:
+    """transformers parameter name → llama.cpp tensor name, for every name the spec reads back."""
+    names = {f"{base}.{kind}": f"{part}.{kind}" for part, base in spec.top_names.items()
+             for kind in ("weight", "bias")}
+    for layer in range(config.num_hidden_layers):
+        for part, base in spec.layer_names.items():
+            for kind in ("weight", "bias"):
+                names[f"{spec.layer_prefix}.{layer}.{base}.{kind}"] = f"blk.{layer}.{part}.{kind}"
+    return names
+
+
+def permute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's `permute` of Q/K rows (per head, (2, dim/2) → (dim/2, 2)): the reader's unpermute undone."""
+    rows = weight.shape[0]
+    order = torch.arange(rows).view(heads, rows // heads // 2, 2).transpose(1, 2).reshape(-1)
+    return weight.index_select(0, order.argsort())
+
+
+def _tensor_data(name: str, tensor: torch.Tensor, file_type: str, gguf):
+    """(numpy data, raw ggml type or None) for one tensor."""
+    kinds = gguf.GGMLQuantizationType
+    if tensor.dim() == 1 or file_type == "f32":
+        return tensor.float().numpy(), None
+    if file_type == "f16" or tensor.shape[-1] % BLOCK:
+        return tensor.half().numpy(), None
+    blocks = quantize_weight(tensor.float(), file_type, name).blocks
+    return blocks.numpy(), kinds[file_type.upper()]
+
+
+def _add_hyperparameters(writer, config, name: str | None) -> None:
+    if name:
+        writer.add_name(name)
+    writer.add_context_length(int(config.max_position_embeddings))
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+    rope = config.rope_parameters or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    if rope.get("rope_type") in ("linear", "yarn"):
+        writer.add_rope_scaling_type(rope["rope_type"])
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        if rope.get("original_max_position_embeddings"):
+            writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+
+
+def _add_special_ids(writer, config) -> None:
+    """The config's ids, for a file written without a tokenizer."""
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    for value, add in ((config.bos_token_id, writer.add_bos_token_id), (eos, writer.add_eos_token_id),
+                       (config.pad_token_id, writer.add_pad_token_id)):
+        if value is not None:
+            add(int(value))
+
+
+def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=None) -> Path:
+    """Write `model` (and `tokenizer`, if given: a tokenmill Tokenizer with a byte-level BPE vocabulary) to a
+    GGUF file that tokenmill and llama.cpp load; `file_type` is one of EXPORT_TYPES. Returns the path."""
+    gguf = _gguf()
+    config, path = model.config, Path(path)
+    _check_exportable(config, file_type)
+    spec = families()[config.model_type].gguf
+    names = gguf_names(spec, config)
+    state = checkpoint_state(model)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # the reader ties the head to token_embd when output is absent
+    unknown = sorted(set(state) - set(names))
+    if unknown:
+        raise ExportError(f"no GGUF name for {', '.join(unknown[:5])}: this model's layout is not exportable")
+    writer = gguf.GGUFWriter(path, spec.name)
+    _add_hyperparameters(writer, config, Path(str(getattr(model, "name_or_path", "") or "")).name or None)
+    writer.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if file_type == "f32" else
+                                 f"MOSTLY_{file_type.upper()}"))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if tokenizer is None:
+        warnings.warn(f"tokenmill: {path} is written without a tokenizer: llama.cpp needs one to run it",
+                      RuntimeWarning, stacklevel=2)
+        _add_special_ids(writer, config)
+    else:
+        add_tokenizer(writer, tokenizer, config.vocab_size, gguf)
+    for hf_name, tensor in state.items():
+        gguf_name = names[hf_name]
+        part = GGUF_TENSOR_NAME.match(gguf_name)["part"]
+        if spec.permute_qk and part in ("attn_q", "attn_k"):  # biases too: the reader unpermutes both
+            heads = config.num_attention_heads if part == "attn_q" else config.num_key_value_heads
+            tensor = permute_rotary_rows(tensor, heads)
+        data, raw_type = _tensor_data(hf_name, tensor, file_type, gguf)
+        writer.add_tensor(gguf_name, np.ascontiguousarray(data), raw_dtype=raw_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
