@@ -16,6 +16,7 @@ import torch
 
 from .. import kernels
 from .ops import ExactOps, NativeOps, TorchOps
+from .placement import DevicePlacement
 
 WEIGHT_FORMATS = ("dense", "gguf-blocks")
 KERNEL_SETS = ("native", "exact", "torch")
@@ -41,6 +42,8 @@ class ExecutionPolicy:
     # thread tuner sets `with_threads(n)`, the engine's runner applies it); the C kernels use as many as torch
     threads: int = 1
     parallel: str = "single"
+    # device_map's placement (modules on devices and disk); None: the whole model on `device`
+    placement: DevicePlacement | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "device", torch.device(self.device))
@@ -85,12 +88,14 @@ class ExecutionPolicy:
     def as_dict(self) -> dict:
         return {"device": str(self.device), "dtype": _dtype_name(self.dtype), "weight_format": self.weight_format,
                 "kernels": self.kernels, "attention": self.attention, "threads": self.threads,
-                "parallel": self.parallel}
+                "parallel": self.parallel, **({} if self.placement is None else
+                                              {"placement": self.placement.describe()})}
 
     def describe(self) -> str:
+        placed = "" if self.placement is None else f", placed: {self.placement.describe()}"
         return (f"{self.device} {_dtype_name(self.dtype)}, {self.weight_format} weights, {self.kernels} kernels "
                 f"({_KERNEL_MEANING[self.kernels]}), {self.attention} attention, {self.threads} thread(s), "
-                f"{self.parallel} device")
+                f"{self.parallel} device{placed}")
 
     def changes_from(self, other: ExecutionPolicy) -> list[str]:
         """'field: old → new' for each field that differs, for messages."""
