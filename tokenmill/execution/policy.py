@@ -172,6 +172,9 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
 def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: torch.dtype | None) -> ExecutionPolicy:
     """The policy after `model.to(device, dtype)`: off the CPU or out of float32 the C kernels cannot run, so
     the weights become dense and the kernels ATen; the attention backend keeps its dense fallback."""
+    if policy.placement is not None:
+        raise ExecutionPolicyError(f"this model was placed by device_map ({policy.placement.describe()}); it "
+                                   f"cannot be moved as a whole: load it again with another device_map or device")
     device = policy.device if device is None else check_device_present(torch.device(device))
     dtype = policy.dtype if dtype is None else dtype
     if device.type == "cpu" and dtype == torch.float32:

@@ -1,0 +1,69 @@
+"""Disk offload hooks: memory under a module's tensors released after it runs and brought back before, with the
+same values; activations moved at module boundaries."""
+
+import mmap
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tokenmill.execution.offload import DiskOffload, move_to
+
+
+def _resident_pages(start: int, length: int) -> int:
+    """Resident pages of the mapping holding `start` (its Rss in /proc/self/smaps); each test maps its own file."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    for index, line in enumerate(lines):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            low, high = (int(part, 16) for part in fields[0].split("-"))
+            if low <= start < high:
+                rss = next(entry for entry in lines[index + 1:] if entry.startswith("Rss:"))
+                return int(rss.split()[1]) * 1024 // mmap.PAGESIZE
+    raise AssertionError("no mapping holds the address")
+
+
+def test_owned_weights_leave_memory_between_runs_and_come_back_identical(tmp_path):
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16)
+    before = {name: tensor.clone() for name, tensor in layer.state_dict().items()}
+    inputs = torch.randn(3, 32)
+    expected = layer(inputs)
+    offload = DiskOffload({"model.layers.0": layer}, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the offload file is unlinked: nothing is left behind
+    assert layer.weight.untyped_storage().nbytes() == 0 and layer.bias.untyped_storage().nbytes() == 0
+    assert torch.equal(layer(inputs), expected)
+    assert layer.weight.untyped_storage().nbytes() == 0  # released again after the forward
+    offload.materialize_all()
+    assert all(torch.equal(layer.state_dict()[name], value) for name, value in before.items())
+
+
+def test_file_mapped_weights_are_dropped_from_the_process_and_read_again(tmp_path):
+    path = tmp_path / "weights.bin"
+    values = torch.arange(64 * 1024, dtype=torch.float32)
+    path.write_bytes(values.numpy().tobytes())
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    layer = nn.Linear(1024, 64, bias=False)
+    layer.weight = nn.Parameter(torch.frombuffer(mapping, dtype=torch.float32).view(64, 1024),
+                                requires_grad=False)
+    layer.weight.sum()  # every page resident
+    assert _resident_pages(layer.weight.data_ptr(), values.nbytes) == values.nbytes // mmap.PAGESIZE
+    DiskOffload({"model.layers.0": layer}, tmp_path)
+    assert _resident_pages(layer.weight.data_ptr(), values.nbytes) == 0
+    out = layer(torch.ones(1, 1024))
+    assert torch.equal(out, values.view(64, 1024).sum(1, keepdim=True).T)
+    assert _resident_pages(layer.weight.data_ptr(), values.nbytes) == 0
+
+
+@dataclass
+class _Mask:
+    allowed: torch.Tensor | None
+    is_causal: bool
+
+
+def test_move_to_reaches_into_tuples_and_dataclasses():
+    mask = _Mask(torch.ones(2, dtype=torch.bool), True)
+    moved = move_to((torch.zeros(2), (torch.ones(1), None), mask, "text"), torch.device("meta"))
+    assert moved[0].is_meta and moved[1][0].is_meta and moved[1][1] is None
+    assert moved[2].allowed.is_meta and moved[2].is_causal and moved[3] == "text"
