@@ -77,6 +77,16 @@ def test_explicit_map_and_moves(tiny_llama, tmp_path):
         placed.to("cpu")
 
 
+def test_offloaded_model_saves_every_weight(tiny_llama, tmp_path):
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama, progress=False)
+    placed = AutoModelForCausalLM.from_pretrained(tiny_llama, progress=False, device_map="sequential",
+                                                  max_memory={"cpu": "400KiB"}, offload_folder=tmp_path / "off")
+    placed.save_pretrained(tmp_path / "saved")
+    assert placed.model.layers[3].mlp.gate_proj.weight.untyped_storage().nbytes() == 0  # released again (fused)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", progress=False)
+    assert all(torch.equal(saved.state_dict()[name], tensor) for name, tensor in reference.state_dict().items())
+
+
 @pytest.mark.parametrize("arguments, message", [
     (dict(device_map="auto", max_memory={"cpu": "50KiB"}, offload_folder="."), "too small to run even one"),
     (dict(device_map={"": "tpu"}), "unknown device 'tpu'"),
