@@ -67,3 +67,19 @@ def test_move_to_reaches_into_tuples_and_dataclasses():
     moved = move_to((torch.zeros(2), (torch.ones(1), None), mask, "text"), torch.device("meta"))
     assert moved[0].is_meta and moved[1][0].is_meta and moved[1][1] is None
     assert moved[2].allowed.is_meta and moved[2].is_causal and moved[3] == "text"
+
+
+def test_a_layer_stays_resident_while_another_forward_uses_it_and_after_an_error(tmp_path):
+    layer = nn.Linear(8, 8)
+    offload = DiskOffload({"model.layers.0": layer}, tmp_path)
+    disk = offload.layers[0]
+    disk.materialize()  # a second thread's forward is inside the layer
+    layer(torch.ones(1, 8))
+    assert layer.weight.untyped_storage().nbytes() > 0  # not freed under the other reader
+    disk.release()
+    assert layer.weight.untyped_storage().nbytes() == 0
+    try:
+        layer(torch.ones(1, 5))  # wrong width: the forward raises
+    except RuntimeError:
+        pass
+    assert layer.weight.untyped_storage().nbytes() == 0 and disk.users == 0

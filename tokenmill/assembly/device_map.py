@@ -33,7 +33,7 @@ def check_placement_request(device_map, max_memory, offload_folder, device) -> N
 def requests_gpu(device_map, max_memory) -> bool:
     """Whether the placement may use a GPU: then the model is built dense, for ATen (the block kernels are CPU)."""
     if isinstance(device_map, dict):
-        return any(normalize_device(value, "device_map") .startswith("cuda") for value in device_map.values())
+        return any(normalize_device(value, "device_map").startswith("cuda") for value in device_map.values())
     if isinstance(device_map, str) and device_map not in STRATEGIES:
         return normalize_device(device_map, "device_map").startswith("cuda")
     if max_memory is not None:

@@ -107,6 +107,7 @@ class DiskLayer:
         self.file_end = file_end
         self.offload_file = offload_file
         self.resident = True
+        self.users = 0  # forwards running this layer now (generate() may run in several threads at once)
 
     @property
     def nbytes(self) -> int:
@@ -114,6 +115,9 @@ class DiskLayer:
 
     def release(self) -> None:
         with self.lock:
+            self.users = max(0, self.users - 1)
+            if self.users:
+                return  # another thread's forward still reads these weights
             for start, end in self.mapped:
                 _madvise(start, end, mmap.MADV_DONTNEED)  # read-only pages: the file gives them back on use
             for item in self.owned:
@@ -122,6 +126,7 @@ class DiskLayer:
 
     def materialize(self) -> None:
         with self.lock:
+            self.users += 1
             if self.resident:
                 return
             for item in self.owned:
@@ -162,7 +167,7 @@ class DiskOffload:
         for index, (layer, module) in enumerate(zip(self.layers, modules.values())):
             following = self.layers[(index + 1) % len(self.layers)]
             module.register_forward_pre_hook(self._before(layer, following))
-            module.register_forward_hook(self._after(layer))
+            module.register_forward_hook(self._after(layer), always_call=True)  # released even when it raises
         self.release_all()
 
     @staticmethod
