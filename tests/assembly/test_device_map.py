@@ -66,6 +66,23 @@ def test_smollm2_gguf_blocks_from_disk(smollm2_gguf, tmp_path):
                                                   max_memory={"cpu": "40MiB"}, offload_folder=tmp_path)
     assert placed.is_quantized() and placed.hf_device_map["model.layers.29"] == "disk"
     _same_outputs(placed, reference, PROMPT)
+    # after generating, of the 94 MB file only the in-memory modules' pages are resident (the budget), where
+    # the unplaced model keeps the whole file
+    file_bytes = smollm2_gguf.stat().st_size
+    assert _mapping_rss(placed.model.embed_tokens.blocks.data_ptr()) <= 40 * 2**20 < file_bytes
+    assert _mapping_rss(reference.model.embed_tokens.blocks.data_ptr()) > 0.9 * file_bytes
+
+
+def _mapping_rss(address: int) -> int:
+    """Resident bytes of the mapping that holds `address` (its Rss in /proc/self/smaps)."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    for index, line in enumerate(lines):
+        span = line.split()[0]
+        if "-" in span and not span.endswith(":"):
+            low, high = (int(part, 16) for part in span.split("-"))
+            if low <= address < high:
+                return int(next(entry for entry in lines[index + 1:] if entry.startswith("Rss:")).split()[1]) * 1024
+    raise AssertionError("no mapping holds the address")
 
 
 def test_explicit_map_and_moves(tiny_llama, tmp_path):
