@@ -99,7 +99,6 @@ def test_offloaded_model_saves_every_weight(tiny_llama, tmp_path):
     placed = AutoModelForCausalLM.from_pretrained(tiny_llama, progress=False, device_map="sequential",
                                                   max_memory={"cpu": "400KiB"}, offload_folder=tmp_path / "off")
     placed.save_pretrained(tmp_path / "saved")
-    assert placed.model.layers[3].mlp.gate_proj.weight.untyped_storage().nbytes() == 0  # released again (fused)
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", progress=False)
     assert all(torch.equal(saved.state_dict()[name], tensor) for name, tensor in reference.state_dict().items())
 

@@ -29,22 +29,10 @@ def parse_size(size: int | str) -> int:
 
 def checkpoint_state(model) -> dict[str, torch.Tensor]:
     """The model's tensors in checkpoint names/layout, contiguous, on the CPU, no two sharing memory."""
-    offload = getattr(model, "disk_offload", None)
-    if offload is None:
-        return _checkpoint_state(model, copy=False)
-    offload.materialize_all()  # disk layers read back for the copy, released after (the copy is whole in memory)
-    try:
-        return _checkpoint_state(model, copy=True)
-    finally:
-        offload.release_all()
-
-
-def _checkpoint_state(model, copy: bool) -> dict[str, torch.Tensor]:
     weights = type(model).checkpoint_weights(model.config, dict(model.state_dict()))
     out, seen_storages = {}, set()
     for name, tensor in weights.items():
         tensor = tensor.detach().to("cpu").contiguous()
-        tensor = tensor.clone() if copy else tensor
         storage = tensor.untyped_storage().data_ptr()
         if storage in seen_storages:  # safetensors refuses tensors sharing memory (views of a split fused weight)
             tensor = tensor.clone()

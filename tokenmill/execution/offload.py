@@ -1,14 +1,13 @@
 """Running a model spread over devices: forward hooks that move activations at module boundaries, and disk
 offload, where a decoder layer's weights are resident only while it runs.
 
-A disk layer's tensors keep their identity (so fused projections and every view stay valid); only the memory
-under them comes and goes:
-- a tensor viewing a memory-mapped file (GGUF blocks, a mapped safetensors) stays mapped: after the layer runs
-  its pages are dropped from the process (madvise DONTNEED; the file still holds them), before it runs they are
-  asked for (madvise WILLNEED);
-- a tensor owning its memory (anything the loader computed: dequantized, converted, fused) is written once to an
-  unlinked file in the offload folder; its storage is freed after the layer runs (resized to 0, as FSDP does)
-  and read back before it runs (posix_fadvise WILLNEED asks for the next layer's bytes one layer ahead).
+A disk layer's tensors keep their identity (so fused projections and every view stay valid) and all view file
+pages: a tensor that already maps its checkpoint (GGUF blocks, a memory-mapped safetensors) stays as it is; one
+that owns its memory (anything the loader computed: dequantized, converted, fused) is written once to an
+unlinked file in the offload folder and rebound to a private mapping of it. After the layer runs its pages are
+dropped from the process (madvise DONTNEED: clean file pages, so the file gives them back on the next touch);
+before it runs they are mapped in one call (MADV_POPULATE_READ), and the next disk layer is asked for ahead
+(MADV_WILLNEED, into the page cache). Reading a weight outside a forward is always safe: its pages fault in.
 The layers themselves know nothing of this.
 """
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 _PAGE = mmap.PAGESIZE
+_POPULATE_READ = 22 if os.uname().sysname == "Linux" else None  # MADV_POPULATE_READ (Linux 5.14): no per-page faults
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
@@ -61,57 +61,45 @@ def file_backed_ranges() -> list[tuple[int, int]]:
     return ranges
 
 
-def _madvise(start: int, end: int, advice: int) -> None:
+def _madvise(start: int, end: int, advice: int, required: bool = True) -> None:
     first, last = start // _PAGE * _PAGE, -(-end // _PAGE) * _PAGE
-    if _libc.madvise(first, last - first, advice) != 0:
+    if _libc.madvise(first, last - first, advice) != 0 and required:
         raise OSError(ctypes.get_errno(), f"madvise({advice}) failed on {last - first} bytes")
 
 
 def _byte_view(storage: torch.UntypedStorage) -> memoryview:
-    """The storage's memory as a writable buffer for os.pwrite / os.preadv (numpy would pin its size)."""
+    """The storage's memory as a buffer for os.pwrite (numpy would pin the storage's size)."""
     return memoryview((ctypes.c_char * storage.nbytes()).from_address(storage.data_ptr())).cast("B")
 
 
-@dataclasses.dataclass
-class _OwnedStorage:
-    storage: torch.UntypedStorage
-    nbytes: int
-    offset: int  # where its bytes are in the offload file
+def held_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Every tensor object the module and its submodules hold: parameters, buffers, and the tensors of plain
+    helper objects in their attributes (a fused projection's stacked weight and its row views)."""
+    found = []
+    for part in module.modules():
+        found += [*part._parameters.values(), *part._buffers.values()]
+        for value in vars(part).values():
+            if isinstance(value, (nn.Module, torch.Tensor, dict)) or not hasattr(value, "__dict__"):
+                continue
+            for inner in vars(value).values():
+                items = inner if isinstance(inner, (list, tuple)) else [inner]
+                found += [item for item in items if isinstance(item, torch.Tensor)]
+    return [tensor for tensor in found if tensor is not None and tensor.device.type == "cpu"]
 
 
 class DiskLayer:
-    """One disk-offloaded module: its mapped ranges and owned storages, released and brought back."""
+    """One disk-offloaded module, every tensor of it viewing a file mapping: its pages dropped after it runs."""
 
-    def __init__(self, name: str, module: nn.Module, file_ranges: list[tuple[int, int]], offload_file: int,
-                 file_end: int):
+    def __init__(self, name: str, module: nn.Module):
         self.name = name
-        self.mapped: list[tuple[int, int]] = []
-        self.owned: list[_OwnedStorage] = []
         self.lock = threading.Lock()
-        seen = set()
-        for tensor in (*module.parameters(), *module.buffers()):
-            storage = tensor.untyped_storage()
-            if storage.nbytes() == 0 or tensor.device.type != "cpu" or storage.data_ptr() in seen:
-                continue
-            start = tensor.data_ptr()
-            if any(low <= start < high for low, high in file_ranges):
-                self.mapped.append((start, start + tensor.numel() * tensor.element_size()))
-                continue
-            seen.add(storage.data_ptr())
-            if not storage.resizable():
-                raise ValueError(f"{name}: a weight of {tensor.nbytes} bytes neither owns its memory nor maps a "
-                                 f"file, so it cannot be offloaded to disk; place {name} on 'cpu'")
-            self.owned.append(_OwnedStorage(storage, storage.nbytes(), file_end))
-            os.pwrite(offload_file, _byte_view(storage), file_end)
-            file_end += storage.nbytes()
-        self.file_end = file_end
-        self.offload_file = offload_file
-        self.resident = True
         self.users = 0  # forwards running this layer now (generate() may run in several threads at once)
+        spans = {(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in held_tensors(module)}
+        self.mapped = sorted(span for span in spans if span[1] > span[0])
 
     @property
     def nbytes(self) -> int:
-        return sum(end - start for start, end in self.mapped) + sum(item.nbytes for item in self.owned)
+        return sum(end - start for start, end in self.mapped)
 
     def release(self) -> None:
         with self.lock:
@@ -119,56 +107,67 @@ class DiskLayer:
             if self.users:
                 return  # another thread's forward still reads these weights
             for start, end in self.mapped:
-                _madvise(start, end, mmap.MADV_DONTNEED)  # read-only pages: the file gives them back on use
-            for item in self.owned:
-                item.storage.resize_(0)
-            self.resident = False
+                _madvise(start, end, mmap.MADV_DONTNEED)  # unwritten file pages: the file gives them back on use
 
     def materialize(self) -> None:
+        """Map the layer's pages in one call each where the kernel can (else the forward faults them in)."""
         with self.lock:
             self.users += 1
-            if self.resident:
-                return
-            for item in self.owned:
-                item.storage.resize_(item.nbytes)
-                view, done = _byte_view(item.storage), 0
-                while done < item.nbytes:
-                    read = os.preadv(self.offload_file, [view[done:]], item.offset + done)
-                    if read <= 0:
-                        raise OSError(f"{self.name}: the offload file ended early (deleted or truncated?)")
-                    done += read
-            self.resident = True
+            if self.users == 1 and _POPULATE_READ is not None:
+                for start, end in self.mapped:
+                    _madvise(start, end, _POPULATE_READ, required=False)
 
     def prefetch(self) -> None:
         """Ask the OS for this layer's bytes ahead of its turn (page cache only: not in this process's RSS)."""
         for start, end in self.mapped:
             _madvise(start, end, mmap.MADV_WILLNEED)
-        if self.owned:
-            first = self.owned[0].offset
-            os.posix_fadvise(self.offload_file, first, self.owned[-1].offset + self.owned[-1].nbytes - first,
-                             os.POSIX_FADV_WILLNEED)
 
 
 class DiskOffload:
-    """The disk layers of one model, in execution order, with their hooks; keeps the offload file open."""
+    """The disk layers of one model, in execution order, with their hooks. Memory the loader computed (owned
+    storages) is written to an unlinked file in the offload folder and every tensor on it rebound to a private
+    mapping of that file, so all a disk layer holds is file pages."""
 
     def __init__(self, modules: dict[str, nn.Module], offload_folder: Path):
         handle, path = tempfile.mkstemp(prefix="tokenmill-offload-", suffix=".bin", dir=offload_folder)
-        os.unlink(path)  # the file lives as long as this object holds it: nothing is left behind
-        self.offload_file = handle
-        ranges = file_backed_ranges()
-        self.layers: list[DiskLayer] = []
-        end = 0
-        for name, module in modules.items():
-            layer = DiskLayer(name, module, ranges, handle, end)
-            end = layer.file_end
-            self.layers.append(layer)
-        self.file_bytes = end
+        os.unlink(path)  # the file lives as long as its mapping: nothing is left behind
+        try:
+            self._rebind_owned_storages(modules, handle)
+        finally:
+            os.close(handle)
+        self.layers = [DiskLayer(name, module) for name, module in modules.items()]
         for index, (layer, module) in enumerate(zip(self.layers, modules.values())):
             following = self.layers[(index + 1) % len(self.layers)]
             module.register_forward_pre_hook(self._before(layer, following))
             module.register_forward_hook(self._after(layer), always_call=True)  # released even when it raises
         self.release_all()
+
+    def _rebind_owned_storages(self, modules: dict[str, nn.Module], handle: int) -> None:
+        file_ranges = file_backed_ranges()
+        owned: dict[int, tuple[torch.UntypedStorage, int, list[torch.Tensor]]] = {}
+        end = 0
+        for name, module in modules.items():
+            for tensor in held_tensors(module):
+                storage = tensor.untyped_storage()
+                if storage.nbytes() == 0 or any(low <= tensor.data_ptr() < high for low, high in file_ranges):
+                    continue  # already file pages (GGUF blocks, a mapped safetensors)
+                if storage._cdata not in owned:
+                    owned[storage._cdata] = (storage, end, [])
+                    os.pwrite(handle, _byte_view(storage), end)
+                    end += -(-storage.nbytes() // _PAGE) * _PAGE  # page-aligned: each storage maps on its own
+                owned[storage._cdata][2].append(tensor)
+        self.file_bytes = end
+        if not end:
+            self.mapping = None
+            return
+        os.ftruncate(handle, end)  # the last storage's page padding, so the whole length maps
+        self.mapping = mmap.mmap(handle, end, access=mmap.ACCESS_COPY)
+        for storage, offset, tensors in owned.values():
+            mapped = torch.frombuffer(self.mapping, dtype=torch.uint8, count=storage.nbytes(),
+                                      offset=offset).untyped_storage()
+            for tensor in tensors:  # the same tensor objects: fused projections and views stay current
+                with torch.no_grad():
+                    tensor.set_(mapped, tensor.storage_offset(), tensor.size(), tensor.stride())
 
     @staticmethod
     def _before(layer: DiskLayer, following: DiskLayer):
@@ -186,17 +185,6 @@ class DiskOffload:
     def release_all(self) -> None:
         for layer in self.layers:
             layer.release()
-
-    def materialize_all(self) -> None:
-        """Every disk layer resident (e.g. to read or save the weights); `release_all` drops them again."""
-        for layer in self.layers:
-            layer.materialize()
-
-    def __del__(self):
-        try:
-            os.close(self.offload_file)
-        except (OSError, AttributeError):
-            pass
 
 
 def drop_mapped_pages(modules: list[nn.Module]) -> None:
