@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tokenmill import AutoModelForCausalLM
+from tokenmill.execution.offload import file_backed_ranges, held_tensors
 from tokenmill.execution.policy import ExecutionPolicyError
 
 PROMPT = torch.tensor([[1, 504, 3458, 282, 4649, 314, 3458, 30]])
@@ -69,6 +70,11 @@ def test_smollm2_gguf_blocks_from_disk(smollm2_gguf, tmp_path):
     # after generating, of the 94 MB file only the in-memory modules' pages are resident (the budget), where
     # the unplaced model keeps the whole file
     file_bytes = smollm2_gguf.stat().st_size
+    # every tensor of a disk layer views a file, its fused projections' stacked blocks too (nothing left in RAM)
+    ranges = file_backed_ranges()
+    layer = placed.model.layers[29]
+    tensors = [*held_tensors(layer), layer.self_attn._qkv.weight.blocks, layer.mlp._gate_up.weight.blocks]
+    assert all(any(low <= t.data_ptr() < high for low, high in ranges) for t in tensors)
     assert _mapping_rss(placed.model.embed_tokens.blocks.data_ptr()) <= 40 * 2**20 < file_bytes
     assert _mapping_rss(reference.model.embed_tokens.blocks.data_ptr()) > 0.9 * file_bytes
 

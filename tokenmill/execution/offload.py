@@ -73,18 +73,28 @@ def _byte_view(storage: torch.UntypedStorage) -> memoryview:
 
 
 def held_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """Every tensor object the module and its submodules hold: parameters, buffers, and the tensors of plain
-    helper objects in their attributes (a fused projection's stacked weight and its row views)."""
-    found = []
+    """Every tensor object the module and its submodules hold: parameters, buffers, and the tensors inside plain
+    helper objects in their attributes (a fused projection's stacked weight, its row views, its QuantizedWeight)."""
+    found: list[torch.Tensor] = []
     for part in module.modules():
         found += [*part._parameters.values(), *part._buffers.values()]
         for value in vars(part).values():
-            if isinstance(value, (nn.Module, torch.Tensor, dict)) or not hasattr(value, "__dict__"):
-                continue
-            for inner in vars(value).values():
-                items = inner if isinstance(inner, (list, tuple)) else [inner]
-                found += [item for item in items if isinstance(item, torch.Tensor)]
-    return [tensor for tensor in found if tensor is not None and tensor.device.type == "cpu"]
+            _collect_tensors(value, found, depth=3)
+    unique = {id(tensor): tensor for tensor in found if tensor is not None and tensor.device.type == "cpu"}
+    return list(unique.values())
+
+
+def _collect_tensors(value, found: list, depth: int) -> None:
+    if isinstance(value, torch.Tensor):
+        found.append(value)
+    elif depth == 0 or isinstance(value, (nn.Module, dict, str, bytes)):
+        return  # submodules are walked by modules(); their dicts are the parameters and buffers above
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_tensors(item, found, depth - 1)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        for inner in vars(value).values():
+            _collect_tensors(inner, found, depth - 1)
 
 
 class DiskLayer:
