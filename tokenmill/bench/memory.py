@@ -66,8 +66,7 @@ def weight_bytes(model) -> int:
     if not hasattr(model, "parameters"):  # another engine's handle (llama.cpp): it says what it holds
         return model.weight_bytes
     blocks = [module.blocks for module in model.modules() if isinstance(getattr(module, "blocks", None), torch.Tensor)]
-    seen: dict[tuple[int, int], int] = {}
+    seen: dict[int, int] = {}
     for tensor in (*model.parameters(), *blocks):
-        # storage and offset, not the address: a disk-offloaded layer's released storages all read address 0
-        seen[tensor.untyped_storage()._cdata, tensor.storage_offset()] = tensor.numel() * tensor.element_size()
+        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
     return sum(seen.values())
