@@ -240,3 +240,26 @@ def test_versus_llama_cpp_without_the_package_is_a_clear_error(smollm2_gguf, mon
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
     assert cli.main(["bench", "-m", str(smollm2_gguf), "--vs", "llama.cpp", "--no-progress"]) == 1
     assert "pip install llama-cpp-python" in capsys.readouterr().err
+
+
+def test_device_map_offloads_and_reports_peak_rss_against_the_budget(tiny_folder, tmp_path, capsys):
+    argv = ["bench", "-m", str(tiny_folder), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
+            "--warmup", "0", "--device-map", "sequential", "--max-memory", "cpu=60KiB", "--no-progress",
+            "--no-plots", "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    info = json.loads((tmp_path / "bench.json").read_text())["models"]["tokenmill float32 sdpa"]
+    assert info["placement"]["max_memory"] == {"cpu": "60KiB"}
+    assert info["placement"]["offload_folder"] == str(tmp_path / "offload")
+    assert info["placement"]["hf_device_map"]["model.layers.1"] == "disk"
+    assert info["rss_before_load_bytes"] > 0
+    out = capsys.readouterr().out
+    assert "2 modules on disk; peak RSS" in out and "against max_memory cpu=60KiB" in out
+
+
+def test_placement_options_are_refused_where_they_would_do_nothing(tiny_folder):
+    with pytest.raises(SystemExit, match="need --device-map"):
+        cli.main(["bench", "-m", str(tiny_folder), "--max-memory", "cpu=1GiB", "--no-progress"])
+    with pytest.raises(SystemExit, match="tokenmill only; drop --vs"):
+        cli.main(["bench", "-m", str(tiny_folder), "--device-map", "auto", "--vs", "transformers", "--no-progress"])
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "-m", str(tiny_folder), "--device-map", "auto", "--max-memory", "300MiB"])

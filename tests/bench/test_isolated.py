@@ -12,7 +12,7 @@ def test_readings_replace_the_shared_figures(monkeypatch):
     report["points"][0]["results"]["transformers"] = {"unsupported": "no offloaded cache"}
     calls = {}
 
-    def fake_peaks(engine, source, gguf_file, workloads):
+    def fake_peaks(engine, source, gguf_file, workloads, placement=None):
         calls[engine] = [w.prompt_length for w in workloads]
         return [{"peak_rss_bytes": 1000 + index, "peak_rss_delta_bytes": 10} for index, _ in enumerate(workloads)]
 

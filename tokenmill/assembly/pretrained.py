@@ -14,6 +14,7 @@ from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source
 from ..loading.safetensors import read_folder_weights
 from ..models.registry import gguf_architectures, model_class
+from .device_map import check_placement_request, place_model, requests_gpu
 from .prequantized import packed_format, read_prequantized
 from .quantization_config import QuantizationConfigError, QuantizationPlan, quantization_plan
 from .weights import build_model, return_freed_memory
@@ -68,10 +69,16 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
                attn_implementation: str = "sdpa", allow_pickle: bool = False,
                progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
                kernel_set: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
-               load_in_4bit: bool | None = None, **hub_kwargs):
+               load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
+               offload_folder=None, **hub_kwargs):
     """AutoModelForCausalLM.from_pretrained (see its docstring); the request and the machine make the model's
     execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read."""
     started = time.perf_counter()
+    check_placement_request(device_map, max_memory, offload_folder, device)
+    if device_map is not None and requests_gpu(device_map, max_memory):
+        # built on the CPU, then moved module by module; ATen runs every device the placement may use
+        kernel_set = kernel_set or "torch"
+        keep_quantized = False if keep_quantized is None else keep_quantized
     plan = quantization_plan(quantization_config, load_in_8bit, load_in_4bit)
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     gguf = packed = None
@@ -116,6 +123,8 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
         origin = resolved.folder
     model = build_model(config, weights, source=origin, policy=policy, quantization=plan)
     del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
+    if device_map is not None:
+        place_model(model, device_map, max_memory, offload_folder)
     return_freed_memory()
     model.generation_config = generation_config_of(resolved, gguf)
     model.name_or_path = str(source)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .memory import weight_bytes
+from .memory import current_rss, weight_bytes
 
 
 # tokenmill's `weights` sweep values -> from_pretrained(keep_quantized=...): GGUF blocks through the float32
@@ -46,8 +46,11 @@ class TokenClock:
 class Backend:
     name = "base"
 
-    def __init__(self, source: Path, gguf_file: str | None = None):
+    def __init__(self, source: Path, gguf_file: str | None = None, placement: dict | None = None):
+        if placement and self.name != "tokenmill":
+            raise ValueError(f"--device-map / --max-memory apply to tokenmill only, not {self.name}")
         self.source, self.gguf_file = source, gguf_file
+        self.placement = dict(placement or {})  # from_pretrained's device_map, max_memory, offload_folder
         self.models: dict[tuple, object] = {}
         self.load_info: dict[tuple, dict] = {}
 
@@ -57,11 +60,14 @@ class Backend:
     def model(self, dtype: str, attn: str, weights: str = "auto"):
         key = self.model_key(dtype, attn, weights)
         if key not in self.models:
-            started = time.perf_counter()
+            started, rss_before = time.perf_counter(), current_rss()
             model = self._load(*key)
             self.models[key] = model
             self.load_info[key] = {"load_seconds": time.perf_counter() - started, "weight_bytes": weight_bytes(model),
-                                   "execution_policy": self.execution_policy(model)}
+                                   "execution_policy": self.execution_policy(model),
+                                   "rss_before_load_bytes": rss_before}
+            if self.placement:
+                self.load_info[key]["placement"] = {**self.placement, "hf_device_map": model.hf_device_map}
         return self.models[key]
 
     def execution_policy(self, model) -> dict | None:
@@ -99,10 +105,10 @@ class TokenmillBackend(Backend):
         if weights not in WEIGHT_KINDS:  # a quantization method (q8_0, nf4, ...): quantize the float model at load
             return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                         attn_implementation=attn, progress=False,
-                                                        quantization_config=weights)
+                                                        quantization_config=weights, **self.placement)
         return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                     attn_implementation=attn, progress=False,
-                                                    keep_quantized=WEIGHT_KINDS[weights])
+                                                    keep_quantized=WEIGHT_KINDS[weights], **self.placement)
 
     def execution_policy(self, model) -> dict:
         return model.execution_policy.as_dict()
@@ -118,8 +124,8 @@ class TransformersBackend(Backend):
     name = "transformers"
     CACHE_KINDS = ("dynamic", "static", "offloaded")
 
-    def __init__(self, source: Path, gguf_file: str | None = None):
-        super().__init__(source, gguf_file)
+    def __init__(self, source: Path, gguf_file: str | None = None, placement: dict | None = None):
+        super().__init__(source, gguf_file, placement)
         try:
             self.transformers = importlib.import_module("transformers")
         except ImportError:
@@ -159,8 +165,8 @@ class LlamaCppBackend(Backend):
 
     name = "llama.cpp"
 
-    def __init__(self, source: Path, gguf_file: str | None = None):
-        super().__init__(source, gguf_file)
+    def __init__(self, source: Path, gguf_file: str | None = None, placement: dict | None = None):
+        super().__init__(source, gguf_file, placement)
         try:
             self.llama_cpp = importlib.import_module("llama_cpp")
         except ImportError:
@@ -207,7 +213,7 @@ class LlamaCppBackend(Backend):
 BACKENDS = {"tokenmill": TokenmillBackend, "transformers": TransformersBackend, "llama.cpp": LlamaCppBackend}
 
 
-def make_backend(name: str, source: Path, gguf_file: str | None = None) -> Backend:
+def make_backend(name: str, source: Path, gguf_file: str | None = None, placement: dict | None = None) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"cannot compare against {name!r}; supported: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](source, gguf_file)
+    return BACKENDS[name](source, gguf_file, placement)

@@ -24,11 +24,12 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # where the child imp
 
 
 def isolated_peaks(engine: str, source, gguf_file: str | None, workloads: list[Workload],
-                   timeout: float | None = None) -> list[dict]:
+                   timeout: float | None = None, placement: dict | None = None) -> list[dict]:
     """One {"peak_rss_bytes", "peak_rss_delta_bytes", "out_of_memory"} per workload, or {"error": ...} for all
     when the child fails (its last stderr line says why)."""
     request = {"engine": engine, "source": str(source), "gguf_file": gguf_file,
-               "workloads": [asdict(workload) for workload in workloads]}
+               "workloads": [asdict(workload) for workload in workloads],
+               "placement": placement if engine == "tokenmill" else None}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
     try:
         child = subprocess.run([sys.executable, "-m", "tokenmill.bench.isolated"], input=json.dumps(request),
@@ -41,14 +42,16 @@ def isolated_peaks(engine: str, source, gguf_file: str | None, workloads: list[W
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-def apply_isolated_memory(points: list[dict], engines: list[str], source, gguf_file: str | None) -> None:
+def apply_isolated_memory(points: list[dict], engines: list[str], source, gguf_file: str | None,
+                          placement: dict | None = None) -> None:
     """Replace each result's peak RSS by its engine's own-process reading (the shared reading kept beside it)."""
     for engine in engines:
         measured = [point for point in points if _measurable(point["results"].get(engine))]
         workloads = [Workload(**{name: point[name] for name in Workload.__dataclass_fields__}) for point in measured]
         if not workloads:
             continue
-        for point, reading in zip(measured, isolated_peaks(engine, source, gguf_file, workloads)):
+        for point, reading in zip(measured, isolated_peaks(engine, source, gguf_file, workloads,
+                                                                  placement=placement)):
             result = point["results"][engine]
             result["peak_rss_shared_process_bytes"] = result.get("peak_rss_bytes")
             result["peak_rss_bytes"] = reading.get("peak_rss_bytes")
@@ -67,7 +70,8 @@ def _measure_all(request: dict) -> list[dict]:
     from .backends import make_backend
     from .measure import run_once
 
-    backend = make_backend(request["engine"], Path(request["source"]), request["gguf_file"])
+    backend = make_backend(request["engine"], Path(request["source"]), request["gguf_file"],
+                           request.get("placement"))
     readings, loaded_key = [], None
     for fields in request["workloads"]:
         workload = Workload(**fields)

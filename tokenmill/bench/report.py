@@ -84,6 +84,8 @@ def format_table(report: dict, wide: bool = False) -> str:
         lines.insert(0, "every row: " + " ".join(_setting_text(points[0], name) for name in common))
     for name, info in report.get("models", {}).items():
         lines.append(f"{name}: load {info['load_seconds']:.2f} s, weights {info['weight_bytes'] / MB:.1f} MB")
+        if "placement" in info:
+            lines.append(placement_line(name, info, report["points"]))
     if any("peak_rss_shared_process_bytes" in result for point in report["points"]
            for result in point["results"].values()):
         lines.append("peak RSS: each engine measured in a process of its own (the models it alone holds)")
@@ -92,6 +94,27 @@ def format_table(report: dict, wide: bool = False) -> str:
                      f"(first failure {limit['first_failure']}: {limit['stopped_because']}; "
                      f"offloaded fallback at {limit['fallback_to_offloaded_at']})")
     return "\n".join(lines)
+
+
+def placement_line(name: str, info: dict, points: list[dict]) -> str:
+    """Where the layers went, and the highest peak RSS of the runs against the CPU budget asked for."""
+    placement = info["placement"]
+    counts: dict[str, int] = {}
+    for device in placement["hf_device_map"].values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    engine = name.split()[0]
+    peaks = [point["results"][engine]["peak_rss_bytes"] for point in points
+             if (point["results"].get(engine) or {}).get("peak_rss_bytes")]
+    budget = (placement.get("max_memory") or {}).get("cpu")
+    text = f"{name}: device_map={placement.get('device_map')!r}: " + ", ".join(
+        f"{count} modules on {device}" for device, count in counts.items())
+    if peaks:
+        before = info.get("rss_before_load_bytes") or 0
+        text += (f"; peak RSS {max(peaks) / MB:.1f} MB = {before / MB:.1f} MB before loading + "
+                 f"{(max(peaks) - before) / MB:.1f} MB")
+    if budget is not None:
+        text += f", against max_memory cpu={budget}"
+    return text
 
 
 def write_json(report: dict, path: Path) -> None:

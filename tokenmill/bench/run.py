@@ -37,6 +37,8 @@ class BenchOptions:
     progress: bool = True
     # None: in a process per engine when this one holds several models (every engine's weights counted otherwise)
     isolate_memory: bool | None = None
+    # tokenmill's from_pretrained placement (device_map, max_memory, offload_folder); None: one device
+    placement: dict | None = None
 
 
 def environment(options: BenchOptions) -> dict:
@@ -52,12 +54,13 @@ def environment(options: BenchOptions) -> dict:
 
 
 def run_bench(options: BenchOptions) -> dict:
-    backends = [make_backend("tokenmill", options.source, options.gguf_file)]
+    backends = [make_backend("tokenmill", options.source, options.gguf_file, options.placement)]
     backends += [make_backend(name, options.source, options.gguf_file) for name in options.versus]
     report = {"environment": environment(options)}
     report["points"] = run_sweep(options.spec, backends, progress=options.progress)
     if _isolates_memory(options, backends):
-        apply_isolated_memory(report["points"], [b.name for b in backends], options.source, options.gguf_file)
+        apply_isolated_memory(report["points"], [b.name for b in backends], options.source, options.gguf_file,
+                              options.placement)
     report["models"] = {" ".join((b.name, *(part for part in key if part != "auto"))): info
                         for b in backends for key, info in b.load_info.items()}
     if options.limit_search:

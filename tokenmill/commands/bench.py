@@ -35,6 +35,27 @@ def _size(text: str) -> int:
     return parse_size(int(text) if text.isdigit() else text)
 
 
+def _budget(text: str) -> tuple:
+    device, _, size = text.partition("=")
+    if not device or not size:
+        raise argparse.ArgumentTypeError(f"expected DEVICE=SIZE such as cpu=300MiB, got {text!r}")
+    return (int(device) if device.isdigit() else device), size
+
+
+def _placement(args: argparse.Namespace) -> dict | None:
+    """from_pretrained's placement arguments, or None; each given option reaches it or is refused here."""
+    if args.device_map is None:
+        if args.max_memory or args.offload_folder:
+            raise SystemExit("tokenmill: error: --max-memory and --offload-folder need --device-map")
+        return None
+    if args.vs:
+        raise SystemExit("tokenmill: error: --device-map applies to tokenmill only; drop --vs")
+    placement = {"device_map": args.device_map, "offload_folder": str(args.offload_folder or args.output / "offload")}
+    if args.max_memory:
+        placement["max_memory"] = dict(args.max_memory)
+    return placement
+
+
 def _serving_module():
     try:
         return importlib.import_module("tokenmill.bench.serving")
@@ -95,6 +116,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-batch", type=int, default=1, help="batch size of the limit search")
     parser.add_argument("--memory-budget", type=_size, default=None,
                         help="peak RSS that counts as out of memory on a CPU (e.g. 8GiB; default 80%% of available)")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="tokenmill's from_pretrained device_map: auto, balanced, sequential or a device")
+    parser.add_argument("--max-memory", action="append", default=[], type=_budget, metavar="DEVICE=SIZE",
+                        help="a device's budget for --device-map, e.g. cpu=300MiB or 0=20GiB (repeatable)")
+    parser.add_argument("--offload-folder", type=Path, default=None,
+                        help="where disk-offloaded weights go (default: OUTPUT/offload when --device-map is given)")
     parser.add_argument("--output", "-o", type=Path, default=DEFAULT_OUTPUT, help="folder for JSON and PNG files")
     parser.add_argument("--no-plots", action="store_true", help="no PNG files")
     parser.add_argument("--wide", action="store_true",
@@ -134,7 +161,8 @@ def _options(args: argparse.Namespace):
     return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,
-                        progress=not args.no_progress, isolate_memory=args.isolate_memory)
+                        progress=not args.no_progress, isolate_memory=args.isolate_memory,
+                        placement=_placement(args))
 
 
 def main(args: argparse.Namespace) -> int:

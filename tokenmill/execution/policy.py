@@ -16,6 +16,7 @@ import torch
 
 from .. import kernels
 from .ops import ExactOps, NativeOps, TorchOps
+from .placement import DevicePlacement
 
 WEIGHT_FORMATS = ("dense", "gguf-blocks")
 KERNEL_SETS = ("native", "exact", "torch")
@@ -41,6 +42,8 @@ class ExecutionPolicy:
     # thread tuner sets `with_threads(n)`, the engine's runner applies it); the C kernels use as many as torch
     threads: int = 1
     parallel: str = "single"
+    # device_map's placement (modules on devices and disk); None: the whole model on `device`
+    placement: DevicePlacement | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "device", torch.device(self.device))
@@ -85,12 +88,14 @@ class ExecutionPolicy:
     def as_dict(self) -> dict:
         return {"device": str(self.device), "dtype": _dtype_name(self.dtype), "weight_format": self.weight_format,
                 "kernels": self.kernels, "attention": self.attention, "threads": self.threads,
-                "parallel": self.parallel}
+                "parallel": self.parallel, **({} if self.placement is None else
+                                              {"placement": self.placement.describe()})}
 
     def describe(self) -> str:
+        placed = "" if self.placement is None else f", placed: {self.placement.describe()}"
         return (f"{self.device} {_dtype_name(self.dtype)}, {self.weight_format} weights, {self.kernels} kernels "
                 f"({_KERNEL_MEANING[self.kernels]}), {self.attention} attention, {self.threads} thread(s), "
-                f"{self.parallel} device")
+                f"{self.parallel} device{placed}")
 
     def changes_from(self, other: ExecutionPolicy) -> list[str]:
         """'field: old → new' for each field that differs, for messages."""
@@ -167,6 +172,9 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
 def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: torch.dtype | None) -> ExecutionPolicy:
     """The policy after `model.to(device, dtype)`: off the CPU or out of float32 the C kernels cannot run, so
     the weights become dense and the kernels ATen; the attention backend keeps its dense fallback."""
+    if policy.placement is not None:
+        raise ExecutionPolicyError(f"this model was placed by device_map ({policy.placement.describe()}); it "
+                                   f"cannot be moved as a whole: load it again with another device_map or device")
     device = policy.device if device is None else check_device_present(torch.device(device))
     dtype = policy.dtype if dtype is None else dtype
     if device.type == "cpu" and dtype == torch.float32:
