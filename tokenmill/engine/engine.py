@@ -218,7 +218,7 @@ class LLMEngine:
         all_rows = {i for i, chunk in enumerate(plan.chunks)
                     if chunk.seq.prompt_logprobs is not None and chunk.start < len(chunk.seq.prompt_token_ids)}
         drafted = {i for i, chunk in enumerate(plan.chunks) if chunk.seq.draft_token_ids}
-        last_logits, every_position = self.runner.run(plan.chunks, all_rows, drafted)
+        last_logits, every_position = self.runner.run(plan.chunks, all_rows)
         ready, rows = [], []
         touched: dict[str, _Request] = {}
         for i, chunk in enumerate(plan.chunks):

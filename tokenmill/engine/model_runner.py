@@ -37,11 +37,10 @@ def chunk_token_ids(chunk: ScheduledChunk) -> list[int]:
     return seq.prompt_token_ids[chunk.start:] + seq.output_token_ids[:end - prompt_len]
 
 
-def segment_length(counts: list[int], columns: int, shortest: int = 1) -> int:
-    """The row length (a power of two, or the longest chunk) with the least padded work for these chunks;
-    at least `shortest`."""
+def segment_length(counts: list[int], columns: int) -> int:
+    """The row length (a power of two, or the longest chunk) with the least padded work for these chunks."""
     longest = max(counts)
-    candidates = [1 << k for k in range(longest.bit_length()) if shortest <= 1 << k < longest] + [longest]
+    candidates = [1 << k for k in range(longest.bit_length()) if 1 << k < longest] + [longest]
 
     def cost(segment: int) -> float:
         rows = sum(-(-count // segment) for count in counts)
@@ -82,14 +81,16 @@ class ModelRunner:
         self.pool = PagedKVPool(num_blocks, block_size, kv_dtype or model.dtype, self.device)
 
     @torch.inference_mode()
-    def run(self, chunks: list[ScheduledChunk], all_logits_rows: set[int] = frozenset(),
-            whole_rows: set[int] = frozenset()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def run(self, chunks: list[ScheduledChunk], all_logits_rows: set[int] = frozenset()
+            ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """(last-token logits [chunks, vocab] float32, {chunk: [count, vocab]} for chunks in `all_logits_rows`,
-        whose prompt logprobs need every position, and in `whole_rows`: short chunks (drafts to verify) kept in
-        one row, so only the last positions of every row need logits)."""
+        whose prompt logprobs need every position, and for chunks verifying drafts: each is kept in one row, so
+        only the last positions of every row need logits)."""
         columns = max(chunk.start + chunk.count for chunk in chunks)
+        whole_rows = {i for i, chunk in enumerate(chunks) if chunk.seq.draft_token_ids}
         widest = max((chunks[i].count for i in whole_rows), default=1)
-        rows = split_rows(chunks, segment_length([chunk.count for chunk in chunks], columns, widest))
+        segment = max(segment_length([chunk.count for chunk in chunks], columns), widest)
+        rows = split_rows(chunks, segment)
         layout, attention_mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.block_size,
                                                          self.device)
         query = max(rows.counts)
