@@ -81,6 +81,8 @@ class Speculator:
             fast = choose(logits, [seq] * logits.shape[0])  # greedy, no history: every position's argmax at once
         accepted = 0
         for j in range(len(drafts) + 1):
+            # position start + j holds a verified token now: computed, as the plain step records before sampling
+            scheduler.record_computed(ScheduledChunk(seq, chunk.start, 1 + j))
             token = fast[j] if fast is not None else choose(logits[j:j + 1], [seq])[0]
             if token == NO_TOKEN:
                 return False
@@ -90,7 +92,6 @@ class Speculator:
             accepted += 1
         self.accepted_tokens += accepted
         if not seq.is_finished:
-            scheduler.record_computed(ScheduledChunk(seq, chunk.start, 1 + accepted))
             release_blocks_past(seq, scheduler.blocks)
         return True
 
