@@ -29,10 +29,13 @@ def run(clients, spec):
     params = SamplingParams(temperature=0, max_tokens=MAX,
                             speculative={"num_speculative_tokens": K, "prompt_lookup_max": 3} if spec else None)
     first, done, count = {}, {}, {}
+    steps = 0  # engine steps once every request decodes: each is one model forward
     for i in range(clients):
         engine.add_request(f"{spec}-{clients}-{i}-{time.time()}", prompts[i % len(prompts)], params)
     while engine.has_unfinished_requests():
-        for out in engine.step():
+        outputs = engine.step()
+        steps += len(first) == clients
+        for out in outputs:
             now = time.perf_counter()
             n = len(out.outputs[0].token_ids)
             if n and out.request_id not in first:
@@ -47,13 +50,13 @@ def run(clients, spec):
     drafted = after["spec_draft_tokens"] - before["spec_draft_tokens"]
     accepted = after["spec_accepted_tokens"] - before["spec_accepted_tokens"]
     span = end - min(t for t, _ in first.values())
-    return decoded / span, accepted / drafted if drafted else 0.0, sum(count.values()) / clients
+    return decoded / span, accepted / drafted if drafted else 0.0, sum(count.values()) / clients, decoded / max(steps, 1)
 
 
-run(1, False); run(1, True)  # warm up
-for rep in range(2):
+run(1, False)  # warm up
+for rep in range(int(sys.argv[3]) if len(sys.argv) > 3 else 2):
     for clients in (1, 8):
         for spec in (False, True):
-            rate, acceptance, mean_len = run(clients, spec)
+            rate, acceptance, mean_len, per_step = run(clients, spec)
             print(f"rep {rep} clients {clients} spec {spec}: decode {rate:.1f} tok/s, acceptance {acceptance:.2f}, "
-                  f"mean output {mean_len:.0f} tokens", flush=True)
+                  f"mean output {mean_len:.0f} tokens, {per_step:.2f} tokens per decode step", flush=True)

@@ -51,7 +51,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64, help="largest running batch")
     parser.add_argument("--max-batch-tokens", type=int, default=512, help="tokens computed per step (chunked prefill)")
     parser.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
-    parser.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+    parser.add_argument("--speculative-ngram", type=_draft_length, default=0, metavar="K",
                         help="prompt-lookup speculative decoding by default: up to K draft tokens per step, verified "
                              "in the same step (0: off; a request's `speculative` field overrides it)")
     parser.add_argument("--threads", default="auto",
@@ -63,6 +63,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-runtime-lora", action="store_true",
                         help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     parser.add_argument("--log-level", default="info")
+
+
+def _draft_length(text: str) -> int:
+    """--speculative-ngram's K, checked where the flag is read (the engine's own bounds)."""
+    from ..engine.spec_params import SpeculativeConfig
+
+    try:
+        return SpeculativeConfig(int(text)).num_speculative_tokens
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("speculative.num_speculative_tokens", "K")) from None
 
 
 def lora_adapters(specs: list[str] | None) -> dict[str, str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_SPECULATIVE_TOKENS = 16  # verification runs 1 + k positions per sequence and step: beyond, drafts cost more than they save
+# a step runs 1 + k positions per speculating sequence: beyond 16, the rejected tail costs more than a hit saves
+MAX_SPECULATIVE_TOKENS = 16
 MAX_LOOKUP_NGRAM = 32
 FIELDS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min")
 
