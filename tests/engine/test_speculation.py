@@ -67,6 +67,7 @@ def test_one_greedy_request_is_unchanged_and_drafts_are_accepted(smol_llm):
     assert _ids(spec) == _ids(plain)
     assert spec[0].outputs[0].text == plain[0].outputs[0].text
     assert drafted > drafted_before and accepted > accepted_before, "the copied paragraph must accept drafts"
+    assert smol_llm.engine.stats()["spec_tokens_per_step"] > 1
     assert smol_llm.engine.blocks.num_used_blocks == 0
 
 

@@ -37,6 +37,8 @@ def test_openai_speculation_keeps_the_tokens_and_counts_in_metrics(tiny_server):
     assert metrics["tokenmill_spec_draft_tokens_total"] == stats["spec_draft_tokens"]
     assert metrics["tokenmill_spec_accepted_tokens_total"] == stats["spec_accepted_tokens"]
     assert metrics["tokenmill_spec_acceptance_rate"] == pytest.approx(stats["spec_acceptance_rate"])
+    assert metrics["tokenmill_spec_tokens_per_step"] == pytest.approx(
+        (stats["spec_accepted_tokens"] + stats["spec_verify_steps"]) / stats["spec_verify_steps"])
 
 
 def test_tgi_speculation_keeps_the_tokens(tiny_server):

@@ -38,6 +38,8 @@ class ServerMetrics:
                                             registry=r)
         self.spec_acceptance_rate = Gauge("tokenmill_spec_acceptance_rate", "accepted / drafted tokens so far",
                                           registry=r)
+        self.spec_tokens_per_step = Gauge("tokenmill_spec_tokens_per_step", "tokens a speculating sequence gains "
+                                          "per forward (accepted drafts + 1; 1 without speculation)", registry=r)
         self._spec_seen = {"spec_draft_tokens": 0, "spec_accepted_tokens": 0}  # engine totals already counted
         self.sequences_in_flight = Gauge("tokenmill_sequences_in_flight",
                                          "sequences of the requests in flight (what admission counts)", registry=r)
@@ -70,6 +72,7 @@ class ServerMetrics:
                 counter.inc(total - self._spec_seen[name])
                 self._spec_seen[name] = total
         self.spec_acceptance_rate.set(stats.get("spec_acceptance_rate", 0.0))
+        self.spec_tokens_per_step.set(stats.get("spec_tokens_per_step", 1.0))
 
     async def track(self, outputs: AsyncIterator, prompt_tokens: int) -> AsyncIterator:
         """Pass a request's outputs through, observing TTFT, inter-token latency, tokens and the outcome."""
