@@ -51,6 +51,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64, help="largest running batch")
     parser.add_argument("--max-batch-tokens", type=int, default=512, help="tokens computed per step (chunked prefill)")
     parser.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
+    parser.add_argument("--speculative-ngram", type=_draft_length, default=0, metavar="K",
+                        help="prompt-lookup speculative decoding by default: up to K draft tokens per step, verified "
+                             "in the same step (0: off; a request's `speculative` field overrides it)")
     parser.add_argument("--threads", default="auto",
                         help="torch threads of the engine: a number, or auto (default): chosen from measured step "
                              "times between 1 (best on a busy shared CPU) and torch's default (best when idle)")
@@ -60,6 +63,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-runtime-lora", action="store_true",
                         help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     parser.add_argument("--log-level", default="info")
+
+
+def _draft_length(text: str) -> int:
+    """--speculative-ngram's K, checked where the flag is read (the engine's own bounds)."""
+    from ..engine.spec_params import SpeculativeConfig
+
+    try:
+        return SpeculativeConfig(int(text)).num_speculative_tokens
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("speculative.num_speculative_tokens", "K")) from None
 
 
 def lora_adapters(specs: list[str] | None) -> dict[str, str]:
@@ -98,6 +111,7 @@ def _thread_tuner(threads: str):
 def main(args: argparse.Namespace) -> int:
     from ..auto import AutoModelForCausalLM, AutoTokenizer
     from ..engine.engine import EngineConfig
+    from ..engine.spec_params import SpeculativeConfig
     from ..loading.default_model import default_model_path
     from ..server.app import build_server_app
     from ..server.runner import make_server
@@ -114,6 +128,7 @@ def main(args: argparse.Namespace) -> int:
         kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
+        speculative=SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None,
     )
     settings = ServerSettings(
         model_name=args.served_model_name or (args.model or "SmolLM2-135M-Instruct"),

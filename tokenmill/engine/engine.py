@@ -24,6 +24,8 @@ from .sampler import NO_TOKEN, choice_seed, prompt_logprobs, sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, SequenceStatus
+from .spec_params import SpeculativeConfig
+from .speculation import Speculator
 
 DEFAULT_KV_MEMORY_CAP = 2 << 30
 
@@ -37,6 +39,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None  # None: the model's context length
     enable_prefix_caching: bool = True
+    speculative: SpeculativeConfig | None = None  # the default for requests that set no `speculative` of their own
 
 
 def _available_memory() -> int:
@@ -89,6 +92,7 @@ class LLMEngine:
         self.limits = RequestLimits.of_engine(self.max_model_len, self.capacity_tokens)
         self._requests: dict[str, _Request] = {}
         self._pending_final: list[RequestOutput] = []
+        self.speculator = Speculator(self.config.speculative)
         self.tokens_in = 0
         self.tokens_out = 0
         self.last_step_tokens = 0  # tokens computed by the latest step (prompt chunks + decodes)
@@ -206,24 +210,29 @@ class LLMEngine:
     # ---- one step ----
     def step(self) -> list[RequestOutput]:
         reports, self._pending_final = self._pending_final, []
+        self.speculator.propose(self.scheduler.running, self.max_model_len)
         plan = self.scheduler.schedule()
         self.last_step_tokens = plan.num_tokens
         if not plan.chunks:
             return reports
         all_rows = {i for i, chunk in enumerate(plan.chunks)
                     if chunk.seq.prompt_logprobs is not None and chunk.start < len(chunk.seq.prompt_token_ids)}
+        drafted = {i for i, chunk in enumerate(plan.chunks) if chunk.seq.draft_token_ids}
         last_logits, every_position = self.runner.run(plan.chunks, all_rows)
         ready, rows = [], []
+        touched: dict[str, _Request] = {}
         for i, chunk in enumerate(plan.chunks):
+            if i in drafted:
+                self._verify_drafts(chunk, every_position[i], touched)
+                continue
             self.scheduler.record_computed(chunk)
-            if i in every_position:
+            if i in all_rows:
                 self._record_prompt_logprobs(chunk, every_position[i])
             if chunk.seq.request_id not in self._requests:  # nothing will read it: give its blocks back
                 self.scheduler.finish(chunk.seq, "abort")
             elif chunk.completes_sequence:
                 ready.append(chunk.seq)
                 rows.append(i)
-        touched: dict[str, _Request] = {}
         if ready:
             logits = last_logits if len(rows) == len(plan.chunks) else last_logits[torch.tensor(rows)]
             ops = self.runner.model.execution_policy.ops  # the model's kernel set takes the greedy argmax too
@@ -245,6 +254,29 @@ class LLMEngine:
             if request.request_id in self._requests:
                 reports.append(self._report(request))
         return reports
+
+    def _verify_drafts(self, chunk, logits: torch.Tensor, touched: dict[str, _Request]) -> None:
+        """Tokens from a chunk that ran drafts (speculation.py), picked by the same sampler as any other row."""
+        seq, request = chunk.seq, self._requests.get(chunk.seq.request_id)
+        if request is None:  # aborted during the step: nothing will read it
+            seq.draft_token_ids = []
+            self.scheduler.finish(seq, "abort")
+            return
+        constraint = request.constraints[seq.index] if request.constraints else None
+        ops = self.runner.model.execution_policy.ops
+
+        def choose(rows, seqs):
+            return sample(rows, seqs, self.eos_token_ids, ops, [constraint] * len(seqs) if constraint else None)
+
+        try:
+            usable = self.speculator.verify(chunk, logits, choose, lambda token: self._append_token(seq, token),
+                                            self.scheduler, constraint is not None)
+        except Exception as error:  # noqa: BLE001 - one request's text or grammar must not fail the step
+            self.fail_request(seq.request_id, f"generation failed for this request: {error!r}")
+            return
+        if not usable:
+            self.fail_request(seq.request_id, seq.error or _not_finite_message(seq))
+        touched[seq.request_id] = request
 
     def _ready_constraints(self, ready: list[Sequence]) -> list[StructuredOutputProcessor | None] | None:
         constraints = [self._requests[seq.request_id].constraints for seq in ready]
@@ -319,6 +351,7 @@ class LLMEngine:
             "kv_blocks_total": self.blocks.num_blocks,
             "prefix_cache_hit_rate": self.blocks.prefix_hit_rate,
             "preemptions": self.scheduler.num_preemptions,
+            **self.speculator.stats(),
         }
 
 

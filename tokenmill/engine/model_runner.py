@@ -23,8 +23,12 @@ LOGITS_ROW_COST = 0.2
 
 
 def chunk_token_ids(chunk: ScheduledChunk) -> list[int]:
-    """The chunk's tokens, without concatenating prompt + output (a decode chunk is one output token)."""
+    """The chunk's tokens, without concatenating prompt + output (a decode chunk is one output token), then
+    the drafts it verifies."""
     seq, end = chunk.seq, chunk.start + chunk.count
+    if end > seq.num_tokens:
+        drafts = seq.draft_token_ids[:end - seq.num_tokens]
+        return chunk_token_ids(ScheduledChunk(seq, chunk.start, seq.num_tokens - chunk.start)) + drafts
     prompt_len = len(seq.prompt_token_ids)
     if chunk.start >= prompt_len:
         return seq.output_token_ids[chunk.start - prompt_len:end - prompt_len]
@@ -80,9 +84,13 @@ class ModelRunner:
     def run(self, chunks: list[ScheduledChunk], all_logits_rows: set[int] = frozenset()
             ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """(last-token logits [chunks, vocab] float32, {chunk: [count, vocab]} for chunks in `all_logits_rows`,
-        whose prompt logprobs need every position)."""
+        whose prompt logprobs need every position, and for chunks verifying drafts: each is kept in one row, so
+        only the last positions of every row need logits)."""
         columns = max(chunk.start + chunk.count for chunk in chunks)
-        rows = split_rows(chunks, segment_length([chunk.count for chunk in chunks], columns))
+        whole_rows = {i for i, chunk in enumerate(chunks) if chunk.seq.draft_token_ids}
+        widest = max((chunks[i].count for i in whole_rows), default=1)
+        segment = max(segment_length([chunk.count for chunk in chunks], columns), widest)
+        rows = split_rows(chunks, segment)
         layout, attention_mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.block_size,
                                                          self.device)
         query = max(rows.counts)
@@ -90,7 +98,7 @@ class ModelRunner:
         input_ids = torch.zeros(len(rows.counts) * query, dtype=torch.long)
         input_ids[layout.new_rows.cpu()] = torch.tensor(tokens, dtype=torch.long)
         cache = PagedBatchCache(self.pool, layout)
-        keep = 0 if all_logits_rows else 1
+        keep = 0 if all_logits_rows else widest
         self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
         adapters = [chunks[owner].seq.params.adapter for owner in rows.owners]  # each row's LoRA adapter, if any
         out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
@@ -102,7 +110,8 @@ class ModelRunner:
         else:
             last = logits[torch.tensor(rows.last_row, device=logits.device), -1].float()
         every_position = {}
-        for index in all_logits_rows:
-            parts = [logits[row, query - rows.counts[row]:] for row, owner in enumerate(rows.owners) if owner == index]
+        kept = logits.shape[1]  # rows are right-aligned: a row's tokens are its last counts[row] positions
+        for index in set(all_logits_rows) | set(whole_rows):
+            parts = [logits[row, kept - rows.counts[row]:] for row, owner in enumerate(rows.owners) if owner == index]
             every_position[index] = torch.cat(parts).float()
         return last, every_position

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .spec_params import SpeculativeConfig, speculative_config
+
 # A positive temperature below this is greedy: softmax(logits / T) is then one-hot in float32 for any logit gap
 # above 1e-3 (exp(-100) is below float32's smallest value), and at T -> 0 logits / T overflows to inf / NaN.
 MIN_SAMPLING_TEMPERATURE = 1e-5
@@ -46,9 +48,13 @@ class SamplingParams:
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     adapter: str | None = None  # the name of a LoRA adapter loaded on the model; None: the base model
+    # prompt-lookup speculative decoding: {"method": "ngram", "num_speculative_tokens": k, ...} (spec_params.py);
+    # None: the engine's default
+    speculative: SpeculativeConfig | dict | int | None = None
 
     def __post_init__(self):
         self.structured_output = _structured_output_of(self)
+        self.speculative = speculative_config(self.speculative)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]

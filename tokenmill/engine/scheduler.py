@@ -26,8 +26,8 @@ class ScheduledChunk:
 
     @property
     def completes_sequence(self) -> bool:
-        """After this chunk every known token has K/V, so the step's last logits pick the next token."""
-        return self.start + self.count == self.seq.num_tokens
+        """After this chunk every known token (and every draft) has K/V, so the step's logits pick the next token."""
+        return self.start + self.count == self.seq.num_tokens + len(self.seq.draft_token_ids)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            count = min(seq.num_uncomputed_tokens, budget)
+            count = self._fit_drafts(seq, budget)
             if not self._grow(seq, seq.num_computed_tokens + count, out):
                 continue
             out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, count))
@@ -92,6 +92,17 @@ class Scheduler:
         if not out.preempted:
             self._admit(budget, out)
         return out
+
+    def _fit_drafts(self, seq: Sequence, budget: int) -> int:
+        """The tokens `seq` computes this step; its drafts are cut to the budget and dropped when their blocks
+        are not free (speculation never preempts another sequence)."""
+        count = min(seq.num_uncomputed_tokens + len(seq.draft_token_ids), budget)
+        if seq.draft_token_ids:
+            needed = self.blocks.blocks_needed(seq.num_computed_tokens + count) - len(seq.block_table)
+            if needed > self.blocks.num_free_blocks:
+                count = seq.num_uncomputed_tokens
+            del seq.draft_token_ids[max(count - seq.num_uncomputed_tokens, 0):]
+        return count
 
     def _grow(self, seq: Sequence, num_tokens: int, out: SchedulerOutput) -> bool:
         """Give `seq` blocks for `num_tokens` tokens, preempting later sequences; False if `seq` itself went."""

@@ -46,6 +46,7 @@ class Sequence:
     num_preemptions: int = 0
     first_token_time: float | None = None
     prefix_root: int | None = None  # where its prefix-cache hash chain starts: one root per adapter (KV differs)
+    draft_token_ids: list[int] = field(default_factory=list)  # this step's speculative guesses, not yet verified
 
     @property
     def seq_id(self) -> tuple[str, int]:
@@ -76,5 +77,6 @@ class Sequence:
         self.block_table = []
         self.block_hashes = []
         self.num_computed_tokens = 0
+        self.draft_token_ids = []
         self.status = SequenceStatus.WAITING
         self.num_preemptions += 1

@@ -11,16 +11,18 @@ from .config_fields import DEFAULTS
 class PromptLookupDrafter:
     """Propose the continuation of the earliest earlier occurrence of the sequence's last n-gram."""
 
-    def __init__(self, num_tokens: int, max_ngram: int):
+    def __init__(self, num_tokens: int, max_ngram: int, min_ngram: int = 1):
         if num_tokens <= 0 or max_ngram <= 0:
             raise ValueError("prompt_lookup_num_tokens and max_matching_ngram_size must be positive, got "
                              f"{num_tokens} and {max_ngram}")
-        self.num_tokens, self.max_ngram = num_tokens, max_ngram
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"the smallest n-gram to match must be in [1, {max_ngram}], got {min_ngram}")
+        self.num_tokens, self.max_ngram, self.min_ngram = num_tokens, max_ngram, min_ngram
 
     def propose(self, input_ids: torch.Tensor, limit: int):
         ids = input_ids[0]
         length = ids.shape[0]
-        for size in range(min(self.max_ngram, length - 1), 0, -1):
+        for size in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
             windows = ids.unfold(0, size, 1)
             starts = (windows == ids[-size:]).all(dim=1).nonzero().flatten() + size
             for start in starts.tolist():

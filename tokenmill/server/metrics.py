@@ -32,6 +32,15 @@ class ServerMetrics:
         self.engine_threads = Gauge("tokenmill_engine_threads", "torch threads the engine steps with", registry=r)
         self.in_flight = Gauge("tokenmill_requests_in_flight", "generation requests admitted and not finished",
                                registry=r)
+        self.spec_draft_tokens = Counter("tokenmill_spec_draft_tokens", "speculative draft tokens verified",
+                                         registry=r)
+        self.spec_accepted_tokens = Counter("tokenmill_spec_accepted_tokens", "draft tokens the model accepted",
+                                            registry=r)
+        self.spec_acceptance_rate = Gauge("tokenmill_spec_acceptance_rate", "accepted / drafted tokens so far",
+                                          registry=r)
+        self.spec_tokens_per_step = Gauge("tokenmill_spec_tokens_per_step", "tokens a speculating sequence gains "
+                                          "per forward (accepted drafts + 1; 1 without speculation)", registry=r)
+        self._spec_seen = {"spec_draft_tokens": 0, "spec_accepted_tokens": 0}  # engine totals already counted
         self.sequences_in_flight = Gauge("tokenmill_sequences_in_flight",
                                          "sequences of the requests in flight (what admission counts)", registry=r)
 
@@ -50,8 +59,20 @@ class ServerMetrics:
         self.kv_total.set(stats["kv_blocks_total"])
         self.prefix_hit_rate.set(stats["prefix_cache_hit_rate"])
         self.preemptions.set(stats["preemptions"])
+        self._count_speculation(stats)
         self.step_seconds.observe(seconds)
         self.engine_threads.set(engine.runner.model.execution_policy.threads)  # what the runner applied
+
+    def _count_speculation(self, stats: dict) -> None:
+        """The engine keeps running totals; the counters take what was added since the last step."""
+        for name, counter in (("spec_draft_tokens", self.spec_draft_tokens),
+                              ("spec_accepted_tokens", self.spec_accepted_tokens)):
+            total = stats.get(name, 0)
+            if total > self._spec_seen[name]:
+                counter.inc(total - self._spec_seen[name])
+                self._spec_seen[name] = total
+        self.spec_acceptance_rate.set(stats.get("spec_acceptance_rate", 0.0))
+        self.spec_tokens_per_step.set(stats.get("spec_tokens_per_step", 1.0))
 
     async def track(self, outputs: AsyncIterator, prompt_tokens: int) -> AsyncIterator:
         """Pass a request's outputs through, observing TTFT, inter-token latency, tokens and the outcome."""

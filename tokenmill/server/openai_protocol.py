@@ -7,6 +7,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.sampling_params import SamplingParams, check_structured_output
+from ..engine.spec_params import speculative_config
 from .errors import APIError
 
 
@@ -82,6 +83,15 @@ class _Sampling(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    # vLLM-style extra body: {"method": "ngram", "num_speculative_tokens": k, ...}; null: the server's default
+    speculative: dict[str, Any] | None = None
+
+    def speculative_config(self):
+        """The request's SpeculativeConfig, a bad value a 400 naming the field."""
+        try:
+            return speculative_config(self.speculative)
+        except ValueError as error:
+            raise APIError(422, str(error), param="speculative") from None
 
     def structured_output(self) -> tuple[str, object] | None:
         """(kind, value) for SamplingParams, checked here so a bad schema is a 400 naming the field."""
@@ -114,6 +124,7 @@ class _Sampling(BaseModel):
             repetition_penalty=self.repetition_penalty or 1.0, logit_bias=_logit_bias(self.logit_bias, vocab_size),
             seed=self.seed, stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             ignore_eos=self.ignore_eos, logprobs=logprobs, structured_output=self.structured_output(),
+            speculative=self.speculative_config(),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.sampling_params import SamplingParams, check_structured_output
+from ..engine.spec_params import speculative_config
 from .errors import APIError
 
 MAX_STOP_SEQUENCES = 4
@@ -39,6 +40,7 @@ class TGIParameters(BaseModel):
     watermark: bool = False
     adapter_id: str | None = None
     grammar: dict | None = None
+    speculative: dict | None = None  # tokenmill's: {"method": "ngram", "num_speculative_tokens": k, ...}
 
 
 class GenerateRequest(BaseModel):
@@ -111,12 +113,17 @@ def sampling_params(p: TGIParameters, max_new_tokens: int | None) -> SamplingPar
     except ValueError as error:  # a bad grammar: TGI answers 422 validation
         raise APIError(422, f"`grammar`: {error}") from None
     try:
-        return _sampling_params(p, max_new_tokens, structured_output)
+        speculative = speculative_config(p.speculative)
+    except ValueError as error:
+        raise APIError(422, f"`speculative`: {error}") from None
+    try:
+        return _sampling_params(p, max_new_tokens, structured_output, speculative)
     except ValueError as error:  # a value the checks above let through but SamplingParams refuses
         raise APIError(422, str(error)) from None
 
 
-def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_output) -> SamplingParams:
+def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_output, speculative=None
+                     ) -> SamplingParams:
     sampled = uses_sampling(p)
     best_of = p.best_of or 1
     top_n = p.top_n_tokens or 0
@@ -127,5 +134,5 @@ def _sampling_params(p: TGIParameters, max_new_tokens: int | None, structured_ou
         frequency_penalty=p.frequency_penalty or 0.0, seed=p.seed, stop=list(p.stop),
         logprobs=top_n, prompt_logprobs=0 if p.decoder_input_details else None,
         skip_special_tokens=True, include_stop_str_in_output=True,  # TGI keeps the stop sequence
-        structured_output=structured_output,
+        structured_output=structured_output, speculative=speculative,
     )

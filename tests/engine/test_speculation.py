@@ -1,0 +1,200 @@
+"""Speculative decoding in the engine: n-gram drafts verified in one step must leave every output exactly as the
+non-speculative engine produces it (greedy, seeded sampling, stops), and the paged cache as it would hold it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenmill.engine import LLM, EngineConfig, LLMEngine, SamplingParams
+from tokenmill.engine.spec_params import SpeculativeConfig
+from tokenmill.engine.sequence import Sequence
+from tokenmill.engine.speculation import propose_drafts
+
+SPEC = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. It was a sunny day in the park and children were playing with a "
+    "red ball near the old oak tree.",
+    "Water boils at one hundred degrees Celsius at sea level, but at higher altitudes it boils at a lower "
+    "temperature because the air pressure is lower.",
+    "The library opens at nine in the morning and closes at six in the evening, except on Sundays when it is "
+    "closed all day.",
+    "Paris is the capital of France. It is known for the Eiffel Tower, the Louvre museum and its many cafes "
+    "along the river Seine.",
+]
+
+
+@pytest.fixture(scope="module")
+def smol_llm(smollm2_gguf):
+    return LLM(str(smollm2_gguf), num_blocks=128, block_size=16)
+
+
+def _prompts(llm, count=len(TEXTS)):
+    tokenizer = llm.get_tokenizer()
+    return [tokenizer.encode(f"Repeat this paragraph exactly: {TEXTS[i % len(TEXTS)]}\nRepeated: ")
+            for i in range(count)]
+
+
+def _params(max_tokens, speculative=None, **kw):
+    kw.setdefault("temperature", 0)
+    return SamplingParams(max_tokens=max_tokens, speculative=speculative, **kw)
+
+
+def _spec_counts(llm):
+    stats = llm.engine.stats()
+    return stats["spec_draft_tokens"], stats["spec_accepted_tokens"]
+
+
+def _ids(outputs):
+    return [output.outputs[0].token_ids for output in outputs]
+
+
+def _tiny_prompts(count, seed=7):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 96, (n,), generator=generator).tolist() for n in range(5, 5 + 3 * count, 3)]
+
+
+def _tiny_greedy(max_tokens, speculative=None):
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, speculative=speculative)
+
+
+def test_one_greedy_request_is_unchanged_and_drafts_are_accepted(smol_llm):
+    [prompt] = _prompts(smol_llm, 1)
+    plain = smol_llm.generate(prompt, _params(24))
+    drafted_before, accepted_before = _spec_counts(smol_llm)
+    spec = smol_llm.generate(prompt, _params(24, SPEC))
+    drafted, accepted = _spec_counts(smol_llm)
+    assert _ids(spec) == _ids(plain)
+    assert spec[0].outputs[0].text == plain[0].outputs[0].text
+    assert drafted > drafted_before and accepted > accepted_before, "the copied paragraph must accept drafts"
+    assert smol_llm.engine.stats()["spec_tokens_per_step"] > 1
+    assert smol_llm.engine.blocks.num_used_blocks == 0
+
+
+def test_eight_concurrent_requests_mixed_with_plain_ones_match_each_alone(tiny_model, hf_greedy):
+    prompts = _tiny_prompts(8)
+    llm = LLM(tiny_model, num_blocks=128, block_size=4, max_num_batched_tokens=48)
+    mixed = llm.generate(prompts, [_tiny_greedy(16, SPEC if i % 2 == 0 else None) for i in range(8)])
+    assert _ids(mixed) == [hf_greedy(prompt, 16) for prompt in prompts]
+    drafted, accepted = _spec_counts(llm)
+    assert 0 < accepted < drafted  # both paths taken: accepted runs and rejected drafts
+
+
+def test_the_engine_default_applies_and_a_request_can_turn_it_off(tiny_model, hf_greedy):
+    prompts = _tiny_prompts(2)
+    default = LLM(tiny_model, num_blocks=64, block_size=4, speculative=SpeculativeConfig(3))
+    outputs = default.generate(prompts[:1], _tiny_greedy(16))
+    assert _ids(outputs) == [hf_greedy(prompts[0], 16)]
+    drafted = default.engine.stats()["spec_draft_tokens"]
+    assert drafted > 0
+    outputs = default.generate(prompts[1:], _tiny_greedy(16, {"num_speculative_tokens": 0}))
+    assert _ids(outputs) == [hf_greedy(prompts[1], 16)]
+    assert default.engine.stats()["spec_draft_tokens"] == drafted
+
+
+def test_stops_inside_an_accepted_run_are_cut_where_plain_decoding_stops(smol_llm):
+    [prompt] = _prompts(smol_llm, 1)
+    reference = smol_llm.generate(prompt, _params(24))[0].outputs[0]
+    stop_token = reference.token_ids[10]
+    stop_text = smol_llm.get_tokenizer().decode(reference.token_ids[14:16]).strip()
+    cases = [
+        {"max_tokens": 9},  # the limit falls where drafts would run on
+        {"stop_token_ids": [stop_token]},
+        {"stop": [stop_text], "include_stop_str_in_output": True},
+    ]
+    for case in cases:
+        kw = {"max_tokens": 24, **case}
+        plain = smol_llm.generate(prompt, _params(**kw))[0].outputs[0]
+        drafted_before, accepted_before = _spec_counts(smol_llm)
+        spec = smol_llm.generate(prompt, _params(speculative=SPEC, **kw))[0].outputs[0]
+        assert (spec.token_ids, spec.text, spec.finish_reason, spec.stop_reason) == \
+               (plain.token_ids, plain.text, plain.finish_reason, plain.stop_reason), case
+        assert len(plain.token_ids) < 24 and _spec_counts(smol_llm)[1] > accepted_before, case
+
+
+def test_eos_inside_a_draft_run_ends_the_sequence_there(smol_llm):
+    [prompt] = _prompts(smol_llm, 1)
+    reference = smol_llm.generate(prompt, _params(24))[0].outputs[0]
+    engine = smol_llm.engine
+    saved = engine.eos_token_ids
+    engine.eos_token_ids = [reference.token_ids[12]]  # a token the copied text reaches through accepted drafts
+    try:
+        spec = smol_llm.generate(prompt, _params(24, SPEC))[0].outputs[0]
+    finally:
+        engine.eos_token_ids = saved
+    first = reference.token_ids.index(reference.token_ids[12])
+    assert spec.token_ids == reference.token_ids[:first + 1] and spec.finish_reason == "stop"
+
+
+def test_seeded_sampling_draws_the_same_tokens_as_without_speculation(tiny_model):
+    """Each token is drawn from the model's distribution by the request's own generator, one draw per token, so
+    a seed gives the same tokens (and logprobs) with and without drafts."""
+    prompts = _tiny_prompts(2, seed=5)
+    settings = [dict(temperature=0.2, top_k=20, seed=5, n=2),
+                dict(temperature=0.3, top_p=0.9, repetition_penalty=1.05, seed=3, logprobs=2)]
+    llm = LLM(tiny_model, num_blocks=64, block_size=4)
+    plain = llm.generate(prompts, [SamplingParams(max_tokens=24, ignore_eos=True, **s) for s in settings])
+    spec = llm.generate(prompts, [SamplingParams(max_tokens=24, ignore_eos=True, speculative=SPEC, **s)
+                                  for s in settings])
+    assert _spec_counts(llm)[1] > 0, "some drafts must have been accepted"
+    for p, s in zip(plain, spec):
+        assert [o.token_ids for o in s.outputs] == [o.token_ids for o in p.outputs]
+        for po, so in zip(p.outputs, s.outputs):
+            assert po.seed == so.seed
+            if po.logprobs is not None:
+                assert [lp.token_id for lp in so.logprobs] == [lp.token_id for lp in po.logprobs]
+                assert all(len(lp.top) == 2 for lp in so.logprobs)
+
+
+def test_rejected_drafts_roll_the_cache_back_to_the_plain_engines(tiny_model):
+    """After every step each sequence holds exactly the blocks its computed tokens fill, and at the end the
+    prefix cache holds the same full blocks as the non-speculative engine's (a pool nothing is evicted from)."""
+    prompts = _tiny_prompts(4, seed=3)
+    registered = []
+    for speculative in (None, SPEC):
+        engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=256, block_size=4))
+        for i, prompt in enumerate(prompts):
+            engine.add_request(str(i), prompt, _tiny_greedy(20, speculative))
+        while engine.has_unfinished_requests():
+            engine.step()
+            for seq in engine.scheduler.running:
+                assert seq.draft_token_ids == []
+                assert seq.num_computed_tokens == seq.num_tokens - 1
+                assert len(seq.block_table) == engine.blocks.blocks_needed(seq.num_computed_tokens)
+            held = sum(len(seq.block_table) for seq in engine.scheduler.running)
+            assert engine.blocks.num_used_blocks <= held  # nothing leaked (shared prefix blocks count once)
+        assert engine.blocks.num_used_blocks == 0
+        registered.append(set(engine.blocks._block_of))
+    stats = engine.stats()
+    assert stats["spec_accepted_tokens"] < stats["spec_draft_tokens"], "some drafts must have been rejected"
+    assert registered[1] == registered[0]
+
+
+def test_drafts_never_preempt_and_stay_exact_on_a_small_pool(tiny_model, hf_greedy):
+    generator = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 96, (n,), generator=generator).tolist() for n in (5, 9, 12, 7)]
+    llm = LLM(tiny_model, num_blocks=14, block_size=4, max_num_batched_tokens=32, enable_prefix_caching=False)
+    outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                   speculative={"num_speculative_tokens": 6, "prompt_lookup_max": 2}))
+    for prompt, output in zip(prompts, outputs):
+        assert output.outputs[0].token_ids == hf_greedy(prompt, 12)
+    assert llm.engine.stats()["spec_draft_tokens"] > 0
+    assert llm.engine.blocks.num_used_blocks == 0
+
+
+def test_drafts_come_from_the_earlier_match_and_respect_the_limits():
+    params = SamplingParams(max_tokens=10, speculative={"num_speculative_tokens": 3, "prompt_lookup_max": 2,
+                                                        "prompt_lookup_min": 2})
+    seq = Sequence("r", 0, [1, 2, 3, 4, 5, 6, 1, 2], params)
+    assert propose_drafts(seq, params.speculative, max_model_len=100) == [3, 4, 5]
+    seq.prompt_token_ids = [1, 2, 3, 4, 1, 2]
+    seq.output_token_ids = [7] * 7 + [1, 2]  # one token left under max_tokens: the one chosen after the drafts
+    assert propose_drafts(seq, params.speculative, max_model_len=100) == []
+    seq.output_token_ids = [7] * 6 + [1, 2]  # two left: one draft
+    assert propose_drafts(seq, params.speculative, max_model_len=100) == [3]
+    seq.output_token_ids = [1, 2]
+    assert propose_drafts(seq, params.speculative, max_model_len=100) == [3, 4, 1]
+    assert propose_drafts(seq, params.speculative, max_model_len=len(seq.all_token_ids) + 2) == [3]
+    lone = Sequence("r", 0, [5, 1, 6, 2], params)  # only unigram matches: below prompt_lookup_min
+    lone.output_token_ids = [1]
+    assert propose_drafts(lone, params.speculative, max_model_len=100) == []
