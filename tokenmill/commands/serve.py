@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
     if args.data_parallel_size != 1:
         from .serve_replicas import serve_replicas
 
-        return serve_replicas(args)
+        return serve_replicas(args, server_settings(args), engine_config_of(args), lora_adapters(args.lora))
     thread_tuner = _thread_tuner(args.threads)
     adapters = lora_adapters(args.lora)
     source = args.model if args.model is not None else default_model_path()

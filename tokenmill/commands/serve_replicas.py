@@ -33,28 +33,26 @@ def replica_threads(size: int, threads: str, cores: int) -> int:
     return count
 
 
-def serve_replicas(args: argparse.Namespace) -> int:
+def serve_replicas(args: argparse.Namespace, settings, engine_config, adapters: dict[str, str]) -> int:
+    """`settings`, `engine_config` and `adapters` as `tokenmill serve` reads them from `args`."""
     from ..auto import AutoTokenizer
     from ..engine.replica_worker import ReplicaSpec
     from ..engine.replicas import ReplicaStartError
     from ..loading.default_model import default_model_path
     from ..server.replica_app import build_replica_app
     from ..server.runner import make_server
-    from .serve import engine_config_of, lora_adapters, server_settings
 
     threads = replica_threads(args.data_parallel_size, args.threads, usable_cores())
     if args.allow_runtime_lora:
         raise SystemExit("tokenmill serve: --allow-runtime-lora is not available with --data-parallel-size > 1; "
                          "load adapters at start with --lora NAME=PATH")
-    adapters = lora_adapters(args.lora)
-    settings = server_settings(args)
     if settings.model_name in adapters:
         raise SystemExit(f"tokenmill serve: --lora {settings.model_name!r} is the served model's own name")
     source = str(args.model if args.model is not None else default_model_path())
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     load_kwargs = {"gguf_file": args.gguf_file, "dtype": args.dtype, "device": args.device,
                    "quantization_config": args.quantize}
-    spec = ReplicaSpec(source, load_kwargs, engine_config_of(args), threads, adapters, args.engine_stall_seconds)
+    spec = ReplicaSpec(source, load_kwargs, engine_config, threads, adapters, args.engine_stall_seconds)
     try:
         app = build_replica_app(spec, args.data_parallel_size, tokenizer, settings)
     except ReplicaStartError as error:
