@@ -9,10 +9,10 @@ import time
 import pytest
 
 from tokenmill.engine.async_engine import EngineDeadError
-from tokenmill.engine.engine import EngineConfig
+from tokenmill.engine.engine import EngineConfig, default_kv_memory
 from tokenmill.engine.limits import RequestLimitError
 from tokenmill.engine.replica_worker import ReplicaSpec, error_message, rebuild_error
-from tokenmill.engine.replicas import ReplicaEngine, ReplicaStartError
+from tokenmill.engine.replicas import ReplicaEngine, ReplicaStartError, shared_pool
 from tokenmill.engine.sampling_params import SamplingParams
 
 
@@ -62,6 +62,12 @@ def test_death_without_restart_fails_requests_and_health(lone_replica):
     health = lone_replica.health()
     assert not health.ok and "replica 0 died and could not be restarted" in health.reason
     assert lone_replica.router.loads == [0]
+
+
+def test_the_kv_pool_is_shared_out():
+    assert shared_pool(EngineConfig(num_blocks=640), 2).num_blocks == 320
+    assert shared_pool(EngineConfig(kv_cache_memory=3 << 30), 3).kv_cache_memory == 1 << 30
+    assert shared_pool(None, 2).kv_cache_memory == default_kv_memory() // 2
 
 
 def test_a_replica_that_cannot_load_is_named(tmp_path):

@@ -24,7 +24,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def replicated(smollm2_gguf, smollm2):
-    spec = ReplicaSpec(str(smollm2_gguf), engine_config=EngineConfig(num_blocks=320, block_size=16, max_num_seqs=48),
+    spec = ReplicaSpec(str(smollm2_gguf), engine_config=EngineConfig(num_blocks=640, block_size=16, max_num_seqs=48),
                        threads=1)
     app = build_replica_app(spec, 2, smollm2[1], ServerSettings(model_name=MODEL_NAME, default_max_tokens=16,
                                                                 max_total_tokens=1024))

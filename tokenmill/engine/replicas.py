@@ -20,6 +20,7 @@ from typing import AsyncIterator, Callable
 
 from .adapters import UnknownAdapterError
 from .async_engine import EngineDeadError, EngineHealth, ModelInfo, RequestFailedError
+from .engine import EngineConfig, default_kv_memory
 from .limits import RequestLimits, check_per_step_costs, check_request
 from .outputs import RequestOutput
 from .replica_router import ReplicaRouter
@@ -68,6 +69,17 @@ def _context():
     return context
 
 
+def shared_pool(config: EngineConfig | None, num_replicas: int) -> EngineConfig:
+    """Each replica's share of the server's KV pool: a block count or memory budget given for the server, or the
+    one engine's default budget, divided evenly (each replica sizing its own from free memory would take N times
+    as much)."""
+    config = config or EngineConfig()
+    if config.num_blocks is not None:
+        return dataclasses.replace(config, num_blocks=max(1, config.num_blocks // num_replicas))
+    budget = config.kv_cache_memory or default_kv_memory()
+    return dataclasses.replace(config, kv_cache_memory=max(1, budget // num_replicas))
+
+
 class ReplicaEngine:
     """`on_step(replica, stats, seconds, threads)`: each replica step's engine stats; `on_event(replica, event,
     detail)`: "died", "restarted", "failed" (no restart left or the restart failed)."""
@@ -77,6 +89,7 @@ class ReplicaEngine:
                  start_seconds: float = 600.0, affinity_slack: int = 4):
         if num_replicas < 1:
             raise ValueError(f"the number of replicas must be at least 1, got {num_replicas}")
+        spec = dataclasses.replace(spec, engine_config=shared_pool(spec.engine_config, num_replicas))
         self.spec = spec
         self.tokenizer = tokenizer
         self.on_step = on_step
@@ -342,6 +355,9 @@ class ReplicaEngine:
             log.error("%s", error)
             replica.state = "failed"
             self._event(replica.index, "failed", str(error))
+            return
+        if self._stopping:  # shut down while it started: stop it too
+            self._send_quietly(replica.index, ("stop",))
             return
         log.warning("engine replica %d restarted (pid %s, restart %d of %d)", replica.index, replica.process.pid,
                     replica.restarts, self.max_restarts)
