@@ -106,6 +106,33 @@ def test_shared_prefix_goes_to_the_same_replica(dp_client, routed):
     assert len(set(routed[:4])) == 1 and routed[4] != routed[5]
 
 
+def test_client_disconnect_aborts_on_the_replica(replicated):
+    engine = replicated.state.engine
+    sent = []
+    originals = [replica.send for replica in engine.replicas]
+    for replica, original in zip(engine.replicas, originals):
+        replica.send = lambda message, index=replica.index, original=original: (sent.append((index, message)),
+                                                                                original(message))
+    try:
+        with httpx.stream("POST", f"{replicated.url}/v1/completions", timeout=60,
+                          json={"model": MODEL_NAME, "prompt": "Count to one thousand:", "max_tokens": 400,
+                                "temperature": 0, "stream": True, "ignore_eos": True}) as response:
+            next(response.iter_lines())
+        deadline = time.monotonic() + 20
+        while not any(message[0] == "abort" for _, message in sent):
+            assert time.monotonic() < deadline, "the disconnect was not passed on to the replica"
+            time.sleep(0.05)
+    finally:
+        for replica in engine.replicas:
+            del replica.send
+    (added,) = [(index, message[1]) for index, message in sent if message[0] == "add"]
+    assert [(index, message[1]) for index, message in sent if message[0] == "abort"] == [added]
+    deadline = time.monotonic() + 20
+    while engine.router.loads != [0, 0] or engine.num_in_flight:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_killed_replica_is_reported_restarted_and_spares_the_other(replicated, dp_client, openai_client):
     expected = openai_client.completions.create(model=MODEL_NAME, prompt="Once upon a time", max_tokens=24,
                                                 temperature=0, stop=None).choices[0].text
