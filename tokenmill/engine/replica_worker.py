@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 
@@ -95,6 +96,8 @@ def replica_info(engine: AsyncEngine) -> ReplicaInfo:
 
 def run_replica(spec: ReplicaSpec, conn) -> None:
     """The replica process's entry point: serve `conn` until told to stop or the front goes away."""
+    # Ctrl-C reaches the whole process group: the front drains first, then stops its replicas itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         engine = build_engine(spec)
     except Exception as error:  # noqa: BLE001 - reported to the front, which names it
