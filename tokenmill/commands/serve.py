@@ -62,6 +62,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "model=NAME (OpenAI) or adapter_id=NAME (TGI). Example: --lora sql=./sql-lora")
     parser.add_argument("--allow-runtime-lora", action="store_true",
                         help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
+    parser.add_argument("--data-parallel-size", type=int, default=1,
+                        help="engine replicas, each its own process with --threads threads (auto: the cores / N), "
+                             "behind this one server: least-loaded routing with prefix-cache affinity")
     parser.add_argument("--log-level", default="info")
 
 
@@ -108,29 +111,23 @@ def _thread_tuner(threads: str):
     return None
 
 
-def main(args: argparse.Namespace) -> int:
-    from ..auto import AutoModelForCausalLM, AutoTokenizer
+def engine_config_of(args: argparse.Namespace):
     from ..engine.engine import EngineConfig
     from ..engine.spec_params import SpeculativeConfig
-    from ..loading.default_model import default_model_path
-    from ..server.app import build_server_app
-    from ..server.runner import make_server
-    from ..server.settings import ServerSettings
 
-    thread_tuner = _thread_tuner(args.threads)
-    adapters = lora_adapters(args.lora)
-    source = args.model if args.model is not None else default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device, quantization_config=args.quantize)
-    engine_config = EngineConfig(
+    return EngineConfig(
         block_size=args.block_size, num_blocks=args.num_kv_blocks,
         kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
         speculative=SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None,
     )
-    settings = ServerSettings(
+
+
+def server_settings(args: argparse.Namespace):
+    from ..server.settings import ServerSettings
+
+    return ServerSettings(
         model_name=args.served_model_name or (args.model or "SmolLM2-135M-Instruct"),
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
@@ -142,6 +139,25 @@ def main(args: argparse.Namespace) -> int:
         stored_responses=args.stored_responses,
         allow_runtime_lora=args.allow_runtime_lora,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..auto import AutoModelForCausalLM, AutoTokenizer
+    from ..loading.default_model import default_model_path
+    from ..server.app import build_server_app
+    from ..server.runner import make_server
+
+    if args.data_parallel_size != 1:
+        from .serve_replicas import serve_replicas
+
+        return serve_replicas(args, server_settings(args), engine_config_of(args), lora_adapters(args.lora))
+    thread_tuner = _thread_tuner(args.threads)
+    adapters = lora_adapters(args.lora)
+    source = args.model if args.model is not None else default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
+                                                 device=args.device, quantization_config=args.quantize)
+    engine_config, settings = engine_config_of(args), server_settings(args)
     if settings.model_name in adapters:
         raise SystemExit(f"tokenmill serve: --lora {settings.model_name!r} is the served model's own name")
     try:

@@ -53,13 +53,18 @@ def _available_memory() -> int:
     return 4 << 30
 
 
+def default_kv_memory() -> int:
+    """The KV pool's budget when none is given: a fifth of available memory, capped."""
+    return min(_available_memory() // 5, DEFAULT_KV_MEMORY_CAP)
+
+
 def pool_blocks(model, config: EngineConfig) -> int:
     """Blocks from the explicit count, else from a memory budget (a fifth of available memory, capped)."""
     if config.num_blocks is not None:
         return config.num_blocks
     mc = model.config
     per_token = PagedKVPool.bytes_per_token(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, model.dtype)
-    budget = config.kv_cache_memory or min(_available_memory() // 5, DEFAULT_KV_MEMORY_CAP)
+    budget = config.kv_cache_memory or default_kv_memory()
     return max(1, budget // (per_token * config.block_size))
 
 
