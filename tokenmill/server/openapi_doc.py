@@ -20,7 +20,8 @@ TGI_ERROR = {"type": "object", "required": ["error", "error_type"],
 # what each status means, per API; every route may also answer 401 (key), 413 (body) and 500
 _OPENAI_CODES = {400: "invalid request (the body, a field, or a limit)", 404: "no such model", 429: "too many "
                  "concurrent requests", 503: "shutting down"}
-_TGI_CODES = {422: "invalid request (the body, a field, or a limit)", 424: "generation failed",
+_TGI_CODES = {404: "no such adapter (adapter_id)", 422: "invalid request (the body, a field, or a limit)",
+              424: "generation failed",
               429: "too many concurrent requests", 503: "shutting down or unhealthy"}
 _COMMON_CODES = {401: "missing or wrong API key", 408: "request body too slow to arrive",
                  413: "request body over the limit", 500: "internal error"}
