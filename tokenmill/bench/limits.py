@@ -12,8 +12,8 @@ from __future__ import annotations
 import gc
 from dataclasses import replace
 
+from ..kernels.system import available_memory
 from .measure import Workload, run_once
-from .memory import available_memory
 
 
 def default_budget() -> int | None:

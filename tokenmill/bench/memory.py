@@ -37,17 +37,6 @@ def peak_rss() -> int | None:
     return None
 
 
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo (what can be allocated without swapping)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def gpu_memory(device: torch.device) -> dict[str, int | None]:
     if device.type != "cuda":
         return {"gpu_peak_allocated_bytes": None, "gpu_peak_reserved_bytes": None}

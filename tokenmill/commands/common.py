@@ -113,3 +113,14 @@ def load_model_and_tokenizer(args: argparse.Namespace):
                                                  device=args.device, quantization_config=args.quantize)
     print(f"loaded {source} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model, tokenizer
+
+
+def thread_count(threads: str) -> int:
+    """A fixed `tokenmill serve --threads` value (not "auto") as a count of at least 1."""
+    try:
+        count = int(threads)
+    except ValueError:
+        raise SystemExit(f"tokenmill serve: --threads must be a number or auto, got {threads!r}") from None
+    if count < 1:
+        raise SystemExit(f"tokenmill serve: --threads must be >= 1, got {count}")
+    return count

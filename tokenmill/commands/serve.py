@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_arg, add_quantize_arg
+from .common import add_model_arg, add_quantize_arg, thread_count
 
 EXAMPLE = """example:
   tokenmill serve model.gguf --port 8000 --served-model-name smollm2"""
@@ -101,13 +101,7 @@ def _thread_tuner(threads: str):
     if threads == "auto":
         most = torch.get_num_threads()
         return ThreadTuner([1, most]) if most > 1 else None
-    try:
-        count = int(threads)
-    except ValueError:
-        raise SystemExit(f"tokenmill serve: --threads must be a number or auto, got {threads!r}") from None
-    if count < 1:
-        raise SystemExit(f"tokenmill serve: --threads must be >= 1, got {count}")
-    torch.set_num_threads(count)
+    torch.set_num_threads(thread_count(threads))
     return None
 
 

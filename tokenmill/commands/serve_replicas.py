@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from .common import thread_count
+
 
 def usable_cores() -> int:
     try:
@@ -24,13 +26,7 @@ def replica_threads(size: int, threads: str, cores: int) -> int:
                          f"process may use; use at most {cores}")
     if threads == "auto":
         return max(1, cores // size)
-    try:
-        count = int(threads)
-    except ValueError:
-        raise SystemExit(f"tokenmill serve: --threads must be a number or auto, got {threads!r}") from None
-    if count < 1:
-        raise SystemExit(f"tokenmill serve: --threads must be >= 1, got {count}")
-    return count
+    return thread_count(threads)
 
 
 def serve_replicas(args: argparse.Namespace, settings, engine_config, adapters: dict[str, str]) -> int:

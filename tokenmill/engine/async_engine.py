@@ -123,16 +123,9 @@ class AsyncEngine:
         self._send(("add", request_id, prompt_token_ids, params))
         finished = False
         try:
-            while True:
-                item = await stream.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in outputs_until_finished(stream.outputs):
                 finished = item.finished
-                if item.error is not None:
-                    raise RequestFailedError(item.error)
                 yield item
-                if finished:
-                    return
         finally:
             self._streams.pop(request_id, None)
             if not finished:
@@ -266,6 +259,20 @@ class AsyncEngine:
     def _fail_streams(self, error: Exception) -> None:
         """Wake every caller still waiting (the engine is gone: nothing more will come)."""
         self._deliver_all([(request_id, error) for request_id in list(self._streams)])
+
+
+async def outputs_until_finished(outputs: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+    """A request's outputs from its queue up to the finished one; an exception put there, or an output carrying
+    a failure, is raised."""
+    while True:
+        item = await outputs.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item.error is not None:
+            raise RequestFailedError(item.error)
+        yield item
+        if item.finished:
+            return
 
 
 def _run_call(engine: LLMEngine, function, future: asyncio.Future) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from ..cache.paged import PagedKVPool
 from ..generation.constrained import StructuredOutputProcessor
+from ..kernels.system import available_memory
 from .adapters import check_adapter, load_adapter, prefix_root, unload_adapter
 from .block_manager import BlockManager
 from .detokenize import SequenceText
@@ -43,14 +44,8 @@ class EngineConfig:
 
 
 def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
+    available = available_memory()
+    return 4 << 30 if available is None else available
 
 
 def default_kv_memory() -> int:

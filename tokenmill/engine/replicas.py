@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from .adapters import UnknownAdapterError
-from .async_engine import EngineDeadError, EngineHealth, ModelInfo, RequestFailedError
+from .async_engine import EngineDeadError, EngineHealth, ModelInfo, outputs_until_finished
 from .engine import EngineConfig, default_kv_memory
 from .limits import RequestLimits, check_per_step_costs, check_request
 from .outputs import RequestOutput
@@ -161,16 +161,9 @@ class ReplicaEngine:
         except (OSError, AttributeError):  # died in between: its reader thread fails the stream
             pass
         try:
-            while True:
-                item = await stream.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in outputs_until_finished(stream.outputs):
                 finished = item.finished
-                if item.error is not None:
-                    raise RequestFailedError(item.error)
                 yield item
-                if finished:
-                    return
         finally:
             self._close(request_id)
             if not finished:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.system import available_memory
+
 STRATEGIES = ("auto", "balanced", "sequential")
 DISK = "disk"
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -115,13 +117,8 @@ def parse_max_memory(max_memory: dict | None) -> dict[str, int]:
 
 
 def _available_cpu_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2**62  # no reading: the CPU is not a limit
+    available = available_memory()
+    return 2**62 if available is None else available  # no reading: the CPU is not a limit
 
 
 def plan_placement(module_sizes: dict[str, int], layer_names: list[str], device_map, max_memory: dict | None,

@@ -5,6 +5,7 @@ built (build.py), the GEMM behind dense float32 matmuls, torch's threads and bui
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import torch
 
@@ -13,6 +14,17 @@ from .cpu import cpu_model, isa_features
 # a GGUF model's float32 prefill past the block kernels' row limit goes through oneDNN's linear (bundled with
 # torch) where this torch build has it (layers/quantized_linear.dense_linear), otherwise through F.linear
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (what can be allocated without swapping); None where unread."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def dense_gemm() -> str:
