@@ -24,7 +24,8 @@ class AutoModelForCausalLM:
                         attn_implementation: str = "sdpa", allow_pickle: bool = False,
                         progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
                         kernels: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
-                        load_in_4bit: bool | None = None, **hub_kwargs):
+                        load_in_4bit: bool | None = None, tp_plan: str | None = None,
+                        tp_size: int | None = None, **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
         float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
@@ -32,12 +33,14 @@ class AutoModelForCausalLM:
         model's execution policy (`model.execution_policy`, see execution/policy.py); an impossible combination
         raises ExecutionPolicyError before any weight is read.
         quantization_config / load_in_8bit / load_in_4bit (a float folder only): quantize at load into blocks the
-        CPU kernels run, see assembly/quantization_config.py (BitsAndBytesConfig, or {"method": "q4_0"})."""
+        CPU kernels run, see assembly/quantization_config.py (BitsAndBytesConfig, or {"method": "q4_0"}).
+        tp_plan="auto" (under torchrun): this process loads its rank's share of a tensor-parallel model
+        (assembly/tensor_parallel.py); tp_size, if given, must equal the launcher's WORLD_SIZE."""
         return load_model(source, dtype=dtype, device=device, gguf_file=gguf_file,
                           attn_implementation=attn_implementation, allow_pickle=allow_pickle, progress=progress,
                           torch_dtype=torch_dtype, keep_quantized=keep_quantized, kernel_set=kernels,
                           quantization_config=quantization_config, load_in_8bit=load_in_8bit,
-                          load_in_4bit=load_in_4bit, **hub_kwargs)
+                          load_in_4bit=load_in_4bit, tp_plan=tp_plan, tp_size=tp_size, **hub_kwargs)
 
 
 class AutoTokenizer:
