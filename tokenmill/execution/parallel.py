@@ -176,9 +176,11 @@ def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: 
                                daemon=True) for rank in range(1, size)]
     for worker in workers:
         worker.start()
+    caller_threads = torch.get_num_threads()
     try:
         result = _rank_main(0, size, host, port, timeout_s, threads, target, args)
     finally:
+        torch.set_num_threads(caller_threads)
         for worker in workers:
             worker.join(timeout_s)
             if worker.is_alive():
