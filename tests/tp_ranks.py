@@ -26,3 +26,21 @@ def run_jobs(collectives, jobs: list[tuple[str, dict, list[int], int]]) -> list:
         logits, tokens = forward_and_generate(model, torch.tensor([prompt]), new_tokens)
         results.append((logits, tokens, model.execution_policy.as_dict()))
     return results
+
+
+def sum_of_ranks(collectives) -> tuple[float, list[float], object]:
+    """(all-reduce of rank+1, all-gather of uneven pieces, rank 0's broadcast object) on this rank."""
+    total = collectives.all_reduce(torch.tensor([collectives.rank + 1.0])).item()
+    piece = torch.full((1, collectives.rank + 1), float(collectives.rank))  # widths 1 and 2
+    gathered = collectives.all_gather_last(piece, [1, 2])[0].tolist()
+    shared = collectives.broadcast_object({"step": 7} if collectives.rank == 0 else None)
+    return total, gathered, shared
+
+
+def rank_one_dies(collectives) -> None:
+    """Rank 1 exits at once; rank 0 then waits on a collective that can never complete."""
+    import os
+
+    if collectives.rank == 1:
+        os._exit(3)
+    collectives.all_reduce(torch.ones(1))

@@ -24,6 +24,10 @@ class TensorParallelError(ValueError):
     """A tensor-parallel request that cannot run (sizes, world, rendezvous), with what to change."""
 
 
+class RankFailedError(RuntimeError):
+    """A rank of a tensor-parallel group died or failed; names each rank's exit."""
+
+
 class Collectives:
     """One process: every collective is the identity."""
 
@@ -156,7 +160,8 @@ def _rank_main(rank: int, size: int, host: str, port: int, timeout_s: float, thr
     try:
         return target(collectives, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: str = "127.0.0.1",
@@ -179,14 +184,28 @@ def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: 
     caller_threads = torch.get_num_threads()
     try:
         result = _rank_main(0, size, host, port, timeout_s, threads, target, args)
+    except Exception as error:
+        _reap(workers, timeout_s)
+        raise RankFailedError(f"tensor parallelism: rank 0 failed ({type(error).__name__}: {error}); "
+                              f"{_exit_report(workers)}") from error
     finally:
         torch.set_num_threads(caller_threads)
-        for worker in workers:
-            worker.join(timeout_s)
-            if worker.is_alive():
-                worker.kill()
-    failed = [f"rank {rank} exited with code {worker.exitcode}"
-              for rank, worker in enumerate(workers, start=1) if worker.exitcode not in (0, None)]
-    if failed:
-        raise RuntimeError(f"tensor parallelism: {'; '.join(failed)}")
+    _reap(workers, timeout_s)
+    if any(worker.exitcode != 0 for worker in workers):
+        raise RankFailedError(f"tensor parallelism: {_exit_report(workers)}")
     return result
+
+
+def _reap(workers, timeout_s: float) -> None:
+    """Wait for the spawned ranks, killing one still running after `timeout_s` (stuck in a collective)."""
+    for worker in workers:
+        worker.join(timeout_s)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+def _exit_report(workers) -> str:
+    return "; ".join(f"rank {rank} " + ("ran to completion" if worker.exitcode == 0 else
+                                        f"exited with code {worker.exitcode}")
+                     for rank, worker in enumerate(workers, start=1))
