@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import time
 
 import torch
@@ -164,6 +165,15 @@ def _rank_main(rank: int, size: int, host: str, port: int, timeout_s: float, thr
             dist.destroy_process_group()
 
 
+def _spawned_rank(rank: int, *rest) -> None:
+    """A spawned rank: bad input (which rank 0 reports as well) is one line on stderr and exit code 1."""
+    try:
+        _rank_main(rank, *rest)
+    except ValueError as error:
+        print(f"tokenmill rank {rank}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: str = "127.0.0.1",
                 port: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
     """Run target(collectives, *args) in ranks 1..size-1 (spawned processes, `threads` threads each) and in this
@@ -177,13 +187,16 @@ def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: 
                                   f"--master-port) or leave it unset for a free one")
     import torch.multiprocessing as mp
     context = mp.get_context("spawn")
-    workers = [context.Process(target=_rank_main, args=(rank, size, host, port, timeout_s, threads, target, args),
+    workers = [context.Process(target=_spawned_rank, args=(rank, size, host, port, timeout_s, threads, target, args),
                                daemon=True) for rank in range(1, size)]
     for worker in workers:
         worker.start()
     caller_threads = torch.get_num_threads()
     try:
         result = _rank_main(0, size, host, port, timeout_s, threads, target, args)
+    except ValueError:  # bad input (sizes, files): the same on every rank, reported as itself
+        _reap(workers, timeout_s)
+        raise
     except Exception as error:
         _reap(workers, timeout_s)
         raise RankFailedError(f"tensor parallelism: rank 0 failed ({type(error).__name__}: {error}); "
