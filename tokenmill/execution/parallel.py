@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 60.0  # a rank that died makes the others' next collective fail after this, never hang
+IDLE_TIMEOUT = datetime.timedelta(days=365)  # followers wait for rank 0's next step as long as a server idles
 
 
 class TensorParallelError(ValueError):
@@ -57,6 +58,10 @@ class ProcessGroupCollectives(Collectives):
                                       "init_from_env() (torchrun) or spawn_ranks()")
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.seconds, self.calls = 0.0, 0
+        # objects (a step's batch layout) travel on their own gloo group: the followers wait on it while rank 0
+        # idles, which the compute group's timeout would cut short; NCCL carries no Python objects anyway
+        self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+        self.workers: list = []  # the spawned ranks' processes, on the rank that spawned them (for reports)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
@@ -80,7 +85,7 @@ class ProcessGroupCollectives(Collectives):
         """Rank 0's `value` on every rank (one pickled object: a step's batch layout)."""
         started = time.perf_counter()
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.control)
         self._count(started)
         return box[0]
 
@@ -174,13 +179,48 @@ def _spawned_rank(rank: int, *rest) -> None:
         sys.exit(1)
 
 
+def start_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: str = "127.0.0.1",
+                port: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Collectives:
+    """Start ranks 1..size-1 running target(collectives, *args) in spawned processes and join the group here as
+    rank 0; returns rank 0's group (its `workers` the processes), for a caller that keeps running (an engine)."""
+    if size < 2:
+        raise TensorParallelError(f"tensor parallelism needs at least 2 ranks, got {size}")
+    port = free_port(host) if port is None else port
+    if not port_is_free(host, port):
+        raise TensorParallelError(f"the rendezvous port {host}:{port} is in use; pick another (MASTER_PORT / "
+                                  f"--master-port) or leave it unset for a free one")
+    import torch.multiprocessing as mp
+    context = mp.get_context("spawn")
+    workers = [context.Process(target=_spawned_rank, args=(rank, size, host, port, timeout_s, threads, target, args),
+                               daemon=True) for rank in range(1, size)]
+    for worker in workers:
+        worker.start()
+    try:
+        collectives = init_group(0, size, host, port, timeout_s)
+    except Exception as error:
+        _reap(workers, 0)
+        raise RankFailedError(f"tensor parallelism: the ranks did not meet at {host}:{port} ({error}); "
+                              f"{_exit_report(workers)}") from error
+    collectives.workers = workers
+    return collectives
+
+
+def rank_failure(collectives: Collectives, error: BaseException) -> RankFailedError:
+    """The error rank 0 raises when a collective failed: which spawned ranks have exited, and the cause."""
+    workers = getattr(collectives, "workers", [])
+    for worker in workers:
+        worker.join(1.0)  # a rank that just died needs a moment to be seen as exited
+    report = _exit_report(workers) if workers else "see the other ranks' logs"
+    return RankFailedError(f"tensor parallelism: a collective failed ({error}); {report}")
+
+
 def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: str = "127.0.0.1",
                 port: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
     """Run target(collectives, *args) in ranks 1..size-1 (spawned processes, `threads` threads each) and in this
     process as rank 0, returning rank 0's result; a rank that fails makes the others fail within `timeout_s`,
     and is reported here. `target` must be importable (a module-level function), as spawn pickles it."""
     if size < 2:
-        raise TensorParallelError(f"spawn_ranks needs at least 2 ranks, got {size}")
+        raise TensorParallelError(f"tensor parallelism needs at least 2 ranks, got {size}")
     port = free_port(host) if port is None else port
     if not port_is_free(host, port):
         raise TensorParallelError(f"the rendezvous port {host}:{port} is in use; pick another (MASTER_PORT / "
@@ -219,6 +259,7 @@ def _reap(workers, timeout_s: float) -> None:
 
 
 def _exit_report(workers) -> str:
-    return "; ".join(f"rank {rank} " + ("ran to completion" if worker.exitcode == 0 else
+    return "; ".join(f"rank {rank} " + ("is running" if worker.exitcode is None else
+                                        "ran to completion" if worker.exitcode == 0 else
                                         f"exited with code {worker.exitcode}")
                      for rank, worker in enumerate(workers, start=1))
