@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_arg, add_quantize_arg
+from .common import add_model_arg, add_quantize_arg, tensor_parallel_kwargs
+from .parallel import add_parallel_args
 
 EXAMPLE = """example:
   tokenmill serve model.gguf --port 8000 --served-model-name smollm2"""
@@ -60,6 +61,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-runtime-lora", action="store_true",
                         help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
     parser.add_argument("--log-level", default="info")
+    add_parallel_args(parser)
 
 
 def lora_adapters(specs: list[str] | None) -> dict[str, str]:
@@ -103,12 +105,18 @@ def main(args: argparse.Namespace) -> int:
     from ..server.runner import make_server
     from ..server.settings import ServerSettings
 
-    thread_tuner = _thread_tuner(args.threads)
+    parallel = tensor_parallel_kwargs(args)  # --tensor-parallel-size: this process is one rank
+    thread_tuner = None if parallel else _thread_tuner(args.threads)  # a tuner would change rank 0's threads only
     adapters = lora_adapters(args.lora)
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device, quantization_config=args.quantize)
+                                                 device=args.device, quantization_config=args.quantize, **parallel)
+    if parallel and parallel["tensor_parallel"].rank != 0:
+        from ..engine.parallel_runner import follow_steps
+
+        follow_steps(model)  # rank 0 runs the server and the engine; this rank runs its share of each step
+        return 0
     engine_config = EngineConfig(
         block_size=args.block_size, num_blocks=args.num_kv_blocks,
         kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,
@@ -138,4 +146,6 @@ def main(args: argparse.Namespace) -> int:
           f"({info.kv_blocks} KV blocks of {info.block_size} tokens)", file=sys.stderr)
     make_server(app, args.host, args.port, args.log_level).run()
     app.state.tokenmill.engine.shutdown()
+    if parallel:
+        app.state.tokenmill.engine.engine.runner.stop_followers()
     return 0

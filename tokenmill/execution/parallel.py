@@ -18,6 +18,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from ..errors import TokenmillError
+
 DEFAULT_TIMEOUT_S = 60.0  # a rank that died makes the others' next collective fail after this, never hang
 IDLE_TIMEOUT = datetime.timedelta(days=365)  # followers wait for rank 0's next step as long as a server idles
 
@@ -26,7 +28,7 @@ class TensorParallelError(ValueError):
     """A tensor-parallel request that cannot run (sizes, world, rendezvous), with what to change."""
 
 
-class RankFailedError(RuntimeError):
+class RankFailedError(TokenmillError, RuntimeError):
     """A rank of a tensor-parallel group died or failed; names each rank's exit."""
 
 
@@ -219,21 +221,16 @@ def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: 
     """Run target(collectives, *args) in ranks 1..size-1 (spawned processes, `threads` threads each) and in this
     process as rank 0, returning rank 0's result; a rank that fails makes the others fail within `timeout_s`,
     and is reported here. `target` must be importable (a module-level function), as spawn pickles it."""
-    if size < 2:
-        raise TensorParallelError(f"tensor parallelism needs at least 2 ranks, got {size}")
-    port = free_port(host) if port is None else port
-    if not port_is_free(host, port):
-        raise TensorParallelError(f"the rendezvous port {host}:{port} is in use; pick another (MASTER_PORT / "
-                                  f"--master-port) or leave it unset for a free one")
-    import torch.multiprocessing as mp
-    context = mp.get_context("spawn")
-    workers = [context.Process(target=_spawned_rank, args=(rank, size, host, port, timeout_s, threads, target, args),
-                               daemon=True) for rank in range(1, size)]
-    for worker in workers:
-        worker.start()
     caller_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        result = _rank_main(0, size, host, port, timeout_s, threads, target, args)
+        collectives = start_ranks(size, target, args, threads=threads, host=host, port=port, timeout_s=timeout_s)
+    except BaseException:
+        torch.set_num_threads(caller_threads)
+        raise
+    workers = collectives.workers
+    try:
+        result = target(collectives, *args)
     except ValueError:  # bad input (sizes, files): the same on every rank, reported as itself
         _reap(workers, timeout_s)
         raise
@@ -243,6 +240,8 @@ def spawn_ranks(size: int, target, args: tuple = (), *, threads: int = 1, host: 
                               f"{_exit_report(workers)}") from error
     finally:
         torch.set_num_threads(caller_threads)
+        if dist.is_initialized():
+            dist.destroy_process_group()
     _reap(workers, timeout_s)
     if any(worker.exitcode != 0 for worker in workers):
         raise RankFailedError(f"tensor parallelism: {_exit_report(workers)}")
