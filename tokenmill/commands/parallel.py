@@ -26,8 +26,11 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
 
 
 def wants_ranks(args: argparse.Namespace) -> bool:
-    return getattr(args, "tensor_parallel_size", 1) != 1 or "WORLD_SIZE" in os.environ and hasattr(
-        args, "tensor_parallel_size")
+    """Whether the command runs on ranks: it takes --tensor-parallel-size, and asked for N != 1 or runs under
+    a launcher (WORLD_SIZE set)."""
+    if not hasattr(args, "tensor_parallel_size"):
+        return False
+    return args.tensor_parallel_size != 1 or "WORLD_SIZE" in os.environ
 
 
 def run_on_ranks(args: argparse.Namespace) -> int:
