@@ -141,7 +141,7 @@ def test_info_shows_the_execution_policy(monkeypatch, capsys, tmp_path):
     assert code == 0
     assert json.loads(out)["execution_policy"] == {
         "device": "cpu", "dtype": "float32", "weight_format": "dense", "kernels": "torch", "attention": "eager",
-        "threads": json.loads(out)["execution_policy"]["threads"], "parallel": "single"}
+        "threads": json.loads(out)["execution_policy"]["threads"], "parallel": "single", "tp_rank": 0, "tp_size": 1}
     code, out, _ = run(["info", str(tmp_path), "--execution"], monkeypatch, capsys)
     expected = "exact" if kernels.available() else "torch"
     assert code == 0 and re.search(rf"execution kernels +{expected}", out) and "execution attention" in out

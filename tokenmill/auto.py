@@ -25,7 +25,8 @@ class AutoModelForCausalLM:
                         progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
                         kernels: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
                         load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
-                        offload_folder=None, **hub_kwargs):
+                        offload_folder=None, tp_plan: str | None = None, tp_size: int | None = None,
+                        **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
         float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
@@ -37,13 +38,15 @@ class AutoModelForCausalLM:
         device_map ("auto" | "balanced" | "sequential" | a device | {module name: device}), max_memory
         ({0: "20GiB", "cpu": "30GiB"}), offload_folder: transformers' placement over GPUs, the CPU and disk
         (decoder layers read from their file while they run); `model.hf_device_map` reports it, see
-        assembly/device_map.py."""
+        assembly/device_map.py.
+        tp_plan="auto" (under torchrun): this process loads its rank's share of a tensor-parallel model
+        (assembly/tensor_parallel.py); tp_size, if given, must equal the launcher's WORLD_SIZE."""
         return load_model(source, dtype=dtype, device=device, gguf_file=gguf_file,
                           attn_implementation=attn_implementation, allow_pickle=allow_pickle, progress=progress,
                           torch_dtype=torch_dtype, keep_quantized=keep_quantized, kernel_set=kernels,
                           quantization_config=quantization_config, load_in_8bit=load_in_8bit,
                           load_in_4bit=load_in_4bit, device_map=device_map, max_memory=max_memory,
-                          offload_folder=offload_folder, **hub_kwargs)
+                          offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, **hub_kwargs)
 
 
 class AutoTokenizer:

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from .commands.common import HelpFormatter, resolve_model_arg
+from .commands.parallel import run_on_ranks, wants_ranks
 from .errors import TokenmillError
 from .version import __version__
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         resolve_model_arg(args)
+        if wants_ranks(args):  # --tensor-parallel-size N: the command runs on N ranks
+            return run_on_ranks(args)
         return args.run(args) or 0
     except (TokenmillError, ValueError) as error:  # bad input: a message, not a traceback
         print(f"tokenmill: error: {error}", file=sys.stderr)

@@ -76,7 +76,8 @@ def test_without_kernels_asking_for_them_is_refused_and_the_default_is_aten(monk
     (dict(kernels="native", device="meta"), "needs device cpu and dtype float32"),
     (dict(kernels="exact", dtype=torch.bfloat16), "needs device cpu and dtype float32"),
     (dict(attention="native", kernels="torch"), "belongs to kernels='native'"),
-    (dict(parallel="tensor"), "parallel must be one of"),
+    (dict(parallel="pipeline"), "parallel must be one of"),
+    (dict(parallel="tensor"), "'tensor' needs 2 or more"),  # a tensor layout without its ranks' group
     (dict(weight_format="int4"), "weight_format must be one of"),
     (dict(threads=0), "threads must be at least 1"),
 ])
@@ -88,9 +89,11 @@ def test_an_inconsistent_policy_cannot_be_built(fields, message):
 def test_describe_and_as_dict_name_every_field():
     policy = ExecutionPolicy(weight_format="gguf-blocks", kernels="native", attention="native", threads=3)
     assert policy.as_dict() == {"device": "cpu", "dtype": "float32", "weight_format": "gguf-blocks",
-                                "kernels": "native", "attention": "native", "threads": 3, "parallel": "single"}
+                                "kernels": "native", "attention": "native", "threads": 3, "parallel": "single",
+                                "tp_rank": 0, "tp_size": 1}
     text = policy.describe()
-    for part in ("cpu float32", "gguf-blocks weights", "native kernels", "native attention", "3 thread(s)"):
+    for part in ("cpu float32", "gguf-blocks weights", "native kernels", "native attention", "3 thread(s)",
+                 "single device"):
         assert part in text
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.kernels = "torch"

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from ..execution.parallel import SINGLE, Collectives, TensorParallelError, check_tp_size, init_from_env
 from ..execution.policy import choose_policy
 from ..config import ModelConfig
 from ..generation.config import generation_config_of
@@ -17,6 +18,7 @@ from ..models.registry import gguf_architectures, model_class
 from .device_map import check_placement_request, place_model, requests_gpu
 from .prequantized import packed_format, read_prequantized
 from .quantization_config import QuantizationConfigError, QuantizationPlan, quantization_plan
+from .tensor_parallel import shard_model
 from .weights import build_model, return_freed_memory
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -65,20 +67,48 @@ def warn_about_quantized_compute(plan: QuantizationPlan, policy) -> None:
                       f"block kernels compute in float32", RuntimeWarning, stacklevel=4)
 
 
+def tensor_parallel_group(tp_plan: str | None, tp_size: int | None,
+                          tensor_parallel: Collectives | None) -> Collectives:
+    """The group this load is one rank of: given, torchrun's for tp_plan="auto", or one process."""
+    if tensor_parallel is not None:
+        return tensor_parallel
+    if tp_plan is None:
+        if tp_size not in (None, 1):
+            raise TensorParallelError(f"tp_size={tp_size} needs tp_plan='auto' (under torchrun), or use "
+                                      f"LLM(..., tensor_parallel_size={tp_size}) / --tensor-parallel-size")
+        return SINGLE
+    if tp_plan != "auto":
+        raise TensorParallelError(f"tp_plan must be 'auto' or None, got {tp_plan!r}")
+    return init_from_env(tp_size)
+
+
+def check_tp_config(config: ModelConfig, collectives: Collectives) -> None:
+    """Refuse a group size the model's heads cannot split, before any weight is read."""
+    if collectives.size > 1:
+        heads = config.num_attention_heads
+        check_tp_size(collectives.size, heads, config.get("num_key_value_heads") or heads)
+
+
 def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
                attn_implementation: str = "sdpa", allow_pickle: bool = False,
                progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
                kernel_set: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
                load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
-               offload_folder=None, **hub_kwargs):
+               offload_folder=None, tp_plan: str | None = None, tp_size: int | None = None,
+               tensor_parallel: Collectives | None = None, **hub_kwargs):
     """AutoModelForCausalLM.from_pretrained (see its docstring); the request and the machine make the model's
-    execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read."""
+    execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read.
+    tensor_parallel: the group this process is one rank of (spawned by tokenmill); tp_plan="auto": torchrun's."""
     started = time.perf_counter()
     check_placement_request(device_map, max_memory, offload_folder, device)
     if device_map is not None and requests_gpu(device_map, max_memory):
         # built on the CPU, then moved module by module; ATen runs every device the placement may use
         kernel_set = kernel_set or "torch"
         keep_quantized = False if keep_quantized is None else keep_quantized
+    if device_map is not None and (tp_plan is not None or tensor_parallel is not None):
+        raise TensorParallelError("device_map places one process's model; under tensor parallelism each rank "
+                                  "holds its share already: drop device_map or tp_plan")
+    collectives = tensor_parallel_group(tp_plan, tp_size, tensor_parallel)
     plan = quantization_plan(quantization_config, load_in_8bit, load_in_4bit)
     resolved = resolve_source(source, gguf_file, **hub_kwargs)
     gguf = packed = None
@@ -90,6 +120,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
         gguf = GGUFCheckpoint(resolved.gguf_path, gguf_architectures())
         config = ModelConfig.from_dict(gguf.config_dict())
         model_class(config.model_type)  # an unsupported family fails before any weight is read
+        check_tp_config(config, collectives)
         target_dtype = parse_dtype(dtype or torch_dtype, "float32")
         policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=True,
                                keep_quantized=keep_quantized, kernels=kernel_set,
@@ -100,6 +131,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     else:
         config = ModelConfig.from_json_file(resolved.folder / "config.json")
         model_class(config.model_type)
+        check_tp_config(config, collectives)
         packed = packed_format(config.get("quantization_config"))
     if packed is not None:  # a GPTQ / AWQ folder: its packed layers become blocks the kernels run
         if plan is not None:
@@ -125,6 +157,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
     if device_map is not None:
         place_model(model, device_map, max_memory, offload_folder)
+    shard_model(model, collectives)  # this rank's slices copied, the whole tensors freed below
     return_freed_memory()
     model.generation_config = generation_config_of(resolved, gguf)
     model.name_or_path = str(source)

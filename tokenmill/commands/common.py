@@ -103,6 +103,12 @@ def model_source(args: argparse.Namespace):
     return args.model if args.model is not None else default_model_path()
 
 
+def tensor_parallel_kwargs(args: argparse.Namespace) -> dict:
+    """The rank's group when the command runs tensor-parallel (commands/parallel.py set it), else nothing."""
+    group = getattr(args, "tensor_parallel", None)
+    return {} if group is None else {"tensor_parallel": group}
+
+
 def load_model_and_tokenizer(args: argparse.Namespace):
     from ..auto import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,7 +116,8 @@ def load_model_and_tokenizer(args: argparse.Namespace):
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device, quantization_config=args.quantize)
+                                                 device=args.device, quantization_config=args.quantize,
+                                                 **tensor_parallel_kwargs(args))
     print(f"loaded {source} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model, tokenizer
 

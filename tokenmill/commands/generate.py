@@ -7,6 +7,7 @@ import sys
 
 from ..errors import TokenmillError
 from .common import add_load_args, add_model_arg, add_sampling_args, load_model_and_tokenizer, require_valid_text, sampling_kwargs
+from .parallel import add_parallel_args
 
 
 EXAMPLE = """examples:
@@ -18,6 +19,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_model_arg(parser)  # MODEL before PROMPT: one positional is the prompt, two are MODEL PROMPT
     parser.add_argument("prompt", help="the prompt text ('-' reads it from standard input)")
     add_load_args(parser)
+    add_parallel_args(parser)
     add_sampling_args(parser)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument("--system", default=None, help="system message (needs --chat; refused without it)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_arg, add_quantize_arg, thread_count
+from .common import add_model_arg, add_quantize_arg, tensor_parallel_kwargs, thread_count
+from .parallel import add_parallel_args
 
 EXAMPLE = """example:
   tokenmill serve model.gguf --port 8000 --served-model-name smollm2"""
@@ -66,6 +67,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="engine replicas, each its own process with --threads threads (auto: the cores / N), "
                              "behind this one server: least-loaded routing with prefix-cache affinity")
     parser.add_argument("--log-level", default="info")
+    add_parallel_args(parser)
 
 
 def _draft_length(text: str) -> int:
@@ -144,13 +146,22 @@ def main(args: argparse.Namespace) -> int:
     if args.data_parallel_size != 1:
         from .serve_replicas import serve_replicas
 
+        if args.tensor_parallel_size != 1:
+            raise SystemExit("tokenmill serve: --data-parallel-size with --tensor-parallel-size is not supported: "
+                             "choose one")
         return serve_replicas(args, server_settings(args), engine_config_of(args), lora_adapters(args.lora))
-    thread_tuner = _thread_tuner(args.threads)
+    parallel = tensor_parallel_kwargs(args)  # --tensor-parallel-size: this process is one rank
+    thread_tuner = None if parallel else _thread_tuner(args.threads)  # a tuner would change rank 0's threads only
     adapters = lora_adapters(args.lora)
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device, quantization_config=args.quantize)
+                                                 device=args.device, quantization_config=args.quantize, **parallel)
+    if parallel and parallel["tensor_parallel"].rank != 0:
+        from ..engine.parallel_runner import follow_steps
+
+        follow_steps(model)  # rank 0 runs the server and the engine; this rank runs its share of each step
+        return 0
     engine_config, settings = engine_config_of(args), server_settings(args)
     if settings.model_name in adapters:
         raise SystemExit(f"tokenmill serve: --lora {settings.model_name!r} is the served model's own name")
@@ -163,4 +174,6 @@ def main(args: argparse.Namespace) -> int:
           f"({info.kv_blocks} KV blocks of {info.block_size} tokens)", file=sys.stderr)
     make_server(app, args.host, args.port, args.log_level).run()
     app.state.tokenmill.engine.shutdown()
+    if parallel:
+        app.state.tokenmill.engine.engine.runner.stop_followers()
     return 0

@@ -156,6 +156,8 @@ class AsyncEngine:
         """Unhealthy when the engine thread has died or one step has run longer than `stall_seconds`."""
         if not self._thread.is_alive():
             return EngineHealth(False, "the engine thread is not running")
+        if self.engine.runner.failure is not None:  # a tensor-parallel rank died: no step can run again
+            return EngineHealth(False, self.engine.runner.failure)
         stalled = monotonic() - self._beat
         if self._busy and stalled > self.stall_seconds:
             return EngineHealth(False, f"the engine has been in one step for {stalled:.0f} s")

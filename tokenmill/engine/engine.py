@@ -19,7 +19,7 @@ from .adapters import check_adapter, load_adapter, prefix_root, unload_adapter
 from .block_manager import BlockManager
 from .detokenize import SequenceText
 from .limits import RequestLimits, check_per_step_costs, check_request
-from .model_runner import ModelRunner
+from .parallel_runner import make_runner
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import NO_TOKEN, choice_seed, prompt_logprobs, sample
 from .sampling_params import SamplingParams
@@ -87,7 +87,7 @@ class LLMEngine:
         num_blocks = pool_blocks(model, self.config)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, num_blocks, self.config.block_size)
+        self.runner = make_runner(model, num_blocks, self.config.block_size)  # tensor-parallel rank 0 or plain
         self.capacity_tokens = num_blocks * self.config.block_size
         self.limits = RequestLimits.of_engine(self.max_model_len, self.capacity_tokens)
         self._requests: dict[str, _Request] = {}

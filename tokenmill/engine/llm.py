@@ -16,19 +16,41 @@ class LLM:
     """`model`: a loaded CausalLM or anything AutoModelForCausalLM.from_pretrained accepts (folder, .gguf, hub id)."""
 
     def __init__(self, model, tokenizer=None, *, dtype=None, device=None, gguf_file: str | None = None,
-                 skip_tokenizer_init: bool = False, **engine_kwargs):
+                 skip_tokenizer_init: bool = False, tensor_parallel_size: int = 1,
+                 threads_per_rank: int | None = None, **engine_kwargs):
+        """tensor_parallel_size=N (a source, not a loaded model): N ranks each hold a share of the weights; the
+        engine runs here as rank 0 and N-1 spawned processes follow its steps (engine/parallel_runner.py)."""
         if isinstance(model, str) or hasattr(model, "__fspath__"):
             from ..auto import AutoModelForCausalLM, AutoTokenizer
 
             source = model
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device=device, gguf_file=gguf_file,
-                                                         progress=False)
+            load_kwargs = dict(dtype=dtype, device=device, gguf_file=gguf_file)
+            parallel = parallel_load_kwargs(source, load_kwargs, tensor_parallel_size, threads_per_rank)
+            from .parallel_runner import stop_ranks
+
+            try:
+                model = AutoModelForCausalLM.from_pretrained(source, progress=False, **load_kwargs, **parallel)
+            except BaseException:
+                if parallel:
+                    stop_ranks(parallel["tensor_parallel"])
+                raise
+            if parallel:
+                model.execution_policy = model.execution_policy.with_threads(parallel["tensor_parallel"].threads)
             if tokenizer is None and not skip_tokenizer_init:
                 tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         self.model = model
         self.tokenizer = tokenizer
+        if tensor_parallel_size != 1 and model.execution_policy.parallel != "tensor":
+            raise ValueError("tensor_parallel_size needs a model source (folder, .gguf, hub id), not a loaded model")
         self.engine = LLMEngine(model, tokenizer, EngineConfig(**engine_kwargs))
         self._ids = itertools.count()
+
+    def shutdown(self) -> None:
+        """Tensor parallelism: stop the follower ranks and leave the group (nothing to do for one process)."""
+        if self.model.execution_policy.parallel == "tensor":
+            from .parallel_runner import stop_ranks
+
+            stop_ranks(self.model.execution_policy.collectives, self.engine.runner)
 
     def get_tokenizer(self):
         """The tokenizer prompts are encoded with (None with skip_tokenizer_init)."""
@@ -110,6 +132,18 @@ class LLM:
         for output, text in zip(outputs, texts):
             output.prompt = text
         return outputs
+
+
+def parallel_load_kwargs(source, load_kwargs: dict, size: int, threads: int | None) -> dict:
+    """{"tensor_parallel": rank 0's group} once the follower ranks are started, or {} for one process."""
+    if size == 1:
+        return {}
+    if size < 1:
+        raise ValueError(f"tensor_parallel_size must be at least 1, got {size}")
+    from .parallel_runner import start_engine_ranks  # spawns processes: imported only when asked for
+
+    collectives = start_engine_ranks(size, source, load_kwargs, threads)
+    return {"tensor_parallel": collectives}
 
 
 def _is_conversation(value) -> bool:

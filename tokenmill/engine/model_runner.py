@@ -73,7 +73,19 @@ def split_rows(chunks: list[ScheduledChunk], segment: int) -> StepRows:
     return rows
 
 
+@dataclass
+class StepInputs:
+    """What one forward needs, as plain data (tensor-parallel rank 0 broadcasts it to the other ranks)."""
+
+    rows: StepRows
+    tokens: list[int]  # every row's new tokens, in row order
+    keep: int  # logits_to_keep: the last positions of each row (1, or a verified draft's width), 0: every one
+    adapters: list[str | None]  # each row's LoRA adapter
+
+
 class ModelRunner:
+    failure: str | None = None  # why steps can no longer run (a tensor-parallel rank died), for health checks
+
     def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None):
         self.model = model.eval()
         self.device = model.device
@@ -91,20 +103,9 @@ class ModelRunner:
         widest = max((chunks[i].count for i in whole_rows), default=1)
         segment = max(segment_length([chunk.count for chunk in chunks], columns), widest)
         rows = split_rows(chunks, segment)
-        layout, attention_mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.block_size,
-                                                         self.device)
-        query = max(rows.counts)
         tokens = [token for chunk in chunks for token in chunk_token_ids(chunk)]  # row order = chunk order
-        input_ids = torch.zeros(len(rows.counts) * query, dtype=torch.long)
-        input_ids[layout.new_rows.cpu()] = torch.tensor(tokens, dtype=torch.long)
-        cache = PagedBatchCache(self.pool, layout)
-        keep = 0 if all_logits_rows else widest
-        self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
         adapters = [chunks[owner].seq.params.adapter for owner in rows.owners]  # each row's LoRA adapter, if any
-        out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
-                         position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep,
-                         adapter_names=adapters)
-        logits = out.logits
+        logits = self.forward(StepInputs(rows, tokens, 0 if all_logits_rows else widest, adapters))
         if len(rows.last_row) == logits.shape[0]:  # one row per chunk (decode steps): no gather copy
             last = logits[:, -1].float()
         else:
@@ -115,3 +116,19 @@ class ModelRunner:
             parts = [logits[row, kept - rows.counts[row]:] for row, owner in enumerate(rows.owners) if owner == index]
             every_position[index] = torch.cat(parts).float()
         return last, every_position
+
+    @torch.inference_mode()
+    def forward(self, step: StepInputs) -> torch.Tensor:
+        """The model's logits [rows, kept positions, vocab] for one step, its keys/values written to the pool."""
+        rows = step.rows
+        layout, attention_mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.block_size,
+                                                         self.device)
+        query = max(rows.counts)
+        input_ids = torch.zeros(len(rows.counts) * query, dtype=torch.long)
+        input_ids[layout.new_rows.cpu()] = torch.tensor(step.tokens, dtype=torch.long)
+        cache = PagedBatchCache(self.pool, layout)
+        self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
+        out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
+                         position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=step.keep,
+                         adapter_names=step.adapters)
+        return out.logits

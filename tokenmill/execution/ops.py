@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import kernels
+from .parallel import SINGLE
 
 
 class TorchOps:
@@ -20,6 +21,11 @@ class TorchOps:
 
     name = "torch"
     native_attention = False
+    collectives = SINGLE  # tensor parallelism: the policy sets its ranks' group on its own instance
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of a row-parallel projection's partial outputs over the ranks (one process: x itself)."""
+        return self.collectives.all_reduce(x)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
         """x / rms(x) * weight (Gemma: * (1 + weight)), statistics in float32 whatever the activation dtype."""

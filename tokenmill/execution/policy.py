@@ -17,11 +17,12 @@ import torch
 from .. import kernels
 from .ops import ExactOps, NativeOps, TorchOps
 from .placement import DevicePlacement
+from .parallel import SINGLE, Collectives
 
 WEIGHT_FORMATS = ("dense", "gguf-blocks")
 KERNEL_SETS = ("native", "exact", "torch")
 ATTENTION_BACKENDS = ("sdpa", "eager", "native")
-PARALLEL_LAYOUTS = ("single",)  # one process, one device; tensor parallelism adds its layouts here
+PARALLEL_LAYOUTS = ("single", "tensor")  # one process; or the weights split over `collectives.size` ranks
 
 _KERNEL_MEANING = {"native": "C kernels (RMSNorm, SwiGLU, rotary, attention)",
                    "exact": "C kernels only where bit-identical to ATen (rotary)", "torch": "ATen only"}
@@ -44,6 +45,8 @@ class ExecutionPolicy:
     parallel: str = "single"
     # device_map's placement (modules on devices and disk); None: the whole model on `device`
     placement: DevicePlacement | None = None
+    # the ranks' group under parallel="tensor" (row-parallel all-reduces, vocabulary gathers); one process: SINGLE
+    collectives: Collectives = field(default=SINGLE, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "device", torch.device(self.device))
@@ -62,13 +65,25 @@ class ExecutionPolicy:
                                        f"not {self.kernels!r}")
         if self.threads < 1:
             raise ExecutionPolicyError(f"threads must be at least 1, got {self.threads}")
+        if (self.parallel == "tensor") != (self.collectives.size > 1):
+            raise ExecutionPolicyError(f"parallel={self.parallel!r} with a group of {self.collectives.size} "
+                                       f"rank(s): 'tensor' needs 2 or more, 'single' exactly one")
 
     @functools.cached_property
     def ops(self) -> TorchOps:
         """The kernel set every forward of the model receives."""
         if self.kernels == "native":
-            return NativeOps(native_attention=self.attention == "native")
-        return ExactOps() if self.kernels == "exact" else TorchOps()
+            ops = NativeOps(native_attention=self.attention == "native")
+        else:
+            ops = ExactOps() if self.kernels == "exact" else TorchOps()
+        if self.collectives is not SINGLE:
+            ops.collectives = self.collectives
+        return ops
+
+    def with_collectives(self, collectives: Collectives) -> ExecutionPolicy:
+        """The same policy as one rank of a tensor-parallel group (SINGLE: one process again)."""
+        return dataclasses.replace(self, collectives=collectives,
+                                   parallel="tensor" if collectives.size > 1 else "single")
 
     def with_threads(self, threads: int) -> ExecutionPolicy:
         """The same policy on `threads` intra-op threads."""
@@ -88,14 +103,15 @@ class ExecutionPolicy:
     def as_dict(self) -> dict:
         return {"device": str(self.device), "dtype": _dtype_name(self.dtype), "weight_format": self.weight_format,
                 "kernels": self.kernels, "attention": self.attention, "threads": self.threads,
-                "parallel": self.parallel, **({} if self.placement is None else
-                                              {"placement": self.placement.describe()})}
+                "parallel": self.parallel, "tp_rank": self.collectives.rank, "tp_size": self.collectives.size,
+                **({} if self.placement is None else {"placement": self.placement.describe()})}
 
     def describe(self) -> str:
         placed = "" if self.placement is None else f", placed: {self.placement.describe()}"
         return (f"{self.device} {_dtype_name(self.dtype)}, {self.weight_format} weights, {self.kernels} kernels "
                 f"({_KERNEL_MEANING[self.kernels]}), {self.attention} attention, {self.threads} thread(s), "
-                f"{self.parallel} device{placed}")
+                + ("single device" if self.parallel == "single"
+                   else f"tensor parallel rank {self.collectives.rank} of {self.collectives.size}") + placed)
 
     def changes_from(self, other: ExecutionPolicy) -> list[str]:
         """'field: old → new' for each field that differs, for messages."""

@@ -104,8 +104,9 @@ class Attention(nn.Module):
                 k, v = layer_cache.update(k, v)
             # the cache may store fewer (window) or more (preallocated) columns than positions seen
             allowed, is_causal = layer_cache.visible_mask(allowed, is_causal, length)
-        if native:
-            return lora.project(self.o_proj, ops.attention(q, k, v, allowed, is_causal, self.scaling, slots))
+        if native:  # tensor parallelism: o_proj holds this rank's head columns, the ranks' sums add up
+            return ops.all_reduce(lora.project(self.o_proj, ops.attention(q, k, v, allowed, is_causal,
+                                                                          self.scaling, slots)))
         if self.attn_implementation == "eager" or self.softcap is not None:
             out = self._eager(q, k, v, allowed, is_causal)
         else:
@@ -114,7 +115,7 @@ class Attention(nn.Module):
                 scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
             )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return lora.project(self.o_proj, out)
+        return ops.all_reduce(lora.project(self.o_proj, out))
 
     def rotated_qkv(self, hidden: torch.Tensor, rope, ops: TorchOps = TORCH_OPS,
                     lora: LoraBatch = NO_LORA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

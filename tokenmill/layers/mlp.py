@@ -100,8 +100,9 @@ class GatedMLP(nn.Module):
         if fused is not None and fused.accepts(x) and fused.is_current():
             gate_up = lora.project_fused(fused, x)
             if self.act is F.silu:
-                return lora.project(self.down_proj, ops.silu_mul(gate_up))
+                return ops.all_reduce(lora.project(self.down_proj, ops.silu_mul(gate_up)))
             gate, up = gate_up.chunk(2, dim=-1)
-            return lora.project(self.down_proj, self.act(gate) * up)
+            return ops.all_reduce(lora.project(self.down_proj, self.act(gate) * up))
         gated = self.act(lora.project(self.gate_proj, x)) * lora.project(self.up_proj, x)
-        return lora.project(self.down_proj, gated)
+        # tensor parallelism: down_proj holds this rank's intermediate columns, the ranks' sums add up
+        return ops.all_reduce(lora.project(self.down_proj, gated))

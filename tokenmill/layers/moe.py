@@ -76,7 +76,8 @@ class SparseMoeBlock(nn.Module):
         shape = hidden.shape
         tokens = hidden.reshape(-1, shape[-1])
         weights, expert_ids = self.gate(tokens)
-        out = self.experts(tokens, expert_ids, weights)
+        # tensor parallelism: each rank's experts hold a slice of every expert's intermediate width
+        out = ops.all_reduce(self.experts(tokens, expert_ids, weights))
         if self.shared_expert is not None:
             token_lora = lora.flattened(shape[1])  # rows of `tokens` are (batch row, position) pairs
             shared = self.shared_expert(tokens, ops, token_lora)
