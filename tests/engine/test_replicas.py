@@ -37,6 +37,20 @@ def test_validate_without_a_round_trip(lone_replica):
         lone_replica.validate([1], SamplingParams(adapter="x"))
 
 
+def test_a_send_that_raises_closes_the_stream(lone_replica, monkeypatch):
+    def refuse(message):
+        raise TypeError("cannot pickle")
+
+    monkeypatch.setattr(lone_replica.replicas[0], "send", refuse)
+
+    async def run():
+        with pytest.raises(TypeError, match="cannot pickle"):
+            await lone_replica.generate([1, 2, 3], SamplingParams(max_tokens=2)).__anext__()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert lone_replica._streams == {} and lone_replica.router.loads == [0]
+
+
 def test_errors_cross_the_process_boundary_by_kind():
     limit = rebuild_error(*error_message("r", RequestLimitError("too long", "prompt"))[2:])
     assert isinstance(limit, RequestLimitError) and limit.param == "prompt" and str(limit) == "too long"

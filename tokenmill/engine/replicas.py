@@ -156,11 +156,11 @@ class ReplicaEngine:
             raise EngineDeadError("the engine replicas were shut down; the server cannot generate")
         stream = self._open(request_id, list(prompt_token_ids), params)
         finished = False
-        try:
-            self.replicas[stream.replica].send(("add", request_id, list(prompt_token_ids), params))
-        except (OSError, AttributeError):  # died in between: its reader thread fails the stream
-            pass
-        try:
+        try:  # the stream is closed whatever happens from here, a send that raises included
+            try:
+                self.replicas[stream.replica].send(("add", request_id, list(prompt_token_ids), params))
+            except (OSError, AttributeError):  # died in between: its reader thread fails the stream
+                pass
             async for item in outputs_until_finished(stream.outputs):
                 finished = item.finished
                 yield item
