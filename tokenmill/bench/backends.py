@@ -50,7 +50,8 @@ class Backend:
         if placement and self.name != "tokenmill":
             raise ValueError(f"--device-map / --max-memory apply to tokenmill only, not {self.name}")
         self.source, self.gguf_file = source, gguf_file
-        self.placement = dict(placement or {})  # from_pretrained's device_map, max_memory, offload_folder
+        # from_pretrained's device_map, max_memory, offload_folder; or tensor_parallel (this rank's group)
+        self.placement = dict(placement or {})
         self.models: dict[tuple, object] = {}
         self.load_info: dict[tuple, dict] = {}
 
@@ -66,7 +67,7 @@ class Backend:
             self.load_info[key] = {"load_seconds": time.perf_counter() - started, "weight_bytes": weight_bytes(model),
                                    "execution_policy": self.execution_policy(model),
                                    "rss_before_load_bytes": rss_before}
-            if self.placement:
+            if "device_map" in self.placement:
                 self.load_info[key]["placement"] = {**self.placement, "hf_device_map": model.hf_device_map}
         return self.models[key]
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .common import MODEL_HELP, model_source
+from .parallel import add_parallel_args
 
 DEFAULT_OUTPUT = Path("bench-results")
 
@@ -97,7 +98,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attn", type=_str_list, default=["sdpa"], help="attention implementations: sdpa,eager")
     parser.add_argument("--caches", type=_str_list, default=["dynamic"],
                         help="cache kinds: dynamic,static,offloaded,quantized,sliding_window,sink")
-    parser.add_argument("--threads", type=_int_list, default=[2], help="torch threads")
+    parser.add_argument("--threads", type=_int_list, default=None,
+                        help="torch threads (default 2; under --tensor-parallel-size: each rank's, default "
+                             "--threads-per-rank)")
     parser.add_argument("--weights", type=_str_list, default=["auto"],
                         help="tokenmill's GGUF weights: gguf (blocks, float32 kernels), dense (dequantized at "
                              "load), auto (gguf on the CPU in float32), or a float model quantized at load "
@@ -133,6 +136,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     memory.add_argument("--memory-in-process", dest="isolate_memory", action="store_false",
                         help="read peak RSS in the sweep's own process (faster; counts every loaded model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    add_parallel_args(parser)
+    parser.set_defaults(refuse_on_ranks=refuse_on_ranks)
     serving = _serving_module()
     if serving is not None:
         modes = parser.add_subparsers(dest="bench_mode", metavar="{serve,MODEL}", action=_ServeOrModel)
@@ -157,12 +162,40 @@ def _options(args: argparse.Namespace):
         raise SystemExit(f"tokenmill: error: --weights takes gguf, dense, auto or a quantization method "
                          f"({', '.join(QUANTIZERS)}), not {bad_weights}")
     spec = SweepSpec(args.prompt_lengths, args.new_tokens, args.batch_sizes, args.dtypes, args.attn, args.caches,
-                     args.threads, args.repeats, args.warmup, weights)
-    return BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
+                     args.threads or [2], args.repeats, args.warmup, weights)
+    options = BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,
                         progress=not args.no_progress, isolate_memory=args.isolate_memory,
                         placement=_placement(args))
+    return _on_ranks(args, options)
+
+
+def refuse_on_ranks(args: argparse.Namespace) -> None:
+    """What a tensor-parallel sweep cannot run, refused before the ranks start."""
+    if getattr(args, "bench_mode", None) == "serve":
+        raise SystemExit("tokenmill: error: bench serve measures a running server: start it with "
+                         "`tokenmill serve --tensor-parallel-size N`")
+    for flag, given in (("--vs", args.vs), ("--limit-search", args.limit_search), ("--device-map", args.device_map),
+                        ("--isolate-memory", args.isolate_memory)):
+        if given:
+            raise SystemExit(f"tokenmill: error: {flag} does not combine with --tensor-parallel-size")
+
+
+def _on_ranks(args: argparse.Namespace, options):
+    """Under --tensor-parallel-size every rank runs the same sweep (the same generate() calls, which the forward's
+    collectives need), tokenmill only and in this process; rank 0 reports."""
+    import dataclasses
+
+    import torch
+
+    group = getattr(args, "tensor_parallel", None)
+    if group is None:
+        return options
+    refuse_on_ranks(args)
+    spec = options.spec if args.threads else dataclasses.replace(options.spec, threads=[torch.get_num_threads()])
+    return dataclasses.replace(options, spec=spec, isolate_memory=False, placement={"tensor_parallel": group},
+                               progress=options.progress and group.rank == 0)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -173,6 +206,8 @@ def main(args: argparse.Namespace) -> int:
     from ..bench.run import run_bench
 
     report = run_bench(_options(args))
+    if getattr(args, "tensor_parallel", None) is not None and args.tensor_parallel.rank != 0:
+        return 0  # rank 0 writes the report
     json_path = args.output / "bench.json"
     write_json(report, json_path)
     plots = [] if args.no_plots else write_plots(report, args.output)

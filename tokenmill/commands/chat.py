@@ -17,7 +17,9 @@ import torch
 from ..errors import TokenmillError
 from .chat_commands import ChatSession, run_command
 from .chat_input import MessageReader, history_path
+from .chat_parallel import SharedStop, announce_end, announce_turn, follow_chat
 from .common import add_model_args, add_sampling_args, load_model_and_tokenizer, require_valid_text, sampling_kwargs
+from .parallel import add_parallel_args
 
 EXAMPLE = """examples:
   tokenmill chat model.gguf --system "Answer briefly." --temperature 0.7
@@ -32,19 +34,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system message for the conversation")
     parser.add_argument("--verbose", action="store_true",
                         help="after each answer, a line with its token counts and tokens/s (or /set verbose)")
+    add_parallel_args(parser)
 
 
 class StopRequest:
     """A stopping criterion set by Ctrl-C (SIGINT) during an answer; a second Ctrl-C raises KeyboardInterrupt."""
 
-    def __init__(self):
+    def __init__(self, escalate: bool = True):
         self.requested = False
+        self.escalate = escalate  # False under tensor parallelism: every rank must stop at the same step
+
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.requested, dtype=torch.bool, device=input_ids.device)
 
     def on_sigint(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and self.escalate:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -94,11 +99,16 @@ def reply(model, tokenizer, messages: list[dict], args, printer: AnswerPrinter |
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
     printer = printer or AnswerPrinter(tokenizer)
-    criteria = StoppingCriteriaList([stop] if stop is not None else [])
+    kwargs, group = sampling_kwargs(args), getattr(args, "tensor_parallel", None)
+    if group is not None:  # the other ranks run this generate() too
+        announce_turn(group, messages, kwargs)
+        criteria = StoppingCriteriaList([SharedStop(group, stop)])
+    else:
+        criteria = StoppingCriteriaList([stop] if stop is not None else [])
     try:
         output = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                 streamer=printer.streamer, tokenizer=tokenizer, stopping_criteria=criteria,
-                                **sampling_kwargs(args))
+                                **kwargs)
     except KeyboardInterrupt:  # the second Ctrl-C: what was shown is the answer
         print()
         return printer.text()
@@ -109,7 +119,8 @@ def answer(model, tokenizer, session: ChatSession, line: str) -> None:
     """One turn: the user's line and the streamed reply join the history; a turn that fails leaves it as it was."""
     session.turns.append({"role": "user", "content": line})
     print("assistant> ", end="", flush=True)
-    printer, stop = AnswerPrinter(tokenizer), StopRequest()
+    tensor_parallel = getattr(session.args, "tensor_parallel", None)
+    printer, stop = AnswerPrinter(tokenizer), StopRequest(escalate=tensor_parallel is None)
     previous_handler = signal.signal(signal.SIGINT, stop.on_sigint)
     try:
         text = reply(model, tokenizer, session.messages(), session.args, printer, stop)
@@ -128,10 +139,21 @@ def answer(model, tokenizer, session: ChatSession, line: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..generation.utils import set_seed
-
     system = require_valid_text(args.system, "the --system message") if args.system else None
     model, tokenizer = load_model_and_tokenizer(args)
+    group = getattr(args, "tensor_parallel", None)
+    if group is not None and group.rank != 0:
+        return follow_chat(model, tokenizer, group)
+    try:
+        return _converse(model, tokenizer, args, system)
+    finally:
+        if group is not None:
+            announce_end(group)
+
+
+def _converse(model, tokenizer, args: argparse.Namespace, system: str | None) -> int:
+    from ..generation.utils import set_seed
+
     if not tokenizer.chat_template:
         print("tokenmill: error: this model has no chat template; use `tokenmill generate`", file=sys.stderr)
         return 1

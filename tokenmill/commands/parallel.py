@@ -34,7 +34,10 @@ def wants_ranks(args: argparse.Namespace) -> bool:
 
 
 def run_on_ranks(args: argparse.Namespace) -> int:
-    """args.run(args) on every rank, with args.tensor_parallel set to the rank's group; rank 0's exit code."""
+    """args.run(args) on every rank, with args.tensor_parallel set to the rank's group; rank 0's exit code.
+    A command's `refuse_on_ranks(args)` (if it has one) refuses what it cannot run on ranks, before any starts."""
+    if getattr(args, "refuse_on_ranks", None) is not None:
+        args.refuse_on_ranks(args)
     if "WORLD_SIZE" in os.environ:  # torchrun (or another launcher) started the ranks
         size = args.tensor_parallel_size if args.tensor_parallel_size != 1 else None
         return _rank_command(init_from_env(size), args)
