@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..execution.offload import DiskOffload, drop_mapped_pages, install_device_hook
+from ..execution.offload import DiskOffload, copy_into_memory, drop_mapped_pages, install_device_hook
 from ..execution.placement import DISK, STRATEGIES, DevicePlacement, normalize_device, plan_placement
 
 
@@ -86,6 +86,7 @@ def place_model(model: nn.Module, device_map, max_memory, offload_folder) -> Dev
     model.model.rotaries.to(placement.execution_device)
     disk = {name: modules[name] for name in layer_names if devices[name] == DISK}
     if disk:
+        copy_into_memory([module for name, module in modules.items() if devices[name] == "cpu"])
         model.disk_offload = DiskOffload(disk, placement.offload_folder)
         drop_mapped_pages(list(modules.values()))
     model.hf_device_map = placement.as_dict()

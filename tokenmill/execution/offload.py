@@ -197,6 +197,23 @@ class DiskOffload:
             layer.release()
 
 
+def copy_into_memory(modules: list[nn.Module]) -> None:
+    """Give each file-backed tensor of these in-memory modules a copy of its own: their reads then never touch the
+    file mapping, where a fault may map a whole page-cache folio (the neighbouring weights with it), so the
+    process holds their bytes once, as the budget counts them. The same tensor objects are rebound."""
+    ranges = file_backed_ranges()
+    copies: dict[tuple, torch.Tensor] = {}
+    for module in modules:
+        for tensor in held_tensors(module):
+            if not tensor.is_contiguous() or not any(low <= tensor.data_ptr() < high for low, high in ranges):
+                continue
+            key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)  # a tied head views the embedding's bytes
+            if key not in copies:
+                copies[key] = tensor.detach().clone()
+            with torch.no_grad():
+                tensor.set_(copies[key].untyped_storage(), 0, tensor.size(), tensor.stride())
+
+
 def drop_mapped_pages(modules: list[nn.Module]) -> None:
     """Drop from RSS the pages of every file mapping these modules' tensors view (loading touched the whole
     file); the pages still used come back from the file on their first use."""
