@@ -8,7 +8,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..execution.offload import DiskOffload, copy_into_memory, drop_mapped_pages, install_device_hook
+from ..execution.offload import (DiskOffload, copy_into_memory, drop_mapped_pages, file_page_releaser,
+                                 install_device_hook)
+from ..kernels.system import return_freed_memory
 from ..execution.placement import DISK, STRATEGIES, DevicePlacement, normalize_device, plan_placement
 
 
@@ -64,6 +66,12 @@ def module_bytes(module: nn.Module, counted: set[int]) -> int:
     return total
 
 
+def build_arguments(device_map) -> dict:
+    """build_model's arguments under a placement: projections fused only where they stay in memory (by
+    place_model), and each weight's file pages dropped once checked."""
+    return {} if device_map is None else {"fuse": False, "after_check": file_page_releaser()}
+
+
 def place_model(model: nn.Module, device_map, max_memory, offload_folder) -> DevicePlacement:
     """Place the built model's modules, move them, and install the hooks that run it across devices."""
     modules, layer_names = placeable_modules(model)
@@ -77,9 +85,8 @@ def place_model(model: nn.Module, device_map, max_memory, offload_folder) -> Dev
         target = torch.device("cpu" if devices[name] == DISK else devices[name])
         if target.type != "cpu":
             module.to(target)
-            for part in module.modules():  # the move made new tensors: fused projections are rebuilt on them
-                if part is not module and hasattr(part, "fuse_projections"):
-                    part.fuse_projections()
+        if devices[name] != DISK:  # a disk layer is fused as it goes to the offload file (one at a time)
+            _fuse(module)
         install_device_hook(module, target)
     if model.config.tie_word_embeddings:
         model.tie_weights()
@@ -87,12 +94,22 @@ def place_model(model: nn.Module, device_map, max_memory, offload_folder) -> Dev
     disk = {name: modules[name] for name in layer_names if devices[name] == DISK}
     if disk:
         copy_into_memory([module for name, module in modules.items() if devices[name] == "cpu"])
-        model.disk_offload = DiskOffload(disk, placement.offload_folder)
+        model.disk_offload = DiskOffload(disk, placement.offload_folder, prepare=_fuse)
         drop_mapped_pages(list(modules.values()))
     model.hf_device_map = placement.as_dict()
     model.execution_policy = dataclasses.replace(model.execution_policy, device=placement.execution_device,
                                                  placement=placement)
     return placement
+
+
+def _fuse(module: nn.Module) -> None:
+    """Fuse the module's projections (copies of q/k/v and gate/up), then drop the file pages that read. The
+    previous disk layer's copies were just moved to the offload file: their memory goes back to the OS first."""
+    return_freed_memory()
+    for part in module.modules():
+        if part is not module and hasattr(part, "fuse_projections"):
+            part.fuse_projections()
+    drop_mapped_pages([module])
 
 
 def _with_tied_head(placement: DevicePlacement) -> DevicePlacement:

@@ -25,8 +25,8 @@ HALF_SCALE_OFFSETS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), 
 HALF_EXPONENT = 0x7C00  # all exponent bits set: inf or NaN
 
 
-def check_finite_weights(source: Path, weights: dict) -> None:
-    """Raise CheckpointError naming the first weight holding NaN or inf."""
+def check_finite_weights(source: Path, weights: dict, after_check=None) -> None:
+    """Raise CheckpointError naming the first weight holding NaN or inf; after_check(weight) after each one."""
     for name, weight in weights.items():
         if isinstance(weight, QuantizedWeight):
             row = _first_bad_block_row(weight)
@@ -37,6 +37,8 @@ def check_finite_weights(source: Path, weights: dict) -> None:
         if row is not None:
             raise CheckpointError(source, f"weight {name} holds NaN or infinite values (first in row {row}): "
                                           f"the tensor data is corrupt")
+        if after_check is not None:
+            after_check(weight)
 
 
 def _first_bad_row(tensor: torch.Tensor) -> int | None:

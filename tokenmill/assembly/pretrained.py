@@ -15,11 +15,12 @@ from ..loading.gguf import GGUFCheckpoint
 from ..loading.resolve import resolve_source
 from ..loading.safetensors import read_folder_weights
 from ..models.registry import gguf_architectures, model_class
-from .device_map import check_placement_request, place_model, requests_gpu
+from .device_map import build_arguments, check_placement_request, place_model, requests_gpu
 from .prequantized import packed_format, read_prequantized
 from .quantization_config import QuantizationConfigError, QuantizationPlan, quantization_plan
 from .tensor_parallel import shard_model
-from .weights import build_model, return_freed_memory
+from ..kernels.system import return_freed_memory
+from .weights import build_model
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
            "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
@@ -117,7 +118,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
             f"{resolved.gguf_path} is a GGUF file: its weights are stored quantized already and stay in their "
             f"blocks on the CPU; drop the quantization arguments, or quantize a float Hugging Face folder")
     if resolved.is_gguf:
-        gguf = GGUFCheckpoint(resolved.gguf_path, gguf_architectures())
+        gguf = GGUFCheckpoint(resolved.gguf_path, gguf_architectures(), populate=device_map is None)
         config = ModelConfig.from_dict(gguf.config_dict())
         model_class(config.model_type)  # an unsupported family fails before any weight is read
         check_tp_config(config, collectives)
@@ -153,7 +154,8 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
             warn_about_quantized_compute(plan, policy)
         weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle, progress=progress)
         origin = resolved.folder
-    model = build_model(config, weights, source=origin, policy=policy, quantization=plan)
+    model = build_model(config, weights, source=origin, policy=policy, quantization=plan,
+                        **build_arguments(device_map))
     del weights  # the unfused originals: fusing copied each layer's q/k/v and gate/up into one matrix
     if device_map is not None:
         place_model(model, device_map, max_memory, offload_folder)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import torch
@@ -80,14 +79,6 @@ class SkipInitialization(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def return_freed_memory() -> None:
-    """Give the allocator's freed pages back to the OS (glibc keeps them in per-thread arenas): the parallel
-    dequantization frees as much as it keeps, measured ~300 MB of RSS for SmolLM2 in float32."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: glibc's, if it is glibc
-    if trim is not None:
-        trim(0)
-
-
 def quantize_at_load(model: nn.Module, weights: dict, plan: QuantizationPlan, policy: ExecutionPolicy) -> dict:
     """The plan's modules as blocks; under a dense policy (no kernels to run them) their dequantized values."""
     weights = quantize_modules(model, weights, plan.method, plan.skip_modules, plan.embeddings)
@@ -98,10 +89,13 @@ def quantize_at_load(model: nn.Module, weights: dict, plan: QuantizationPlan, po
 
 
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | QuantizedWeight], *, source: Path,
-                policy: ExecutionPolicy | None = None, quantization: QuantizationPlan | None = None):
+                policy: ExecutionPolicy | None = None, quantization: QuantizationPlan | None = None,
+                fuse: bool = True, after_check=None):
     """The model for `weights`, on the policy's device and dtype, holding the policy (default: ATen on the CPU
     in float32). GGUF blocks (QuantizedWeight) need a policy with weight_format "gguf-blocks". `quantization`:
-    float weights to quantize into blocks once the model's modules are known (assembly/quantize.py)."""
+    float weights to quantize into blocks once the model's modules are known (assembly/quantize.py).
+    fuse=False: projections left apart (device_map fuses the layers it keeps in memory); after_check(weight):
+    called on each weight once checked (device_map drops its file pages, so loading never holds the whole file)."""
     policy = policy or ExecutionPolicy()
     if policy.weight_format == "dense" and any(isinstance(t, QuantizedWeight) for t in weights.values()):
         raise ValueError(f"GGUF block weights need a gguf-blocks execution policy, got {policy.describe()}")
@@ -114,7 +108,7 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     expected = {name: p.shape for name, p in model.state_dict().items() if name not in tied}
     check_weights(source, expected, weights)
-    check_finite_weights(source, weights)  # NaN/inf weights would make every logit NaN: refused here, not per step
+    check_finite_weights(source, weights, after_check)  # NaN/inf weights would make every logit NaN: refused here, not per step
     if quantization is not None:
         weights = quantize_at_load(model, weights, quantization, policy)
     weights = install_quantized(model, weights, dtype)
@@ -123,7 +117,7 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor | Quantized
     model.load_state_dict(converted, strict=False, assign=True)
     model.tie_weights()
     with one_thread_per_op():  # fusing copies weights: memory-bound, and immune to a busy second core
-        model.reset_non_persistent_buffers()
+        model.reset_non_persistent_buffers(fuse=fuse)
     # a GGUF whose every tensor needed dequantizing runs as any dense model
     model.execution_policy = policy if model.is_quantized() else dequantized_policy(policy)
     return model.eval().requires_grad_(False)

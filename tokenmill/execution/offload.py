@@ -136,13 +136,20 @@ class DiskLayer:
 class DiskOffload:
     """The disk layers of one model, in execution order, with their hooks. Memory the loader computed (owned
     storages) is written to an unlinked file in the offload folder and every tensor on it rebound to a private
-    mapping of that file, so all a disk layer holds is file pages."""
+    mapping of that file, so all a disk layer holds is file pages. `prepare(module)` runs on each layer just
+    before its storages are written (device_map fuses its projections there): one layer's copies at a time."""
 
-    def __init__(self, modules: dict[str, nn.Module], offload_folder: Path):
+    def __init__(self, modules: dict[str, nn.Module], offload_folder: Path, prepare=None):
         handle, path = tempfile.mkstemp(prefix="tokenmill-offload-", suffix=".bin", dir=offload_folder)
-        os.unlink(path)  # the file lives as long as its mapping: nothing is left behind
+        os.unlink(path)  # the file lives as long as its mappings: nothing is left behind
+        self.mappings: list[mmap.mmap] = []
+        self.file_bytes = 0
         try:
-            self._rebind_owned_storages(modules, handle)
+            for module in modules.values():
+                if prepare is not None:
+                    prepare(module)
+                # a storage two layers share is written for each (rare; an id kept across layers could be reused)
+                self._rebind_owned_storages(module, handle)
         finally:
             os.close(handle)
         self.layers = [DiskLayer(name, module) for name, module in modules.items()]
@@ -152,28 +159,28 @@ class DiskOffload:
             module.register_forward_hook(self._after(layer), always_call=True)  # released even when it raises
         self.release_all()
 
-    def _rebind_owned_storages(self, modules: dict[str, nn.Module], handle: int) -> None:
+    def _rebind_owned_storages(self, module: nn.Module, handle: int) -> None:
+        """Write the module's in-memory storages at the file's end and rebind their tensors to a mapping of
+        that range (page-aligned: each storage maps on its own), so their memory is freed now."""
         file_ranges = file_backed_ranges()
+        start = self.file_bytes
         owned: dict[int, tuple[torch.UntypedStorage, int, list[torch.Tensor]]] = {}
-        end = 0
-        for name, module in modules.items():
-            for tensor in held_tensors(module):
-                storage = tensor.untyped_storage()
-                if storage.nbytes() == 0 or any(low <= tensor.data_ptr() < high for low, high in file_ranges):
-                    continue  # already file pages (GGUF blocks, a mapped safetensors)
-                if storage._cdata not in owned:
-                    owned[storage._cdata] = (storage, end, [])
-                    os.pwrite(handle, _byte_view(storage), end)
-                    end += -(-storage.nbytes() // _PAGE) * _PAGE  # page-aligned: each storage maps on its own
-                owned[storage._cdata][2].append(tensor)
-        self.file_bytes = end
-        if not end:
-            self.mapping = None
+        for tensor in held_tensors(module):
+            storage = tensor.untyped_storage()
+            if storage.nbytes() == 0 or any(low <= tensor.data_ptr() < high for low, high in file_ranges):
+                continue  # already file pages (GGUF blocks, a mapped safetensors)
+            if storage._cdata not in owned:
+                owned[storage._cdata] = (storage, self.file_bytes - start, [])
+                os.pwrite(handle, _byte_view(storage), self.file_bytes)
+                self.file_bytes += -(-storage.nbytes() // _PAGE) * _PAGE
+            owned[storage._cdata][2].append(tensor)
+        if not owned:
             return
-        os.ftruncate(handle, end)  # the last storage's page padding, so the whole length maps
-        self.mapping = mmap.mmap(handle, end, access=mmap.ACCESS_COPY)
+        os.ftruncate(handle, self.file_bytes)  # the last storage's page padding, so the whole range maps
+        mapping = mmap.mmap(handle, self.file_bytes - start, access=mmap.ACCESS_COPY, offset=start)
+        self.mappings.append(mapping)
         for storage, offset, tensors in owned.values():
-            mapped = torch.frombuffer(self.mapping, dtype=torch.uint8, count=storage.nbytes(),
+            mapped = torch.frombuffer(mapping, dtype=torch.uint8, count=storage.nbytes(),
                                       offset=offset).untyped_storage()
             for tensor in tensors:  # the same tensor objects: fused projections and views stay current
                 with torch.no_grad():
@@ -197,6 +204,19 @@ class DiskOffload:
             layer.release()
 
 
+def file_page_releaser():
+    """A callable that drops the file pages a checked weight (a tensor, or GGUF blocks) occupies in this process:
+    loading a placed model reads each weight once, so it never holds the whole checkpoint (read again on use)."""
+    ranges = file_backed_ranges()
+
+    def release(weight) -> None:
+        tensor = getattr(weight, "blocks", weight)
+        start = tensor.data_ptr()
+        if tensor.is_contiguous() and any(low <= start < high for low, high in ranges):
+            _madvise(start, start + tensor.numel() * tensor.element_size(), mmap.MADV_DONTNEED)
+    return release
+
+
 def copy_into_memory(modules: list[nn.Module]) -> None:
     """Give each file-backed tensor of these in-memory modules a copy of its own: their reads then never touch the
     file mapping, where a fault may map a whole page-cache folio (the neighbouring weights with it), so the
@@ -209,9 +229,21 @@ def copy_into_memory(modules: list[nn.Module]) -> None:
                 continue
             key = (tensor.data_ptr(), tensor.numel(), tensor.dtype)  # a tied head views the embedding's bytes
             if key not in copies:
-                copies[key] = tensor.detach().clone()
+                copies[key] = _copy_dropping_pages(tensor)
             with torch.no_grad():
                 tensor.set_(copies[key].untyped_storage(), 0, tensor.size(), tensor.stride())
+
+
+def _copy_dropping_pages(tensor: torch.Tensor, chunk_bytes: int = 4 << 20) -> torch.Tensor:
+    """A copy of a contiguous file-backed tensor, made a few MB at a time, each piece's file pages dropped once
+    copied (clean pages: nothing is lost), so the file's bytes and the copy are never both held whole."""
+    copy = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    source, target = tensor.detach().reshape(-1).view(torch.uint8), copy.view(-1).view(torch.uint8)
+    for start in range(0, source.numel(), chunk_bytes):
+        piece = source[start:start + chunk_bytes]
+        target[start:start + chunk_bytes] = piece
+        _madvise(piece.data_ptr(), piece.data_ptr() + piece.numel(), mmap.MADV_DONTNEED)
+    return copy
 
 
 def drop_mapped_pages(modules: list[nn.Module]) -> None:

@@ -4,6 +4,7 @@ built (build.py), the GEMM behind dense float32 matmuls, torch's threads and bui
 
 from __future__ import annotations
 
+import ctypes
 import platform
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from .cpu import cpu_model, isa_features
 # a GGUF model's float32 prefill past the block kernels' row limit goes through oneDNN's linear (bundled with
 # torch) where this torch build has it (layers/quantized_linear.dense_linear), otherwise through F.linear
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def return_freed_memory() -> None:
+    """Give the allocator's freed pages back to the OS (glibc keeps them in per-thread arenas): the parallel
+    dequantization frees as much as it keeps, measured ~300 MB of RSS for SmolLM2 in float32."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: glibc's, if it is glibc
+    if trim is not None:
+        trim(0)
 
 
 def available_memory() -> int | None:

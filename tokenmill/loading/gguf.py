@@ -21,12 +21,12 @@ from . import dequant, gguf_arch, gguf_limits
 from .gguf_header import TensorInfo, parse_header
 
 
-def _map_file(path: Path) -> mmap.mmap:
+def _map_file(path: Path, populate: bool = True) -> mmap.mmap:
     try:
         with open(path, "rb") as handle:
             # private (copy-on-write) and, where the OS can, populated up front: every page is read while
             # loading anyway, and faulting them in one by one cost ~0.5 s for a 94 MB file
-            populate = getattr(mmap, "MAP_POPULATE", 0)
+            populate = getattr(mmap, "MAP_POPULATE", 0) if populate else 0
             if populate and hasattr(mmap, "MAP_PRIVATE"):
                 return mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_PRIVATE | populate,
                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -40,11 +40,13 @@ def _map_file(path: Path) -> mmap.mmap:
 class GGUFCheckpoint:
     """One GGUF file: metadata, tensors, and what they mean in Hugging Face terms."""
 
-    def __init__(self, path, architectures: Mapping[str, gguf_arch.ArchSpec] | None = None):
+    def __init__(self, path, architectures: Mapping[str, gguf_arch.ArchSpec] | None = None, populate: bool = True):
         """architectures: GGUF architecture name -> its spec (models.registry.gguf_architectures()), needed for
-        the config and the weights; without it only the metadata, tokenizer and generation config are read."""
+        the config and the weights; without it only the metadata, tokenizer and generation config are read.
+        populate=False: pages are read when first touched (a model placed partly on disk never reads them all)."""
         self.path = Path(path)
-        self._mapping = _map_file(self.path)
+        self._mapping = _map_file(self.path, populate)
+        self._populated = populate
         self.metadata, infos = parse_header(self.path, memoryview(self._mapping))
         self.tensors: dict[str, TensorInfo] = {info.name: info for info in infos}
         architecture = self.metadata.get("general.architecture")
@@ -157,6 +159,10 @@ class GGUFCheckpoint:
         weights: dict[str, torch.Tensor | QuantizedWeight] = {}
         for gguf_name, hf_name in names:
             self.arch.store(weights, gguf_name, hf_name, loaded[gguf_name, hf_name])
+        if not self._populated and hasattr(mmap, "MADV_DONTNEED"):
+            # the copies made above (Q/K unpermuted) read their pages, and a fault maps whole page-cache folios
+            # around them: unmapped again, so a model placed partly on disk holds no more than it uses
+            self._mapping.madvise(mmap.MADV_DONTNEED)
         return weights
 
     # ---- tokenizer ----------------------------------------------------------------------------------

@@ -305,11 +305,13 @@ class CausalLM(nn.Module):
             self.dequantize()  # new rows are float: the whole table becomes float first
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
-    def reset_non_persistent_buffers(self) -> None:
-        """Rotary tables are derived, not loaded: rebuild them after a meta-device construction."""
+    def reset_non_persistent_buffers(self, fuse: bool = True) -> None:
+        """Rotary tables are derived, not loaded: rebuild them after a meta-device construction. fuse=False
+        leaves the projections apart (a placement fuses only the layers it keeps in memory)."""
         for rotary in self.model.rotaries.values():
             rotary.inv_freq = rotary._initial_inv_freq().to(self.device)
-        self.fuse_projections()  # build_model calls this once the weights are in place
+        if fuse:
+            self.fuse_projections()  # build_model calls this once the weights are in place
 
     def fuse_projections(self) -> None:
         """Fuse q/k/v and gate/up matmuls in every layer that supports it (parameter names are unchanged)."""
