@@ -45,6 +45,17 @@ def _tiny_configs() -> dict:
         "mixtral": (transformers.MixtralForCausalLM, transformers.MixtralConfig(
             vocab_size=64, intermediate_size=24, num_attention_heads=4, num_key_value_heads=2,
             num_local_experts=4, num_experts_per_tok=2, **COMMON)),
+        # routed experts split as Mixtral's, the shared expert as an MLP, its gate replicated
+        "qwen2_moe": (transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(
+            vocab_size=64, intermediate_size=24, moe_intermediate_size=12, shared_expert_intermediate_size=20,
+            num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, **COMMON)),
+        # q/k/v and gate/up fused in the checkpoint, partial rotary
+        "phi3": (transformers.Phi3ForCausalLM, transformers.Phi3Config(
+            vocab_size=64, intermediate_size=40, num_attention_heads=4, num_key_value_heads=2,
+            partial_rotary_factor=0.5, pad_token_id=0, **COMMON)),
+        # learned positions, biased c_attn / c_fc / c_proj (Conv1D in the checkpoint), tied head
+        "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
+            vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)),
     }
 
 
@@ -77,7 +88,8 @@ def tp_results(checkpoints):
     return dict(zip(checkpoints, results))
 
 
-@pytest.mark.parametrize("name", ["smollm2-blocks", "smollm2-dense", "llama", "qwen2", "gemma3", "mixtral"])
+@pytest.mark.parametrize("name", ["smollm2-blocks", "smollm2-dense", "llama", "qwen2", "gemma3", "mixtral",
+                                  "qwen2_moe", "phi3", "gpt2"])
 def test_tp2_matches_one_process(checkpoints, tp_results, name):
     source, keywords = checkpoints[name]
     single = load_model(source, progress=False, **keywords)

@@ -42,6 +42,8 @@ def shard_model(model: nn.Module, collectives: Collectives) -> nn.Module:
             _shard_mlp(module, rank, size)
         elif isinstance(module, Experts):
             _shard_experts(module, rank, size)
+        elif hasattr(module, "tensor_parallel_pair"):
+            _shard_pair(module, rank, size)
     _shard_vocabulary(model, collectives)
     model.fuse_projections()
     model.execution_policy = model.execution_policy.with_collectives(collectives)
@@ -53,14 +55,12 @@ def _check_supported(model: nn.Module) -> None:
         raise TensorParallelError("LoRA adapters are not supported with tensor parallelism yet; load without them")
     for index, layer in enumerate(model.model.layers):
         attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if not isinstance(attention, Attention) or not isinstance(mlp, (GatedMLP, SparseMoeBlock)):
+        mlp_splits = isinstance(mlp, (GatedMLP, SparseMoeBlock)) or hasattr(mlp, "tensor_parallel_pair")
+        if not isinstance(attention, Attention) or not mlp_splits:
             raise TensorParallelError(
                 f"tensor parallelism supports decoders built from the shared attention and gated/MoE MLP layers "
-                f"(Llama, Mistral, Mixtral, Qwen2/3, Gemma 1-3); {type(model).__name__} layer {index} has "
+                f"(every family tokenmill runs); {type(model).__name__} layer {index} has "
                 f"{type(attention).__name__} / {type(mlp).__name__}")
-        if isinstance(mlp, SparseMoeBlock) and mlp.shared_expert is not None:
-            raise TensorParallelError(f"{type(model).__name__}: MoE with a shared expert is not supported with "
-                                      f"tensor parallelism yet")
 
 
 def _head_ranges(heads: int, kv_heads: int, rank: int, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -100,6 +100,14 @@ def _shard_experts(experts: Experts, rank: int, size: int) -> None:
     experts.gate_up_proj = nn.Parameter(torch.cat([gate[:, start:end], up[:, start:end]], dim=1).clone(),
                                         requires_grad=False)
     experts.down_proj = nn.Parameter(experts.down_proj.detach()[..., start:end].clone(), requires_grad=False)
+
+
+def _shard_pair(mlp: nn.Module, rank: int, size: int) -> None:
+    """An MLP of two projections (GPT-2's c_fc, c_proj): the first split by rows, the second by columns."""
+    first, second = mlp.tensor_parallel_pair
+    start, end = _block_aligned_range(getattr(mlp, second), rank, size)
+    setattr(mlp, first, _rows(getattr(mlp, first), start, end))
+    setattr(mlp, second, _columns(getattr(mlp, second), start, end, keep_bias=rank == 0))
 
 
 def _block_aligned_range(module: nn.Module, rank: int, size: int) -> tuple[int, int]:

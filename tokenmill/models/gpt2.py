@@ -39,6 +39,7 @@ _GENERIC_ONLY = ("hidden_size", "num_hidden_layers", "num_attention_heads", "max
 
 class GPT2MLP(nn.Module):
     lora_targets = ("c_fc", "c_proj")  # the projections forward() runs through `lora`
+    tensor_parallel_pair = ("c_fc", "c_proj")  # column-parallel, then row-parallel (assembly/tensor_parallel.py)
 
     def __init__(self, hidden_size: int, inner_size: int, act: str):
         super().__init__()
@@ -48,7 +49,8 @@ class GPT2MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, ops: TorchOps = TORCH_OPS,
                 lora: LoraBatch = NO_LORA) -> torch.Tensor:  # no kernel replaces it
-        return lora.project(self.c_proj, self.act(lora.project(self.c_fc, x)))
+        # tensor parallelism: c_proj holds this rank's inner columns, the ranks' sums add up
+        return ops.all_reduce(lora.project(self.c_proj, self.act(lora.project(self.c_fc, x))))
 
 
 class GPT2Decoder(DecoderModel):
