@@ -3,7 +3,9 @@ repeat it) with SmolLM2-135M-Instruct, greedy, 1 and 8 concurrent requests, plai
 decode tok/s (wall clock, and from the 10th-percentile step time, which a shared machine's load disturbs least),
 acceptance rate, and tokens per decode step (one model forward each; independent of the load).
 
-    PYTHONPATH=. .venv/bin/python scripts/engine_speculative_bench.py [MAX_TOKENS=96] [K=4] [ROUNDS=2]
+    PYTHONPATH=. .venv/bin/python scripts/engine_speculative_bench.py [MAX_TOKENS=96] [K=4] [ROUNDS=2] [STEP_TOKENS=8]
+
+STEP_TOKENS is the engine's speculative step budget (EngineConfig.speculative_step_tokens); 1000 drafts always.
 """
 import sys, time
 from tokenmill.engine import LLM, SamplingParams
@@ -19,7 +21,8 @@ TEXTS = [
     "Paris is the captial of France. It is known for the Eiffel Tower, the Louvre museum and its many cafes "
     "along the river Seine, where tourists and locals enjoy coffee and pastries every mornig.",
 ]
-llm = LLM(str(default_model_path()), num_blocks=512, block_size=16)
+STEP_TOKENS = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+llm = LLM(str(default_model_path()), num_blocks=512, block_size=16, speculative_step_tokens=STEP_TOKENS)
 tok = llm.get_tokenizer()
 prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": "Correct the spelling mistakes in this "
                                                f"paragraph and repeat it in full:\n\n{t}"}],

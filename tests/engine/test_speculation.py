@@ -9,7 +9,7 @@ import torch
 from tokenmill.engine import LLM, EngineConfig, LLMEngine, SamplingParams
 from tokenmill.engine.spec_params import SpeculativeConfig
 from tokenmill.engine.sequence import Sequence
-from tokenmill.engine.speculation import propose_drafts
+from tokenmill.engine.speculation import Speculator, propose_drafts
 
 SPEC = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 TEXTS = [
@@ -73,7 +73,8 @@ def test_one_greedy_request_is_unchanged_and_drafts_are_accepted(smol_llm):
 
 def test_eight_concurrent_requests_mixed_with_plain_ones_match_each_alone(tiny_model, hf_greedy):
     prompts = _tiny_prompts(8)
-    llm = LLM(tiny_model, num_blocks=128, block_size=4, max_num_batched_tokens=48)
+    llm = LLM(tiny_model, num_blocks=128, block_size=4, max_num_batched_tokens=48,
+              speculative_step_tokens=64)  # every sequence drafts: the budget is tested on its own
     mixed = llm.generate(prompts, [_tiny_greedy(16, SPEC if i % 2 == 0 else None) for i in range(8)])
     assert _ids(mixed) == [hf_greedy(prompt, 16) for prompt in prompts]
     drafted, accepted = _spec_counts(llm)
@@ -186,15 +187,38 @@ def test_drafts_come_from_the_earlier_match_and_respect_the_limits():
     params = SamplingParams(max_tokens=10, speculative={"num_speculative_tokens": 3, "prompt_lookup_max": 2,
                                                         "prompt_lookup_min": 2})
     seq = Sequence("r", 0, [1, 2, 3, 4, 5, 6, 1, 2], params)
-    assert propose_drafts(seq, params.speculative, max_model_len=100) == [3, 4, 5]
+    assert propose_drafts(seq, params.speculative, max_model_len=100, budget=16) == [3, 4, 5]
     seq.prompt_token_ids = [1, 2, 3, 4, 1, 2]
     seq.output_token_ids = [7] * 7 + [1, 2]  # one token left under max_tokens: the one chosen after the drafts
-    assert propose_drafts(seq, params.speculative, max_model_len=100) == []
+    assert propose_drafts(seq, params.speculative, max_model_len=100, budget=16) == []
     seq.output_token_ids = [7] * 6 + [1, 2]  # two left: one draft
-    assert propose_drafts(seq, params.speculative, max_model_len=100) == [3]
+    assert propose_drafts(seq, params.speculative, max_model_len=100, budget=16) == [3]
     seq.output_token_ids = [1, 2]
-    assert propose_drafts(seq, params.speculative, max_model_len=100) == [3, 4, 1]
-    assert propose_drafts(seq, params.speculative, max_model_len=len(seq.all_token_ids) + 2) == [3]
+    assert propose_drafts(seq, params.speculative, max_model_len=100, budget=16) == [3, 4, 1]
+    assert propose_drafts(seq, params.speculative, max_model_len=len(seq.all_token_ids) + 2, budget=16) == [3]
     lone = Sequence("r", 0, [5, 1, 6, 2], params)  # only unigram matches: below prompt_lookup_min
     lone.output_token_ids = [1]
-    assert propose_drafts(lone, params.speculative, max_model_len=100) == []
+    assert propose_drafts(lone, params.speculative, max_model_len=100, budget=16) == []
+    assert propose_drafts(seq, params.speculative, max_model_len=100, budget=2) == [3, 4]  # the step's budget
+
+
+def test_a_step_drafts_within_its_token_budget():
+    """Rows run as wide as the widest: each decoding sequence gets at most step_tokens // sequences - 1 drafts."""
+    params = SamplingParams(max_tokens=50, speculative={"num_speculative_tokens": 4, "prompt_lookup_max": 2})
+    decoding = []
+    for index in range(3):
+        seq = Sequence(f"r{index}", 0, [1, 2, 3, 4, 5, 6, 7, 1, 2], params)
+        seq.num_computed_tokens = seq.num_tokens - 1  # decoding: one new token to run
+        decoding.append(seq)
+
+    def drafts_with(step_tokens: int, running: list[Sequence]) -> list[int]:
+        for seq in decoding:
+            seq.draft_token_ids = []
+        Speculator(step_tokens=step_tokens).propose(running, max_model_len=100)
+        return [len(seq.draft_token_ids) for seq in decoding]
+
+    assert drafts_with(12, decoding) == [3, 3, 3]  # 3 rows x (1 + 3) = 12 positions
+    assert drafts_with(100, decoding) == [4, 4, 4]  # the request's own k caps it
+    assert drafts_with(5, decoding) == [0, 0, 0]  # 3 x 2 would exceed 5: no drafts
+    prefilling = Sequence("p", 0, [9] * 5, params)  # a prompt still being read: the step is compute-bound
+    assert drafts_with(100, [*decoding, prefilling]) == [0, 0, 0]

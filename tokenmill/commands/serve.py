@@ -55,6 +55,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-ngram", type=_draft_length, default=0, metavar="K",
                         help="prompt-lookup speculative decoding by default: up to K draft tokens per step, verified "
                              "in the same step (0: off; a request's `speculative` field overrides it)")
+    parser.add_argument("--speculative-step-tokens", type=int, default=8, metavar="N",
+                        help="drafts run only while a step's rows x (1 + drafts) stay within N positions (default 8: "
+                             "beyond it a CPU step is compute-bound and speculation slows a busy server)")
     parser.add_argument("--threads", default="auto",
                         help="torch threads of the engine: a number, or auto (default): chosen from measured step "
                              "times between 1 (best on a busy shared CPU) and torch's default (best when idle)")
@@ -117,6 +120,7 @@ def engine_config_of(args: argparse.Namespace):
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
         speculative=SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None,
+        speculative_step_tokens=args.speculative_step_tokens,
     )
 
 

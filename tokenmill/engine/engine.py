@@ -41,6 +41,8 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's context length
     enable_prefix_caching: bool = True
     speculative: SpeculativeConfig | None = None  # the default for requests that set no `speculative` of their own
+    # drafts run only while a step's positions stay within this (speculation.Speculator): a busy batch skips them
+    speculative_step_tokens: int = 8  # measured: a 16-position step already cost 2.6x an 8-row one (docs/decoding.md)
 
 
 def _available_memory() -> int:
@@ -92,7 +94,7 @@ class LLMEngine:
         self.limits = RequestLimits.of_engine(self.max_model_len, self.capacity_tokens)
         self._requests: dict[str, _Request] = {}
         self._pending_final: list[RequestOutput] = []
-        self.speculator = Speculator(self.config.speculative)
+        self.speculator = Speculator(self.config.speculative, self.config.speculative_step_tokens)
         self.tokens_in = 0
         self.tokens_out = 0
         self.last_step_tokens = 0  # tokens computed by the latest step (prompt chunks + decodes)

@@ -31,8 +31,9 @@ def draft_limit(seq: Sequence, config: SpeculativeConfig, max_model_len: int) ->
     return min(config.num_speculative_tokens, left - 1)
 
 
-def propose_drafts(seq: Sequence, config: SpeculativeConfig, max_model_len: int) -> list[int]:
-    limit = draft_limit(seq, config, max_model_len)
+def propose_drafts(seq: Sequence, config: SpeculativeConfig, max_model_len: int, budget: int) -> list[int]:
+    """At most `budget` drafts (what is left of the step's speculative token budget)."""
+    limit = min(draft_limit(seq, config, max_model_len), budget)
     if limit <= 0:
         return []
     drafter = PromptLookupDrafter(config.num_speculative_tokens, config.prompt_lookup_max, config.prompt_lookup_min)
@@ -50,8 +51,12 @@ def release_blocks_past(seq: Sequence, blocks: BlockManager) -> None:
 class Speculator:
     """Drafts before a step, verifies after it, and counts drafted and accepted tokens."""
 
-    def __init__(self, default: SpeculativeConfig | None = None):
+    def __init__(self, default: SpeculativeConfig | None = None, step_tokens: int = 8):
         self.default = default if default is not None and default.enabled else None
+        # a step runs every row as wide as its widest (one row per decoding sequence, 1 + its drafts): drafts go
+        # only while rows x width stays within this many positions: below it a CPU step is bound by reading the
+        # weights (more positions come nearly free), above it by arithmetic (each padded position costs its share)
+        self.step_tokens = step_tokens
         self.draft_tokens = 0  # drafts run through the model
         self.accepted_tokens = 0  # of which the target model agreed with
         self.verify_steps = 0  # sequence-steps that verified at least one draft
@@ -61,11 +66,17 @@ class Speculator:
         return config if config is not None and config.enabled else None
 
     def propose(self, running: list[Sequence], max_model_len: int) -> None:
-        """Give every decoding sequence that speculates its drafts for the coming step."""
-        for seq in running:
+        """Give decoding sequences that speculate their drafts for the coming step: each at most
+        step_tokens // (decoding sequences) - 1, and none while a prompt is still being read (its rows already
+        make the step compute-bound)."""
+        live = [seq for seq in running if not seq.is_finished]
+        if not live or any(seq.num_uncomputed_tokens > 1 for seq in live):
+            return
+        budget = self.step_tokens // len(live) - 1
+        for seq in live:
             config = self.config_of(seq)
-            if config is not None and seq.num_uncomputed_tokens == 1 and not seq.is_finished:
-                seq.draft_token_ids = propose_drafts(seq, config, max_model_len)
+            if config is not None and budget > 0:
+                seq.draft_token_ids = propose_drafts(seq, config, max_model_len, budget)
 
     def verify(self, chunk: ScheduledChunk, logits: torch.Tensor, choose: Callable, append: Callable,
                scheduler: Scheduler, constrained: bool) -> bool:
