@@ -52,7 +52,8 @@ def test_each_request_gets_its_policy(request_, expected):
     (dict(dtype=torch.float16, attn_implementation="native"), "runs on the CPU in float32"),
     (dict(keep_quantized=True), "applies to GGUF checkpoints only"),
     (dict(kernels="cuda"), "kernels must be one of"),
-    (dict(attn_implementation="flash_attention_2"), "attn_implementation must be one of"),
+    (dict(attn_implementation="flash_attention_3"), "attn_implementation must be one of"),
+    (dict(kernels="triton"), "kernels='triton' needs a CUDA device"),
     (dict(kernels="torch", attn_implementation="native"), "needs kernels='native', not 'torch'"),
     (dict(gguf=True, keep_quantized=True, kernels="torch"), "keep_quantized=True needs the native kernels"),
 ])
@@ -127,3 +128,9 @@ def test_with_threads_changes_only_the_thread_count_and_apply_sets_torchs():
         assert torch.get_num_threads() == target
     finally:
         torch.set_num_threads(before)
+
+
+def test_flash_attention_2_is_sdpa_flash_backend():
+    """transformers' attn_implementation="flash_attention_2" is accepted: SDPA, whose flash kernel serves it on
+    CUDA (the flash-attn package is not needed)."""
+    assert choose_policy(attn_implementation="flash_attention_2").attention == "sdpa"

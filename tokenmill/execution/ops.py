@@ -121,4 +121,27 @@ class NativeOps(ExactOps):
         return f"NativeOps(native_attention={self.native_attention})"
 
 
+class TritonOps(TorchOps):
+    """ATen plus the Triton kernels on CUDA: decode attention read straight from the cache (the paged pool
+    through its slot tables), grouped kv heads loaded once; prefills stay with SDPA's flash kernels."""
+
+    name = "triton"
+
+    def __init__(self, native_attention: bool = True):
+        self.native_attention = native_attention
+
+    def attends(self, q: torch.Tensor, keys: torch.Tensor, softcap: float | None) -> bool:
+        from ..kernels import triton_attention
+
+        return self.native_attention and triton_attention.applies(q, keys, softcap)
+
+    def attention(self, q, keys, values, allowed, is_causal, scale, slots=None) -> torch.Tensor:
+        from ..kernels import triton_attention
+
+        return triton_attention.attention(q, keys, values, allowed, is_causal, scale, slots)
+
+    def __repr__(self) -> str:
+        return f"TritonOps(native_attention={self.native_attention})"
+
+
 TORCH_OPS = TorchOps()  # stateless: the default of a layer called on its own, outside a model

@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import kernels
-from .ops import ExactOps, NativeOps, TorchOps
+from .ops import ExactOps, NativeOps, TorchOps, TritonOps
 from .placement import DevicePlacement
 from .parallel import SINGLE, Collectives
 
 WEIGHT_FORMATS = ("dense", "gguf-blocks")
-KERNEL_SETS = ("native", "exact", "torch")
+KERNEL_SETS = ("native", "exact", "torch", "triton")
 ATTENTION_BACKENDS = ("sdpa", "eager", "native")
 PARALLEL_LAYOUTS = ("single", "tensor")  # one process; or the weights split over `collectives.size` ranks
 
 _KERNEL_MEANING = {"native": "C kernels (RMSNorm, SwiGLU, rotary, attention)",
-                   "exact": "C kernels only where bit-identical to ATen (rotary)", "torch": "ATen only"}
+                   "exact": "C kernels only where bit-identical to ATen (rotary)", "torch": "ATen only",
+                   "triton": "Triton on CUDA (decode attention read from the cache in place), ATen elsewhere"}
 
 
 class ExecutionPolicyError(ValueError):
@@ -38,7 +39,7 @@ class ExecutionPolicy:
     dtype: torch.dtype = torch.float32
     weight_format: str = "dense"  # "gguf-blocks": GGUF block-quantized weights multiplied by the C kernels
     kernels: str = "torch"  # see KERNEL_SETS / _KERNEL_MEANING
-    attention: str = "sdpa"  # "native": the C kernel where it serves, SDPA elsewhere
+    attention: str = "sdpa"  # "native": the C (or, on CUDA, Triton) kernel where it serves, SDPA elsewhere
     # the intra-op threads the model runs on: torch's count at load, changed only through the policy (the engine's
     # thread tuner sets `with_threads(n)`, the engine's runner applies it); the C kernels use as many as torch
     threads: int = 1
@@ -54,15 +55,17 @@ class ExecutionPolicy:
                               ("attention", ATTENTION_BACKENDS), ("parallel", PARALLEL_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ExecutionPolicyError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.kernels != "torch" and (self.device.type != "cpu" or self.dtype != torch.float32):
+        if self.kernels == "triton" and self.device.type != "cuda":
+            raise ExecutionPolicyError(f"kernels='triton' runs on CUDA devices, got {self.device}")
+        if self.kernels in ("native", "exact") and (self.device.type != "cpu" or self.dtype != torch.float32):
             raise ExecutionPolicyError(f"kernels={self.kernels!r} needs device cpu and dtype float32 (the C kernels "
                                        f"compute in float32 on the CPU), got {self.device} {_dtype_name(self.dtype)}")
         if self.weight_format == "gguf-blocks" and self.kernels != "native":
             raise ExecutionPolicyError(f"GGUF block weights are multiplied by the native kernels; "
                                        f"kernels={self.kernels!r} needs dense weights")
-        if self.attention == "native" and self.kernels != "native":
-            raise ExecutionPolicyError(f"the native attention kernel belongs to kernels='native', "
-                                       f"not {self.kernels!r}")
+        if self.attention == "native" and self.kernels not in ("native", "triton"):
+            raise ExecutionPolicyError(f"the native attention kernel belongs to kernels='native' (C) or 'triton' "
+                                       f"(CUDA), not {self.kernels!r}")
         if self.threads < 1:
             raise ExecutionPolicyError(f"threads must be at least 1, got {self.threads}")
         if (self.parallel == "tensor") != (self.collectives.size > 1):
@@ -74,6 +77,8 @@ class ExecutionPolicy:
         """The kernel set every forward of the model receives."""
         if self.kernels == "native":
             ops = NativeOps(native_attention=self.attention == "native")
+        elif self.kernels == "triton":
+            ops = TritonOps(native_attention=self.attention == "native")
         else:
             ops = ExactOps() if self.kernels == "exact" else TorchOps()
         if self.collectives is not SINGLE:
@@ -155,6 +160,11 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
     device = check_device_present(torch.device(device))
     if kernels is not None and kernels not in KERNEL_SETS:
         raise ExecutionPolicyError(f"kernels must be one of {KERNEL_SETS} or None, got {kernels!r}")
+    if attn_implementation == "flash_attention_2":  # transformers' name: SDPA's flash backend serves it
+        attn_implementation = "sdpa"
+    if kernels == "triton" and (device.type != "cuda" or not _triton_present()):
+        raise ExecutionPolicyError(f"kernels='triton' needs a CUDA device and the triton package; got {device}"
+                                   + ("" if _triton_present() else " without triton (pip install triton)"))
     if attn_implementation is not None and attn_implementation not in ATTENTION_BACKENDS:
         raise ExecutionPolicyError(f"attn_implementation must be one of {ATTENTION_BACKENDS}, "
                                    f"got {attn_implementation!r}")
@@ -174,12 +184,14 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
         missing = _kernels_missing()
         if missing:
             raise ExecutionPolicyError(f"kernels={wanted!r} was asked for, but {missing}")
-    if kernels is None and (not on_cpu32 or _kernels_missing()):
+    if kernels is None and device.type == "cuda" and _triton_present():
+        kernels = "triton"
+    elif kernels is None and (not on_cpu32 or _kernels_missing()):
         kernels = "torch"
     elif kernels is None:
         kernels = "native" if gguf and keep_quantized is not False else "exact"
     blocks = gguf and keep_quantized is not False and kernels == "native"
-    native_attention = kernels == "native" and attn_implementation in (None, "sdpa", "native")
+    native_attention = kernels in ("native", "triton") and attn_implementation in (None, "sdpa", "native")
     return ExecutionPolicy(device=device, dtype=dtype, weight_format="gguf-blocks" if blocks else "dense",
                            kernels=kernels, attention="native" if native_attention else attn_implementation or "sdpa",
                            threads=threads or torch.get_num_threads())
@@ -193,10 +205,19 @@ def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: to
                                    f"cannot be moved as a whole: load it again with another device_map or device")
     device = policy.device if device is None else check_device_present(torch.device(device))
     dtype = policy.dtype if dtype is None else dtype
-    if device.type == "cpu" and dtype == torch.float32:
+    if device.type == "cpu" and dtype == torch.float32 and policy.kernels != "triton":
         return dataclasses.replace(policy, device=device, dtype=dtype)
+    if device.type == "cuda" and _triton_present():
+        return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="triton",
+                                   attention="native" if policy.attention in ("native", "sdpa") else policy.attention)
     return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="torch",
                                attention=policy.attn_implementation)
+
+
+def _triton_present() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def dequantized_policy(policy: ExecutionPolicy) -> ExecutionPolicy:
@@ -204,5 +225,5 @@ def dequantized_policy(policy: ExecutionPolicy) -> ExecutionPolicy:
     stay, so the model computes transformers' arithmetic again."""
     if policy.weight_format == "dense":
         return policy
-    kernels = "exact" if policy.kernels != "torch" else "torch"
+    kernels = policy.kernels if policy.kernels in ("torch", "triton") else "exact"
     return dataclasses.replace(policy, weight_format="dense", kernels=kernels, attention=policy.attn_implementation)
