@@ -1,0 +1,79 @@
+"""The Triton kernel set inside a model, the CPU standing in for the GPU (TRITON_INTERPRET=1): a tiny Llama whose
+policy hands its forwards TritonOps decodes with the dynamic cache (generate) and with the paged pool (the
+engine's runner) to the same greedy tokens as ATen, its decode logits within the float32 bound of
+tests/kernels/test_triton_attention.py (same sums, another order). On CUDA the policy picks this set itself."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+pytest.importorskip("triton")
+
+from tokenmill import AutoModelForCausalLM  # noqa: E402
+from tokenmill.engine import LLM, SamplingParams  # noqa: E402
+from tokenmill.execution.ops import TritonOps  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    folder = tmp_path_factory.mktemp("tiny-llama-triton")
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """How many times the Triton kernel ran (each test checks it did)."""
+    from tokenmill.kernels import triton_attention
+
+    calls = []
+    original = triton_attention.attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[6] is not None)  # slots: the paged pool read in place
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triton_attention, "attention", counted)
+    return calls
+
+
+def _with_triton(model):
+    model.execution_policy.__dict__["ops"] = TritonOps()  # what the policy hands forwards on CUDA
+    return model
+
+
+def test_generate_with_the_dynamic_cache(tiny_folder, kernel_calls):
+    ids = torch.tensor([[1, 5, 9, 13, 40, 7]])
+    plain = AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch")
+    triton_model = _with_triton(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"))
+    greedy = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    expected, got = plain.generate(ids, **greedy), triton_model.generate(ids, **greedy)
+    assert torch.equal(got.sequences, expected.sequences)
+    for mine, theirs in zip(got.logits[1:], expected.logits[1:]):  # decode steps: the Triton kernel's
+        torch.testing.assert_close(mine, theirs, rtol=2e-5, atol=2e-5)
+    assert kernel_calls and not any(kernel_calls)  # decode steps, on the dynamic cache's own tensors
+
+
+def test_engine_steps_read_the_paged_pool(tiny_folder, kernel_calls):
+    prompts = [[1, 5, 9, 13, 40, 7], [3, 4, 5], [8, 8, 2, 90, 14, 2, 6, 7, 1]]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    plain = LLM(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"),
+                skip_tokenizer_init=True, num_blocks=32, block_size=4)
+    expected = plain.generate([{"prompt_token_ids": p} for p in prompts], params)
+    model = _with_triton(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"))
+    engine = LLM(model, skip_tokenizer_init=True, num_blocks=32, block_size=4)
+    got = engine.generate([{"prompt_token_ids": p} for p in prompts], params)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert kernel_calls and all(kernel_calls)  # every call read the pool through slot tables
