@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Triton kernels run on the CPU through its interpreter where no NVIDIA GPU is present; triton reads this once,
+# when first imported (transformers may import it early), so it is set before anything else is imported
+if not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from numerics import float64_twin
 from tokenmill.loading.default_model import default_model_path
