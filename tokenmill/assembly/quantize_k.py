@@ -1,0 +1,150 @@
+"""Float weights → ggml's k-quant super-blocks (Q4_K, Q5_K, Q6_K): 256 values, one float16 super-block scale,
+and 6-bit (Q4_K / Q5_K: scale and min per 32 values) or int8 (Q6_K: scale per 16 values) sub-block scales.
+
+Each quantizer takes float32 super-blocks [n, 256] and returns their bytes uint8 [n, block_bytes] in the layout
+loading/dequant.py reads. Written from the format, not from ggml's code (whose searches weight each value by
+its magnitude); here every choice minimises the plain squared error of the values:
+- Q4_K / Q5_K (x = d·sc·q - dmin·m, q in 0..nmax): per sub-block a grid of candidate steps around
+  (max - min)/nmax, each followed by the least-squares (step, offset) for its codes, the offset kept ≤ 0
+  (mins are stored unsigned); the 8 steps and 8 offsets then become 6-bit multiples of d = max step / 63 and
+  dmin = max offset / 63, and the codes are rounded again against those stored values.
+- Q6_K (x = d·sc·(q - 32), q - 32 in -32..31, sc int8): per 16 values a grid of steps around signed max / -32
+  (the extreme value lands on -32, the longer side of the signed range), the best kept; the 16 steps become
+  int8 multiples of d = the signed largest step / -128, and the codes are rounded against the stored steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPER_BLOCK = 256  # values per k-quant super-block
+CANDIDATES = torch.linspace(-0.1, 0.1, 11)  # relative changes of the plain step tried by the searches
+# a width that is not a multiple of 256 takes llama.cpp's fallback type for the same bits (its rule too)
+FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+
+
+def _halves(values: torch.Tensor) -> torch.Tensor:
+    """float32 [n, 1] → their float16 bytes, uint8 [n, 2]."""
+    return values.half().view(torch.uint8)
+
+
+def _stored_half(values: torch.Tensor) -> torch.Tensor:
+    """The float32 value a float16 field holds once written."""
+    return values.half().float()
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    """1/d, and 0 where d is 0 (an all-zero (sub-)block)."""
+    return torch.where(d == 0, torch.zeros_like(d), 1 / d)
+
+
+def _affine_fit(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of x [..., k]: (step ≥ 0, offset ≤ 0) with x ≈ step·q + offset, q in 0..nmax, of least squared
+    error among the candidate steps (each refitted by least squares on its own codes)."""
+    low = x.amin(-1, keepdim=True).clamp(max=0)
+    span = x.amax(-1, keepdim=True) - low
+    shifted = x - low
+    count = x.shape[-1]
+    sum_x, sum_xx = x.sum(-1, keepdim=True), (x * x).sum(-1, keepdim=True)
+    best_error = torch.full_like(low, float("inf"))
+    best_step, best_offset = span / nmax, low
+    for change in CANDIDATES.tolist():
+        codes = (shifted * _inverse(span / (nmax * (1 + change)))).round_().clamp_(0, nmax)
+        sum_q, sum_qq = codes.sum(-1, keepdim=True), (codes * codes).sum(-1, keepdim=True)
+        sum_qx = (codes * x).sum(-1, keepdim=True)
+        det = count * sum_qq - sum_q * sum_q
+        step = torch.where(det > 0, (count * sum_qx - sum_q * sum_x) / det.clamp(min=1e-30), span / nmax)
+        offset = torch.where(det > 0, (sum_qq * sum_x - sum_q * sum_qx) / det.clamp(min=1e-30), low)
+        # an offset above 0 cannot be stored: refit the step alone with offset 0
+        positive = offset > 0
+        step = torch.where(positive, sum_qx / sum_qq.clamp(min=1e-30), step).clamp(min=0)
+        offset = torch.where(positive, torch.zeros_like(offset), offset)
+        # the squared error of step·q + offset against x, expanded into the sums already taken
+        error = (step * step * sum_qq + 2 * step * offset * sum_q + count * offset * offset
+                 - 2 * step * sum_qx - 2 * offset * sum_x + sum_xx)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_step, best_offset = torch.where(better, step, best_step), torch.where(better, offset, best_offset)
+    return best_step, best_offset
+
+
+def _six_bit(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """values [n, 8] ≥ 0 → (d [n, 1] as float16 stores it, codes 0..63 [n, 8]) with values ≈ d·code."""
+    d = _stored_half(values.amax(1, keepdim=True) / 63)
+    return d, (values * _inverse(d)).round().clamp(0, 63)
+
+
+def _pack_k_scales(scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    """8 six-bit scales and 8 six-bit mins [n, 8] → the 12-byte Q4_K / Q5_K header: bytes 0-3 and 4-7 hold
+    scales / mins 0-3 in their low 6 bits and the top 2 bits of scales / mins 4-7; bytes 8-11 their low nibbles."""
+    scale, minimum = scale.to(torch.uint8), minimum.to(torch.uint8)
+    first = scale[:, :4] | ((scale[:, 4:] >> 4) << 6)
+    second = minimum[:, :4] | ((minimum[:, 4:] >> 4) << 6)
+    third = (scale[:, 4:] & 0x0F) | ((minimum[:, 4:] & 0x0F) << 4)
+    return torch.cat((first, second, third), 1)
+
+
+def _pack_pairs_of_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """[n, 8, 32] codes → [n, 128] bytes: each 32 bytes hold sub-block 2g in low nibbles, 2g + 1 in high."""
+    low = (codes.to(torch.uint8) & 0x0F).view(-1, 4, 2, 32)
+    return (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(-1, 128)
+
+
+def _k_codes(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor]:
+    """Q4_K / Q5_K: x [n, 256] → (d, dmin [n, 1] as stored, scale and min codes [n, 8], value codes [n, 8, 32])."""
+    sub_blocks = x.view(-1, 8, 32)
+    step, offset = _affine_fit(sub_blocks, nmax)
+    d, scale = _six_bit(step.squeeze(-1))
+    dmin, minimum = _six_bit(-offset.squeeze(-1))
+    stored_step = (d * scale).unsqueeze(-1)
+    stored_offset = (dmin * minimum).unsqueeze(-1)
+    codes = ((sub_blocks + stored_offset) * _inverse(stored_step)).round().clamp(0, nmax)
+    return d, dmin, scale, minimum, codes
+
+
+def quantize_q4_k(x: torch.Tensor) -> torch.Tensor:
+    d, dmin, scale, minimum, codes = _k_codes(x, 15)
+    return torch.cat((_halves(d), _halves(dmin), _pack_k_scales(scale, minimum), _pack_pairs_of_nibbles(codes)), 1)
+
+
+def quantize_q5_k(x: torch.Tensor) -> torch.Tensor:
+    d, dmin, scale, minimum, codes = _k_codes(x, 31)
+    # bit 4 of element i of sub-block j is bit j of high byte i
+    high_bits = ((codes.to(torch.int32) >> 4) & 1) << torch.arange(8, dtype=torch.int32).view(1, 8, 1)
+    high = high_bits.sum(1).to(torch.uint8)
+    return torch.cat((_halves(d), _halves(dmin), _pack_k_scales(scale, minimum), high,
+                      _pack_pairs_of_nibbles(codes)), 1)
+
+
+def _signed_fit(x: torch.Tensor) -> torch.Tensor:
+    """Per row of x [..., 16]: the step s (of either sign) with x ≈ s·q, q in -32..31, of least squared error
+    among candidates around signed max / -32."""
+    extreme = x.gather(-1, x.abs().argmax(-1, keepdim=True))
+    plain = extreme / -32
+    best_error = torch.full_like(plain, float("inf"))
+    best_step = plain
+    for change in CANDIDATES.tolist():
+        step = plain * (1 + change)
+        codes = (x * _inverse(step)).round_().clamp_(-32, 31)
+        # the squared error of step·q against x, less the constant sum of x²
+        error = step * step * (codes * codes).sum(-1, keepdim=True) - 2 * step * (codes * x).sum(-1, keepdim=True)
+        better = error < best_error
+        best_error, best_step = torch.where(better, error, best_error), torch.where(better, step, best_step)
+    return best_step
+
+
+def quantize_q6_k(x: torch.Tensor) -> torch.Tensor:
+    sub_blocks = x.view(-1, 16, 16)
+    step = _signed_fit(sub_blocks).squeeze(-1)
+    d = _stored_half(step.gather(1, step.abs().argmax(1, keepdim=True)) / -128)
+    scale = (step * _inverse(d)).round().clamp(-128, 127)
+    stored_step = (d * scale).unsqueeze(-1)
+    codes = ((sub_blocks * _inverse(stored_step)).round().clamp(-32, 31) + 32).to(torch.uint8).view(-1, 2, 4, 32)
+    low, high = codes & 0x0F, codes >> 4
+    # each 64-byte half: bytes 0-31 hold quarters 0 (low nibble) and 2 (high), bytes 32-63 quarters 1 and 3
+    packed_low = torch.cat((low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)), 2)
+    # each 32-byte half of the high bits: crumb k of byte i is bits 4-5 of quarter k's element i
+    packed_high = high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)
+    return torch.cat((packed_low.reshape(-1, 128), packed_high.reshape(-1, 64),
+                      scale.to(torch.int8).view(torch.uint8), _halves(d)), 1)
