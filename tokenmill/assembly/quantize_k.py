@@ -90,7 +90,7 @@ def _pack_pairs_of_nibbles(codes: torch.Tensor) -> torch.Tensor:
     return (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(-1, 128)
 
 
-def _k_codes(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+def k_codes(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                    torch.Tensor]:
     """Q4_K / Q5_K: x [n, 256] → (d, dmin [n, 1] as stored, scale and min codes [n, 8], value codes [n, 8, 32])."""
     sub_blocks = x.view(-1, 8, 32)
@@ -104,12 +104,12 @@ def _k_codes(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def quantize_q4_k(x: torch.Tensor) -> torch.Tensor:
-    d, dmin, scale, minimum, codes = _k_codes(x, 15)
+    d, dmin, scale, minimum, codes = k_codes(x, 15)
     return torch.cat((_halves(d), _halves(dmin), _pack_k_scales(scale, minimum), _pack_pairs_of_nibbles(codes)), 1)
 
 
 def quantize_q5_k(x: torch.Tensor) -> torch.Tensor:
-    d, dmin, scale, minimum, codes = _k_codes(x, 31)
+    d, dmin, scale, minimum, codes = k_codes(x, 31)
     # bit 4 of element i of sub-block j is bit j of high byte i
     high_bits = ((codes.to(torch.int32) >> 4) & 1) << torch.arange(8, dtype=torch.int32).view(1, 8, 1)
     high = high_bits.sum(1).to(torch.uint8)
@@ -134,13 +134,19 @@ def _signed_fit(x: torch.Tensor) -> torch.Tensor:
     return best_step
 
 
-def quantize_q6_k(x: torch.Tensor) -> torch.Tensor:
+def q6_k_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q6_K: x [n, 256] → (d [n, 1] as stored, int8 scales [n, 16], codes -32..31 [n, 16, 16])."""
     sub_blocks = x.view(-1, 16, 16)
     step = _signed_fit(sub_blocks).squeeze(-1)
     d = _stored_half(step.gather(1, step.abs().argmax(1, keepdim=True)) / -128)
     scale = (step * _inverse(d)).round().clamp(-128, 127)
     stored_step = (d * scale).unsqueeze(-1)
-    codes = ((sub_blocks * _inverse(stored_step)).round().clamp(-32, 31) + 32).to(torch.uint8).view(-1, 2, 4, 32)
+    return d, scale, (sub_blocks * _inverse(stored_step)).round().clamp(-32, 31)
+
+
+def quantize_q6_k(x: torch.Tensor) -> torch.Tensor:
+    d, scale, signed_codes = q6_k_codes(x)
+    codes = (signed_codes + 32).to(torch.uint8).view(-1, 2, 4, 32)
     low, high = codes & 0x0F, codes >> 4
     # each 64-byte half: bytes 0-31 hold quarters 0 (low nibble) and 2 (high), bytes 32-63 quarters 1 and 3
     packed_low = torch.cat((low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)), 2)
