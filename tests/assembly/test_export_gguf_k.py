@@ -12,6 +12,7 @@ from tokenmill.assembly.export_gguf import gguf_names, more_bits, save_gguf, ten
 from tokenmill.assembly.quantize import quantize_weight
 from tokenmill.assembly.weights import build_model
 from tokenmill.config import ModelConfig
+from tokenmill.loading.gguf import one_thread_per_op
 from tokenmill.loading.safetensors import read_folder_weights
 from tokenmill.models.registry import families
 
@@ -40,10 +41,11 @@ def reference_model(folder, file_type: str):
     config = ModelConfig.from_json_file(folder / "config.json")
     names = gguf_names(families()[config.model_type].gguf, config)
     weights = read_folder_weights(folder, torch.float32, progress=False)
-    for name, tensor in weights.items():
-        if tensor.dim() == 2:
-            method = tensor_method(names[name], file_type, config.num_hidden_layers, config.tie_word_embeddings)
-            weights[name] = quantize_weight(tensor, method).dequantize()
+    with one_thread_per_op():  # single-threaded ops: a busy test machine stalls no thread team
+        for name, tensor in weights.items():
+            if tensor.dim() == 2:
+                method = tensor_method(names[name], file_type, config.num_hidden_layers, config.tie_word_embeddings)
+                weights[name] = quantize_weight(tensor, method).dequantize()
     return build_model(config, weights, source=folder)
 
 

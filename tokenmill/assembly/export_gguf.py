@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..loading.gguf import one_thread_per_op
 from ..loading.gguf_arch import GGUF_TENSOR_NAME
 from ..models.registry import families
 from .export_tokenizer import add_tokenizer
@@ -161,15 +163,19 @@ def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=
         _add_special_ids(writer, config)
     else:
         add_tokenizer(writer, tokenizer, config.vocab_size, gguf)
-    for hf_name, tensor in state.items():
-        gguf_name = names[hf_name]
+    def tensor_data(hf_name: str):
+        tensor, gguf_name = state[hf_name], names[hf_name]
         part = GGUF_TENSOR_NAME.match(gguf_name)["part"]
         if spec.permute_qk and part in ("attn_q", "attn_k"):  # biases too: the reader unpermutes both
             heads = config.num_attention_heads if part == "attn_q" else config.num_key_value_heads
             tensor = permute_rotary_rows(tensor, heads)
         method = tensor_method(gguf_name, file_type, config.num_hidden_layers, config.tie_word_embeddings)
-        data, raw_type = _tensor_data(hf_name, tensor, method, gguf)
-        writer.add_tensor(gguf_name, np.ascontiguousarray(data), raw_dtype=raw_type)
+        return _tensor_data(hf_name, tensor, method, gguf)
+
+    # one tensor per Python thread, each op single-threaded: a busy core stalls no thread team
+    with one_thread_per_op() as workers, ThreadPoolExecutor(workers) as pool:
+        for hf_name, (data, raw_type) in zip(state, pool.map(tensor_data, state)):
+            writer.add_tensor(names[hf_name], np.ascontiguousarray(data), raw_dtype=raw_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
