@@ -11,6 +11,7 @@ from tokenmill import AutoModelForCausalLM
 from tokenmill.assembly.export_gguf import gguf_names, more_bits, save_gguf, tensor_method
 from tokenmill.assembly.quantize import quantize_weight
 from tokenmill.assembly.weights import build_model
+from tokenmill.cli import main as cli_main
 from tokenmill.config import ModelConfig
 from tokenmill.loading.gguf import one_thread_per_op
 from tokenmill.loading.safetensors import read_folder_weights
@@ -60,9 +61,9 @@ def file_type_of(path) -> int:
 
 @pytest.mark.parametrize("file_type", sorted(FILE_TYPES))
 def test_k_quant_export_loads_back_to_the_quantized_model(wide_llama, tmp_path, file_type):
-    model = AutoModelForCausalLM.from_pretrained(wide_llama, progress=False)
-    with pytest.warns(RuntimeWarning, match="without a tokenizer"):
-        path = save_gguf(model, tmp_path / "wide.gguf", file_type)
+    path = tmp_path / "wide.gguf"
+    with pytest.warns(RuntimeWarning, match="no tokenizer written"):
+        assert cli_main(["export", str(wide_llama), str(path), "--type", file_type, "--no-progress"]) == 0
     assert file_type_of(path) == FILE_TYPES[file_type]
     kinds = tensor_types(path)
     block = gguf.GGMLQuantizationType[file_type[:4].upper()]
