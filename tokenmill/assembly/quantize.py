@@ -4,8 +4,9 @@ Each quantizer takes float32 blocks [n, 32] (the k-quants of assembly/quantize_k
 their bytes uint8 [n, block_bytes] in the layout loading/dequant.py reads. The legacy GGUF types follow ggml's
 reference quantizers (ggml-quants.c, the same arithmetic as gguf-py's `quants.quantize`): Q8_0 (scale
 absmax/127, rounding half away from zero), Q4_0 / Q5_0 (signed max / -8 or -16, truncation of x/d + 8.5 or
-16.5), Q4_1 / Q5_1 (min and (max-min)/15 or /31, truncation of (x-min)/d + 0.5). NF4 / FP4 (tokenmill's own types): scale d = float16(absmax of the block); each weight
-becomes the code-book entry whose interval between midpoints holds x/d (the nearest entry, ties to the lower).
+16.5), Q4_1 / Q5_1 (min and (max-min)/15 or /31, truncation of (x-min)/d + 0.5). NF4 / FP4 (tokenmill's own
+types): scale d = float16(absmax of the block); each weight becomes the code-book entry whose interval between
+midpoints holds x/d (the nearest entry, ties to the lower).
 """
 
 from __future__ import annotations
