@@ -20,7 +20,8 @@ from tokenmill.models.registry import families
 from numerics import assert_runs_agree, matmuls, reduction_len
 
 IDS = torch.tensor([[1, 5, 9, 33, 2, 17, 60, 4, 4, 21]])
-FILE_TYPES = {"q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S, "q5_k": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+FILE_TYPES = {"q2_k": gguf.LlamaFileType.MOSTLY_Q2_K, "q3_k": gguf.LlamaFileType.MOSTLY_Q3_K_S,
+              "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S, "q5_k": gguf.LlamaFileType.MOSTLY_Q5_K_S,
               "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K, "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}
 
 

@@ -1,4 +1,4 @@
-"""k-quant quantizers (Q4_K, Q5_K, Q6_K): the bytes decode (tokenmill's dequantizer, the C kernels and gguf-py's
+"""k-quant quantizers (Q2_K … Q6_K): the bytes decode (tokenmill's dequantizer, the C kernels and gguf-py's
 reader) to exactly the values the quantizer chose, and the error stays within what the format's step allows."""
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ from gguf import GGMLQuantizationType, quants
 
 from tokenmill import kernels
 from tokenmill.assembly.quantize import quantize_weight
-from tokenmill.assembly.quantize_k import k_codes, q6_k_codes
+from tokenmill.assembly.quantize_k import k_codes, q2_k_codes, q3_k_codes, q6_k_codes
 from tokenmill.kernels.gguf_types import BY_NAME
 from tokenmill.loading.default_model import default_model_path
 from tokenmill.loading.gguf import GGUFCheckpoint
 from tokenmill.models.registry import gguf_architectures
 
-K_TYPES = ("q4_k", "q5_k", "q6_k")
-LEVELS = {"q4_k": 15, "q5_k": 31, "q6_k": 63}  # code steps across a sub-block's range
+K_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+# the affine types' code steps across a sub-block's range; the signed types' codes below zero (-half..half-1)
+LEVELS = {"q2_k": 3, "q4_k": 15, "q5_k": 31}
+HALVES = {"q3_k": 4, "q6_k": 32}
+SUB_BLOCK = {"q2_k": 16, "q3_k": 16, "q4_k": 32, "q5_k": 32, "q6_k": 16}
 
 
 def random_weights(rows: int = 32, columns: int = 512) -> torch.Tensor:
@@ -35,10 +38,10 @@ def random_weights(rows: int = 32, columns: int = 512) -> torch.Tensor:
 def intended_values(weight: torch.Tensor, method: str) -> torch.Tensor:
     """The values the quantizer chose, from its scales and codes, in the dequantizer's float32 order."""
     blocks = weight.reshape(-1, 256)
-    if method == "q6_k":
-        d, scale, codes = q6_k_codes(blocks)
+    if method in HALVES:
+        d, scale, codes = (q6_k_codes if method == "q6_k" else q3_k_codes)(blocks)
         return (codes * (d * scale).unsqueeze(-1)).view_as(weight)
-    d, dmin, scale, minimum, codes = k_codes(blocks, LEVELS[method])
+    d, dmin, scale, minimum, codes = q2_k_codes(blocks) if method == "q2_k" else k_codes(blocks, LEVELS[method])
     return (codes * (d * scale).unsqueeze(-1) - (dmin * minimum).unsqueeze(-1)).view_as(weight)
 
 
@@ -58,14 +61,13 @@ def test_bytes_decode_to_the_values_the_quantizer_chose(method):
 
 def format_rms_bound(weight: torch.Tensor, method: str) -> float:
     """Rounding to a uniform grid of step s errs by s/√12 RMS; the step the format allows a sub-block is its
-    span over the code steps (Q4_K / Q5_K: max - min(min, 0), the offset is ≤ 0; Q6_K: 2·|signed max| over
-    64 codes). Factor 1.25: the sub-block steps and offsets are themselves rounded to 6 bits (Q6_K: 8 bits)
-    of the super-block scale, which moves a step by up to half a unit of the largest one over 63."""
-    if method == "q6_k":
-        sub_blocks = weight.reshape(-1, 16)
-        step = 2 * sub_blocks.abs().amax(1) / LEVELS[method]
+    span over the code steps (Q2_K / Q4_K / Q5_K: max - min(min, 0), the offset is ≤ 0; Q3_K / Q6_K: the
+    largest magnitude over the `half` codes below zero). Factor 1.25: the sub-block steps and offsets are
+    themselves rounded to multiples of the super-block scale (4, 6 or 8 bits), which moves each a little."""
+    sub_blocks = weight.reshape(-1, SUB_BLOCK[method])
+    if method in HALVES:
+        step = sub_blocks.abs().amax(1) / HALVES[method]
     else:
-        sub_blocks = weight.reshape(-1, 32)
         step = (sub_blocks.amax(1) - sub_blocks.amin(1).clamp(max=0)) / LEVELS[method]
     return 1.25 * math.sqrt(float((step ** 2).mean()) / 12)
 
@@ -88,12 +90,12 @@ def test_error_within_the_format_step_and_ordered_by_bits(smollm2_matrices):
         errors = {method: rms_error(weight, method) for method in K_TYPES}
         for method, error in errors.items():
             assert error <= format_rms_bound(weight, method), (label, method, error)
-        assert errors["q6_k"] < errors["q5_k"] < errors["q4_k"], (label, errors)
+        assert errors["q6_k"] < errors["q5_k"] < errors["q4_k"] < errors["q3_k"] < errors["q2_k"], (label, errors)
 
 
 def test_widths_not_of_whole_super_blocks_take_llama_cpp_fallbacks():
     weight = torch.randn(8, 96, generator=torch.Generator().manual_seed(1))
-    for method, fallback in (("q4_k", "q5_0"), ("q5_k", "q5_1"), ("q6_k", "q8_0")):
+    for method, fallback in (("q2_k", "q4_0"), ("q3_k", "q4_0"), ("q4_k", "q5_0"), ("q5_k", "q5_1"), ("q6_k", "q8_0")):
         quantized = quantize_weight(weight, method)
         assert quantized.ggml_type == BY_NAME[fallback.upper()].type_id
         assert torch.equal(quantized.blocks, quantize_weight(weight, fallback).blocks)

@@ -5,7 +5,8 @@ tensor names and layouts (the inverse of each family's ArchSpec), its hyperparam
 Which tensors take the block type (llama.cpp's rule for its legacy types): every 2-D weight whose width is a
 multiple of 32, the token embeddings and output head included; 1-D tensors (norms, biases) stay F32, and a
 matrix of another width is written F16. The k-quants need widths that are multiples of 256; other widths take
-llama.cpp's fallback type (assembly/quantize_k.py's FALLBACK: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0).
+llama.cpp's fallback type (assembly/quantize_k.py's FALLBACK: Q2_K / Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+Q6_K → Q8_0).
 q4_k_m is llama.cpp's mix: Q6_K for the output head (token_embd when tied) and for attn_v / ffn_down of the
 layers `more_bits` picks, Q4_K elsewhere.
 """
@@ -29,10 +30,11 @@ from .save import checkpoint_state
 
 EXPORTABLE = ("llama", "qwen2", "qwen3")  # the dense llama-like decoders: the shared names and keys, no quirks
 # made by assembly/quantize.py; llama.cpp reads them all
-BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m")
+BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m")
 EXPORT_TYPES = ("f32", "f16") + BLOCK_TYPES
 # general.file_type for each export: one k-quant everywhere is llama.cpp's "_S" (small) mix's name
-FILE_TYPES = {"f32": "ALL_F32", "q4_k": "MOSTLY_Q4_K_S", "q5_k": "MOSTLY_Q5_K_S", "q6_k": "MOSTLY_Q6_K"}
+FILE_TYPES = {"f32": "ALL_F32", "q3_k": "MOSTLY_Q3_K_S", "q4_k": "MOSTLY_Q4_K_S", "q5_k": "MOSTLY_Q5_K_S",
+              "q6_k": "MOSTLY_Q6_K"}
 ROPE_TYPES = (None, "default", "linear", "yarn")  # llama3's per-frequency divisors are not written yet
 
 

@@ -21,7 +21,7 @@ from ..kernels.gguf_types import BY_NAME
 from ..layers.quantized_linear import QuantizedWeight
 from ..loading.dequant import FP4_VALUES, NF4_VALUES
 from ..loading.gguf import one_thread_per_op
-from .quantize_k import FALLBACK, quantize_q4_k, quantize_q5_k, quantize_q6_k
+from .quantize_k import FALLBACK, quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 BLOCK = 32  # elements per block for every type made here
 CHUNK_ELEMENTS = 1 << 18  # weights quantized at once: the float32 intermediates stay cache-sized
@@ -137,7 +137,8 @@ QUANTIZERS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
     "q8_0": ("Q8_0", quantize_q8_0), "q4_0": ("Q4_0", quantize_q4_0), "q4_1": ("Q4_1", quantize_q4_1),
     "q5_0": ("Q5_0", quantize_q5_0), "q5_1": ("Q5_1", quantize_q5_1),
     "nf4": ("NF4", _code_book_quantizer(NF4_VALUES)), "fp4": ("FP4", _code_book_quantizer(FP4_VALUES)),
-    "q4_k": ("Q4_K", quantize_q4_k), "q5_k": ("Q5_K", quantize_q5_k), "q6_k": ("Q6_K", quantize_q6_k),
+    "q2_k": ("Q2_K", quantize_q2_k), "q3_k": ("Q3_K", quantize_q3_k), "q4_k": ("Q4_K", quantize_q4_k),
+    "q5_k": ("Q5_K", quantize_q5_k), "q6_k": ("Q6_K", quantize_q6_k),
 }
 
 
