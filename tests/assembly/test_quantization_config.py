@@ -38,7 +38,7 @@ def test_requests_become_plans(arguments, plan):
 
 @pytest.mark.parametrize("arguments, message", [
     ({"quantization_config": {"method": "q3_x"}}, "unknown quantization method 'q3_x'.*q8_0, q4_0, q4_1"),
-    ({"quantization_config": {"method": "q4_k"}}, "load a GGUF file that holds it"),
+    ({"quantization_config": {"method": "iq4_xs"}}, "load a GGUF file that holds it"),
     ({"quantization_config": {"bits": 3}}, "bits must be 4 or 8"),
     ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "load the gptq folder itself"),
     ({"quantization_config": {"quant_method": "hqq"}}, "pre-quantized hqq checkpoints is not supported"),

@@ -24,8 +24,8 @@ def test_export_without_a_tokenizer_warns_once_and_loads_back(tiny_llama, tmp_pa
 
 def test_unknown_type_and_missing_source_are_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["export", str(tmp_path), str(tmp_path / "x.gguf"), "--type", "q4_k"])
-    assert exit_info.value.code == 2 and "invalid choice: 'q4_k'" in capsys.readouterr().err
+        cli_main(["export", str(tmp_path), str(tmp_path / "x.gguf"), "--type", "iq4_xs"])
+    assert exit_info.value.code == 2 and "invalid choice: 'iq4_xs'" in capsys.readouterr().err
     assert cli_main(["export", str(tmp_path / "absent"), str(tmp_path / "x.gguf"), "--no-progress"]) == 1
     assert "tokenmill: error:" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
 

@@ -4,18 +4,24 @@ tensor names and layouts (the inverse of each family's ArchSpec), its hyperparam
 
 Which tensors take the block type (llama.cpp's rule for its legacy types): every 2-D weight whose width is a
 multiple of 32, the token embeddings and output head included; 1-D tensors (norms, biases) stay F32, and a
-matrix of another width is written F16.
+matrix of another width is written F16. The k-quants need widths that are multiples of 256; other widths take
+llama.cpp's fallback type (assembly/quantize_k.py's FALLBACK: Q2_K / Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+Q6_K → Q8_0).
+q4_k_m is llama.cpp's mix: Q6_K for the output head (token_embd when tied) and for attn_v / ffn_down of the
+layers `more_bits` picks, Q4_K elsewhere.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..loading.gguf import one_thread_per_op
 from ..loading.gguf_arch import GGUF_TENSOR_NAME
 from ..models.registry import families
 from .export_tokenizer import add_tokenizer
@@ -23,8 +29,12 @@ from .quantize import BLOCK, quantize_weight
 from .save import checkpoint_state
 
 EXPORTABLE = ("llama", "qwen2", "qwen3")  # the dense llama-like decoders: the shared names and keys, no quirks
-BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # made by assembly/quantize.py; llama.cpp reads all five
+# made by assembly/quantize.py; llama.cpp reads them all
+BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m")
 EXPORT_TYPES = ("f32", "f16") + BLOCK_TYPES
+# general.file_type for each export: one k-quant everywhere is llama.cpp's "_S" (small) mix's name
+FILE_TYPES = {"f32": "ALL_F32", "q3_k": "MOSTLY_Q3_K_S", "q4_k": "MOSTLY_Q4_K_S", "q5_k": "MOSTLY_Q5_K_S",
+              "q6_k": "MOSTLY_Q6_K"}
 ROPE_TYPES = (None, "default", "linear", "yarn")  # llama3's per-frequency divisors are not written yet
 
 
@@ -70,15 +80,33 @@ def permute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.index_select(0, order.argsort())
 
 
-def _tensor_data(name: str, tensor: torch.Tensor, file_type: str, gguf):
+def more_bits(layer: int, layers: int) -> bool:
+    """llama.cpp's Q4_K_M rule for attn_v / ffn_down: the first and last eighth of the layers, and every
+    third layer between them."""
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+def tensor_method(gguf_name: str, file_type: str, layers: int, tied: bool) -> str:
+    """The quantizer (a QUANTIZERS key) for one 2-D tensor of a `file_type` export; with `tied` embeddings
+    token_embd is the head."""
+    if file_type != "q4_k_m":
+        return file_type
+    match = GGUF_TENSOR_NAME.match(gguf_name)
+    if gguf_name == ("token_embd.weight" if tied else "output.weight"):
+        return "q6_k"
+    if match and match["part"] in ("attn_v", "ffn_down") and more_bits(int(match["layer"]), layers):
+        return "q6_k"
+    return "q4_k"
+
+
+def _tensor_data(name: str, tensor: torch.Tensor, method: str, gguf):
     """(numpy data, raw ggml type or None) for one tensor."""
-    kinds = gguf.GGMLQuantizationType
-    if tensor.dim() == 1 or file_type == "f32":
+    if tensor.dim() == 1 or method == "f32":
         return tensor.float().numpy(), None
-    if file_type == "f16" or tensor.shape[-1] % BLOCK:
+    if method == "f16" or tensor.shape[-1] % BLOCK:
         return tensor.half().numpy(), None
-    blocks = quantize_weight(tensor.float(), file_type, name).blocks
-    return blocks.numpy(), kinds[file_type.upper()]
+    quantized = quantize_weight(tensor.float(), method, name)  # a k-quant may fall back to another type
+    return quantized.blocks.numpy(), gguf.GGMLQuantizationType(quantized.ggml_type)
 
 
 def _add_hyperparameters(writer, config, name: str | None) -> None:
@@ -129,8 +157,7 @@ def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=
         raise ExportError(f"no GGUF name for {', '.join(unknown[:5])}: this model's layout is not exportable")
     writer = gguf.GGUFWriter(path, spec.name)
     _add_hyperparameters(writer, config, Path(str(getattr(model, "name_or_path", "") or "")).name or None)
-    writer.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if file_type == "f32" else
-                                 f"MOSTLY_{file_type.upper()}"))
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES.get(file_type, f"MOSTLY_{file_type.upper()}")))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if tokenizer is None:
         warnings.warn(f"tokenmill: {path} is written without a tokenizer: llama.cpp needs one to run it",
@@ -138,14 +165,19 @@ def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=
         _add_special_ids(writer, config)
     else:
         add_tokenizer(writer, tokenizer, config.vocab_size, gguf)
-    for hf_name, tensor in state.items():
-        gguf_name = names[hf_name]
+    def tensor_data(hf_name: str):
+        tensor, gguf_name = state[hf_name], names[hf_name]
         part = GGUF_TENSOR_NAME.match(gguf_name)["part"]
         if spec.permute_qk and part in ("attn_q", "attn_k"):  # biases too: the reader unpermutes both
             heads = config.num_attention_heads if part == "attn_q" else config.num_key_value_heads
             tensor = permute_rotary_rows(tensor, heads)
-        data, raw_type = _tensor_data(hf_name, tensor, file_type, gguf)
-        writer.add_tensor(gguf_name, np.ascontiguousarray(data), raw_dtype=raw_type)
+        method = tensor_method(gguf_name, file_type, config.num_hidden_layers, config.tie_word_embeddings)
+        return _tensor_data(hf_name, tensor, method, gguf)
+
+    # one tensor per Python thread, each op single-threaded: a busy core stalls no thread team
+    with one_thread_per_op() as workers, ThreadPoolExecutor(workers) as pool:
+        for hf_name, (data, raw_type) in zip(state, pool.map(tensor_data, state)):
+            writer.add_tensor(names[hf_name], np.ascontiguousarray(data), raw_dtype=raw_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -16,7 +16,7 @@ import torch
 from .quantize import QUANTIZERS
 
 # the methods loaded files can hold but quantizing at load cannot make (yet): named in the error
-NOT_MADE_AT_LOAD = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs")
+NOT_MADE_AT_LOAD = ("iq4_nl", "iq4_xs")
 PRE_QUANTIZED_METHODS = ("gptq", "awq", "aqlm", "eetq", "hqq", "compressed-tensors", "fbgemm_fp8", "torchao")
 DEFAULT_SKIP_MODULES = ("lm_head",)  # transformers keeps the output head in float unless told otherwise
 TOKENMILL_KEYS = ("method", "skip_modules", "embeddings")

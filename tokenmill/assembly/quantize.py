@@ -1,11 +1,12 @@
 """Float weights → block formats at load (quantize on load): the blocks the C kernels already multiply.
 
-Each quantizer takes float32 blocks [n, 32] and returns their bytes uint8 [n, block_bytes] in the layout
-loading/dequant.py reads. The GGUF types follow ggml's reference quantizers (ggml-quants.c, the same
-arithmetic as gguf-py's `quants.quantize`): Q8_0 (scale absmax/127, rounding half away from zero), Q4_0 / Q5_0
-(signed max / -8 or -16, truncation of x/d + 8.5 or 16.5), Q4_1 / Q5_1 (min and (max-min)/15 or /31, truncation
-of (x-min)/d + 0.5). NF4 / FP4 (tokenmill's own types): scale d = float16(absmax of the block); each weight
-becomes the code-book entry whose interval between midpoints holds x/d (the nearest entry, ties to the lower).
+Each quantizer takes float32 blocks [n, 32] (the k-quants of assembly/quantize_k.py: [n, 256]) and returns
+their bytes uint8 [n, block_bytes] in the layout loading/dequant.py reads. The legacy GGUF types follow ggml's
+reference quantizers (ggml-quants.c, the same arithmetic as gguf-py's `quants.quantize`): Q8_0 (scale
+absmax/127, rounding half away from zero), Q4_0 / Q5_0 (signed max / -8 or -16, truncation of x/d + 8.5 or
+16.5), Q4_1 / Q5_1 (min and (max-min)/15 or /31, truncation of (x-min)/d + 0.5). NF4 / FP4 (tokenmill's own
+types): scale d = float16(absmax of the block); each weight becomes the code-book entry whose interval between
+midpoints holds x/d (the nearest entry, ties to the lower).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..kernels.gguf_types import BY_NAME
 from ..layers.quantized_linear import QuantizedWeight
 from ..loading.dequant import FP4_VALUES, NF4_VALUES
 from ..loading.gguf import one_thread_per_op
+from .quantize_k import FALLBACK, quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 BLOCK = 32  # elements per block for every type made here
 CHUNK_ELEMENTS = 1 << 18  # weights quantized at once: the float32 intermediates stay cache-sized
@@ -135,26 +137,31 @@ QUANTIZERS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
     "q8_0": ("Q8_0", quantize_q8_0), "q4_0": ("Q4_0", quantize_q4_0), "q4_1": ("Q4_1", quantize_q4_1),
     "q5_0": ("Q5_0", quantize_q5_0), "q5_1": ("Q5_1", quantize_q5_1),
     "nf4": ("NF4", _code_book_quantizer(NF4_VALUES)), "fp4": ("FP4", _code_book_quantizer(FP4_VALUES)),
+    "q2_k": ("Q2_K", quantize_q2_k), "q3_k": ("Q3_K", quantize_q3_k), "q4_k": ("Q4_K", quantize_q4_k),
+    "q5_k": ("Q5_K", quantize_q5_k), "q6_k": ("Q6_K", quantize_q6_k),
 }
 
 
 def quantize_weight(weight: torch.Tensor, method: str, name: str = "weight") -> QuantizedWeight:
     """A [rows, columns] float matrix as blocks of `method` (a QUANTIZERS key); columns must be a multiple
-    of 32. Raises ValueError for a weight beyond float16's range, where a block's scale or minimum could not
-    be stored."""
+    of 32. A k-quant method on a width that is not a multiple of its 256-value super-blocks takes its
+    FALLBACK type instead. Raises ValueError for a weight beyond float16's range, where a block's scale or
+    minimum could not be stored."""
     type_name, quantize = QUANTIZERS[method]
     rows, columns = weight.shape
+    block_type = BY_NAME[type_name]
+    if method in FALLBACK and columns % block_type.block_elements:
+        return quantize_weight(weight, FALLBACK[method], name)
     if columns % BLOCK:
         raise ValueError(f"{name}: {columns} columns are not a multiple of the {BLOCK}-value blocks")
     largest = float(weight.abs().max()) if weight.numel() else 0.0
     if not largest <= HALF_MAX:
         raise ValueError(f"{name}: a weight of magnitude {largest:g} is beyond float16's range ({HALF_MAX:g}), "
                          f"where {method}'s block scales are stored")
-    block_type = BY_NAME[type_name]
-    blocks = torch.empty(rows, columns // BLOCK * block_type.block_bytes, dtype=torch.uint8)
+    blocks = torch.empty(rows, columns // block_type.block_elements * block_type.block_bytes, dtype=torch.uint8)
     step = max(1, CHUNK_ELEMENTS // columns)
     for start in range(0, rows, step):
-        part = weight[start:start + step].to(torch.float32).reshape(-1, BLOCK)
+        part = weight[start:start + step].to(torch.float32).reshape(-1, block_type.block_elements)
         blocks[start:start + step] = quantize(part).view(-1, blocks.shape[1])
     return QuantizedWeight(blocks, block_type.type_id, columns)
 
