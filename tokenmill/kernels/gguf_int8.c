@@ -52,43 +52,68 @@ static inline __m256i nibbles(const uint8_t *qs) {
     const __m128i packed = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(0x0F);
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low4), _mm_and_si128(packed, low4));
 }
-
-/* sum of unsigned a[j] * signed b[j] over 32 bytes, exact (a <= 128 keeps maddubs' int16 pairs unsaturated) */
-static inline int32_t dot_u8_s8(__m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    __m256i lanes = _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
-#else
-    __m256i lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
-#endif
-    __m128i half = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
-    half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0x4E));
-    half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0xB1));
-    return _mm_cvtsi128_si32(half);
-}
 #endif
 
+#if !defined(TM_AVX512) && !defined(TM_AVX2)
 /* sum over the block of the unsigned 4-bit weight values times the int8 activations */
 static inline int32_t nibble_dot(const uint8_t *qs, const int8_t *xq) {
-#if defined(TM_AVX512) || defined(TM_AVX2)
-    return dot_u8_s8(nibbles(qs), _mm256_loadu_si256((const __m256i *)xq));
-#else
     int32_t total = 0;
     for (int j = 0; j < 16; j++) total += (qs[j] & 0x0F) * xq[j] + (qs[j] >> 4) * xq[j + 16];
     return total;
-#endif
 }
 
 static inline int32_t int8_dot(const int8_t *wq, const int8_t *xq) {
-#if defined(TM_AVX512) || defined(TM_AVX2)
-    const __m256i w = _mm256_loadu_si256((const __m256i *)wq), x = _mm256_loadu_si256((const __m256i *)xq);
-    return dot_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)); /* |w| * (x * sign w) */
-#else
     int32_t total = 0;
     for (int j = 0; j < 32; j++) total += wq[j] * xq[j];
     return total;
+}
+#endif
+
+#if defined(TM_AVX512) || defined(TM_AVX2)
+/* the int32 lanes of unsigned a[j] * signed b[j] over 32 bytes (a <= 128 keeps maddubs' int16 pairs exact) */
+static inline __m256i lanes_u8_s8(__m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 #endif
 }
 
+static inline float half_fast(const uint8_t *p) { return _cvtsh_ss((uint16_t)(p[0] | (p[1] << 8))); }
+
+/* vector form: int32 lanes scaled and summed in eight float lanes, reduced once per row */
+static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const float *scales,
+                     const int32_t *sums) {
+    __m256 acc = _mm256_setzero_ps();
+    float offsets = 0.0f;  /* Q4_0's -8 and Q4_1's minimum, times the block's activation sum */
+    for (int64_t b = 0; b < blocks; b++, xq += 32) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+        __m256i lanes;
+        float scale;
+        if (ggml_type == 2) {
+            const uint8_t *block = row + b * 18;
+            scale = half_fast(block) * scales[b];
+            lanes = lanes_u8_s8(nibbles(block + 2), x);
+            offsets += scale * (float)(-8 * sums[b]);
+        } else if (ggml_type == 3) {
+            const uint8_t *block = row + b * 20;
+            scale = half_fast(block) * scales[b];
+            lanes = lanes_u8_s8(nibbles(block + 4), x);
+            offsets += half_fast(block + 2) * scales[b] * (float)sums[b];
+        } else {
+            const uint8_t *block = row + b * 34;
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2));
+            scale = half_fast(block) * scales[b];
+            lanes = lanes_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(scale), acc);
+    }
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    return _mm_cvtss_f32(half) + offsets;
+}
+#else
 /* one weight row against one quantized activation row: sum over blocks of float(block scale) * int dot */
 static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const float *scales,
                      const int32_t *sums) {
@@ -108,6 +133,7 @@ static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const in
     }
     return total;
 }
+#endif
 
 int tm_matmul_int8(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, const int8_t *xq,
                    const float *scales, const int32_t *sums, int64_t m, float *y, int threads) {
