@@ -217,3 +217,41 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed
     if status:
         raise RuntimeError(f"attention kernel failed (status {status}) for q {tuple(q.shape)}, {columns} columns")
     return out
+
+
+def int8_supports(ggml_type: int) -> bool:
+    """True where `matmul_int8` (precision="fast") serves this weight type: Q4_0, Q4_1, Q8_0."""
+    lib = library()
+    return lib is not None and bool(lib.tm_int8_supports(ggml_type))
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [..., k] float32 (k a multiple of 32) -> (int8 q [..., k], float32 scales and int32 sums of q, each
+    [..., k / 32]): per 32-block d = amax / 127, q = nearbyint(x * (1 / d)) in float32 (0 for an all-zero block)."""
+    x = x.contiguous()
+    k = x.shape[-1]
+    if x.dtype != torch.float32 or k % 32:
+        raise ValueError(f"int8 activations need float32 with a last dimension divisible by 32, got {x.dtype} {k}")
+    q = torch.empty(x.shape, dtype=torch.int8)
+    scales = torch.empty(x.shape[:-1] + (k // 32,), dtype=torch.float32)
+    sums = torch.empty(scales.shape, dtype=torch.int32)
+    library().tm_quantize_int8(x.data_ptr(), x.numel() // k, k, q.data_ptr(), scales.data_ptr(), sums.data_ptr())
+    return q, scales, sums
+
+
+def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
+    """precision="fast": like `matmul`, with x quantized to int8 per 32-block and integer block dot products."""
+    _check_blocks(blocks, x)
+    if x.shape[-1] != in_features:
+        raise ValueError(f"the input's last dimension is {x.shape[-1]}, the weight takes {in_features}")
+    if not int8_supports(ggml_type):
+        raise ValueError(f"precision='fast' has no integer kernel for ggml type {ggml_type}")
+    q, scales, sums = quantize_int8(x)
+    rows = blocks.shape[0]
+    out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
+    status = library().tm_matmul_int8(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, q.data_ptr(),
+                                      scales.data_ptr(), sums.data_ptr(), x.numel() // in_features, out.data_ptr(),
+                                      _threads())
+    if status:
+        raise RuntimeError(f"int8 matmul failed (status {status}) for ggml type {ggml_type}")
+    return out

@@ -1,0 +1,148 @@
+/* precision="fast": integer dot products of GGUF block weights with int8 activations (issue 21).
+ *
+ * Activations are quantized per 32-element block to int8 with one float scale (d = amax / 127, q = round(x / d)
+ * taken as nearbyint(x * (1 / d)) in float32), as llama.cpp's Q8_0 activations are; each weight block's dot with
+ * them is an exact int32 sum, scaled once by d_w * d_x in float. Integer sums run on AVX-512 VNNI
+ * (dpbusd) where the build targets it, AVX2 (maddubs + madd) otherwise, and portable C on other CPUs.
+ * Served weight types: Q4_0, Q4_1, Q8_0 (tm_int8_supports).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "exports.h"
+#include "target.h"
+
+#if defined(TM_AVX512) || defined(TM_AVX2)
+#include <immintrin.h>
+#endif
+
+/* float16 bits -> float through float32 arithmetic: exact for every finite half (subnormals included) */
+static inline float half_to_float(const uint8_t *p) {
+    uint32_t h = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
+    uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    float magnitude = exponent == 0 ? (float)mantissa * 5.9604644775390625e-08f
+                                    : ldexpf((float)(mantissa | 0x400u), (int)exponent - 25);
+    if (exponent == 31) magnitude = mantissa ? NAN : INFINITY;
+    return (h & 0x8000u) ? -magnitude : magnitude;
+}
+
+int tm_int8_supports(int ggml_type) { return ggml_type == 2 || ggml_type == 3 || ggml_type == 8; }
+
+int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, float *scales, int32_t *sums) {
+    if (k % 32) return -1;
+    for (int64_t b = 0; b < rows * k / 32; b++) {
+        const float *xb = x + b * 32;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+        const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+        int32_t total = 0;
+        for (int j = 0; j < 32; j++) {
+            q[b * 32 + j] = (int8_t)nearbyintf(xb[j] * inverse);
+            total += q[b * 32 + j];
+        }
+        scales[b] = d;
+        sums[b] = total;
+    }
+    return 0;
+}
+
+/* the 32 weight values of a 4-bit block, unsigned 0..15, element order (low nibbles then high nibbles) */
+#if defined(TM_AVX512) || defined(TM_AVX2)
+static inline __m256i nibbles(const uint8_t *qs) {
+    const __m128i packed = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low4), _mm_and_si128(packed, low4));
+}
+#endif
+
+#if !defined(TM_AVX512) && !defined(TM_AVX2)
+/* sum over the block of the unsigned 4-bit weight values times the int8 activations */
+static inline int32_t nibble_dot(const uint8_t *qs, const int8_t *xq) {
+    int32_t total = 0;
+    for (int j = 0; j < 16; j++) total += (qs[j] & 0x0F) * xq[j] + (qs[j] >> 4) * xq[j + 16];
+    return total;
+}
+
+static inline int32_t int8_dot(const int8_t *wq, const int8_t *xq) {
+    int32_t total = 0;
+    for (int j = 0; j < 32; j++) total += wq[j] * xq[j];
+    return total;
+}
+#endif
+
+#if defined(TM_AVX512) || defined(TM_AVX2)
+/* the int32 lanes of unsigned a[j] * signed b[j] over 32 bytes (a <= 128 keeps maddubs' int16 pairs exact) */
+static inline __m256i lanes_u8_s8(__m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+
+static inline float half_fast(const uint8_t *p) { return _cvtsh_ss((uint16_t)(p[0] | (p[1] << 8))); }
+
+/* vector form: int32 lanes scaled and summed in eight float lanes, reduced once per row */
+static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const float *scales,
+                     const int32_t *sums) {
+    __m256 acc = _mm256_setzero_ps();
+    float offsets = 0.0f;  /* Q4_0's -8 and Q4_1's minimum, times the block's activation sum */
+    for (int64_t b = 0; b < blocks; b++, xq += 32) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+        __m256i lanes;
+        float scale;
+        if (ggml_type == 2) {
+            const uint8_t *block = row + b * 18;
+            scale = half_fast(block) * scales[b];
+            lanes = lanes_u8_s8(nibbles(block + 2), x);
+            offsets += scale * (float)(-8 * sums[b]);
+        } else if (ggml_type == 3) {
+            const uint8_t *block = row + b * 20;
+            scale = half_fast(block) * scales[b];
+            lanes = lanes_u8_s8(nibbles(block + 4), x);
+            offsets += half_fast(block + 2) * scales[b] * (float)sums[b];
+        } else {
+            const uint8_t *block = row + b * 34;
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2));
+            scale = half_fast(block) * scales[b];
+            lanes = lanes_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(scale), acc);
+    }
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    return _mm_cvtss_f32(half) + offsets;
+}
+#else
+/* one weight row against one quantized activation row: sum over blocks of float(block scale) * int dot */
+static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const float *scales,
+                     const int32_t *sums) {
+    float total = 0.0f;
+    for (int64_t b = 0; b < blocks; b++, xq += 32) {
+        if (ggml_type == 2) {  /* Q4_0: (u - 8) * d */
+            const uint8_t *block = row + b * 18;
+            total += half_to_float(block) * scales[b] * (float)(nibble_dot(block + 2, xq) - 8 * sums[b]);
+        } else if (ggml_type == 3) {  /* Q4_1: u * d + m */
+            const uint8_t *block = row + b * 20;
+            total += half_to_float(block) * scales[b] * (float)nibble_dot(block + 4, xq);
+            total += half_to_float(block + 2) * scales[b] * (float)sums[b];
+        } else {  /* Q8_0: q * d */
+            const uint8_t *block = row + b * 34;
+            total += half_to_float(block) * scales[b] * (float)int8_dot((const int8_t *)(block + 2), xq);
+        }
+    }
+    return total;
+}
+#endif
+
+int tm_matmul_int8(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, const int8_t *xq,
+                   const float *scales, const int32_t *sums, int64_t m, float *y, int threads) {
+    if (!tm_int8_supports(ggml_type) || k % 32) return -1;
+    const int64_t blocks = k / 32;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < n_rows; n++)
+        for (int64_t r = 0; r < m; r++)
+            y[r * n_rows + n] = row_dot(w + n * row_bytes, ggml_type, blocks, xq + r * k, scales + r * blocks,
+                                        sums + r * blocks);
+    return 0;
+}
