@@ -21,6 +21,7 @@ from tokenmill.engine.outputs import RequestOutput
 PARAMS = SamplingParams(max_tokens=2, temperature=0)
 SILENT = [7]  # a prompt whose request never produces output: its caller waits until it leaves or is failed
 BROKEN = [8]  # a prompt whose request cannot be started
+REFUSED = [9]  # a prompt the engine refuses (ValueError)
 
 
 class FakeEngine:
@@ -42,6 +43,8 @@ class FakeEngine:
     def add_request(self, request_id, prompt, params):
         if prompt == BROKEN:
             raise RuntimeError("broken setup")
+        if prompt == REFUSED:
+            raise ValueError("prompt refused")
         self.added.append(request_id)
         self.left[request_id] = self.steps
         if prompt == SILENT:
@@ -355,3 +358,17 @@ def test_an_idle_engine_thread_polls_its_commands_every_half_second(running):
     running.abort("wake")
     assert _until(lambda: len(wake.timeouts) >= 2)
     assert set(wake.timeouts) == {0.5}
+
+
+def test_health_reports_the_runners_failure(running, fake):
+    fake.runner.failure = "rank 1 of the tensor-parallel group died"  # no step can run again
+    assert running.health() == EngineHealth(False, "rank 1 of the tensor-parallel group died")
+
+
+def test_a_request_the_engine_refuses_ends_with_its_value_error(running, fake):
+    async def run():
+        with pytest.raises(ValueError, match="^prompt refused$"):
+            await _consume(running.generate(REFUSED, PARAMS, request_id="refused"))
+        return await _consume(running.generate([1], PARAMS))
+
+    assert _run(run())[-1].finished and fake.added == ["req-0"]
