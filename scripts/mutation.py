@@ -33,7 +33,9 @@ MODULES = {
     "model_runner": ("tokenmill/engine/model_runner.py", ["tests/engine/test_model_runner.py"]),
     "engine": ("tokenmill/engine/engine.py", ["tests/engine/test_engine.py"]),
     "llm": ("tokenmill/engine/llm.py", ["tests/engine/test_llm.py"]),
-    "async_engine": ("tokenmill/engine/async_engine.py", ["tests/engine/test_async_engine.py"]),
+    # the fake-core loop tests run first: a mutant they kill costs no model load
+    "async_engine": ("tokenmill/engine/async_engine.py",
+                     ["tests/engine/test_async_engine_loop.py", "tests/engine/test_async_engine.py"]),
     "adapters": ("tokenmill/engine/adapters.py", ["tests/engine/test_adapters.py"]),
     "cache_base": ("tokenmill/cache/base.py", ["tests/cache/test_base.py"]),
     "cache_dynamic": ("tokenmill/cache/dynamic.py", ["tests/cache/test_dynamic.py"]),
