@@ -166,8 +166,9 @@ def test_bad_arguments_are_refused(tiny_folder):
         cli.main(["bench", "-m", str(tiny_folder), "--vs", "vllm", "--no-progress"])
     with pytest.raises(SystemExit, match="--weights takes gguf, dense, auto or a quantization method"):
         cli.main(["bench", "-m", str(tiny_folder), "--weights", "int4", "--no-progress"])
-    with pytest.raises(SystemExit, match=r"q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4\), not \['q3_k'\]"):
-        cli.main(["bench", "-m", str(tiny_folder), "--quantize", "q3_k", "--no-progress"])
+    with pytest.raises(SystemExit, match=r"q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4, q2_k, q3_k, q4_k, q5_k, q6_k\), "
+                                         r"not \['iq4_xs'\]"):
+        cli.main(["bench", "-m", str(tiny_folder), "--quantize", "iq4_xs", "--no-progress"])
 
 
 def test_quantize_at_load_joins_the_weights_sweep(tiny_folder, tmp_path):
