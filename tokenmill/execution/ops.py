@@ -123,12 +123,34 @@ class NativeOps(ExactOps):
 
 class TritonOps(TorchOps):
     """ATen plus the Triton kernels on CUDA: decode attention read straight from the cache (the paged pool
-    through its slot tables), grouped kv heads loaded once; prefills stay with SDPA's flash kernels."""
+    through its slot tables), grouped kv heads loaded once, prefills staying with SDPA's flash kernels; RMSNorm,
+    rotary and silu(gate) * up each one launch instead of several element-wise passes."""
 
     name = "triton"
 
     def __init__(self, native_attention: bool = True):
         self.native_attention = native_attention
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
+        from ..kernels import triton_fused
+
+        if triton_fused.rms_norm_applies(x, weight):
+            return triton_fused.rms_norm(x, weight, eps, unit_offset)
+        return super().rms_norm(x, weight, eps, unit_offset)
+
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        from ..kernels import triton_fused
+
+        if triton_fused.rotary_applies(x, cos, signed_sin):
+            return triton_fused.rotary(x, cos, signed_sin)
+        return super().rotary(x, cos, signed_sin)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        from ..kernels import triton_fused
+
+        if triton_fused.silu_mul_applies(gate_up):
+            return triton_fused.silu_mul(gate_up)
+        return super().silu_mul(gate_up)
 
     def attends(self, q: torch.Tensor, keys: torch.Tensor, softcap: float | None) -> bool:
         from ..kernels import triton_attention
