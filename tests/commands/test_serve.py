@@ -20,3 +20,15 @@ def test_speculative_ngram_default_and_bounds(capsys):
         with pytest.raises(SystemExit):
             _parse("--speculative-ngram", bad)
         assert "--speculative-ngram" in capsys.readouterr().err
+
+
+def test_draft_model_flags_make_the_default_or_are_refused():
+    args = _parse("--draft-model", "draft-folder", "--speculative-draft", "3")
+    config = serve.engine_config_of(args)
+    assert config.draft_model == "draft-folder"
+    assert (config.speculative.method, config.speculative.num_speculative_tokens) == ("draft_model", 3)
+    assert serve.engine_config_of(_parse("--draft-model", "d")).speculative is None  # per request only
+    with pytest.raises(SystemExit, match="needs --draft-model"):
+        serve.engine_config_of(_parse("--speculative-draft", "3"))
+    with pytest.raises(SystemExit, match="alternatives"):
+        serve.engine_config_of(_parse("--draft-model", "d", "--speculative-draft", "2", "--speculative-ngram", "2"))

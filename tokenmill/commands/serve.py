@@ -55,6 +55,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-ngram", type=_draft_length, default=0, metavar="K",
                         help="prompt-lookup speculative decoding by default: up to K draft tokens per step, verified "
                              "in the same step (0: off; a request's `speculative` field overrides it)")
+    parser.add_argument("--draft-model", default=None, metavar="SOURCE",
+                        help="a smaller model with MODEL's tokenizer (folder, .gguf, hub id) whose greedy drafts "
+                             "requests may ask for with speculative.method 'draft_model'")
+    parser.add_argument("--speculative-draft", type=_draft_length, default=0, metavar="K",
+                        help="draft-model speculative decoding by default (needs --draft-model): up to K drafts per "
+                             "step (0: off; a request's `speculative` field overrides it)")
     parser.add_argument("--speculative-step-tokens", type=int, default=8, metavar="N",
                         help="drafts run only while a step's rows x (1 + drafts) stay within N positions (default 8: "
                              "beyond it a CPU step is compute-bound and speculation slows a busy server)")
@@ -112,16 +118,28 @@ def _thread_tuner(threads: str):
 
 def engine_config_of(args: argparse.Namespace):
     from ..engine.engine import EngineConfig
-    from ..engine.spec_params import SpeculativeConfig
 
     return EngineConfig(
         block_size=args.block_size, num_blocks=args.num_kv_blocks,
         kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
-        speculative=SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None,
-        speculative_step_tokens=args.speculative_step_tokens,
+        speculative=default_speculation(args), speculative_step_tokens=args.speculative_step_tokens,
+        draft_model=args.draft_model,
     )
+
+
+def default_speculation(args: argparse.Namespace):
+    """--speculative-ngram K or --speculative-draft K (with --draft-model) as the requests' default."""
+    from ..engine.spec_params import SpeculativeConfig
+
+    if args.speculative_ngram and args.speculative_draft:
+        raise SystemExit("tokenmill serve: --speculative-ngram and --speculative-draft are alternatives; give one")
+    if args.speculative_draft and not args.draft_model:
+        raise SystemExit("tokenmill serve: --speculative-draft needs --draft-model SOURCE")
+    if args.speculative_draft:
+        return SpeculativeConfig(args.speculative_draft, method="draft_model")
+    return SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None
 
 
 def server_settings(args: argparse.Namespace):
