@@ -47,6 +47,7 @@ class EngineConfig:
     # a model with the target's tokenizer (a loaded CausalLM, or a source loaded like the target) drafting for
     # speculative method "draft_model"
     draft_model: object | None = None
+    enforce_eager: bool = False  # vLLM's switch: no CUDA graphs for decode steps (the policy captures them on CUDA)
 
 
 def draft_proposer(draft_model, target) -> DraftModelProposer | None:
@@ -105,7 +106,8 @@ class LLMEngine:
         num_blocks = pool_blocks(model, self.config)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        self.runner = make_runner(model, num_blocks, self.config.block_size)  # tensor-parallel rank 0 or plain
+        # tensor-parallel rank 0 or plain
+        self.runner = make_runner(model, num_blocks, self.config.block_size, self.config.enforce_eager)
         self.capacity_tokens = num_blocks * self.config.block_size
         self.limits = RequestLimits.of_engine(self.max_model_len, self.capacity_tokens)
         self._requests: dict[str, _Request] = {}

@@ -101,6 +101,12 @@ class ExecutionPolicy:
             torch.set_num_threads(self.threads)
 
     @property
+    def captures_decode_steps(self) -> bool:
+        """Whether the engine replays decode steps from CUDA graphs (engine/decode_graphs.py): on one CUDA device,
+        where launches, not arithmetic, bound a small decode step."""
+        return self.device.type == "cuda" and self.parallel == "single" and self.placement is None
+
+    @property
     def attn_implementation(self) -> str:
         """What attention modules fall back to where no kernel serves: SDPA behind the native kernel."""
         return "sdpa" if self.attention == "native" else self.attention
