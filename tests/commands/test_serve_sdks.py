@@ -188,3 +188,36 @@ def test_inference_client_text_generation_and_chat_completion(server_url, chat_a
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat_completion(
         QUESTION, max_tokens=10, temperature=0, stream=True) if chunk.choices)
     assert streamed == reply.choices[0].message.content
+
+
+CAPITAL_SCHEMA = {"type": "object", "properties": {"capital": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}},
+                  "required": ["capital"], "additionalProperties": False}
+
+
+def test_inference_client_named_tool_choice(server_url):
+    """huggingface_hub's named tool_choice is TGI's {"function": {"name": ...}}, without OpenAI's "type"."""
+    client = InferenceClient(base_url=server_url, timeout=120)
+    reply = client.chat_completion(ASK, tools=TOOLS, tool_choice={"function": {"name": "get_weather"}},
+                                   max_tokens=40, temperature=0)
+    [call] = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    check_weather_arguments(call.function.arguments)
+
+
+@pytest.mark.parametrize("response_format", [
+    # OpenAI's shape: the client rewrites it to {"type": "json_object", "value": schema} (it was served as any object)
+    {"type": "json_schema", "json_schema": {"name": "answer", "schema": CAPITAL_SCHEMA}},
+    {"type": "json", "value": CAPITAL_SCHEMA},  # TGI's grammar shape, as huggingface_hub documents it
+])
+def test_inference_client_response_format_schema_is_kept(server_url, response_format):
+    client = InferenceClient(base_url=server_url, timeout=120)
+    reply = client.chat_completion(QUESTION, response_format=response_format, max_tokens=12, temperature=0)
+    answer = json.loads(reply.choices[0].message.content)
+    assert set(answer) == {"capital"} and answer["capital"] in ("Paris", "Rome", "Oslo")
+
+
+def test_inference_client_regex_response_format(server_url):
+    client = InferenceClient(base_url=server_url, timeout=120)
+    reply = client.chat_completion(QUESTION, response_format={"type": "regex", "value": "(Paris|Rome|Oslo)"},
+                                   max_tokens=6, temperature=0)
+    assert reply.choices[0].message.content in ("Paris", "Rome", "Oslo")
