@@ -32,3 +32,35 @@ def test_draft_model_flags_make_the_default_or_are_refused():
         serve.engine_config_of(_parse("--speculative-draft", "3"))
     with pytest.raises(SystemExit, match="alternatives"):
         serve.engine_config_of(_parse("--draft-model", "d", "--speculative-draft", "2", "--speculative-ngram", "2"))
+
+
+@pytest.mark.parametrize("flags, tool_format, reasoning", [
+    ((), "hermes", None),  # auto: SmolLM2's template speaks <tool_call> and no <think>
+    (("--tool-call-parser", "llama3_json", "--reasoning-parser", "deepseek_r1"), "llama3_json", "deepseek_r1"),
+    (("--tool-call-parser", "mistral", "--reasoning-parser", "qwen3"), "mistral", "qwen3"),
+    (("--tool-call-parser", "hermes", "--reasoning-parser", "none"), "hermes", None),
+])
+def test_parser_flags_reach_the_chat_plan(smollm2_gguf, flags, tool_format, reasoning):
+    """The flags as `tokenmill serve` reads them decide how a chat request's output is parsed."""
+    from types import SimpleNamespace
+
+    from tokenmill import AutoTokenizer
+    from tokenmill.server.chat_plan import plan_chat
+
+    state = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(smollm2_gguf),
+                            settings=serve.server_settings(_parse(*flags)))
+    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+    plan = plan_chat(state, [{"role": "user", "content": "hi"}], [tool])
+    assert (plan.tool_format.name, plan.reasoning_parser) == (tool_format, reasoning)
+
+
+@pytest.mark.parametrize("flag, name, a_choice", [("--tool-call-parser", "gpt", "llama3_json"),
+                                                   ("--reasoning-parser", "o1", "deepseek_r1")])
+def test_an_unknown_parser_name_is_refused_by_the_cli(capsys, flag, name, a_choice):
+    from tokenmill.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", flag, name])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert flag in error and f"invalid choice: '{name}'" in error and a_choice in error
