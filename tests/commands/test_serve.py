@@ -20,3 +20,18 @@ def test_speculative_ngram_default_and_bounds(capsys):
         with pytest.raises(SystemExit):
             _parse("--speculative-ngram", bad)
         assert "--speculative-ngram" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, setting", [("--header-timeout", "header_timeout_seconds"),
+                                           ("--request-body-seconds", "request_body_seconds"),
+                                           ("--engine-stall-seconds", "engine_stall_seconds")])
+def test_time_limits_reach_the_settings_and_refuse_no_time(capsys, flag, setting):
+    assert getattr(serve.server_settings(_parse(flag, "0.5")), setting) == 0.5
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            _parse(flag, bad)
+        assert flag in capsys.readouterr().err
+
+
+def test_the_header_timeout_defaults_to_ten_seconds():
+    assert serve.server_settings(_parse()).header_timeout_seconds == 10.0
