@@ -107,6 +107,8 @@ class _SlowTokenizer:
     ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 1}}),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 1}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("/v1/messages", {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 1}),
 ])
 def test_prompt_work_leaves_the_event_loop_free(served, monkeypatch, path, body):
     slow = _SlowTokenizer(served.state.tokenizer)
