@@ -23,6 +23,7 @@ def test_speculative_ngram_default_and_bounds(capsys):
 
 
 @pytest.mark.parametrize("flag, setting", [("--header-timeout", "header_timeout_seconds"),
+                                           ("--write-timeout", "write_timeout_seconds"),
                                            ("--request-body-seconds", "request_body_seconds"),
                                            ("--engine-stall-seconds", "engine_stall_seconds")])
 def test_time_limits_reach_the_settings_and_refuse_no_time(capsys, flag, setting):
@@ -33,5 +34,6 @@ def test_time_limits_reach_the_settings_and_refuse_no_time(capsys, flag, setting
         assert flag in capsys.readouterr().err
 
 
-def test_the_header_timeout_defaults_to_ten_seconds():
-    assert serve.server_settings(_parse()).header_timeout_seconds == 10.0
+def test_the_connection_deadlines_default_to_ten_and_sixty_seconds():
+    settings = serve.server_settings(_parse())
+    assert (settings.header_timeout_seconds, settings.write_timeout_seconds) == (10.0, 60.0)

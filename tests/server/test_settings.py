@@ -5,7 +5,8 @@ import pytest
 from tokenmill.server.settings import ServerSettings
 
 
-@pytest.mark.parametrize("name", ["header_timeout_seconds", "request_body_seconds", "engine_stall_seconds"])
+@pytest.mark.parametrize("name", ["header_timeout_seconds", "write_timeout_seconds", "request_body_seconds",
+                                  "engine_stall_seconds"])
 @pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), float("nan")])
 def test_a_time_limit_must_be_finite_and_positive(name, seconds):
     with pytest.raises(ValueError, match=name):

@@ -36,6 +36,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                         help="time a request's headers may take to arrive, from the connection's opening or the next "
                              "request's first byte (the connection is closed beyond)")
+    parser.add_argument("--write-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                        help="time a response may wait at a stretch for a client that reads none of it (the "
+                             "connection is closed and its request aborted beyond)")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route but /health, /metrics, "
                              "/info, /version, /docs and /openapi.json")
@@ -147,6 +150,7 @@ def server_settings(args: argparse.Namespace):
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
         request_body_seconds=args.request_body_seconds, header_timeout_seconds=args.header_timeout,
+        write_timeout_seconds=args.write_timeout,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
         max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,
         tool_call_parser=None if args.tool_call_parser == "auto" else args.tool_call_parser,
