@@ -22,6 +22,7 @@ def _post(served, path, body):
     ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "only text parts"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content: a 'user' message needs content"),
     ({"messages": [{"role": "user"}]}, "messages[0].content: a 'user' message needs content"),
+    ({"messages": [{"role": "user", "content": []}]}, "messages[0].content: an empty list of content parts"),
     ({"messages": [{"role": "system", "content": None}, *HI]}, "a 'system' message needs content"),
     ({"messages": [*HI, {"role": "assistant", "content": None}, *HI]}, "messages[1].content: a 'assistant'"),
     ({"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": []}, *HI]}, "messages[1].content"),

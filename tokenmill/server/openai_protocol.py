@@ -236,6 +236,9 @@ class ChatCompletionRequest(_Sampling):
                 raise APIError(422, f"messages[{index}].content: a {message.role!r} message needs content (a "
                                     "string or content parts); only an assistant message with tool_calls may omit it",
                                param=f"messages[{index}].content")
+            if content == [] and not _may_omit_content(message):  # OpenAI's schema: at least one part
+                raise APIError(422, f"messages[{index}].content: an empty list of content parts",
+                               param=f"messages[{index}].content")
             if isinstance(content, list):  # content parts: only text is served
                 texts = []
                 for part in content:
