@@ -64,3 +64,20 @@ def test_an_unknown_parser_name_is_refused_by_the_cli(capsys, flag, name, a_choi
     assert refused.value.code == 2
     error = capsys.readouterr().err
     assert flag in error and f"invalid choice: '{name}'" in error and a_choice in error
+
+
+@pytest.mark.parametrize("flag, setting", [("--header-timeout", "header_timeout_seconds"),
+                                           ("--write-timeout", "write_timeout_seconds"),
+                                           ("--request-body-seconds", "request_body_seconds"),
+                                           ("--engine-stall-seconds", "engine_stall_seconds")])
+def test_time_limits_reach_the_settings_and_refuse_no_time(capsys, flag, setting):
+    assert getattr(serve.server_settings(_parse(flag, "0.5")), setting) == 0.5
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            _parse(flag, bad)
+        assert flag in capsys.readouterr().err
+
+
+def test_the_connection_deadlines_default_to_ten_and_sixty_seconds():
+    settings = serve.server_settings(_parse())
+    assert (settings.header_timeout_seconds, settings.write_timeout_seconds) == (10.0, 60.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .common import add_model_arg, add_quantize_arg, tensor_parallel_kwargs, thread_count
@@ -25,13 +26,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="sequences generated at once (a request counts prompts x n); beyond this: 429")
     parser.add_argument("--max-sequences-per-request", type=int, default=32,
                         help="prompts x n (best_of) of one request; beyond this: 422")
-    parser.add_argument("--engine-stall-seconds", type=float, default=120.0,
+    parser.add_argument("--engine-stall-seconds", type=_seconds, default=120.0,
                         help="an engine step longer than this makes /health 503 and refuses new requests")
     parser.add_argument("--max-input-tokens", type=int, default=None, help="longest prompt accepted (422 beyond)")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="prompt + new tokens limit (422 beyond)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
-    parser.add_argument("--request-body-seconds", type=float, default=60.0,
+    parser.add_argument("--request-body-seconds", type=_seconds, default=60.0,
                         help="time a request body may take to arrive (408 beyond)")
+    parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                        help="time a request's headers may take to arrive, from the connection's opening or the next "
+                             "request's first byte (the connection is closed beyond)")
+    parser.add_argument("--write-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                        help="time a response may wait at a stretch for a client that reads none of it (the "
+                             "connection is closed and its request aborted beyond)")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route but /health, /metrics, "
                              "/info, /version, /docs and /openapi.json")
@@ -77,6 +84,17 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "behind this one server: least-loaded routing with prefix-cache affinity")
     parser.add_argument("--log-level", default="info")
     add_parallel_args(parser)
+
+
+def _seconds(text: str) -> float:
+    """A time limit flag: a finite number of seconds more than 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds more than 0, got {text!r}")
+    return seconds
 
 
 def _draft_length(text: str) -> int:
@@ -149,7 +167,8 @@ def server_settings(args: argparse.Namespace):
         model_name=args.served_model_name or (args.model or "SmolLM2-135M-Instruct"),
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
-        request_body_seconds=args.request_body_seconds,
+        request_body_seconds=args.request_body_seconds, header_timeout_seconds=args.header_timeout,
+        write_timeout_seconds=args.write_timeout,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
         max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,
         tool_call_parser=None if args.tool_call_parser == "auto" else args.tool_call_parser,

@@ -181,6 +181,14 @@ class ChatMessage(BaseModel):
     content: Union[str, list[ContentPart], None] = None
 
 
+def _may_omit_content(message: ChatMessage) -> bool:
+    """OpenAI's rule: content may be null or absent only in an assistant message that calls tools (tool_calls,
+    or the deprecated function_call) and in the deprecated function role's result."""
+    extra = message.model_extra or {}
+    calls = extra.get("tool_calls") or extra.get("function_call")
+    return (message.role == "assistant" and bool(calls)) or message.role == "function"
+
+
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False, strict=True)
 
@@ -243,8 +251,15 @@ class ChatCompletionRequest(_Sampling):
 
     def plain_messages(self) -> list[dict[str, Any]]:
         messages = []
-        for message in self.messages:
+        for index, message in enumerate(self.messages):
             content = message.content
+            if content is None and not _may_omit_content(message):
+                raise APIError(422, f"messages[{index}].content: a {message.role!r} message needs content (a "
+                                    "string or content parts); only an assistant message with tool_calls may omit it",
+                               param=f"messages[{index}].content")
+            if content == [] and not _may_omit_content(message):  # OpenAI's schema: at least one part
+                raise APIError(422, f"messages[{index}].content: an empty list of content parts",
+                               param=f"messages[{index}].content")
             if isinstance(content, list):  # content parts: only text is served
                 texts = []
                 for part in content:
