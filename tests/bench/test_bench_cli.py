@@ -4,6 +4,7 @@ and the memory-limit search stopping cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import pytest
@@ -20,7 +21,8 @@ TIMED_FIELDS = ("ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "prefil
                 "decode_tokens_per_cpu_s")
 RUN_FIELDS = {"out_of_memory", "repeats", "fell_back_to_offloaded", *TIMED_FIELDS, "peak_rss_bytes",
               "peak_rss_delta_bytes", "memory_growth_per_token_bytes", "kv_cache_bytes", "kv_cache_bytes_per_token",
-              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes", "peak_rss_shared_process_bytes"}
+              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes", "peak_rss_shared_process_bytes",
+              "memory_process_pid"}
 # tiny model: 2 layers x (keys + values) x 2 kv heads x head_dim 8 x 4 bytes
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 8 * 4
 STAT_FIELDS = {"median", "min", "max", "spread_pct", "runs"}
@@ -79,6 +81,7 @@ def test_every_point_has_every_field_for_both_engines(bench_run):
             continue
         assert set(other) == RUN_FIELDS
         assert other["peak_rss_bytes"] != mine["peak_rss_bytes"]  # each engine's own process, its own figure
+        assert len({other["memory_process_pid"], mine["memory_process_pid"], os.getpid()}) == 3
         ratio = point["ratios"]["vs_transformers"]
         assert ratio["decode_tokens_per_s"] == pytest.approx(
             mine["decode_tokens_per_s"]["median"] / other["decode_tokens_per_s"]["median"])

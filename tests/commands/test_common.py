@@ -8,7 +8,9 @@ import pytest
 from tokenmill.cli import COMMANDS, build_parser, main
 from tokenmill.commands.common import resolve_model_arg
 
-MODEL_COMMANDS = {"generate": ["hello"], "chat": [], "serve": [], "bench": [], "info": [], "verify": []}
+MODEL_COMMANDS = {"generate": ["hello"], "chat": [], "serve": [], "bench": [], "info": [], "verify": [],
+                  "convert": ["out"], "export": ["out.gguf"]}
+NO_DEFAULT_MODEL = {"convert": "tokenmill convert MODEL.gguf OUT_DIR", "export": "tokenmill export MODEL OUT.gguf"}
 
 
 def _parsed(argv):
@@ -23,7 +25,16 @@ def test_model_as_positional_or_option(command):
     assert _parsed([command, "m.gguf", *rest]).model == "m.gguf"
     assert _parsed([command, *rest, "-m", "m.gguf"]).model == "m.gguf"
     assert _parsed([command, *rest, "--model", "m.gguf"]).model == "m.gguf"
-    assert _parsed([command, *rest]).model is None  # the embedded default
+    assert _parsed([command, "-m", "m.gguf", *rest]).model == "m.gguf"
+    assert _parsed([command, *rest]).model is None  # the embedded default, or refused where there is none
+
+
+@pytest.mark.parametrize("command", sorted(NO_DEFAULT_MODEL))
+def test_convert_and_export_keep_the_output_and_refuse_a_missing_model(command, capsys):
+    args = _parsed([command, "-m", "m.gguf", "o.gguf", "--type", "q8_0"])
+    assert (args.model, args.output_dir if command == "convert" else args.output) == ("m.gguf", "o.gguf")
+    assert main([command, "o.gguf", "--no-progress"]) == 1  # one positional is the output, never the model
+    assert f"name the model: {NO_DEFAULT_MODEL[command]} (or -m/--model MODEL)" in capsys.readouterr().err
 
 
 def test_generate_takes_one_positional_as_the_prompt_and_two_as_model_and_prompt():
@@ -51,5 +62,5 @@ def test_help_shows_defaults_and_an_example(command, capsys):
         main([command, "--help"])
     text = capsys.readouterr().out
     assert "example" in text and f"tokenmill {command}" in text.split("example", 1)[1]
-    if command in ("generate", "chat", "bench", "serve", "verify"):
+    if command in ("generate", "chat", "bench", "serve", "verify", "convert", "export"):
         assert "(default: " in text

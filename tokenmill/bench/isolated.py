@@ -25,8 +25,8 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # where the child imp
 
 def isolated_peaks(engine: str, source, gguf_file: str | None, workloads: list[Workload],
                    timeout: float | None = None, placement: dict | None = None) -> list[dict]:
-    """One {"peak_rss_bytes", "peak_rss_delta_bytes", "out_of_memory"} per workload, or {"error": ...} for all
-    when the child fails (its last stderr line says why)."""
+    """One {"peak_rss_bytes", "peak_rss_delta_bytes", "out_of_memory", "pid"} per workload (pid: the child that
+    measured it), or {"error": ...} for all when the child fails (its last stderr line says why)."""
     request = {"engine": engine, "source": str(source), "gguf_file": gguf_file,
                "workloads": [asdict(workload) for workload in workloads],
                "placement": placement if engine == "tokenmill" else None}
@@ -56,6 +56,7 @@ def apply_isolated_memory(points: list[dict], engines: list[str], source, gguf_f
             result["peak_rss_shared_process_bytes"] = result.get("peak_rss_bytes")
             result["peak_rss_bytes"] = reading.get("peak_rss_bytes")
             result["peak_rss_delta_bytes"] = reading.get("peak_rss_delta_bytes")
+            result["memory_process_pid"] = reading.get("pid")
             if "error" in reading:
                 result["isolated_memory_error"] = reading["error"]
 
@@ -86,7 +87,7 @@ def _measure_all(request: dict) -> list[dict]:
         result = run_once(backend, model, workload)
         readings.append({"peak_rss_bytes": result.get("peak_rss_bytes"),
                          "peak_rss_delta_bytes": result.get("peak_rss_delta_bytes"),
-                         "out_of_memory": result.get("out_of_memory", False)})
+                         "out_of_memory": result.get("out_of_memory", False), "pid": os.getpid()})
     return readings
 
 

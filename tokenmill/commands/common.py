@@ -36,9 +36,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})".strip()
 
 
-def add_model_arg(parser: argparse.ArgumentParser) -> None:
+def add_model_arg(parser: argparse.ArgumentParser, help_text: str = MODEL_HELP) -> None:
     """The model, the same on every command: a positional MODEL or -m/--model MODEL."""
-    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=help_text)
     parser.add_argument("--model", "-m", dest="model_option", default=None, metavar="MODEL",
                         help="the same as the positional MODEL")
 
@@ -51,6 +51,13 @@ def resolve_model_arg(args: argparse.Namespace) -> None:
     if positional is not None and option is not None and positional != option:
         raise TokenmillError(f"two models named: {positional!r} (positional) and {option!r} (-m/--model); give one")
     args.model = option if option is not None else positional
+
+
+def require_model_arg(args: argparse.Namespace, usage: str) -> str:
+    """args.model where a command has no default model to fall back on (convert, export)."""
+    if args.model is None:
+        raise TokenmillError(f"name the model: {usage} (or -m/--model MODEL)")
+    return args.model
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
