@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tokenmill import AutoModelForCausalLM
-from tokenmill.assembly.export_gguf import gguf_names, more_bits, save_gguf, tensor_method
+from tokenmill.assembly.export_gguf import gguf_names, save_gguf, tensor_method
 from tokenmill.assembly.quantize import quantize_weight
 from tokenmill.assembly.weights import build_model
 from tokenmill.cli import main as cli_main
@@ -94,12 +94,3 @@ def test_transformers_reads_a_q4_k_m_file(wide_llama, tmp_path):
     with torch.no_grad():
         assert_runs_agree(theirs(IDS).logits, reference(IDS).logits, reduction_len(reference.config, IDS.shape[1]),
                           matmuls(reference.config), "transformers' reader")
-
-
-def test_q4_k_m_layer_rule_is_llama_cpp_s():
-    """use_more_bits for 24 layers: the first 3, the last 3, and every third between (5, 8, ..., 20)."""
-    assert [layer for layer in range(24) if more_bits(layer, 24)] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
-    assert tensor_method("blk.4.attn_v.weight", "q4_k_m", 24, False) == "q4_k"
-    assert tensor_method("blk.5.ffn_down.weight", "q4_k_m", 24, False) == "q6_k"
-    assert tensor_method("token_embd.weight", "q4_k_m", 24, True) == "q6_k"  # tied: the embeddings are the head
-    assert tensor_method("token_embd.weight", "q4_k_m", 24, False) == "q4_k"

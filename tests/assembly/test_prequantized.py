@@ -17,7 +17,8 @@ from tokenmill import AutoModelForCausalLM
 from tokenmill.assembly.quantization_config import QuantizationConfigError
 from tokenmill.errors import CheckpointError
 from tokenmill.kernels.gguf_types import BY_NAME
-from tokenmill.layers.quantized_linear import QuantizedLinear
+from tokenmill.layers.permuted_linear import PermutedLinear
+from tokenmill.layers.quantized_linear import DENSE_ABOVE_ROWS, QuantizedLinear
 
 from numerics import assert_matches_oracle
 
@@ -112,7 +113,11 @@ CASES = {  # name → (method, bits, group_size, symmetric, desc_act, v2, positi
     "gptq4-asym-v2-g32": ("gptq", 4, 32, False, False, True, False, "Q5_0"),
     "gptq8-sym-channel": ("gptq", 8, -1, True, False, False, False, "Q8_0"),
     "gptq8-asym-g32": ("gptq", 8, 32, False, False, False, True, None),  # q - z up to 254: no int8 block holds it
-    "gptq4-act-order-g32": ("gptq", 4, 32, False, True, False, False, None),  # groups cut the 32-weight blocks
+    # act-order: the groups are scattered over the features; sorted by group at load, they fill whole blocks
+    "gptq4-act-order-g32": ("gptq", 4, 32, False, True, False, False, "Q5_0"),
+    "gptq4-sym-act-order-g64": ("gptq", 4, 64, True, True, False, False, "Q4_0"),
+    "gptq8-sym-act-order-g32": ("gptq", 8, 32, True, True, False, False, "Q8_0"),
+    "gptq4-act-order-g16": ("gptq", 4, 16, False, True, False, False, None),  # groups of 16 cut any block
     "awq4-g32": ("awq", 4, 32, False, False, False, False, "Q5_0"),
 }
 
@@ -132,11 +137,16 @@ def test_loaded_logits_and_greedy_tokens_match_the_dequantized_model(case, tmp_p
         assert type(projection) is nn.Linear
     else:
         assert isinstance(projection, QuantizedLinear) and projection.ggml_type == BY_NAME[block_type].type_id
+        # act-order's features reordered where the groups are several (down_proj: 128 inputs)
+        assert isinstance(model.model.layers[1].mlp.down_proj, PermutedLinear) == desc_act
         assert model.execution_policy.weight_format == "gguf-blocks"
     assert type(model.lm_head) is nn.Linear
     ids = torch.tensor([[1, 5, 9, 33, 2, 17, 60, 4, 4, 21, 90, 7]])
+    # a prefill past DENSE_ABOVE_ROWS: the blocks dequantized once into one dense matmul, in the stored order
+    long_ids = torch.randint(0, 96, (1, DENSE_ABOVE_ROWS + 8), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert_matches_oracle(model(ids).logits, oracle, ids, label=case)
+        assert_matches_oracle(model(long_ids).logits, oracle, long_ids, label=f"{case}, long prefill")
         assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False),
                            oracle.generate(ids, max_new_tokens=8, do_sample=False))
 
@@ -153,10 +163,12 @@ def test_without_kernels_every_layer_runs_dense_with_one_warning(tmp_path):
         assert_matches_oracle(model(ids).logits, oracle, ids, label="dense gptq")
 
 
-def test_a_saved_prequantized_model_reloads_as_float_to_the_same_logits(tmp_path):
+@pytest.mark.parametrize("desc_act", [False, True], ids=["in-order", "act-order"])
+def test_a_saved_prequantized_model_reloads_as_float_to_the_same_logits(tmp_path, desc_act):
     oracle = tiny_oracle()
-    model = AutoModelForCausalLM.from_pretrained(build_checkpoint(oracle, tmp_path / "gptq", "gptq", 4, 64, False),
-                                                 progress=False)
+    folder = build_checkpoint(oracle, tmp_path / "gptq", "gptq", 4, 64, False, desc_act)
+    model = AutoModelForCausalLM.from_pretrained(folder, progress=False)
+    assert isinstance(model.model.layers[0].mlp.down_proj, PermutedLinear) == desc_act
     model.save_pretrained(tmp_path / "saved")
     assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", progress=False)

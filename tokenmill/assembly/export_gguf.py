@@ -7,8 +7,8 @@ multiple of 32, the token embeddings and output head included; 1-D tensors (norm
 matrix of another width is written F16. The k-quants need widths that are multiples of 256; other widths take
 llama.cpp's fallback type (assembly/quantize_k.py's FALLBACK: Q2_K / Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
 Q6_K → Q8_0).
-q4_k_m is llama.cpp's mix: Q6_K for the output head (token_embd when tied) and for attn_v / ffn_down of the
-layers `more_bits` picks, Q4_K elsewhere.
+q4_k_m is llama.cpp's mix (assembly/quantize_mixture.py): Q6_K for the output head (token_embd when tied) and for
+attn_v / ffn_down of the layers `more_bits` picks, Q4_K elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from ..loading.gguf_arch import GGUF_TENSOR_NAME
 from ..models.registry import families
 from .export_tokenizer import add_tokenizer
 from .quantize import BLOCK, quantize_weight
+from .quantize_mixture import MIXTURES
+from .quantize_mixture import tensor_method as mixture_tensor_method
 from .save import checkpoint_state
 
 EXPORTABLE = ("llama", "qwen2", "qwen3")  # the dense llama-like decoders: the shared names and keys, no quirks
@@ -80,23 +82,12 @@ def permute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.index_select(0, order.argsort())
 
 
-def more_bits(layer: int, layers: int) -> bool:
-    """llama.cpp's Q4_K_M rule for attn_v / ffn_down: the first and last eighth of the layers, and every
-    third layer between them."""
-    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
-
-
 def tensor_method(gguf_name: str, file_type: str, layers: int, tied: bool) -> str:
     """The quantizer (a QUANTIZERS key) for one 2-D tensor of a `file_type` export; with `tied` embeddings
     token_embd is the head."""
-    if file_type != "q4_k_m":
-        return file_type
-    match = GGUF_TENSOR_NAME.match(gguf_name)
-    if gguf_name == ("token_embd.weight" if tied else "output.weight"):
-        return "q6_k"
-    if match and match["part"] in ("attn_v", "ffn_down") and more_bits(int(match["layer"]), layers):
-        return "q6_k"
-    return "q4_k"
+    if file_type in MIXTURES:
+        return mixture_tensor_method(file_type, gguf_name, layers, tied)
+    return file_type
 
 
 def _tensor_data(name: str, tensor: torch.Tensor, method: str, gguf):

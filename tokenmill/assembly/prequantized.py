@@ -11,11 +11,13 @@ is s * (q - z).
   0, 2, 4, 6, 1, 3, 5, 7 within each word; scales [groups, out]; group g holds input features g*size..+size.
 
 Repacking: s * (q - z) = d * (code - offset) with d = s (a float16 already) and code = q - z + offset. Where every
-block of 32 input features lies in one group, the blocks reproduce the weight exactly: Q4_0 (offset 8) when
+block of 32 input features lies in one group (with desc_act: once the features are sorted by group, the order a
+PermutedWeight keeps so that layers/permuted_linear.py gathers the activations to match), the blocks reproduce
+the weight exactly: Q4_0 (offset 8) when
 every q - z is in [-8, 7] (symmetric 4-bit: z = 8), Q5_0 (offset 16) when in [-16, 15] (any 4-bit zero),
 Q8_0 (offset 0) when in [-128, 127] (symmetric 8-bit). Q4_1 is not used: its minimum -s*z is not exact in
-float16 (an 11-bit significand times a zero of up to 5 bits). Any other layer (asymmetric 8-bit, act-order
-groups that cut a block, an input width not a multiple of 32) is dequantized at load to a dense float weight:
+float16 (an 11-bit significand times a zero of up to 5 bits). Any other layer (asymmetric 8-bit, a group whose
+size is not a multiple of 32, an input width not a multiple of 32) is dequantized at load to a dense float weight:
 the same values, at float speed and memory.
 """
 
@@ -29,6 +31,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..kernels.gguf_types import BY_NAME
+from ..layers.permuted_linear import PermutedWeight
 from ..layers.quantized_linear import QuantizedWeight
 from ..loading.safetensors import read_folder_weights
 from .quantization_config import QuantizationConfigError
@@ -129,23 +132,47 @@ def _layer_integers(fmt: PackedFormat, tensors: dict, prefix: str, source: Path)
     return codes - zeros[group_of], scales, group_of
 
 
-def _block_choice(offsets: torch.Tensor, scales: torch.Tensor, group_of: torch.Tensor):
-    """The first of BLOCK_CHOICES that holds this layer exactly, or None."""
+def _aligned(group_of: torch.Tensor) -> bool:
+    """Whether every block of 32 input features lies in one group."""
+    if group_of.numel() % BLOCK:
+        return False
+    blocks = group_of.view(-1, BLOCK)
+    return bool((blocks == blocks[:, :1]).all())
+
+
+def input_order(group_of: torch.Tensor) -> torch.Tensor | None:
+    """The order of input features that makes every block of 32 lie in one group: the stored order where it
+    does already, else the features sorted by group (act-order's groups made contiguous); None where no order
+    does (a group whose size is not a multiple of 32)."""
+    if _aligned(group_of):
+        return torch.arange(group_of.numel())
+    order = torch.sort(group_of, stable=True).indices
+    return order if _aligned(group_of[order]) else None
+
+
+def _block_choice(offsets: torch.Tensor, scales: torch.Tensor):
+    """The first of BLOCK_CHOICES that holds this layer's integers and scales exactly, or None."""
     if not bool((scales.half().float() == scales).all()):
         return None  # scales stored wider than float16: a block's float16 scale would round them
-    if group_of.numel() % BLOCK or not bool((group_of.view(-1, BLOCK) == group_of.view(-1, BLOCK)[:, :1]).all()):
-        return None  # a block would straddle two groups: one scale per block cannot hold both
     low, high = int(offsets.min()), int(offsets.max())
     return next((choice for choice in BLOCK_CHOICES if choice[2] <= low and high <= choice[3]), None)
 
 
-def _repacked(offsets: torch.Tensor, scales: torch.Tensor, group_of: torch.Tensor, choice) -> QuantizedWeight:
+def _repacked(offsets: torch.Tensor, scales: torch.Tensor, group_of: torch.Tensor, choice,
+              order: torch.Tensor) -> QuantizedWeight:
+    """Blocks of the input features taken in `order` (a PermutedWeight unless that is the stored order)."""
     type_name, code_offset = choice[:2]
+    permuted = not torch.equal(order, torch.arange(order.numel()))
+    if permuted:
+        offsets, group_of = offsets[order], group_of[order]
     out_features = offsets.shape[1]
     d = scales[group_of[::BLOCK]].T.reshape(-1, 1)  # [out * in / 32, 1]: each block's one scale
     codes = (offsets.T + code_offset).reshape(-1, BLOCK)
-    blocks = pack_blocks(type_name, d, codes).view(out_features, -1)
-    return QuantizedWeight(blocks.contiguous(), BY_NAME[type_name].type_id, offsets.shape[0])
+    blocks = pack_blocks(type_name, d, codes).view(out_features, -1).contiguous()
+    type_id = BY_NAME[type_name].type_id
+    if permuted:
+        return PermutedWeight(blocks, type_id, offsets.shape[0], order)
+    return QuantizedWeight(blocks, type_id, offsets.shape[0])
 
 
 def dequantized_weight(offsets: torch.Tensor, scales: torch.Tensor, group_of: torch.Tensor) -> torch.Tensor:
@@ -166,11 +193,12 @@ def unpack_checkpoint(weights: dict, fmt: PackedFormat, source: Path, dtype: tor
     for prefix in prefixes:
         tensors = _layer_tensors(weights, prefix, fmt.method, source)
         offsets, scales, group_of = _layer_integers(fmt, tensors, prefix, source)
-        choice = _block_choice(offsets, scales, group_of) if blocks else None
+        order = input_order(group_of) if blocks else None
+        choice = _block_choice(offsets, scales) if order is not None else None
         if choice is None:
             out[f"{prefix}.weight"] = dequantized_weight(offsets, scales, group_of).to(dtype)
         else:
-            out[f"{prefix}.weight"] = _repacked(offsets, scales, group_of, choice)
+            out[f"{prefix}.weight"] = _repacked(offsets, scales, group_of, choice, order)
         kind = "dense" if choice is None else choice[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     return out, kinds

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .quantize import QUANTIZERS
+from .quantize_mixture import MIXTURES
 
 # the methods loaded files can hold but quantizing at load cannot make (yet): named in the error
 NOT_MADE_AT_LOAD = ("iq4_nl", "iq4_xs")
@@ -84,7 +85,8 @@ class BitsAndBytesConfig:
 
 @dataclass(frozen=True)
 class QuantizationPlan:
-    """What to quantize at load: `method` (an assembly/quantize.py QUANTIZERS key) for every nn.Linear outside
+    """What to quantize at load: `method` (an assembly/quantize.py QUANTIZERS key, or a mixture of
+    assembly/quantize_mixture.py that picks one per module) for every nn.Linear outside
     `skip_modules` (transformers' substring rule), embeddings too if `embeddings`."""
 
     method: str
@@ -93,12 +95,15 @@ class QuantizationPlan:
     compute_dtype: torch.dtype | None = None  # bitsandbytes' bnb_4bit_compute_dtype, as asked
 
 
+LOAD_METHODS = (*QUANTIZERS, *MIXTURES)  # every method quantizing at load makes
+
+
 def supported_methods() -> str:
-    return ", ".join(QUANTIZERS)
+    return ", ".join(LOAD_METHODS)
 
 
 def _check_method(method) -> str:
-    if not isinstance(method, str) or method.lower() not in QUANTIZERS:
+    if not isinstance(method, str) or method.lower() not in LOAD_METHODS:
         hint = (" (made only by llama.cpp: load a GGUF file that holds it)"
                 if isinstance(method, str) and method.lower() in NOT_MADE_AT_LOAD else "")
         raise QuantizationConfigError(f"unknown quantization method {method!r}{hint}; quantizing at load "

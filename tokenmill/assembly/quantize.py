@@ -21,6 +21,7 @@ from ..kernels.gguf_types import BY_NAME
 from ..layers.quantized_linear import QuantizedWeight
 from ..loading.dequant import FP4_VALUES, NF4_VALUES
 from ..loading.gguf import one_thread_per_op
+from .quantize_mixture import MIXTURES, module_method
 from .quantize_k import FALLBACK, quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 BLOCK = 32  # elements per block for every type made here
@@ -142,16 +143,22 @@ QUANTIZERS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
 }
 
 
+def method_for_width(method: str, columns: int) -> str:
+    """`method`, or its FALLBACK where its super-blocks do not tile `columns` (llama.cpp's rule)."""
+    if method in FALLBACK and columns % BY_NAME[QUANTIZERS[method][0]].block_elements:
+        return FALLBACK[method]
+    return method
+
+
 def quantize_weight(weight: torch.Tensor, method: str, name: str = "weight") -> QuantizedWeight:
     """A [rows, columns] float matrix as blocks of `method` (a QUANTIZERS key); columns must be a multiple
     of 32. A k-quant method on a width that is not a multiple of its 256-value super-blocks takes its
     FALLBACK type instead. Raises ValueError for a weight beyond float16's range, where a block's scale or
     minimum could not be stored."""
-    type_name, quantize = QUANTIZERS[method]
     rows, columns = weight.shape
+    method = method_for_width(method, columns)
+    type_name, quantize = QUANTIZERS[method]
     block_type = BY_NAME[type_name]
-    if method in FALLBACK and columns % block_type.block_elements:
-        return quantize_weight(weight, FALLBACK[method], name)
     if columns % BLOCK:
         raise ValueError(f"{name}: {columns} columns are not a multiple of the {BLOCK}-value blocks")
     largest = float(weight.abs().max()) if weight.numel() else 0.0
@@ -171,15 +178,26 @@ def skipped(module_name: str, skip_modules: tuple[str, ...]) -> bool:
     return any(entry in module_name for entry in skip_modules)
 
 
+def module_methods(model: nn.Module, names: list[str], method: str) -> dict[str, str]:
+    """The quantizer for each weight name: `method` itself, or per module role for a mixture (q4_k_m)."""
+    if method not in MIXTURES:
+        return dict.fromkeys(names, method)
+    config = model.config
+    return {name: module_method(method, name.removesuffix(".weight"), config.num_hidden_layers,
+                                bool(config.tie_word_embeddings)) for name in names}
+
+
 def quantize_modules(model: nn.Module, weights: dict, method: str, skip_modules: tuple[str, ...],
                      embeddings: bool) -> dict:
     """`weights` with each nn.Linear weight of `model` (and each nn.Embedding's, if `embeddings`) as blocks of
-    `method`; skipped modules, other tensors and matrices whose width is not a multiple of 32 stay float."""
+    `method` (a QUANTIZERS key or a mixture of assembly/quantize_mixture.py); skipped modules, other tensors
+    and matrices whose width is not a multiple of 32 stay float."""
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
     names = [f"{module_name}.weight" for module_name, module in model.named_modules()
              if type(module) in kinds and not skipped(module_name, skip_modules)]
     names = [name for name in names if name in weights and weights[name].shape[-1] % BLOCK == 0]
+    methods = module_methods(model, names, method)
     # one matrix per Python thread, each op single-threaded: a busy core stalls no thread team (~8 ms per op)
     with one_thread_per_op() as workers, ThreadPoolExecutor(workers) as pool:
-        quantized = pool.map(lambda name: quantize_weight(weights[name], method, name), names)
+        quantized = pool.map(lambda name: quantize_weight(weights[name], methods[name], name), names)
         return {**weights, **dict(zip(names, quantized))}

@@ -21,7 +21,8 @@ from ..layers.attention import Attention
 from ..layers.mlp import GatedMLP
 from ..layers.moe import Experts, SparseMoeBlock
 from ..layers.parallel import VocabParallelEmbedding, VocabParallelHead
-from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
+from ..layers.permuted_linear import PermutedLinear
+from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, dense_copy
 
 
 def shard_model(model: nn.Module, collectives: Collectives) -> nn.Module:
@@ -112,13 +113,16 @@ def _shard_pair(mlp: nn.Module, rank: int, size: int) -> None:
 
 def _block_aligned_range(module: nn.Module, rank: int, size: int) -> tuple[int, int]:
     """This rank's share of `module`'s input columns, in whole GGUF blocks when it holds blocks."""
-    unit = TYPES[module.ggml_type].block_elements if isinstance(module, QuantizedLinear) else 1
+    blocks = isinstance(module, QuantizedLinear) and not isinstance(module, PermutedLinear)
+    unit = TYPES[module.ggml_type].block_elements if blocks else 1
     start, end = shard_range(module.in_features // unit, rank, size)
     return start * unit, end * unit
 
 
 def _rows(module: nn.Module, start: int, end: int) -> nn.Module:
     """A copy of the output rows [start, end) of a Linear or QuantizedLinear."""
+    if isinstance(module, PermutedLinear):
+        return module.rows(start, end)
     if isinstance(module, QuantizedLinear):
         shard = QuantizedLinear(QuantizedWeight(module.blocks[start:end].clone(), module.ggml_type,
                                                 module.in_features), bias=module.bias is not None)
@@ -130,7 +134,9 @@ def _rows(module: nn.Module, start: int, end: int) -> nn.Module:
 
 def _columns(module: nn.Module, start: int, end: int, keep_bias: bool) -> nn.Module:
     """A copy of the input columns [start, end) of a Linear or QuantizedLinear; the bias on one rank only, as
-    the ranks' outputs are summed."""
+    the ranks' outputs are summed. A PermutedLinear's columns are scattered over its blocks: its shard is float."""
+    if isinstance(module, PermutedLinear):
+        module = dense_copy(module)
     bias = module.bias.detach().clone() if module.bias is not None and keep_bias else None
     if module.bias is not None and not keep_bias:
         bias = torch.zeros_like(module.bias.detach())

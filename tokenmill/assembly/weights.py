@@ -11,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 from ..config import ModelConfig
 from ..config_limits import check_layer_count
 from ..execution.policy import ExecutionPolicy, dequantized_policy
+from ..layers.permuted_linear import PermutedLinear, PermutedWeight
 from ..layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from ..errors import CheckpointError
 from ..loading.gguf import one_thread_per_op
@@ -54,7 +55,10 @@ def install_quantized(model: torch.nn.Module, weights: dict, dtype: torch.dtype)
         path, leaf = name.rpartition(".")[::2]
         module = model.get_submodule(path) if leaf == "weight" else None
         if type(module) is nn.Linear:
-            model.set_submodule(path, QuantizedLinear(tensor, bias=module.bias is not None))
+            kind = PermutedLinear if isinstance(tensor, PermutedWeight) else QuantizedLinear
+            model.set_submodule(path, kind(tensor, bias=module.bias is not None))
+        elif isinstance(tensor, PermutedWeight):  # an embedding's columns are not reordered
+            remaining[name] = tensor.dequantize(dtype)
         elif type(module) is nn.Embedding:
             model.set_submodule(path, QuantizedEmbedding(tensor))
         else:

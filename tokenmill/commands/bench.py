@@ -107,7 +107,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "(q8_0, nf4, ...); transformers always dequantizes")
     parser.add_argument("--quantize", action="append", default=[], metavar="TYPE",
                         help="also run tokenmill with the float model quantized at load to TYPE (q8_0, q4_0, "
-                             "q4_1, q5_0, q5_1, nf4, fp4), in the same sweep as --weights (repeatable)")
+                             "q4_1, q5_0, q5_1, nf4, fp4, q2_k ... q6_k, q4_k_m), in the same sweep as --weights (repeatable)")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per setting (medians reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")
     parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
@@ -154,13 +154,13 @@ def _options(args: argparse.Namespace):
     unknown = [name for name in args.vs if name not in ("transformers", "llama.cpp")]
     if unknown:
         raise SystemExit(f"tokenmill: error: --vs supports transformers (and llama.cpp), not {unknown}")
-    from ..assembly.quantize import QUANTIZERS
+    from ..assembly.quantization_config import LOAD_METHODS as methods
 
     weights = list(dict.fromkeys(args.weights + [method.lower() for method in args.quantize]))
-    bad_weights = [kind for kind in weights if kind not in ("gguf", "dense", "auto", *QUANTIZERS)]
+    bad_weights = [kind for kind in weights if kind not in ("gguf", "dense", "auto", *methods)]
     if bad_weights:
         raise SystemExit(f"tokenmill: error: --weights takes gguf, dense, auto or a quantization method "
-                         f"({', '.join(QUANTIZERS)}), not {bad_weights}")
+                         f"({', '.join(methods)}), not {bad_weights}")
     spec = SweepSpec(args.prompt_lengths, args.new_tokens, args.batch_sizes, args.dtypes, args.attn, args.caches,
                      args.threads or [2], args.repeats, args.warmup, weights)
     options = BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),

@@ -74,7 +74,8 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
 
 def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", default=None, metavar="TYPE",
-                        help="quantize a float model's linear layers at load: q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4")
+                        help="quantize a float model's linear layers at load: q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4, "
+                             "q2_k, q3_k, q4_k, q5_k, q6_k, or q4_k_m (llama.cpp's mixture)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:

@@ -159,8 +159,9 @@ class QuantizedFusedProjection:
 
     @staticmethod
     def fusable(linears: list[nn.Module]) -> bool:
+        """Plain QuantizedLinear only: a subclass (a PermutedLinear) reads its input in its own order."""
         first = linears[0]
-        return all(isinstance(linear, QuantizedLinear) and linear.ggml_type == first.ggml_type
+        return all(type(linear) is QuantizedLinear and linear.ggml_type == first.ggml_type
                    and linear.in_features == first.in_features and linear.blocks.device == first.blocks.device
                    and (linear.bias is None) == (first.bias is None) for linear in linears)
 
