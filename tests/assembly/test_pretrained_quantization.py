@@ -20,7 +20,7 @@ from tokenmill.loading.safetensors import read_folder_weights
 
 from numerics import assert_runs_agree, matmuls, reduction_len
 
-TEXT = Path(__file__).resolve().parent.parent / "data" / "pride_and_prejudice_ch1.txt"
+TEXT = Path(__file__).resolve().parent.parent / "data" / "pride_and_prejudice_ch1-2.txt"
 
 
 def dequantized_twin(folder: Path, quantized, method: str):
