@@ -37,6 +37,8 @@ MODULES = {
     "async_engine": ("tokenmill/engine/async_engine.py",
                      ["tests/engine/test_async_engine_loop.py", "tests/engine/test_async_engine.py"]),
     "adapters": ("tokenmill/engine/adapters.py", ["tests/engine/test_adapters.py"]),
+    "replica_router": ("tokenmill/engine/replica_router.py", ["tests/engine/test_replica_router.py"]),
+    "spec_params": ("tokenmill/engine/spec_params.py", ["tests/engine/test_spec_params.py"]),
     "cache_base": ("tokenmill/cache/base.py", ["tests/cache/test_base.py"]),
     "cache_dynamic": ("tokenmill/cache/dynamic.py", ["tests/cache/test_dynamic.py"]),
     "cache_static": ("tokenmill/cache/static.py", ["tests/cache/test_static.py"]),
