@@ -92,6 +92,13 @@ def chat_answer(openai_client):
     return openai_client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=10, temperature=0)
 
 
+@pytest.fixture(scope="module")
+def named_call(openai_client):
+    """The served greedy answer to ASK with get_weather forced by name, for the streamed one to equal."""
+    return openai_client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=40,
+                                                 tool_choice=NAMED, temperature=0).choices[0]
+
+
 def _greedy_in_process(in_process, prompt_ids: list[int], new_tokens: int) -> str:
     model, tokenizer = in_process
     with torch.no_grad():
@@ -112,24 +119,22 @@ def test_openai_chat_whole_and_streamed_equal_in_process_greedy(openai_client, c
     assert chunks[-1].finish_reason == chat_answer.choices[0].finish_reason
 
 
-def test_openai_forced_tool_calls_validate(openai_client):
+def test_openai_forced_tool_calls_validate(openai_client, named_call):
     required = openai_client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS[:1], max_tokens=40,
                                                      tool_choice="required", parallel_tool_calls=False,
                                                      temperature=0).choices[0]
-    named = openai_client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=40,
-                                                  tool_choice=NAMED, temperature=0).choices[0]
-    for choice in (required, named):
+    for choice in (required, named_call):
         assert choice.finish_reason == "tool_calls" and choice.message.content is None
         [call] = choice.message.tool_calls
         assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
         check_weather_arguments(call.function.arguments)
 
 
-def test_openai_streamed_tool_call_deltas_reassemble_to_the_whole(openai_client):
-    request = dict(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=40, tool_choice=NAMED, temperature=0)
-    [whole] = openai_client.chat.completions.create(**request).choices[0].message.tool_calls
+def test_openai_streamed_tool_call_deltas_reassemble_to_the_whole(openai_client, named_call):
+    [whole] = named_call.message.tool_calls
     calls, finish = {}, None
-    for chunk in openai_client.chat.completions.create(**request, stream=True):
+    for chunk in openai_client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=40,
+                                                       tool_choice=NAMED, temperature=0, stream=True):
         for choice in chunk.choices:
             assert not (choice.delta.content or "").strip()
             for delta in choice.delta.tool_calls or []:
