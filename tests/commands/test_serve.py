@@ -81,3 +81,12 @@ def test_time_limits_reach_the_settings_and_refuse_no_time(capsys, flag, setting
 def test_the_connection_deadlines_default_to_ten_and_sixty_seconds():
     settings = serve.server_settings(_parse())
     assert (settings.header_timeout_seconds, settings.write_timeout_seconds) == (10.0, 60.0)
+
+
+def test_max_connections_reaches_the_settings_and_refuses_nonsense(capsys):
+    assert serve.server_settings(_parse()).max_connections == 1000
+    assert serve.server_settings(_parse("--max-connections", "5")).max_connections == 5
+    for bad in ("0", "-1", "many", "2.5"):
+        with pytest.raises(SystemExit):
+            _parse("--max-connections", bad)
+        assert "--max-connections" in capsys.readouterr().err

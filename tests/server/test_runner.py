@@ -201,3 +201,35 @@ def test_each_pair_of_deadlines_is_its_own_protocol_class():
     assert issubclass(short, BoundedH11Protocol) and (short.header_seconds, short.write_seconds) == (0.5, 1.0)
     assert (long.header_seconds, long.write_seconds) == (2.0, 30.0)
     assert (BoundedH11Protocol.header_seconds, BoundedH11Protocol.write_seconds) == (10.0, 60.0)
+
+
+def test_connections_past_the_cap_are_closed_as_they_open_and_the_cap_frees(smollm2, server_factory):
+    # a header deadline past the wait bound: only the cap can close the idle connections here
+    running = server_factory(*smollm2, max_connections=2, header_timeout_seconds=4 * BOUND_SECONDS)
+    try:
+        first, second = _connect(running), _connect(running)
+        with first, second:
+            with _connect(running) as third:
+                assert _closed_by_server(third)  # the third is closed at once, with nothing sent
+            first.close()
+            for _ in range(int(BOUND_SECONDS / 0.05)):  # the server notices the close on its next loop turn
+                with _connect(running) as fresh:
+                    fresh.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    try:
+                        status, _ = _response(fresh)
+                    except (ConnectionResetError, h11.RemoteProtocolError):
+                        status = None
+                if status is not None:
+                    break
+                time.sleep(0.05)
+            assert status == 200  # a slot freed by a closed connection serves the next one
+    finally:
+        running.stop()
+
+
+def test_the_connection_cap_is_a_whole_number_of_at_least_one():
+    from tokenmill.server.settings import ServerSettings
+
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="max_connections"):
+            ServerSettings(max_connections=bad)

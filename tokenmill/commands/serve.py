@@ -33,6 +33,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     parser.add_argument("--request-body-seconds", type=_seconds, default=60.0,
                         help="time a request body may take to arrive (408 beyond)")
+    parser.add_argument("--max-connections", type=_positive_int, default=1000, metavar="N",
+                        help="client connections open at once; one more is closed as it opens")
     parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                         help="time a request's headers may take to arrive, from the connection's opening or the next "
                              "request's first byte (the connection is closed beyond)")
@@ -95,6 +97,16 @@ def _seconds(text: str) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds more than 0, got {text!r}")
     return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _draft_length(text: str) -> int:
@@ -168,6 +180,7 @@ def server_settings(args: argparse.Namespace):
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
         request_body_seconds=args.request_body_seconds, header_timeout_seconds=args.header_timeout,
+        max_connections=args.max_connections,
         write_timeout_seconds=args.write_timeout,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
         max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,

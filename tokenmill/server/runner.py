@@ -27,15 +27,21 @@ class BoundedH11Protocol(H11Protocol):
       paused at uvicorn's high-water mark), so a stalled reader cannot keep its request admitted for ever.
     Past either the connection is closed (a dropped client's request is aborted, as on any disconnect). The wait
     between requests on a kept-alive connection stays uvicorn's timeout_keep_alive, and a body's arrival is
-    bounded by the request guards (--request-body-seconds)."""
+    bounded by the request guards (--request-body-seconds). A connection beyond `max_connections` open at once
+    is closed as it opens: a flood of connections cannot take every file descriptor from the ones being served."""
 
     header_seconds = 10.0
     write_seconds = 60.0
+    max_connections = 1000
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_deadline: asyncio.TimerHandle | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:  # uvicorn counts this one already
+            logger.warning("closing a new connection: %d are open (--max-connections)", self.max_connections)
+            transport.close()
+            return
         self._header_deadline = self.loop.call_later(self.header_seconds, self._headers_too_late)
 
     def data_received(self, data: bytes) -> None:
@@ -80,13 +86,16 @@ def _cancelled(timer: asyncio.TimerHandle | None) -> None:
         timer.cancel()
 
 
-def bounded_protocol(header_seconds: float, write_seconds: float) -> type[BoundedH11Protocol]:
-    """The protocol class uvicorn's Config takes as `http`, with these deadlines (each refused unless > 0)."""
+def bounded_protocol(header_seconds: float, write_seconds: float,
+                     max_connections: int = BoundedH11Protocol.max_connections) -> type[BoundedH11Protocol]:
+    """The protocol class uvicorn's Config takes as `http`, with these deadlines (each refused unless > 0) and
+    this many connections at most."""
     for name, seconds in (("header timeout", header_seconds), ("write timeout", write_seconds)):
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"the {name} must be a finite number of seconds more than 0, got {seconds!r}")
     return type("BoundedH11Protocol", (BoundedH11Protocol,),
-                {"header_seconds": float(header_seconds), "write_seconds": float(write_seconds)})
+                {"header_seconds": float(header_seconds), "write_seconds": float(write_seconds),
+                 "max_connections": int(max_connections)})
 
 
 class DrainingServer(uvicorn.Server):
@@ -127,5 +136,6 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str =
     """`app`'s server; every connection speaks h11 under the header and write deadlines of the app's settings."""
     settings = app.state.tokenmill.settings
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_timeout,
-                            http=bounded_protocol(settings.header_timeout_seconds, settings.write_timeout_seconds))
+                            http=bounded_protocol(settings.header_timeout_seconds, settings.write_timeout_seconds,
+                                                  settings.max_connections))
     return DrainingServer(config, app.state.tokenmill, drain_timeout)
