@@ -92,10 +92,10 @@ def test_bad_requests_are_clear_errors(tiny_llama, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder, progress=False)
     with pytest.raises(ExportError, match="unknown GGUF export type 'nf4'; choose one of f32, f16, q8_0"):
         save_gguf(model, tmp_path / "x.gguf", "nf4")
-    gemma = types.SimpleNamespace(config=ModelConfig(model_type="gemma3_text", vocab_size=8, hidden_size=8,
-                                                     num_hidden_layers=1, num_attention_heads=1))
-    with pytest.raises(ExportError, match="supports llama, qwen2, qwen3 models, not 'gemma3_text'"):
-        save_gguf(gemma, tmp_path / "x.gguf")
+    gemma2 = types.SimpleNamespace(config=ModelConfig(model_type="gemma2", vocab_size=8, hidden_size=8,
+                                                      num_hidden_layers=1, num_attention_heads=1))
+    with pytest.raises(ExportError, match="supports llama, qwen2, qwen3, gemma3_text models, not 'gemma2'"):
+        save_gguf(gemma2, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 
 

@@ -24,24 +24,20 @@ import torch
 from ..loading.gguf import one_thread_per_op
 from ..loading.gguf_arch import GGUF_TENSOR_NAME
 from ..models.registry import families
+from .export_hparams import FAMILIES, ExportError
 from .export_tokenizer import add_tokenizer
 from .quantize import BLOCK, quantize_weight
 from .quantize_mixture import MIXTURES
 from .quantize_mixture import tensor_method as mixture_tensor_method
 from .save import checkpoint_state
 
-EXPORTABLE = ("llama", "qwen2", "qwen3")  # the dense llama-like decoders: the shared names and keys, no quirks
+EXPORTABLE = tuple(FAMILIES)  # llama, qwen2, qwen3 (llama-like decoders) and gemma3_text
 # made by assembly/quantize.py; llama.cpp reads them all
 BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m")
 EXPORT_TYPES = ("f32", "f16") + BLOCK_TYPES
 # general.file_type for each export: one k-quant everywhere is llama.cpp's "_S" (small) mix's name
 FILE_TYPES = {"f32": "ALL_F32", "q3_k": "MOSTLY_Q3_K_S", "q4_k": "MOSTLY_Q4_K_S", "q5_k": "MOSTLY_Q5_K_S",
               "q6_k": "MOSTLY_Q6_K"}
-ROPE_TYPES = (None, "default", "linear", "yarn")  # llama3's per-frequency divisors are not written yet
-
-
-class ExportError(ValueError):
-    """A model or request the GGUF export cannot honour, with what it can."""
 
 
 def _gguf():
@@ -57,11 +53,7 @@ def _check_exportable(config, file_type: str):
         raise ExportError(f"GGUF export supports {', '.join(EXPORTABLE)} models, not {config.model_type!r}")
     if file_type not in EXPORT_TYPES:
         raise ExportError(f"unknown GGUF export type {file_type!r}; choose one of {', '.join(EXPORT_TYPES)}")
-    if config.hidden_act != "silu":
-        raise ExportError(f"hidden_act {config.hidden_act!r}: llama.cpp's {config.model_type} runs SiLU only")
-    rope_type = (config.rope_parameters or {}).get("rope_type")
-    if rope_type not in ROPE_TYPES:
-        raise ExportError(f"rope_type {rope_type!r} cannot be written yet; exportable: linear, yarn or none")
+    FAMILIES[config.model_type][0](config)
 
 
 def gguf_names(spec, config) -> dict[str, str]:
@@ -100,29 +92,6 @@ def _tensor_data(name: str, tensor: torch.Tensor, method: str, gguf):
     return quantized.blocks.numpy(), gguf.GGMLQuantizationType(quantized.ggml_type)
 
 
-def _add_hyperparameters(writer, config, name: str | None) -> None:
-    if name:
-        writer.add_name(name)
-    writer.add_context_length(int(config.max_position_embeddings))
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(config.vocab_size)
-    rope = config.rope_parameters or {}
-    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-    if rope.get("rope_type") in ("linear", "yarn"):
-        writer.add_rope_scaling_type(rope["rope_type"])
-        writer.add_rope_scaling_factor(float(rope["factor"]))
-        if rope.get("original_max_position_embeddings"):
-            writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
-
-
 def _add_special_ids(writer, config) -> None:
     """The config's ids, for a file written without a tokenizer."""
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
@@ -147,7 +116,10 @@ def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=
     if unknown:
         raise ExportError(f"no GGUF name for {', '.join(unknown[:5])}: this model's layout is not exportable")
     writer = gguf.GGUFWriter(path, spec.name)
-    _add_hyperparameters(writer, config, Path(str(getattr(model, "name_or_path", "") or "")).name or None)
+    name = Path(str(getattr(model, "name_or_path", "") or "")).name
+    if name:
+        writer.add_name(name)
+    FAMILIES[config.model_type][1](writer, config)
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES.get(file_type, f"MOSTLY_{file_type.upper()}")))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if tokenizer is None:
@@ -155,13 +127,15 @@ def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=
                       RuntimeWarning, stacklevel=2)
         _add_special_ids(writer, config)
     else:
-        add_tokenizer(writer, tokenizer, config.vocab_size, gguf)
+        add_tokenizer(writer, tokenizer, config.vocab_size, spec.name)
     def tensor_data(hf_name: str):
         tensor, gguf_name = state[hf_name], names[hf_name]
         part = GGUF_TENSOR_NAME.match(gguf_name)["part"]
         if spec.permute_qk and part in ("attn_q", "attn_k"):  # biases too: the reader unpermutes both
             heads = config.num_attention_heads if part == "attn_q" else config.num_key_value_heads
             tensor = permute_rotary_rows(tensor, heads)
+        if spec.needs_fixup(gguf_name):  # Gemma's norms: llama.cpp stores the (1 + w) they multiply by
+            tensor = tensor.float() + 1.0
         method = tensor_method(gguf_name, file_type, config.num_hidden_layers, config.tie_word_embeddings)
         return _tensor_data(hf_name, tensor, method, gguf)
 
