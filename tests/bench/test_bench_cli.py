@@ -27,7 +27,7 @@ RUN_FIELDS = {"out_of_memory", "repeats", "fell_back_to_offloaded", *TIMED_FIELD
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 8 * 4
 STAT_FIELDS = {"median", "min", "max", "spread_pct", "runs"}
 POINT_FIELDS = {"prompt_length", "new_tokens", "batch_size", "dtype", "attn_implementation",
-                "cache_implementation", "threads", "weights", "results", "ratios"}
+                "cache_implementation", "threads", "weights", "precision", "results", "ratios"}
 LIMIT_FIELDS = {"longest_fit", "first_failure", "stopped_because", "budget_bytes", "fallback_to_offloaded_at",
                 "tried"}
 
@@ -267,3 +267,25 @@ def test_placement_options_are_refused_where_they_would_do_nothing(tiny_folder):
         cli.main(["bench", "-m", str(tiny_folder), "--device-map", "auto", "--vs", "transformers", "--no-progress"])
     with pytest.raises(SystemExit):
         cli.main(["bench", "-m", str(tiny_folder), "--device-map", "auto", "--max-memory", "300MiB"])
+
+
+def test_precisions_are_a_sweep_dimension(smollm2_gguf, tmp_path):
+    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
+            "--warmup", "0", "--precision", "exact,fast", "--no-progress", "--no-plots", "--memory-in-process",
+            "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [point["precision"] for point in report["points"]] == ["exact", "fast"]
+    policies = {name: info["execution_policy"]["precision"] for name, info in report["models"].items()}
+    assert policies == {"tokenmill float32 sdpa": "exact", "tokenmill float32 sdpa fast": "fast"}
+    series = plots_module._series(report, "decode_tokens_per_s")
+    assert {key[:2] for key in series} == {("tokenmill", "auto"), ("tokenmill", "auto fast")}
+
+
+def test_fast_precision_on_dense_weights_is_marked_unsupported(smollm2_gguf, tmp_path):
+    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "2", "--repeats", "1",
+            "--warmup", "0", "--weights", "dense", "--precision", "fast", "--no-progress", "--no-plots",
+            "--memory-in-process", "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    point, = json.loads((tmp_path / "bench.json").read_text())["points"]
+    assert "dense weights have no int8 kernel" in point["results"]["tokenmill"]["unsupported"]

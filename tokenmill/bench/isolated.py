@@ -47,7 +47,8 @@ def apply_isolated_memory(points: list[dict], engines: list[str], source, gguf_f
     """Replace each result's peak RSS by its engine's own-process reading (the shared reading kept beside it)."""
     for engine in engines:
         measured = [point for point in points if _measurable(point["results"].get(engine))]
-        workloads = [Workload(**{name: point[name] for name in Workload.__dataclass_fields__}) for point in measured]
+        workloads = [Workload(**{name: point[name] for name in Workload.__dataclass_fields__ if name in point})
+                     for point in measured]  # a field a point lacks (an older report's) keeps its default
         if not workloads:
             continue
         for point, reading in zip(measured, isolated_peaks(engine, source, gguf_file, workloads,
@@ -77,12 +78,12 @@ def _measure_all(request: dict) -> list[dict]:
     for fields in request["workloads"]:
         workload = Workload(**fields)
         torch.set_num_threads(workload.threads)
-        key = backend.model_key(workload.dtype, workload.attn_implementation, workload.weights)
+        key = backend.model_key(workload.dtype, workload.attn_implementation, workload.weights, workload.precision)
         if key != loaded_key:  # one model at a time: the previous one leaves before the next loads
             backend.models.clear()
             gc.collect()
             loaded_key = key
-        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights)
+        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights, workload.precision)
         run_once(backend, model, workload)  # warm-up: the sweep's measured runs follow one too
         result = run_once(backend, model, workload)
         readings.append({"peak_rss_bytes": result.get("peak_rss_bytes"),

@@ -70,6 +70,15 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_quantize_arg(parser)
+    add_precision_arg(parser)
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    from ..execution.policy import PRECISIONS
+
+    parser.add_argument("--precision", default="exact", choices=PRECISIONS,
+                        help="block matmuls in float32 (exact: the dequantized weights' arithmetic) or with int8 "
+                             "activations where the block type has an integer kernel (fast; GGUF or --quantize)")
 
 
 def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +134,7 @@ def load_model_and_tokenizer(args: argparse.Namespace):
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
                                                  device=args.device, quantization_config=args.quantize,
-                                                 **tensor_parallel_kwargs(args))
+                                                 precision=args.precision, **tensor_parallel_kwargs(args))
     print(f"loaded {source} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model, tokenizer
 

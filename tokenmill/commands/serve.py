@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from .common import add_model_arg, add_quantize_arg, tensor_parallel_kwargs, thread_count
+from .common import add_model_arg, add_precision_arg, add_quantize_arg, tensor_parallel_kwargs, thread_count
 from .parallel import add_parallel_args
 
 EXAMPLE = """example:
@@ -19,6 +19,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_quantize_arg(parser)
+    add_precision_arg(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
@@ -210,7 +211,8 @@ def main(args: argparse.Namespace) -> int:
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device, quantization_config=args.quantize, **parallel)
+                                                 device=args.device, quantization_config=args.quantize,
+                                                 precision=args.precision, **parallel)
     if parallel and parallel["tensor_parallel"].rank != 0:
         from ..engine.parallel_runner import follow_steps
 
