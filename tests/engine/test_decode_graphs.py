@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tokenmill.engine import LLM, SamplingParams
-from tokenmill.engine.decode_graphs import (BATCH_SIZES, MIN_COLUMNS, DecodeGraphs, EagerStandIn, padded_batch,
-                                            padded_columns)
+from tokenmill.engine.decode_graphs import BATCH_SIZES, MIN_COLUMNS, DecodeGraphs, padded_batch, padded_columns
 from tokenmill.engine.model_runner import ModelRunner
+from tokenmill.execution.graphs import EagerStandIn
 from tokenmill.execution.policy import ExecutionPolicy
 
 BLOCKS, BLOCK_SIZE = 96, 4

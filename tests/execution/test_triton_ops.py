@@ -96,7 +96,7 @@ def test_engine_steps_read_the_paged_pool(tiny_folder, kernel_calls):
 def test_engine_decode_steps_replayed_from_graphs(tiny_folder, kernel_calls):
     """The engine's captured decode steps (engine/decode_graphs.py, the CPU stand-in for CUDA graphs) with the
     Triton kernel reading the pool through padded slot tables: the eager engine's greedy tokens."""
-    from tokenmill.engine.decode_graphs import EagerStandIn
+    from tokenmill.execution.graphs import EagerStandIn
     from tokenmill.engine.model_runner import ModelRunner
 
     prompts = [[1, 5, 9, 13, 40, 7], [3, 4, 5], [8, 8, 2, 90, 14, 2, 6, 7, 1]]

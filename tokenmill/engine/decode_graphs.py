@@ -10,11 +10,9 @@ the block manager never hands out (the pool holds one block more than the engine
 writes its keys there, and its own mask column lets it attend to that slot alone: no real sequence's blocks
 are touched and no softmax row is empty.
 
-Graph capture is a device feature: `CudaGraphCapture` records with torch.cuda.CUDAGraph (warm-up on a side
-stream, one memory pool shared by every graph). `EagerStandIn` keeps the same static-buffer contract on the
-CPU by re-running the step's forward on the buffers at each replay: the tests use it to check the padding,
-the bucketing and the scratch block against the eager engine, which is all of this that a CPU can check. A
-capture that fails (a host sync inside the forward, say) turns graphs off for the runner with one warning;
+Graph capture is a device feature (execution/graphs.py): CUDA graphs on a GPU; on the CPU the tests use the
+stand-in that re-runs the step's forward on the buffers at each replay, to check the padding, the bucketing and
+the scratch block against the eager engine, which is all of this that a CPU can check. A capture that fails (a host sync inside the forward, say) turns graphs off for the runner with one warning;
 the step then runs eagerly.
 """
 
@@ -27,6 +25,7 @@ from typing import Callable
 import torch
 
 from ..cache.paged import BatchLayout, PagedBatchCache, PagedKVPool, build_layout
+from ..execution.graphs import CudaGraphCapture
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # vLLM's capture sizes, up to the largest running batch
 MIN_COLUMNS = 64  # the narrowest context a graph is captured for: shorter steps pad up to it
@@ -40,34 +39,6 @@ def padded_batch(rows: int) -> int | None:
 def padded_columns(columns: int) -> int:
     """The captured context width for `columns`: a power of two, at least MIN_COLUMNS."""
     return max(MIN_COLUMNS, 1 << (columns - 1).bit_length())
-
-
-class CudaGraphCapture:
-    """Records a step's forward as a CUDA graph; every graph shares one memory pool."""
-
-    def __init__(self):
-        self.pool = None
-
-    def capture(self, forward: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: lazy initialisations and autotuning happen outside capture
-            for _ in range(2):
-                forward()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = forward()
-        self.pool = graph.pool()
-        return graph.replay, output
-
-
-class EagerStandIn:
-    """The CPU's stand-in: `replay` runs the forward again over the same static buffers, into the same output."""
-
-    def capture(self, forward: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
-        output = forward()
-        return lambda: output.copy_(forward()), output
 
 
 @dataclass
