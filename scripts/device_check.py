@@ -116,6 +116,33 @@ def engine_throughput(folder: Path, oracle, vocab: int, sequences: int = 256) ->
     return result
 
 
+def engine_graphs(folder: Path, vocab: int, new_tokens: int = 64) -> dict:
+    """The engine's decode steps replayed from CUDA graphs against the same engine eager (enforce_eager), at 1 and
+    8 concurrent sequences: greedy tokens identical, decode tok/s of each."""
+    from tokenmill import LLM, SamplingParams
+
+    prompts = [torch.randint(3, vocab, (64,)).tolist() for _ in range(8)]
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    result = {}
+    for eager in (True, False):
+        llm = LLM(str(folder), dtype=torch.bfloat16, device=DEVICE, skip_tokenizer_init=True, max_num_seqs=8,
+                  kv_cache_memory=4 << 30, enforce_eager=eager)
+        name = "eager" if eager else "graphs"
+        result[f"{name}_captures"] = llm.engine.runner.graphs is not None
+        for count in (1, 8):
+            batch = [{"prompt_token_ids": p} for p in prompts[:count]]
+            llm.generate(batch, SamplingParams(max_tokens=4, temperature=0))  # warm-up (and captures)
+            outputs = []
+            seconds = synchronized_seconds(lambda: outputs.extend(llm.generate(batch, params)))
+            result[f"{name}_{count}_tok_s"] = count * new_tokens / seconds
+            result[f"{name}_{count}_tokens"] = [o.outputs[0].token_ids for o in outputs]
+        del llm
+    for count in (1, 8):
+        result[f"identical_{count}"] = result.pop(f"eager_{count}_tokens") == result.pop(f"graphs_{count}_tokens")
+        result[f"speedup_{count}"] = result[f"graphs_{count}_tok_s"] / result[f"eager_{count}_tok_s"]
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -168,6 +195,7 @@ def main() -> int:
             del model
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
+        stage(f"{name}: engine graphs", lambda: engine_graphs(folder, vocab))
         stage(f"{name}: engine", lambda: engine_throughput(folder, oracle, vocab))
         del oracle
         if DEVICE == "cuda":

@@ -6,8 +6,10 @@ acceptance rate, and tokens per decode step (one model forward each; independent
     PYTHONPATH=. .venv/bin/python scripts/engine_speculative_bench.py [MAX_TOKENS=96] [K=4] [ROUNDS=2] [STEP_TOKENS=8]
 
 STEP_TOKENS is the engine's speculative step budget (EngineConfig.speculative_step_tokens); 1000 drafts always.
+TARGET=SOURCE replaces the embedded model; DRAFT=SOURCE drafts with that model (method "draft_model", e.g. the
+embedded Q4_1 GGUF for TARGET=its float32 folder from `tokenmill convert`) instead of prompt lookup.
 """
-import sys, time
+import os, sys, time
 from tokenmill.engine import LLM, SamplingParams
 from tokenmill.loading.default_model import default_model_path
 
@@ -22,7 +24,9 @@ TEXTS = [
     "along the river Seine, where tourists and locals enjoy coffee and pastries every mornig.",
 ]
 STEP_TOKENS = int(sys.argv[4]) if len(sys.argv) > 4 else 8
-llm = LLM(str(default_model_path()), num_blocks=512, block_size=16, speculative_step_tokens=STEP_TOKENS)
+DRAFT = os.environ.get("DRAFT")
+llm = LLM(os.environ.get("TARGET") or str(default_model_path()), num_blocks=512, block_size=16,
+          speculative_step_tokens=STEP_TOKENS, draft_model=DRAFT)
 tok = llm.get_tokenizer()
 prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": "Correct the spelling mistakes in this "
                                                f"paragraph and repeat it in full:\n\n{t}"}],
@@ -32,11 +36,15 @@ MAX = int(sys.argv[1]) if len(sys.argv) > 1 else 96
 K = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 
 
+SPEC = {"method": "draft_model", "num_speculative_tokens": K} if DRAFT else \
+    {"num_speculative_tokens": K, "prompt_lookup_max": 3}
+
+
 def run(clients, spec):
     engine = llm.engine
     before = engine.stats()
     params = SamplingParams(temperature=0, max_tokens=MAX,
-                            speculative={"num_speculative_tokens": K, "prompt_lookup_max": 3} if spec else None)
+                            speculative=(SPEC if spec else None))
     first, done, count = {}, {}, {}
     steps = 0  # engine steps once every request decodes: each is one model forward
     step_seconds = []  # their durations: the shared machine's load shows as outliers, the fast ones are the cost

@@ -17,7 +17,7 @@ import torch
 from tokenmill import AutoModelForCausalLM, AutoTokenizer
 from tokenmill.layers.quantized_linear import BlockStorage
 
-TEXT = Path(__file__).resolve().parent.parent / "tests" / "data" / "pride_and_prejudice_ch1.txt"
+TEXT = Path(__file__).resolve().parent.parent / "tests" / "data" / "pride_and_prejudice_ch1-2.txt"
 
 
 def weight_bytes(model) -> int:

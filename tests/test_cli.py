@@ -141,13 +141,16 @@ def test_info_shows_the_execution_policy(monkeypatch, capsys, tmp_path):
     assert code == 0
     assert json.loads(out)["execution_policy"] == {
         "device": "cpu", "dtype": "float32", "weight_format": "dense", "kernels": "torch", "attention": "eager",
-        "threads": json.loads(out)["execution_policy"]["threads"], "parallel": "single", "tp_rank": 0, "tp_size": 1}
+        "threads": json.loads(out)["execution_policy"]["threads"], "precision": "exact", "parallel": "single",
+        "tp_rank": 0, "tp_size": 1}
     code, out, _ = run(["info", str(tmp_path), "--execution"], monkeypatch, capsys)
     expected = "exact" if kernels.available() else "torch"
     assert code == 0 and re.search(rf"execution kernels +{expected}", out) and "execution attention" in out
     code, _, err = run(["info", str(tmp_path), "--execution", "--dtype", "bfloat16", "--kernels", "native"],
                        monkeypatch, capsys)
     assert code != 0 and "runs on the CPU in float32" in err
+    code, _, err = run(["info", str(tmp_path), "--precision", "fast"], monkeypatch, capsys)
+    assert code != 0 and "precision='fast'" in err and "the checkpoint has float weights" in err
 
 
 def test_missing_default_model_says_how_to_install(monkeypatch, capsys):

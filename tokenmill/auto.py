@@ -26,13 +26,15 @@ class AutoModelForCausalLM:
                         kernels: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
                         load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
                         offload_folder=None, tp_plan: str | None = None, tp_size: int | None = None,
-                        **hub_kwargs):
+                        precision: str = "exact", **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
         float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
         kernels: "native", "exact" or "torch" (None: the policy's choice). With the other arguments it makes the
         model's execution policy (`model.execution_policy`, see execution/policy.py); an impossible combination
         raises ExecutionPolicyError before any weight is read.
+        precision: "exact" (float32 arithmetic on the dequantized block values, transformers' numbers) or "fast"
+        (int8 activations in the block types with an integer kernel; block weights only), see docs/performance.md.
         quantization_config / load_in_8bit / load_in_4bit (a float folder only): quantize at load into blocks the
         CPU kernels run, see assembly/quantization_config.py (BitsAndBytesConfig, or {"method": "q4_0"}).
         device_map ("auto" | "balanced" | "sequential" | a device | {module name: device}), max_memory
@@ -46,7 +48,8 @@ class AutoModelForCausalLM:
                           torch_dtype=torch_dtype, keep_quantized=keep_quantized, kernel_set=kernels,
                           quantization_config=quantization_config, load_in_8bit=load_in_8bit,
                           load_in_4bit=load_in_4bit, device_map=device_map, max_memory=max_memory,
-                          offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, **hub_kwargs)
+                          offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, precision=precision,
+                          **hub_kwargs)
 
 
 class AutoTokenizer:

@@ -3,7 +3,9 @@
 Each adapter is made by `peft` on transformers' model (B random, not zero) and saved; tokenmill loads the base
 checkpoint and the adapter folder. Logits must be within tests/numerics.py's bound of peft's (the peft model is
 the oracle: its float32 and float64 runs), greedy tokens identical; switching, disabling, deleting and merging
-must give the base's or the adapter's logits; a batch mixing adapters must equal each row run alone.
+must give the base's or the adapter's logits; a batch mixing adapters must equal each row run alone. The MoE
+families run twice: with module targets only, and with peft's target_parameters on the stacked experts and the
+router as well (transformers 5 keeps experts as 3-D parameters, not one Linear each).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import pytest
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tokenmill import AutoModelForCausalLM
 from tokenmill.loading.peft import AdapterError
@@ -30,6 +32,9 @@ from numerics import assert_matches_oracle, assert_runs_agree, matmuls, reductio
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 GATED_MLP = ["gate_proj", "up_proj", "down_proj"]
+SHARED_EXPERT = ["shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj", "shared_expert_gate"]
+# listed against the modules' registration order: peft sorts them and wraps in the module's own order
+EXPERT_PARAMETERS = ["experts.down_proj", "experts.gate_up_proj", "mlp.gate.weight"]
 
 
 def llama_config():
@@ -44,10 +49,15 @@ FAMILIES = {
               {"use_rslora": True, "rank_pattern": {"v_proj": 2}, "alpha_pattern": {"down_proj": 3}}),
     "qwen2": (transformers.Qwen2ForCausalLM, qwen2_config, ATTENTION + GATED_MLP, {}),
     "gemma3": (transformers.Gemma3ForCausalLM, lambda: gemma3_config(num_hidden_layers=2), ATTENTION + GATED_MLP, {}),
-    "mixtral": (transformers.MixtralForCausalLM, mixtral_config, ATTENTION, {}),  # experts: refused, see below
-    "qwen2_moe": (transformers.Qwen2MoeForCausalLM, qwen2_moe_config,
-                  ATTENTION + ["shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj",
-                               "shared_expert_gate"], {}),
+    "mixtral": (transformers.MixtralForCausalLM, mixtral_config, ATTENTION, {}),
+    "mixtral-experts": (transformers.MixtralForCausalLM, mixtral_config, ["q_proj", "o_proj"],
+                        # peft applies both patterns to the parameters (it warns they matched no module: its check
+                        # looks at module names only)
+                        {"target_parameters": EXPERT_PARAMETERS, "rank_pattern": {"down_proj": 3},
+                         "alpha_pattern": {"gate.weight": 5}}),
+    "qwen2_moe": (transformers.Qwen2MoeForCausalLM, qwen2_moe_config, ATTENTION + SHARED_EXPERT, {}),
+    "qwen2_moe-experts": (transformers.Qwen2MoeForCausalLM, qwen2_moe_config, ["v_proj"] + SHARED_EXPERT,
+                          {"target_parameters": ["experts.gate_up_proj", "mlp.gate.weight"], "use_rslora": True}),
     "phi3": (transformers.Phi3ForCausalLM, phi3_config, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], {}),
     "gpt2": (transformers.GPT2LMHeadModel, gpt2_config, ["c_attn", "c_proj", "c_fc"], {"fan_in_fan_out": True}),
 }
@@ -142,7 +152,7 @@ def test_merge_and_unload_equals_peft(family):
         assert_matches_oracle(model(ids).logits, wrapped, ids, label="merged")
 
 
-def test_expert_targets_are_refused(tmp_path):
+def test_per_expert_module_targets_are_refused(tmp_path):
     config = mixtral_config()
     pair_folder = tmp_path / "base"
     torch.manual_seed(0)
@@ -155,9 +165,30 @@ def test_expert_targets_are_refused(tmp_path):
     save_file({"base_model.model.model.layers.0.mlp.experts.0.w1.lora_A.weight": torch.ones(2, hidden),
                "base_model.model.model.layers.0.mlp.experts.0.w1.lora_B.weight": torch.ones(inner, 2)},
               adapter / "adapter_model.safetensors")
-    with pytest.raises(AdapterError, match="mixture-of-experts experts or routers is not supported"):
+    with pytest.raises(AdapterError, match=r"experts or routers as modules \(one Linear per expert, as "
+                                           r"transformers 4 had\) is not supported; .* peft's target_parameters"):
         model.load_adapter(adapter)
     assert model.lora_adapters.names() == []
+
+
+def test_expert_parameter_factors_that_do_not_fit_are_refused(tmp_path_factory):
+    pair = save_tiny(tmp_path_factory, "mixtral-misfit", transformers.MixtralForCausalLM, mixtral_config())
+    folder = tmp_path_factory.mktemp("mixtral-misfit-lora")
+    make_adapter(pair.oracle, folder, [], seed=5, target_parameters=EXPERT_PARAMETERS)
+    weights_file = folder / "adapter_model.safetensors"
+    tensors = load_file(weights_file)
+    model = pair.load()
+    inner = "base_model.model.model.layers.0.mlp.experts.base_layer"
+    save_file({key: value for key, value in tensors.items() if not key.startswith(inner)}, weights_file)
+    with pytest.raises(AdapterError, match=r"model.layers.0.mlp.experts: 1 LoRA factor pair\(s\) where "
+                                           r"target_parameters .* names 2 of its parameters"):
+        model.load_adapter(folder)
+    tensors[f"{inner}.lora_A.weight"] = tensors[f"{inner}.lora_A.weight"][:-1]  # 19 rows for 5 experts
+    tensors[f"{inner}.lora_B.weight"] = tensors[f"{inner}.lora_B.weight"][:, :-1].contiguous()
+    save_file(tensors, weights_file)
+    with pytest.raises(AdapterError, match=r"experts.gate_up_proj: lora_A .* do not fit the model's"):
+        model.load_adapter(folder)
+    assert model.lora_adapters.names() == []  # nothing half-loaded
 
 
 def test_adapters_that_do_not_fit_the_model_are_refused(tmp_path_factory, tiny_llama):

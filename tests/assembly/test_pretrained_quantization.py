@@ -1,5 +1,6 @@
 """Quantize at load through from_pretrained: the model computes exactly what its dequantized weights imply,
-greedy decoding follows, SmolLM2's predictions stay close to float32, and what cannot run says so."""
+greedy decoding follows, what cannot run says so, and SmolLM2's q4_k stays at least as close to float32 as q4_0
+(agreement with float32 against bitsandbytes' formats: tests/bench/test_quant_quality.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ import torch
 from torch import nn
 
 from tokenmill import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-from tokenmill.assembly.quantize import code_book_codes, quantize_weight
+from tokenmill.assembly.quantize import quantize_weight
 from tokenmill.assembly.weights import build_model
-from tokenmill.cli import main as cli_main
 from tokenmill.config import ModelConfig
 from tokenmill.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
-from tokenmill.loading.dequant import NF4_VALUES
 from tokenmill.loading.safetensors import read_folder_weights
 
 from numerics import assert_runs_agree, matmuls, reduction_len
 
-TEXT = Path(__file__).resolve().parent.parent / "data" / "pride_and_prejudice_ch1.txt"
+TEXT = Path(__file__).resolve().parent.parent / "data" / "pride_and_prejudice_ch1-2.txt"
 
 
 def dequantized_twin(folder: Path, quantized, method: str):
@@ -76,13 +75,6 @@ def test_without_kernels_the_dequantized_weights_run_dense_with_one_warning(tiny
 
 
 @pytest.fixture(scope="module")
-def smollm2_folder(smollm2_gguf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("smollm2-float")
-    assert cli_main(["convert", str(smollm2_gguf), str(folder), "--no-progress"]) == 0
-    return folder
-
-
-@pytest.fixture(scope="module")
 def text_ids(smollm2_folder):
     return AutoTokenizer.from_pretrained(smollm2_folder)(TEXT.read_text(), return_tensors="pt").input_ids
 
@@ -90,49 +82,6 @@ def text_ids(smollm2_folder):
 def top1(model, ids) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits[0].argmax(-1)
-
-
-def simulated_bitsandbytes_agreement(float_model, ids, reference, simulate) -> float:
-    """Top-1 agreement of the float model with bitsandbytes' own format simulated on its Linear weights."""
-    linears = [m for name, m in float_model.named_modules() if type(m) is nn.Linear and "lm_head" not in name]
-    originals = [m.weight.detach().clone() for m in linears]
-    for module, weight in zip(linears, originals):
-        module.weight.data.copy_(simulate(weight))
-    agreement = (top1(float_model, ids) == reference).float().mean().item()
-    for module, weight in zip(linears, originals):
-        module.weight.data.copy_(weight)
-    return agreement
-
-
-def nf4_blocks_of_64(weight: torch.Tensor) -> torch.Tensor:
-    """bitsandbytes' NF4: float32 absmax over blocks of 64, the nearest code-book entry (its midpoint tree)."""
-    blocks = weight.reshape(-1, 64)
-    absmax = blocks.abs().amax(1, keepdim=True)
-    codes = code_book_codes(blocks / absmax, NF4_VALUES)
-    return (torch.tensor(NF4_VALUES)[codes] * absmax).view_as(weight)
-
-
-def int8_rows(weight: torch.Tensor) -> torch.Tensor:
-    scale = weight.abs().amax(1, keepdim=True) / 127  # LLM.int8's vector-wise scales (outliers aside)
-    return (weight / scale).round() * scale
-
-
-def test_smollm2_predictions_stay_close_to_float32(smollm2_folder, text_ids):
-    """Teacher-forced top-1 agreement with float32 over a ~460-token public-domain text: at least what
-    bitsandbytes' own formats give (simulated here), since the blocks are smaller and the code books the same.
-    Measured: int8 97.8% (the issue's target 98%), NF4 74.5% (target 85%; bitsandbytes' NF4 gives 70.8% on
-    this text and model, whose float weights are themselves dequantized Q4_1)."""
-    float_model = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False)
-    reference = top1(float_model, text_ids)
-    for arguments, simulate in (({"load_in_8bit": True}, int8_rows),
-                                ({"quantization_config": BitsAndBytesConfig(load_in_4bit=True,
-                                                                            bnb_4bit_quant_type="nf4")},
-                                 nf4_blocks_of_64)):
-        quantized = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False, **arguments)
-        agreement = (top1(quantized, text_ids) == reference).float().mean().item()
-        bitsandbytes = simulated_bitsandbytes_agreement(float_model, text_ids, reference, simulate)
-        assert agreement >= bitsandbytes, (arguments, agreement, bitsandbytes)
-        assert agreement >= (0.97 if "load_in_8bit" in arguments else 0.70), (arguments, agreement)
 
 
 def greedy_prefix_agreement(model, reference_tokens: torch.Tensor, prompt: torch.Tensor) -> int:
@@ -146,7 +95,7 @@ def greedy_prefix_agreement(model, reference_tokens: torch.Tensor, prompt: torch
 def test_smollm2_q4_k_runs_on_the_kernels_at_least_as_close_as_q4_0(smollm2_folder, text_ids):
     """Q4_K where the width is whole super-blocks (SmolLM2's down_proj: 1536), llama.cpp's fallback Q5_0 on its
     576-wide matrices; teacher-forced top-1 agreement (the text's first 200 tokens) and greedy tokens against
-    float32 at least q4_0's. Measured over the whole text: q4_k 85.9%, q4_0 71.4%."""
+    float32 at least q4_0's. Measured over the text's first 462 tokens: q4_k 85.9%, q4_0 71.4%."""
     float_model = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False)
     text_ids, prompt = text_ids[:, :200], text_ids[:, :24]
     reference = top1(float_model, text_ids)

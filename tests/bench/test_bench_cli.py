@@ -4,6 +4,7 @@ and the memory-limit search stopping cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 
 import pytest
@@ -20,12 +21,13 @@ TIMED_FIELDS = ("ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "prefil
                 "decode_tokens_per_cpu_s")
 RUN_FIELDS = {"out_of_memory", "repeats", "fell_back_to_offloaded", *TIMED_FIELDS, "peak_rss_bytes",
               "peak_rss_delta_bytes", "memory_growth_per_token_bytes", "kv_cache_bytes", "kv_cache_bytes_per_token",
-              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes", "peak_rss_shared_process_bytes"}
+              "gpu_peak_allocated_bytes", "gpu_peak_reserved_bytes", "peak_rss_shared_process_bytes",
+              "memory_process_pid"}
 # tiny model: 2 layers x (keys + values) x 2 kv heads x head_dim 8 x 4 bytes
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 8 * 4
 STAT_FIELDS = {"median", "min", "max", "spread_pct", "runs"}
 POINT_FIELDS = {"prompt_length", "new_tokens", "batch_size", "dtype", "attn_implementation",
-                "cache_implementation", "threads", "weights", "results", "ratios"}
+                "cache_implementation", "threads", "weights", "precision", "results", "ratios"}
 LIMIT_FIELDS = {"longest_fit", "first_failure", "stopped_because", "budget_bytes", "fallback_to_offloaded_at",
                 "tried"}
 
@@ -79,6 +81,7 @@ def test_every_point_has_every_field_for_both_engines(bench_run):
             continue
         assert set(other) == RUN_FIELDS
         assert other["peak_rss_bytes"] != mine["peak_rss_bytes"]  # each engine's own process, its own figure
+        assert len({other["memory_process_pid"], mine["memory_process_pid"], os.getpid()}) == 3
         ratio = point["ratios"]["vs_transformers"]
         assert ratio["decode_tokens_per_s"] == pytest.approx(
             mine["decode_tokens_per_s"]["median"] / other["decode_tokens_per_s"]["median"])
@@ -266,3 +269,25 @@ def test_placement_options_are_refused_where_they_would_do_nothing(tiny_folder):
         cli.main(["bench", "-m", str(tiny_folder), "--device-map", "auto", "--vs", "transformers", "--no-progress"])
     with pytest.raises(SystemExit):
         cli.main(["bench", "-m", str(tiny_folder), "--device-map", "auto", "--max-memory", "300MiB"])
+
+
+def test_precisions_are_a_sweep_dimension(smollm2_gguf, tmp_path):
+    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
+            "--warmup", "0", "--precision", "exact,fast", "--no-progress", "--no-plots", "--memory-in-process",
+            "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [point["precision"] for point in report["points"]] == ["exact", "fast"]
+    policies = {name: info["execution_policy"]["precision"] for name, info in report["models"].items()}
+    assert policies == {"tokenmill float32 sdpa": "exact", "tokenmill float32 sdpa fast": "fast"}
+    series = plots_module._series(report, "decode_tokens_per_s")
+    assert {key[:2] for key in series} == {("tokenmill", "auto"), ("tokenmill", "auto fast")}
+
+
+def test_fast_precision_on_dense_weights_is_marked_unsupported(smollm2_gguf, tmp_path):
+    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "2", "--repeats", "1",
+            "--warmup", "0", "--weights", "dense", "--precision", "fast", "--no-progress", "--no-plots",
+            "--memory-in-process", "-o", str(tmp_path)]
+    assert cli.main(argv) == 0
+    point, = json.loads((tmp_path / "bench.json").read_text())["points"]
+    assert "dense weights have no int8 kernel" in point["results"]["tokenmill"]["unsupported"]

@@ -22,4 +22,4 @@ def test_the_sweep_grid_holds_every_combination_once():
     spec = SweepSpec(prompt_lengths=[4, 8], new_tokens=[2], batch_sizes=[1, 3], threads=[1, 2])
     labels = [w.label() for w in spec.workloads()]
     assert len(labels) == len(set(labels)) == 2 * 2 * 2
-    assert labels[0] == "p4 n2 b1 float32 sdpa dynamic t1 auto"
+    assert labels[0] == "p4 n2 b1 float32 sdpa dynamic t1 auto exact"

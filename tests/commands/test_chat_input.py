@@ -44,3 +44,23 @@ def test_a_pipe_reads_long_lines_whole_and_triple_quoted_blocks(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("GOT")]
     assert lines == ["GOT 70000 0 'yyyyyyyyyyyy'", "GOT 27 2 'nd line\\nlast'"]
+
+
+def test_up_arrow_recalls_the_previous_line_and_the_history_outlives_the_session(tmp_path):
+    child = PtyChild(["-c", READ_TWO], _env(tmp_path))
+    child.expect("you> ", timeout=30)
+    child.send("first question\r")
+    after = child.expect("GOT 14 0 'rst question'", timeout=30)
+    child.expect("you> ", start=after)
+    child.send("\x1b[A\r")  # up arrow, then Enter: the previous line again
+    child.expect("GOT 14 0 'rst question'", start=after, timeout=30)
+    assert child.wait() == 0
+
+    later = PtyChild(["-c", READ_TWO], _env(tmp_path))  # a new session reads the history file
+    later.expect("you> ", timeout=30)
+    later.send("other\r")
+    after = later.expect("GOT 5 0 'other'", timeout=30)
+    later.expect("you> ", start=after)
+    later.send("\x1b[A\x1b[A\r")  # two lines up: the last line of the first session
+    later.expect("GOT 14 0 'rst question'", start=after, timeout=30)
+    assert later.wait() == 0

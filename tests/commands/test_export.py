@@ -15,7 +15,7 @@ def test_export_without_a_tokenizer_warns_once_and_loads_back(tiny_llama, tmp_pa
     _, folder = tiny_llama
     out = tmp_path / "tiny-q8_0.gguf"
     with pytest.warns(RuntimeWarning, match="no tokenizer written") as caught:
-        assert cli_main(["export", str(folder), str(out), "--type", "q8_0", "--no-progress"]) == 0
+        assert cli_main(["export", str(out), "--model", str(folder), "--type", "q8_0", "--no-progress"]) == 0
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
     assert f"wrote {out} (q8_0" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(out, progress=False)
@@ -34,7 +34,7 @@ def test_convert_to_a_gguf_name_exports(tiny_llama, tmp_path, capsys):
     _, folder = tiny_llama
     out = tmp_path / "tiny-q4_0.gguf"
     with pytest.warns(RuntimeWarning, match="no tokenizer written"):
-        assert cli_main(["convert", str(folder), str(out), "--type", "q4_0", "--no-progress"]) == 0
+        assert cli_main(["convert", "-m", str(folder), str(out), "--type", "q4_0", "--no-progress"]) == 0
     projection = AutoModelForCausalLM.from_pretrained(out, progress=False).model.layers[0].self_attn.q_proj
     assert projection.ggml_type == BY_NAME["Q4_0"].type_id
     assert cli_main(["convert", str(folder), str(tmp_path / "y.gguf"), "--type", "nf4", "--no-progress"]) == 1

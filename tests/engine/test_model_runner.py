@@ -129,7 +129,9 @@ def test_the_pool_takes_the_kv_dtype_or_the_models():
 
     from tokenmill.engine.model_runner import ModelRunner
 
-    model = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float16)
+    from tokenmill.execution.policy import ExecutionPolicy
+
+    model = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float16, execution_policy=ExecutionPolicy())
     model.eval = lambda: model
     assert ModelRunner(model, 4, 2).pool.dtype == torch.float16
     assert ModelRunner(model, 4, 2, kv_dtype=torch.float32).pool.dtype == torch.float32

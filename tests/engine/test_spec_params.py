@@ -30,3 +30,36 @@ def test_forms_that_are_accepted():
 def test_bad_values_are_refused_naming_the_field(value, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         SamplingParams(speculative=value)
+
+
+@pytest.mark.parametrize("fields", [
+    {"num_speculative_tokens": 16},  # the largest draft
+    {"num_speculative_tokens": 2, "prompt_lookup_max": 32},  # the longest n-gram
+    {"num_speculative_tokens": 2, "prompt_lookup_max": 1, "prompt_lookup_min": 1},  # the shortest, min == max
+])
+def test_the_bounds_themselves_are_accepted(fields):
+    config = speculative_config(fields)
+    assert [getattr(config, name) for name in fields] == list(fields.values())
+
+
+@pytest.mark.parametrize("value, named", [
+    ({"num_speculative_tokens": 2, "prompt_lookup_max": 33}, "speculative.prompt_lookup_max"),
+    ({"num_speculative_tokens": 2, "prompt_lookup_max": "4"}, "speculative.prompt_lookup_max"),
+])
+def test_lookup_max_outside_its_range_is_refused(value, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        speculative_config(value)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("ngram", "speculative must be an object with method, num_speculative_tokens, prompt_lookup_max, "
+              "prompt_lookup_min, got 'ngram'"),
+    ({"num_speculative_tokens": 2, "draft_model": "x", "b": 1},
+     "speculative: unknown field(s) b, draft_model; known: method, num_speculative_tokens, prompt_lookup_max, "
+     "prompt_lookup_min"),
+    ({"method": "ngram"}, "speculative.num_speculative_tokens is required"),
+])
+def test_refusals_read_in_full(value, message):
+    with pytest.raises(ValueError) as refused:
+        speculative_config(value)
+    assert str(refused.value) == message

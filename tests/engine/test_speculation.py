@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from tokenmill.engine import LLM, EngineConfig, LLMEngine, SamplingParams
+from tokenmill.engine.block_manager import BlockManager, block_hash
+from tokenmill.engine.sampler import NO_TOKEN
+from tokenmill.engine.scheduler import ScheduledChunk, Scheduler
+from tokenmill.engine.sequence import Sequence, SequenceStatus
 from tokenmill.engine.spec_params import SpeculativeConfig
-from tokenmill.engine.sequence import Sequence
 from tokenmill.engine.speculation import Speculator, propose_drafts
 
 SPEC = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
@@ -222,3 +225,126 @@ def test_a_step_drafts_within_its_token_budget():
     assert drafts_with(5, decoding) == [0, 0, 0]  # 3 x 2 would exceed 5: no drafts
     prefilling = Sequence("p", 0, [9] * 5, params)  # a prompt still being read: the step is compute-bound
     assert drafts_with(100, [*decoding, prefilling]) == [0, 0, 0]
+
+# ---- verification on fixed logits (no model): which tokens are appended, what is computed, what is freed ----
+
+VOCAB = 16
+
+
+def _verifying(drafts: list[int], **params):
+    """A decoding sequence of 6 prompt tokens with `drafts` scheduled, its blocks (of 4) for every position."""
+    blocks = BlockManager(8, 4)
+    scheduler = Scheduler(blocks)
+    seq = Sequence("r", 0, [1, 2, 3, 4, 5, 6], SamplingParams(max_tokens=10, **{"temperature": 0, **params}))
+    seq.status = SequenceStatus.RUNNING
+    seq.num_computed_tokens = 5
+    seq.draft_token_ids = list(drafts)
+    seq.block_table = [blocks.allocate() for _ in range(blocks.blocks_needed(6 + len(drafts)))]
+    return seq, scheduler, ScheduledChunk(seq, 5, 1 + len(drafts))
+
+
+def _logits(picks: list[int]) -> torch.Tensor:
+    """One row per verified position whose argmax is the given token."""
+    rows = torch.zeros(len(picks), VOCAB)
+    rows[torch.arange(len(picks)), torch.tensor(picks)] = 1.0
+    return rows
+
+
+def _verify(speculator, chunk, scheduler, picks, finish_on=None, constrained=False):
+    """Verify with an argmax chooser that records each call's (rows, sequences) and an append that finishes the
+    sequence on `finish_on`; returns (result, appended tokens, calls)."""
+    seq, calls, appended = chunk.seq, [], []
+
+    def choose(rows, seqs):
+        calls.append((rows.shape[0], len(seqs)))
+        return [NO_TOKEN if row.isnan().any() else int(row.argmax()) for row in rows]
+
+    def append(token):
+        appended.append(token)
+        seq.output_token_ids.append(token)
+        if token == finish_on:
+            seq.status = SequenceStatus.FINISHED
+
+    result = speculator.verify(chunk, _logits(picks) if not isinstance(picks, torch.Tensor) else picks, choose,
+                               append, scheduler, constrained)
+    return result, appended, calls
+
+
+def test_verify_keeps_every_agreeing_draft_and_the_token_after_them():
+    speculator = Speculator()
+    seq, scheduler, chunk = _verifying([7, 8, 9])
+    assert _verify(speculator, chunk, scheduler, [7, 8, 9, 10]) == (True, [7, 8, 9, 10], [(4, 4)])
+    assert seq.draft_token_ids == [] and seq.num_computed_tokens == 9  # the last pick's K/V comes next step
+    assert len(seq.block_table) == 3 and scheduler.blocks.num_used_blocks == 3
+    assert speculator.stats() == {"spec_draft_tokens": 3, "spec_accepted_tokens": 3, "spec_verify_steps": 1,
+                                  "spec_acceptance_rate": 1.0, "spec_tokens_per_step": 4.0}
+
+
+def test_verify_stops_at_the_first_disagreement_and_frees_the_blocks_past_it():
+    speculator = Speculator()
+    seq, scheduler, chunk = _verifying([7, 8, 9, 11, 12, 13])  # 12 positions: 3 blocks
+    assert _verify(speculator, chunk, scheduler, [7, 3, 9, 11, 12, 13, 1]) == (True, [7, 3], [(7, 7)])
+    assert seq.output_token_ids == [7, 3] and seq.num_computed_tokens == 7
+    assert len(seq.block_table) == 2 and scheduler.blocks.num_used_blocks == 2
+    assert seq.block_hashes == [block_hash(None, (1, 2, 3, 4))]  # the one full block, published
+    seq2, scheduler2, chunk2 = _verifying([7, 8])
+    assert _verify(speculator, chunk2, scheduler2, [5, 8, 9])[1] == [5]  # the first draft already differs
+    assert seq2.num_computed_tokens == 6 and len(seq2.block_table) == 2
+    assert speculator.stats() == {"spec_draft_tokens": 8, "spec_accepted_tokens": 1, "spec_verify_steps": 2,
+                                  "spec_acceptance_rate": 1 / 8, "spec_tokens_per_step": 1.5}
+
+
+def test_verify_ends_where_the_sequence_finishes_and_keeps_its_blocks():
+    speculator = Speculator()
+    seq, scheduler, chunk = _verifying([7, 8, 9])
+    assert _verify(speculator, chunk, scheduler, [7, 8, 9, 10], finish_on=8)[:2] == (True, [7, 8])
+    assert seq.num_computed_tokens == 7
+    assert len(seq.block_table) == 3  # a finished sequence's blocks are the engine's to free, all at once
+    assert speculator.stats()["spec_accepted_tokens"] == 1  # the finishing token is not counted as accepted
+
+
+def test_verify_reports_a_position_with_no_distribution():
+    speculator = Speculator()
+    seq, scheduler, chunk = _verifying([7, 8])
+    logits = _logits([7, 8, 9])
+    logits[1] = float("nan")
+    assert _verify(speculator, chunk, scheduler, logits) == (False, [7], [(3, 3)])
+    assert seq.num_computed_tokens == 7 and len(seq.block_table) == 2  # nothing freed: the request fails
+
+
+@pytest.mark.parametrize("params, constrained", [
+    ({"temperature": 0.5, "seed": 1}, False),  # sampled
+    ({"repetition_penalty": 1.2}, False),  # needs the history up to each position
+    ({"logit_bias": {3: 1.0}}, False),
+    ({"logprobs": 0}, False),
+    ({}, True),  # a grammar advances with each token
+])
+def test_verify_picks_one_position_at_a_time_when_a_pick_depends_on_the_previous(params, constrained):
+    seq, scheduler, chunk = _verifying([7, 8], **params)
+    picks = [7, 8, 9]
+    assert _verify(Speculator(), chunk, scheduler, picks, constrained=constrained) == \
+           (True, [7, 8, 9], [(1, 1), (1, 1), (1, 1)])
+
+
+def test_the_speculating_config_of_a_sequence():
+    seq = Sequence("r", 0, [1], SamplingParams())
+    own = Sequence("r", 0, [1], SamplingParams(speculative=SpeculativeConfig(2)))
+    off = Sequence("r", 0, [1], SamplingParams(speculative=SpeculativeConfig(0)))
+    default = Speculator(SpeculativeConfig(3))
+    assert [default.config_of(s) for s in (seq, own, off)] == [SpeculativeConfig(3), SpeculativeConfig(2), None]
+    assert Speculator(SpeculativeConfig(0)).default is None and Speculator().config_of(seq) is None
+    assert Speculator().step_tokens == 8
+    assert Speculator().stats() == {"spec_draft_tokens": 0, "spec_accepted_tokens": 0, "spec_verify_steps": 0,
+                                    "spec_acceptance_rate": 0.0, "spec_tokens_per_step": 1.0}
+
+
+def test_finished_sequences_take_no_share_of_the_step_budget():
+    params = SamplingParams(max_tokens=50, speculative={"num_speculative_tokens": 4, "prompt_lookup_max": 2})
+    live = Sequence("r", 0, [1, 2, 3, 4, 5, 6, 7, 1, 2], params)
+    live.num_computed_tokens = live.num_tokens - 1
+    done = Sequence("d", 0, [9] * 5, params)  # unread tokens, but finished: neither blocks nor shares the budget
+    done.status = SequenceStatus.FINISHED
+    Speculator(step_tokens=4).propose([live, done], max_model_len=100)
+    assert live.draft_token_ids == [3, 4, 5] and done.draft_token_ids == []
+    Speculator(step_tokens=4).propose([done], max_model_len=100)  # nothing live: nothing to do
+    assert done.draft_token_ids == []

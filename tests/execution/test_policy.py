@@ -56,6 +56,10 @@ def test_each_request_gets_its_policy(request_, expected):
     (dict(kernels="triton"), "kernels='triton' needs a CUDA device"),
     (dict(kernels="torch", attn_implementation="native"), "needs kernels='native', not 'torch'"),
     (dict(gguf=True, keep_quantized=True, kernels="torch"), "keep_quantized=True needs the native kernels"),
+    (dict(gguf=True, precision="int8"), "precision must be one of \\('exact', 'fast'\\), got 'int8'"),
+    (dict(precision="fast"), "precision='fast' .* the checkpoint has float weights"),
+    (dict(gguf=True, keep_quantized=False, precision="fast"), "precision='fast' .*keep_quantized=False"),
+    (dict(gguf=True, dtype=torch.bfloat16, precision="fast"), "precision='fast' .* cpu bfloat16"),
 ])
 def test_impossible_requests_are_refused(request_, message):
     with pytest.raises(ExecutionPolicyError, match=message):
@@ -81,6 +85,8 @@ def test_without_kernels_asking_for_them_is_refused_and_the_default_is_aten(monk
     (dict(parallel="tensor"), "'tensor' needs 2 or more"),  # a tensor layout without its ranks' group
     (dict(weight_format="int4"), "weight_format must be one of"),
     (dict(threads=0), "threads must be at least 1"),
+    (dict(precision="int8"), "precision must be one of"),
+    (dict(precision="fast"), "precision='fast' .* needs block weights"),  # dense weights have no int8 kernel
 ])
 def test_an_inconsistent_policy_cannot_be_built(fields, message):
     with pytest.raises(ExecutionPolicyError, match=message):
@@ -90,11 +96,11 @@ def test_an_inconsistent_policy_cannot_be_built(fields, message):
 def test_describe_and_as_dict_name_every_field():
     policy = ExecutionPolicy(weight_format="gguf-blocks", kernels="native", attention="native", threads=3)
     assert policy.as_dict() == {"device": "cpu", "dtype": "float32", "weight_format": "gguf-blocks",
-                                "kernels": "native", "attention": "native", "threads": 3, "parallel": "single",
-                                "tp_rank": 0, "tp_size": 1}
+                                "kernels": "native", "attention": "native", "threads": 3, "precision": "exact",
+                                "parallel": "single", "tp_rank": 0, "tp_size": 1}
     text = policy.describe()
     for part in ("cpu float32", "gguf-blocks weights", "native kernels", "native attention", "3 thread(s)",
-                 "single device"):
+                 "exact precision", "single device"):
         assert part in text
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.kernels = "torch"
@@ -114,6 +120,19 @@ def test_moving_and_dequantizing_rebuild_the_policy():
     assert (dense.weight_format, dense.kernels, dense.attention) == ("dense", "exact", "sdpa")
     native_dense = ExecutionPolicy(kernels="native")
     assert dequantized_policy(native_dense) is native_dense  # nothing to dequantize, nothing changes
+    fast = blocks.with_precision("fast")  # dense weights have no integer kernel: exact again, and said so
+    assert dequantized_policy(fast).precision == moved_policy(fast, META, None).precision == "exact"
+    assert "precision: fast → exact" in moved_policy(fast, META, None).changes_from(fast)
+    assert moved_policy(fast, CPU, None) == fast
+
+
+@needs_kernels
+def test_fast_precision_is_chosen_for_block_weights_only_when_asked():
+    assert choose_policy(gguf=True).precision == "exact"  # the default: float32 arithmetic
+    fast = choose_policy(gguf=True, precision="fast")
+    assert (fast.precision, fast.weight_format) == ("fast", "gguf-blocks")
+    assert fast.with_precision("exact").changes_from(fast) == ["precision: fast → exact"]
+    assert "fast precision" in fast.describe()
 
 
 def test_with_threads_changes_only_the_thread_count_and_apply_sets_torchs():

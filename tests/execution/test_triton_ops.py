@@ -46,12 +46,27 @@ def kernel_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Which fused Triton kernels (RMSNorm, rotary, silu * up) the forwards launched."""
+    from tokenmill.kernels import triton_fused
+
+    launched = set()
+    for name in ("rms_norm", "rotary", "silu_mul"):
+        def counted(*args, _name=name, _original=getattr(triton_fused, name)):
+            launched.add(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(triton_fused, name, counted)
+    return launched
+
+
 def _with_triton(model):
     model.execution_policy.__dict__["ops"] = TritonOps()  # what the policy hands forwards on CUDA
     return model
 
 
-def test_generate_with_the_dynamic_cache(tiny_folder, kernel_calls):
+def test_generate_with_the_dynamic_cache(tiny_folder, kernel_calls, fused_calls):
     ids = torch.tensor([[1, 5, 9, 13, 40, 7]])
     plain = AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch")
     triton_model = _with_triton(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"))
@@ -62,6 +77,7 @@ def test_generate_with_the_dynamic_cache(tiny_folder, kernel_calls):
         assert_runs_agree(mine, theirs, reduction_len(plain.config, ids.shape[1] + step + 1), matmuls(plain.config),
                           label=f"decode step {step}")
     assert kernel_calls and not any(kernel_calls)  # decode steps, on the dynamic cache's own tensors
+    assert fused_calls == {"rms_norm", "rotary", "silu_mul"}  # the model's element-wise work went to Triton too
 
 
 def test_engine_steps_read_the_paged_pool(tiny_folder, kernel_calls):
@@ -75,3 +91,22 @@ def test_engine_steps_read_the_paged_pool(tiny_folder, kernel_calls):
     got = engine.generate([{"prompt_token_ids": p} for p in prompts], params)
     assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
     assert kernel_calls and all(kernel_calls)  # every call read the pool through slot tables
+
+
+def test_engine_decode_steps_replayed_from_graphs(tiny_folder, kernel_calls):
+    """The engine's captured decode steps (engine/decode_graphs.py, the CPU stand-in for CUDA graphs) with the
+    Triton kernel reading the pool through padded slot tables: the eager engine's greedy tokens."""
+    from tokenmill.engine.decode_graphs import EagerStandIn
+    from tokenmill.engine.model_runner import ModelRunner
+
+    prompts = [[1, 5, 9, 13, 40, 7], [3, 4, 5], [8, 8, 2, 90, 14, 2, 6, 7, 1]]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    plain = LLM(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"),
+                skip_tokenizer_init=True, num_blocks=32, block_size=4)
+    expected = plain.generate([{"prompt_token_ids": p} for p in prompts], params)
+    model = _with_triton(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"))
+    engine = LLM(model, skip_tokenizer_init=True, num_blocks=32, block_size=4)
+    engine.engine.runner = runner = ModelRunner(model, 32, 4, capture=EagerStandIn())
+    got = engine.generate([{"prompt_token_ids": p} for p in prompts], params)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert (4, 64) in runner.graphs.graphs and all(kernel_calls)  # 3 rows padded to 4, read in place

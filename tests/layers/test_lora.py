@@ -101,3 +101,36 @@ def test_merge_adds_the_dense_delta_and_refuses_blocks():
     quantized.add("q", {"first": LowRank(torch.randn(2, 32), torch.randn(5, 2))}, holder)
     with pytest.raises(TypeError, match="merging needs float weights"):
         quantized.merge("q", holder)
+
+
+def test_a_stacked_expert_parameter_gets_each_routed_rows_expert_delta():
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stack = nn.Parameter(torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(0)))
+
+    root = Experts()
+    generator = torch.Generator().manual_seed(4)
+    stacked = {name: LowRank(torch.randn(3, 2, 8, generator=generator), torch.randn(3, 5, 2, generator=generator))
+               for name in ("a", "b")}
+    adapters = LoraAdapters()
+    for name, low_rank in stacked.items():
+        adapters.add(name, {"stack": low_rank}, root)
+    tokens = torch.randn(6, 8, generator=generator)
+    lora = adapters.batch(["a", None, "b", "a", "b", None], 6, tokens.device)
+    token_rows = torch.tensor([1, 2, 3])  # the tokens routed to expert 2: rows of adapters None, b, a
+    out = lora.project_parameter(root, "stack", tokens[token_rows], expert=2, token_rows=token_rows)
+    base, x = root.stack[2].detach().double(), tokens[token_rows].double()
+    pieces = [None, stacked["b"].expert(2), stacked["a"].expert(2)]
+    exact = torch.stack([x[i] @ (base + (0 if p is None else p.b.double() @ p.a.double())).T
+                         for i, p in enumerate(pieces)])
+    # each float32 output: a sum of 8 products x_i W_ji, plus (x A^T) B^T: 2 products of 8-term sums
+    terms = torch.stack([torch.cat([(x[i, None, :] * base).abs(), torch.zeros(5, 2, dtype=torch.float64)
+                                    if p is None else p.b.double().abs() * (p.a.double().abs() @ x[i].abs())],
+                                   dim=-1) for i, p in enumerate(pieces)])
+    assert (out.double() - exact).abs().max() <= summation_tolerance(terms)
+    assert not torch.allclose(out[1:], (x[1:] @ base.T).float())  # the adapters' deltas show
+    assert torch.equal(NO_LORA.project_parameter(root, "stack", tokens, expert=0), tokens @ root.stack[0].T)
+    merged = root.stack.detach().double() + stacked["a"].dense().double()
+    adapters.merge("a", root)
+    assert (root.stack.double() - merged).abs().max() <= 2 ** -24 * merged.abs().max()  # one rounding each

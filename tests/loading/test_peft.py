@@ -45,7 +45,6 @@ def test_rslora_scale_is_alpha_over_sqrt_rank():
     ({"bias": "all"}, "trained biases"),
     ({"peft_type": "IA3"}, "peft_type 'IA3' is not supported"),
     ({"layers_to_transform": [0]}, "layers_to_transform"),
-    ({"target_parameters": ["experts.gate_up_proj"]}, "target_parameters"),
 ])
 def test_unsupported_configurations_are_refused(tmp_path, config, message):
     with pytest.raises(AdapterError, match=message):

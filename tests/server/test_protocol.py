@@ -34,6 +34,30 @@ def test_tgi_grammar_maps_to_specs():
         spec_from_tgi({"type": "xml", "value": ""})
 
 
+def test_response_format_in_tgi_shape_maps_to_specs():
+    """huggingface_hub's InferenceClient sends TGI's shape on the chat route, and rewrites OpenAI's json_schema
+    into json_object + value: the schema was dropped (any object served) before."""
+    assert spec_from_openai({"type": "json_object", "value": SCHEMA}) == ("json_schema", SCHEMA)
+    assert spec_from_openai({"type": "json", "value": SCHEMA}) == ("json_schema", SCHEMA)
+    assert spec_from_openai({"type": "json_schema", "value": {"name": "p", "schema": SCHEMA}}) == (
+        "json_schema", SCHEMA)
+    assert spec_from_openai({"type": "regex", "value": "a+"}) == ("regex", "a+")
+    for refused, message in [({"type": "regex"}, "needs a value"), ({"type": "text", "value": "a"}, "no value"),
+                             ({"type": "json_schema", "value": SCHEMA, "json_schema": {"schema": SCHEMA}}, "not both"),
+                             ({"type": "xml", "value": "a"}, "type must be")]:
+        with pytest.raises(ValueError, match=message):
+            spec_from_openai(refused)
+
+
+def test_named_tool_choice_takes_tgis_shape_without_type():
+    from tokenmill.server.openai_protocol import ChatCompletionRequest
+
+    tools = [{"type": "function", "function": {"name": "now"}}]
+    for choice in ({"function": {"name": "now"}}, {"type": "function", "function": {"name": "now"}}):
+        request = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], tools=tools, tool_choice=choice)
+        assert request.tool_dicts()[1] == {"type": "function", "function": {"name": "now"}}
+
+
 def test_reasoning_effort_joins_the_template_kwargs_and_an_explicit_kwarg_wins():
     from tokenmill.server.openai_protocol import ChatCompletionRequest
     messages = [{"role": "user", "content": "hi"}]

@@ -20,6 +20,13 @@ def _post(served, path, body):
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages.0.content"),
     ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "only text parts"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content: a 'user' message needs content"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content: a 'user' message needs content"),
+    ({"messages": [{"role": "user", "content": []}]}, "messages[0].content: an empty list of content parts"),
+    ({"messages": [{"role": "system", "content": None}, *HI]}, "a 'system' message needs content"),
+    ({"messages": [*HI, {"role": "assistant", "content": None}, *HI]}, "messages[1].content: a 'assistant'"),
+    ({"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": []}, *HI]}, "messages[1].content"),
+    ({"messages": [*HI, {"role": "tool", "tool_call_id": "a", "content": None}]}, "a 'tool' message needs content"),
     ({"tools": [{"x": 1}], "tool_choice": "none"}, "tools.0"),
     ({"tools": [{"type": "function", "function": {"description": "no name"}}], "tool_choice": "none"},
      "tools.0.function.name"),
@@ -40,7 +47,10 @@ def test_openai_chat_refusals(served, extra, fragment):
 def test_the_well_formed_neighbours_are_served(served):
     for extra in ({"tools": [TOOL], "tool_choice": "none"}, {"seed": 2**64 - 1}, {"seed": -2**63},
                   {"messages": [{"role": "developer", "content": "Be brief."}, *HI]},
-                  {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}):
+                  {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+                  {"messages": [*HI, {"role": "assistant", "content": None, "tool_calls": [
+                      {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+                                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}], "tools": [TOOL]}):
         response = _post(served, CHAT, {"messages": HI, "max_tokens": 2, **extra})
         assert response.status_code == 200, (extra, response.text)
 

@@ -43,6 +43,11 @@ def test_tools_choice_and_format():
     ({"text": {"format": {"type": "yaml"}}}, "text.format"),
     ({"input": [{"role": "critic", "content": "x"}]}, "input.0"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]}, "input.0"),
+    ({"input": [{"role": "user"}]}, "input.0"),
+    ({"input": [{"role": "user", "content": None}]}, "input.0"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input.0"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input.0"),
+    ({"input": [{"role": "user", "content": "x"}, {"type": "function_call_output", "call_id": "c"}]}, "input.1"),
 ])
 def test_unsupported_refused(fields, param):
     body = ResponsesRequest(**{"input": "x", **fields})

@@ -1,5 +1,6 @@
 """A bounded soak (issue 18): 520 requests at 64 concurrent through the `openai` SDK and the TGI routes, with
-the abusive requests of the engine classes interleaved and streams dropped mid-way. Every well-formed request
+the abusive requests of the engine and limit classes interleaved (half-sent headers among them) and streams
+dropped mid-way. Every well-formed request
 must get exactly its answer served alone, every abusive one a clean 4xx, and at the end nothing may be left
 running, queued, admitted or holding a KV block. The counts and throughput are printed (pytest -s)."""
 
@@ -20,8 +21,10 @@ LENGTHS = (3, 5)
 EXACT = ("chat", "chat_stream", "chat_tiny_temperature", "completion", "tgi", "tgi_stream")
 REFUSED = {  # kind: the status each must get
     "repetition_penalty_1e-300": 400, "prompts_x_n": 400, "stop_list": 400, "tgi_seed_2**64": 422,
-    "bad_json": 400, "oversized_body": 413,
+    "bad_json": 400, "oversized_body": 413, "user_content_null": 400, "detokenize_past_limit": 422,
+    "half_sent_headers": "closed",  # no status: the server closes the connection at the header deadline
 }
+HEADER_SECONDS = 2.0
 
 
 def _message(topic):
@@ -29,11 +32,12 @@ def _message(topic):
 
 
 def _plan():
-    """(kind, topic, max_tokens) for every request, in a fixed random order: 60 abusive or dropped, the rest
+    """(kind, topic, max_tokens) for every request, in a fixed random order: 72 abusive or dropped, the rest
     well-formed (the two 0.9 MB stop lists and the two 2 MiB bodies only twice: they cost the client most)."""
     rng = random.Random(18)
     kinds = ["repetition_penalty_1e-300"] * 8 + ["prompts_x_n"] * 8 + ["tgi_seed_2**64"] * 8 + ["bad_json"] * 8
     kinds += ["stop_list"] * 2 + ["oversized_body"] * 2 + ["seeded_n2"] * 12 + ["dropped_stream"] * 12
+    kinds += ["user_content_null"] * 4 + ["detokenize_past_limit"] * 4 + ["half_sent_headers"] * 4
     kinds += [EXACT[i % len(EXACT)] for i in range(REQUESTS - len(kinds))]
     rng.shuffle(kinds)
     return [(kind, rng.choice(TOPICS), rng.choice(LENGTHS)) for kind in kinds]
@@ -99,7 +103,7 @@ class Soak:
         return await self.tgi(topic, max_tokens, stream=kind == "tgi_stream")
 
     async def refused(self, kind, topic):
-        """The status the server answered."""
+        """The status the server answered ("closed" for a connection it closed unanswered)."""
         chat = {"model": "smollm2", "messages": _message(topic), "max_tokens": 2}
         if kind == "repetition_penalty_1e-300":
             response = await self.http.post("/v1/chat/completions", json={**chat, "repetition_penalty": 1e-300})
@@ -110,6 +114,13 @@ class Soak:
         elif kind == "tgi_seed_2**64":
             response = await self.http.post("/generate", json={"inputs": topic, "parameters": {
                 "do_sample": True, "seed": 2**64, "max_new_tokens": 2}})
+        elif kind == "user_content_null":
+            response = await self.http.post("/v1/chat/completions", json={
+                **chat, "messages": [{"role": "user", "content": None}]})
+        elif kind == "detokenize_past_limit":
+            response = await self.http.post("/detokenize", json={"tokens": [1] * 100_000})
+        elif kind == "half_sent_headers":
+            return await self.half_sent()
         elif kind == "bad_json":
             response = await self.http.post("/v1/chat/completions", content=b'{"messages": [',
                                             headers={"content-type": "application/json"})
@@ -117,6 +128,20 @@ class Soak:
             response = await self.http.post("/generate", content=b"x" * (2 << 20),
                                             headers={"content-type": "application/json"})
         return response.status_code
+
+    async def half_sent(self):
+        """"closed" once the server closes a connection whose headers stop half-way (a bounded wait)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 30 * HEADER_SECONDS)
+            return "closed" if answer == b"" else answer[:40]
+        except ConnectionResetError:
+            return "closed"
+        finally:
+            writer.close()
 
     async def seeded(self, topic):
         response = await self.sdk.chat.completions.create(model="smollm2", messages=_message(topic), max_tokens=3,
@@ -196,7 +221,7 @@ async def _alone(url, plan):
 
 @pytest.fixture
 def soak_server(tiny_chat, server_factory):
-    running = server_factory(*tiny_chat)
+    running = server_factory(*tiny_chat, header_timeout_seconds=HEADER_SECONDS)
     yield running
     running.stop()
 

@@ -75,3 +75,14 @@ def test_a_speculative_value_of_the_wrong_type_is_refused(tiny_server):
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 4, "speculative": "ngram"}}
     response = httpx2.post(f"{tiny_server.url}/generate", json=body, timeout=60)
     assert response.status_code == 422 and "speculative" in response.text
+
+
+def test_draft_model_speculation_without_a_draft_model_is_refused(tiny_server):
+    value = {"method": "draft_model", "num_speculative_tokens": 3}
+    response = _complete(tiny_server.url, speculative=value)
+    assert response.status_code in (400, 422), response.text
+    assert "needs a draft model" in response.json()["error"]["message"]
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 4, "speculative": value}}
+    response = httpx2.post(f"{tiny_server.url}/generate", json=body, timeout=60)
+    assert response.status_code in (400, 422) and "needs a draft model" in response.json()["error"]
+    assert tiny_server.engine.stats()["num_running"] == 0

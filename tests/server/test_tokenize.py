@@ -1,5 +1,6 @@
-"""/tokenize: linear in its input, off the event loop, admitted and bounded like a prompt; the prompt work of
-the generation routes (templates, tokenizing, grammars) off the event loop too."""
+"""/tokenize: linear in its input, off the event loop, admitted and bounded like a prompt; /detokenize bounded in
+its ids' count and range, admitted and off the event loop the same way; the prompt work of the generation routes
+(templates, tokenizing, grammars) off the event loop too."""
 
 import threading
 import time
@@ -47,6 +48,33 @@ def test_it_is_admitted_like_a_generation_request(served, monkeypatch):
     assert response.status_code == 429 and response.json()["error_type"] == "overloaded"
 
 
+def test_detokenize_refuses_more_ids_than_the_longest_sequence(served):
+    limit = served.state.max_total_tokens
+    assert httpx2.post(f"{served.url}/detokenize", json={"tokens": [1] * limit}, timeout=30).status_code == 200
+    response = httpx2.post(f"{served.url}/detokenize", json={"tokens": [1] * (limit + 1)}, timeout=30)
+    assert response.status_code == 422
+    assert response.json() == {"error": f"the request has {limit + 1} token ids, more than the limit of {limit} "
+                                        "(the longest sequence this server makes)", "error_type": "validation"}
+
+
+@pytest.mark.parametrize("token_id", [-1, "vocab", 2**64, -(2**70)])
+def test_detokenize_refuses_ids_outside_the_vocabulary(served, token_id):
+    vocab_size = served.state.vocab_size
+    token_id = vocab_size if token_id == "vocab" else token_id
+    response = httpx2.post(f"{served.url}/detokenize", json={"tokens": [1, token_id]}, timeout=30)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["error_type"] == "validation" and "outside the vocabulary" in error["error"], error
+
+
+def test_detokenize_is_admitted_like_a_generation_request(served, monkeypatch):
+    monkeypatch.setattr(served.state.settings, "max_concurrent_requests", 0)
+    response = httpx2.post(f"{served.url}/detokenize", json={"tokens": [1]}, timeout=30)
+    assert response.status_code == 429 and response.json()["error_type"] == "overloaded"
+    monkeypatch.undo()
+    assert served.state.in_flight == 0  # the refused request holds no slot
+
+
 class _SlowTokenizer:
     """The real tokenizer, each encode and template render taking SLOW_SECONDS of blocking work."""
 
@@ -64,6 +92,10 @@ class _SlowTokenizer:
         time.sleep(SLOW_SECONDS)
         return self._tokenizer.encode(*args, **kwargs)
 
+    def decode(self, *args, **kwargs):
+        time.sleep(SLOW_SECONDS)
+        return self._tokenizer.decode(*args, **kwargs)
+
     def apply_chat_template(self, *args, **kwargs):
         time.sleep(SLOW_SECONDS)
         return self._tokenizer.apply_chat_template(*args, **kwargs)
@@ -71,9 +103,12 @@ class _SlowTokenizer:
 
 @pytest.mark.parametrize("path, body", [
     ("/tokenize", {"inputs": "hi"}),
+    ("/detokenize", {"tokens": [1, 2]}),
     ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 1}}),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 1}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("/v1/messages", {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 1}),
 ])
 def test_prompt_work_leaves_the_event_loop_free(served, monkeypatch, path, body):
     slow = _SlowTokenizer(served.state.tokenizer)

@@ -96,7 +96,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
                kernel_set: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
                load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
                offload_folder=None, tp_plan: str | None = None, tp_size: int | None = None,
-               tensor_parallel: Collectives | None = None, **hub_kwargs):
+               tensor_parallel: Collectives | None = None, precision: str = "exact", **hub_kwargs):
     """AutoModelForCausalLM.from_pretrained (see its docstring); the request and the machine make the model's
     execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read.
     tensor_parallel: the group this process is one rank of (spawned by tokenmill); tp_plan="auto": torchrun's."""
@@ -125,7 +125,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
         target_dtype = parse_dtype(dtype or torch_dtype, "float32")
         policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=True,
                                keep_quantized=keep_quantized, kernels=kernel_set,
-                               attn_implementation=attn_implementation)
+                               attn_implementation=attn_implementation, precision=precision)
         weights = gguf.state_dict(dtype=target_dtype, progress=progress,
                                   keep_quantized=policy.weight_format == "gguf-blocks")
         origin = resolved.gguf_path
@@ -141,7 +141,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
         target_dtype = parse_dtype(dtype or torch_dtype, "float32")
         policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=True,
                                keep_quantized=keep_quantized, kernels=kernel_set,
-                               attn_implementation=attn_implementation)
+                               attn_implementation=attn_implementation, precision=precision)
         weights = read_prequantized(resolved.folder, packed, policy, allow_pickle=allow_pickle, progress=progress)
         origin = resolved.folder
     elif not resolved.is_gguf:
@@ -149,7 +149,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
         target_dtype = parse_dtype(dtype or torch_dtype, "float32" if plan else config.torch_dtype)
         policy = choose_policy(device=parse_device(device), dtype=target_dtype, gguf=plan is not None,
                                keep_quantized=keep_quantized, kernels=kernel_set,
-                               attn_implementation=attn_implementation)
+                               attn_implementation=attn_implementation, precision=precision)
         if plan is not None:
             warn_about_quantized_compute(plan, policy)
         weights = read_folder_weights(resolved.folder, target_dtype, allow_pickle=allow_pickle, progress=progress)

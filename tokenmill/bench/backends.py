@@ -55,11 +55,11 @@ class Backend:
         self.models: dict[tuple, object] = {}
         self.load_info: dict[tuple, dict] = {}
 
-    def model_key(self, dtype: str, attn: str, weights: str) -> tuple:
-        return dtype, attn, weights
+    def model_key(self, dtype: str, attn: str, weights: str, precision: str = "exact") -> tuple:
+        return dtype, attn, weights, precision
 
-    def model(self, dtype: str, attn: str, weights: str = "auto"):
-        key = self.model_key(dtype, attn, weights)
+    def model(self, dtype: str, attn: str, weights: str = "auto", precision: str = "exact"):
+        key = self.model_key(dtype, attn, weights, precision)
         if key not in self.models:
             started, rss_before = time.perf_counter(), current_rss()
             model = self._load(*key)
@@ -83,7 +83,7 @@ class Backend:
         kind = workload.cache_implementation
         return None if self.supports_cache(kind) else f"{self.name} has no {kind!r} cache"
 
-    def _load(self, dtype: str, attn: str, weights: str = "auto"):
+    def _load(self, dtype: str, attn: str, weights: str = "auto", precision: str = "exact"):
         raise NotImplementedError
 
     def generate_kwargs(self, cache: str, resilient: bool) -> dict:
@@ -100,16 +100,23 @@ class Backend:
 class TokenmillBackend(Backend):
     name = "tokenmill"
 
-    def _load(self, dtype: str, attn: str, weights: str = "auto"):
+    def unsupported_reason(self, workload) -> str | None:
+        if workload.precision == "fast" and workload.weights == "dense":
+            return "precision 'fast' runs on GGUF blocks; dense weights have no int8 kernel"
+        return super().unsupported_reason(workload)
+
+    def _load(self, dtype: str, attn: str, weights: str = "auto", precision: str = "exact"):
         from ..auto import AutoModelForCausalLM
 
         if weights not in WEIGHT_KINDS:  # a quantization method (q8_0, nf4, ...): quantize the float model at load
             return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                         attn_implementation=attn, progress=False,
-                                                        quantization_config=weights, **self.placement)
+                                                        quantization_config=weights, precision=precision,
+                                                        **self.placement)
         return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                     attn_implementation=attn, progress=False,
-                                                    keep_quantized=WEIGHT_KINDS[weights], **self.placement)
+                                                    keep_quantized=WEIGHT_KINDS[weights], precision=precision,
+                                                    **self.placement)
 
     def execution_policy(self, model) -> dict:
         return model.execution_policy.as_dict()
@@ -135,7 +142,7 @@ class TransformersBackend(Backend):
     def supports_cache(self, kind: str) -> bool:
         return kind in self.CACHE_KINDS
 
-    def model_key(self, dtype: str, attn: str, weights: str) -> tuple:
+    def model_key(self, dtype: str, attn: str, weights: str, precision: str = "exact") -> tuple:
         return dtype, attn  # transformers always dequantizes a GGUF: one model serves every weight kind
 
     def _load(self, dtype: str, attn: str):
@@ -188,7 +195,7 @@ class LlamaCppBackend(Backend):
     def supports_cache(self, kind: str) -> bool:
         return kind == "dynamic"
 
-    def model_key(self, dtype: str, attn: str, weights: str) -> tuple:
+    def model_key(self, dtype: str, attn: str, weights: str, precision: str = "exact") -> tuple:
         return ("gguf", str(torch.get_num_threads()))  # one model per thread count: llama.cpp fixes it at load
 
     def _load(self, kind: str, threads: str):

@@ -25,8 +25,8 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # where the child imp
 
 def isolated_peaks(engine: str, source, gguf_file: str | None, workloads: list[Workload],
                    timeout: float | None = None, placement: dict | None = None) -> list[dict]:
-    """One {"peak_rss_bytes", "peak_rss_delta_bytes", "out_of_memory"} per workload, or {"error": ...} for all
-    when the child fails (its last stderr line says why)."""
+    """One {"peak_rss_bytes", "peak_rss_delta_bytes", "out_of_memory", "pid"} per workload (pid: the child that
+    measured it), or {"error": ...} for all when the child fails (its last stderr line says why)."""
     request = {"engine": engine, "source": str(source), "gguf_file": gguf_file,
                "workloads": [asdict(workload) for workload in workloads],
                "placement": placement if engine == "tokenmill" else None}
@@ -47,7 +47,8 @@ def apply_isolated_memory(points: list[dict], engines: list[str], source, gguf_f
     """Replace each result's peak RSS by its engine's own-process reading (the shared reading kept beside it)."""
     for engine in engines:
         measured = [point for point in points if _measurable(point["results"].get(engine))]
-        workloads = [Workload(**{name: point[name] for name in Workload.__dataclass_fields__}) for point in measured]
+        workloads = [Workload(**{name: point[name] for name in Workload.__dataclass_fields__ if name in point})
+                     for point in measured]  # a field a point lacks (an older report's) keeps its default
         if not workloads:
             continue
         for point, reading in zip(measured, isolated_peaks(engine, source, gguf_file, workloads,
@@ -56,6 +57,7 @@ def apply_isolated_memory(points: list[dict], engines: list[str], source, gguf_f
             result["peak_rss_shared_process_bytes"] = result.get("peak_rss_bytes")
             result["peak_rss_bytes"] = reading.get("peak_rss_bytes")
             result["peak_rss_delta_bytes"] = reading.get("peak_rss_delta_bytes")
+            result["memory_process_pid"] = reading.get("pid")
             if "error" in reading:
                 result["isolated_memory_error"] = reading["error"]
 
@@ -76,17 +78,17 @@ def _measure_all(request: dict) -> list[dict]:
     for fields in request["workloads"]:
         workload = Workload(**fields)
         torch.set_num_threads(workload.threads)
-        key = backend.model_key(workload.dtype, workload.attn_implementation, workload.weights)
+        key = backend.model_key(workload.dtype, workload.attn_implementation, workload.weights, workload.precision)
         if key != loaded_key:  # one model at a time: the previous one leaves before the next loads
             backend.models.clear()
             gc.collect()
             loaded_key = key
-        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights)
+        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights, workload.precision)
         run_once(backend, model, workload)  # warm-up: the sweep's measured runs follow one too
         result = run_once(backend, model, workload)
         readings.append({"peak_rss_bytes": result.get("peak_rss_bytes"),
                          "peak_rss_delta_bytes": result.get("peak_rss_delta_bytes"),
-                         "out_of_memory": result.get("out_of_memory", False)})
+                         "out_of_memory": result.get("out_of_memory", False), "pid": os.getpid()})
     return readings
 
 

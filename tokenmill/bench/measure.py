@@ -32,10 +32,11 @@ class Workload:
     cache_implementation: str = "dynamic"
     threads: int = 2
     weights: str = "auto"  # tokenmill only: gguf (kept as blocks), dense (dequantized at load), auto
+    precision: str = "exact"  # tokenmill only: the block matmuls' precision, "exact" or "fast" (int8 activations)
 
     def label(self) -> str:
         return (f"p{self.prompt_length} n{self.new_tokens} b{self.batch_size} {self.dtype} "
-                f"{self.attn_implementation} {self.cache_implementation} t{self.threads} {self.weights}")
+                f"{self.attn_implementation} {self.cache_implementation} t{self.threads} {self.weights} {self.precision}")
 
 
 def prompt_ids(workload: Workload, vocab_size: int, device: torch.device) -> torch.Tensor:

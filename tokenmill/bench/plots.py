@@ -17,15 +17,21 @@ def _median(result: dict, name: str):
     return value.get("median") if isinstance(value, dict) else value
 
 
+def _mode(point: dict) -> str:
+    """tokenmill's weights kind, with the precision when it is not the default: one line per mode."""
+    precision = point.get("precision", "exact")
+    return point.get("weights", "auto") + ("" if precision == "exact" else f" {precision}")
+
+
 def _series(report: dict, field: str):
-    """{(engine, weights, batch, cache): [(sequence length, value)]} from the sweep points."""
+    """{(engine, weights mode, batch, cache): [(sequence length, value)]} from the sweep points."""
     series: dict[tuple, list] = {}
     for point in report["points"]:
         for name, result in point["results"].items():
             value = _median(result, field)
             if value is None:
                 continue
-            key = (name, point.get("weights", "auto"), point["batch_size"], point["cache_implementation"])
+            key = (name, _mode(point), point["batch_size"], point["cache_implementation"])
             series.setdefault(key, []).append((point["prompt_length"] + point["new_tokens"], value))
     return series
 
@@ -41,7 +47,7 @@ def plot_title(report: dict) -> str:
 
 
 def _plot_measures(axes, report: dict, fields: list[str], scale: float) -> None:
-    several_weights = len({point.get("weights") for point in report["points"]}) > 1
+    several_weights = len({_mode(point) for point in report["points"]}) > 1
     engine_styles: dict[str, str] = {}
     colour_count = 0
     for field in fields:

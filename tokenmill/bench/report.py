@@ -28,12 +28,13 @@ COLUMNS = [("workload", False), ("engine", False), ("TTFT ms", False), ("prefill
 HEADERS = [header for header, _ in COLUMNS]
 
 
-SETTING_FIELDS = ("dtype", "attn_implementation", "cache_implementation", "threads", "weights")
+SETTING_FIELDS = ("dtype", "attn_implementation", "cache_implementation", "threads", "weights", "precision")
+_UNSAID = {"weights": "auto", "precision": "exact"}  # a default setting left out of the workload's text
 
 
 def _setting_text(point: dict, name: str) -> str:
-    value = point.get(name, "auto")
-    return f"t{value}" if name == "threads" else ("" if name == "weights" and value == "auto" else str(value))
+    value = point.get(name, _UNSAID.get(name, "auto"))
+    return f"t{value}" if name == "threads" else ("" if _UNSAID.get(name) == value else str(value))
 
 
 def _varying_settings(points: list[dict]) -> tuple[str, ...]:

@@ -61,7 +61,7 @@ def run_bench(options: BenchOptions) -> dict:
     if _isolates_memory(options, backends):
         apply_isolated_memory(report["points"], [b.name for b in backends], options.source, options.gguf_file,
                               options.placement)
-    report["models"] = {" ".join((b.name, *(part for part in key if part != "auto"))): info
+    report["models"] = {" ".join((b.name, *(part for part in key if part not in ("auto", "exact")))): info
                         for b in backends for key, info in b.load_info.items()}
     if options.limit_search:
         report["limits"] = run_limit_search(options, backends)
@@ -79,14 +79,14 @@ def run_limit_search(options: BenchOptions, backends) -> dict:
     spec = options.spec
     workload = Workload(options.limit_start, min(spec.new_tokens), options.limit_batch, spec.dtypes[0],
                         spec.attn_implementations[0], spec.cache_implementations[0], spec.threads[0],
-                        spec.weights[0])
+                        spec.weights[0], spec.precisions[0])
     budget = options.memory_budget or default_budget()
     limits = {}
     for backend in backends:
         if backend.unsupported_reason(workload) is not None:
             continue
         torch.set_num_threads(workload.threads)
-        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights)
+        model = backend.model(workload.dtype, workload.attn_implementation, workload.weights, workload.precision)
         if options.progress:
             print(f"limit search: {backend.name} from {options.limit_start} tokens", file=sys.stderr)
         limits[backend.name] = search_limit(backend, model, workload, options.limit_start, options.limit_max,

@@ -28,12 +28,14 @@ class SweepSpec:
     repeats: int = 3
     warmup: int = 1
     weights: list[str] = field(default_factory=lambda: ["auto"])
+    precisions: list[str] = field(default_factory=lambda: ["exact"])
 
     def workloads(self) -> list[Workload]:
-        grid = itertools.product(self.weights, self.dtypes, self.attn_implementations, self.cache_implementations,
-                                 self.threads, self.batch_sizes, self.prompt_lengths, self.new_tokens)
-        return [Workload(prompt, new, batch, dtype, attn, cache, threads, weights)
-                for weights, dtype, attn, cache, threads, batch, prompt, new in grid]
+        grid = itertools.product(self.weights, self.precisions, self.dtypes, self.attn_implementations,
+                                 self.cache_implementations, self.threads, self.batch_sizes, self.prompt_lengths,
+                                 self.new_tokens)
+        return [Workload(prompt, new, batch, dtype, attn, cache, threads, weights, precision)
+                for weights, precision, dtype, attn, cache, threads, batch, prompt, new in grid]
 
 
 RATIO_FIELDS = {"decode_tokens_per_s": False, "prefill_tokens_per_s": False, "ttft_s": True,
@@ -56,7 +58,8 @@ def run_workload(workload: Workload, backends: list, repeats: int, warmup: int, 
     results = {name: {"unsupported": reason} for name, reason in reasons.items() if reason is not None}
     for _ in range((len(backends) - len(active)) * (repeats + warmup)):
         advance()  # skipped runs still count toward the progress bar's total
-    models = {b.name: b.model(workload.dtype, workload.attn_implementation, workload.weights) for b in active}
+    models = {b.name: b.model(workload.dtype, workload.attn_implementation, workload.weights, workload.precision)
+              for b in active}
     for backend in active:
         for _ in range(warmup):
             run_once(backend, models[backend.name], workload)

@@ -30,6 +30,17 @@ def _str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _precision_list(text: str) -> list[str]:
+    """--precision exact,fast: each a precision the execution policy knows, in order, once each."""
+    from ..execution.policy import PRECISIONS
+
+    values = list(dict.fromkeys(_str_list(text)))
+    unknown = [value for value in values if value not in PRECISIONS]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(PRECISIONS)}, got {text!r}")
+    return values
+
+
 def _size(text: str) -> int:
     from ..assembly.save import parse_size
 
@@ -105,6 +116,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="tokenmill's GGUF weights: gguf (blocks, float32 kernels), dense (dequantized at "
                              "load), auto (gguf on the CPU in float32), or a float model quantized at load "
                              "(q8_0, nf4, ...); transformers always dequantizes")
+    parser.add_argument("--precision", type=_precision_list, default=["exact"], metavar="LIST",
+                        help="tokenmill's block matmuls: exact (float32 arithmetic), fast (int8 activations where "
+                             "the block type has an integer kernel), or both to compare: exact,fast")
     parser.add_argument("--quantize", action="append", default=[], metavar="TYPE",
                         help="also run tokenmill with the float model quantized at load to TYPE (q8_0, q4_0, "
                              "q4_1, q5_0, q5_1, nf4, fp4, q2_k ... q6_k, q4_k_m), in the same sweep as --weights (repeatable)")
@@ -162,7 +176,7 @@ def _options(args: argparse.Namespace):
         raise SystemExit(f"tokenmill: error: --weights takes gguf, dense, auto or a quantization method "
                          f"({', '.join(methods)}), not {bad_weights}")
     spec = SweepSpec(args.prompt_lengths, args.new_tokens, args.batch_sizes, args.dtypes, args.attn, args.caches,
-                     args.threads or [2], args.repeats, args.warmup, weights)
+                     args.threads or [2], args.repeats, args.warmup, weights, args.precision)
     options = BenchOptions(Path(model_source(args)), args.gguf_file, spec, list(dict.fromkeys(args.vs)),
                         limit_search=args.limit_search, limit_start=args.limit_start, limit_max=args.limit_max,
                         limit_batch=args.limit_batch, memory_budget=args.memory_budget,

@@ -36,9 +36,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})".strip()
 
 
-def add_model_arg(parser: argparse.ArgumentParser) -> None:
+def add_model_arg(parser: argparse.ArgumentParser, help_text: str = MODEL_HELP) -> None:
     """The model, the same on every command: a positional MODEL or -m/--model MODEL."""
-    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=help_text)
     parser.add_argument("--model", "-m", dest="model_option", default=None, metavar="MODEL",
                         help="the same as the positional MODEL")
 
@@ -53,6 +53,13 @@ def resolve_model_arg(args: argparse.Namespace) -> None:
     args.model = option if option is not None else positional
 
 
+def require_model_arg(args: argparse.Namespace, usage: str) -> str:
+    """args.model where a command has no default model to fall back on (convert, export)."""
+    if args.model is None:
+        raise TokenmillError(f"name the model: {usage} (or -m/--model MODEL)")
+    return args.model
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_model_arg(parser)
     add_load_args(parser)
@@ -63,6 +70,15 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_quantize_arg(parser)
+    add_precision_arg(parser)
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    from ..execution.policy import PRECISIONS
+
+    parser.add_argument("--precision", default="exact", choices=PRECISIONS,
+                        help="block matmuls in float32 (exact: the dequantized weights' arithmetic) or with int8 "
+                             "activations where the block type has an integer kernel (fast; GGUF or --quantize)")
 
 
 def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +134,7 @@ def load_model_and_tokenizer(args: argparse.Namespace):
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
                                                  device=args.device, quantization_config=args.quantize,
-                                                 **tensor_parallel_kwargs(args))
+                                                 precision=args.precision, **tensor_parallel_kwargs(args))
     print(f"loaded {source} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
     return model, tokenizer
 

@@ -1,4 +1,4 @@
-"""`tokenmill export SOURCE OUT.gguf --type TYPE`: a model and its tokenizer → one GGUF file llama.cpp reads."""
+"""`tokenmill export MODEL OUT.gguf --type TYPE` (or `-m MODEL OUT.gguf`): a model and its tokenizer → one GGUF file llama.cpp reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import time
 import warnings
 from pathlib import Path
 
+from .common import add_model_arg, require_model_arg
+
+USAGE = "tokenmill export MODEL OUT.gguf"
+
 EXAMPLE = """example:
   tokenmill export smollm2-hf smollm2-q8_0.gguf --type q8_0"""
 
@@ -14,10 +18,10 @@ EXAMPLE = """example:
 def add_args(parser: argparse.ArgumentParser) -> None:
     from ..assembly.export_gguf import EXPORT_TYPES
 
-    parser.add_argument("source", help="a Hugging Face folder, a .gguf file or a Hub id")
-    parser.add_argument("output", help="the .gguf file to write")
+    add_model_arg(parser, "the model to write: a Hugging Face folder, a .gguf file or a Hub id")
+    parser.add_argument("output", metavar="OUT.gguf", help="the .gguf file to write")
     parser.add_argument("--type", default="f16", choices=EXPORT_TYPES,
-                        help="how the weight matrices are stored (default f16; norms stay f32)")
+                        help="how the weight matrices are stored (norms stay f32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -29,13 +33,14 @@ def main(args: argparse.Namespace) -> int:
 
     from ..assembly.export_gguf import EXPORT_TYPES, ExportError
 
+    source = require_model_arg(args, USAGE)
     if args.type not in EXPORT_TYPES:  # before minutes of loading (`convert ... out.gguf` passes any --type)
         raise ExportError(f"unknown GGUF export type {args.type!r}; choose one of {', '.join(EXPORT_TYPES)}")
     started = time.perf_counter()
     # dense float32 weights: each block type is made from the float values, never from other blocks
-    model = load_model(args.source, dtype="float32", keep_quantized=False, progress=not args.no_progress)
+    model = load_model(source, dtype="float32", keep_quantized=False, progress=not args.no_progress)
     try:
-        tokenizer = Tokenizer.from_pretrained(args.source)
+        tokenizer = Tokenizer.from_pretrained(source)
     except CheckpointError as error:
         warnings.warn(f"tokenmill: no tokenizer written ({error})", RuntimeWarning, stacklevel=1)
         tokenizer = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_arg, model_source
+from .common import add_model_arg, add_precision_arg, model_source
 
 EXAMPLE = """examples:
   tokenmill info model.gguf --json
@@ -28,6 +28,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     execution.add_argument("--kernels", default=None, choices=["native", "exact", "torch"],
                            help="kernel set (default: the policy's choice)")
     execution.add_argument("--attn", default="sdpa", help="attention: sdpa, eager or native")
+    add_precision_arg(execution)
 
 
 def _human(count: int) -> str:
@@ -71,7 +72,8 @@ def _execution_policy(args: argparse.Namespace):
 
     model = AutoModelForCausalLM.from_pretrained(model_source(args), gguf_file=args.gguf_file, dtype=args.dtype,
                                                  device=args.device, kernels=args.kernels,
-                                                 attn_implementation=args.attn, progress=False)
+                                                 attn_implementation=args.attn, precision=args.precision,
+                                                 progress=False)
     return model.execution_policy
 
 
@@ -81,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
     from ..assembly.describe import describe
 
     info = describe(model_source(args), args.gguf_file)
+    args.execution = args.execution or args.precision != "exact"  # asking for a precision asks how it would run
     if args.execution:
         info["execution_policy"] = _execution_policy(args).as_dict()
     if args.json:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
-from .common import add_model_arg, add_quantize_arg, tensor_parallel_kwargs, thread_count
+from .common import add_model_arg, add_precision_arg, add_quantize_arg, tensor_parallel_kwargs, thread_count
 from .parallel import add_parallel_args
 
 EXAMPLE = """example:
@@ -18,6 +19,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_quantize_arg(parser)
+    add_precision_arg(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
@@ -25,13 +27,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="sequences generated at once (a request counts prompts x n); beyond this: 429")
     parser.add_argument("--max-sequences-per-request", type=int, default=32,
                         help="prompts x n (best_of) of one request; beyond this: 422")
-    parser.add_argument("--engine-stall-seconds", type=float, default=120.0,
+    parser.add_argument("--engine-stall-seconds", type=_seconds, default=120.0,
                         help="an engine step longer than this makes /health 503 and refuses new requests")
     parser.add_argument("--max-input-tokens", type=int, default=None, help="longest prompt accepted (422 beyond)")
     parser.add_argument("--max-total-tokens", type=int, default=None, help="prompt + new tokens limit (422 beyond)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
-    parser.add_argument("--request-body-seconds", type=float, default=60.0,
+    parser.add_argument("--request-body-seconds", type=_seconds, default=60.0,
                         help="time a request body may take to arrive (408 beyond)")
+    parser.add_argument("--max-connections", type=_positive_int, default=1000, metavar="N",
+                        help="client connections open at once; one more is closed as it opens")
+    parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                        help="time a request's headers may take to arrive, from the connection's opening or the next "
+                             "request's first byte (the connection is closed beyond)")
+    parser.add_argument("--write-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                        help="time a response may wait at a stretch for a client that reads none of it (the "
+                             "connection is closed and its request aborted beyond)")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="new tokens when a request sets none")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route but /health, /metrics, "
                              "/info, /version, /docs and /openapi.json")
@@ -55,6 +65,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-ngram", type=_draft_length, default=0, metavar="K",
                         help="prompt-lookup speculative decoding by default: up to K draft tokens per step, verified "
                              "in the same step (0: off; a request's `speculative` field overrides it)")
+    parser.add_argument("--draft-model", default=None, metavar="SOURCE",
+                        help="a smaller model with MODEL's tokenizer (folder, .gguf, hub id) whose greedy drafts "
+                             "requests may ask for with speculative.method 'draft_model'")
+    parser.add_argument("--speculative-draft", type=_draft_length, default=0, metavar="K",
+                        help="draft-model speculative decoding by default (needs --draft-model): up to K drafts per "
+                             "step (0: off; a request's `speculative` field overrides it)")
     parser.add_argument("--speculative-step-tokens", type=int, default=8, metavar="N",
                         help="drafts run only while a step's rows x (1 + drafts) stay within N positions (default 8: "
                              "beyond it a CPU step is compute-bound and speculation slows a busy server)")
@@ -71,6 +87,27 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "behind this one server: least-loaded routing with prefix-cache affinity")
     parser.add_argument("--log-level", default="info")
     add_parallel_args(parser)
+
+
+def _seconds(text: str) -> float:
+    """A time limit flag: a finite number of seconds more than 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds more than 0, got {text!r}")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _draft_length(text: str) -> int:
@@ -112,16 +149,28 @@ def _thread_tuner(threads: str):
 
 def engine_config_of(args: argparse.Namespace):
     from ..engine.engine import EngineConfig
-    from ..engine.spec_params import SpeculativeConfig
 
     return EngineConfig(
         block_size=args.block_size, num_blocks=args.num_kv_blocks,
         kv_cache_memory=int(args.kv_cache_memory * (1 << 30)) if args.kv_cache_memory else None,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batch_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
-        speculative=SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None,
-        speculative_step_tokens=args.speculative_step_tokens,
+        speculative=default_speculation(args), speculative_step_tokens=args.speculative_step_tokens,
+        draft_model=args.draft_model,
     )
+
+
+def default_speculation(args: argparse.Namespace):
+    """--speculative-ngram K or --speculative-draft K (with --draft-model) as the requests' default."""
+    from ..engine.spec_params import SpeculativeConfig
+
+    if args.speculative_ngram and args.speculative_draft:
+        raise SystemExit("tokenmill serve: --speculative-ngram and --speculative-draft are alternatives; give one")
+    if args.speculative_draft and not args.draft_model:
+        raise SystemExit("tokenmill serve: --speculative-draft needs --draft-model SOURCE")
+    if args.speculative_draft:
+        return SpeculativeConfig(args.speculative_draft, method="draft_model")
+    return SpeculativeConfig(args.speculative_ngram) if args.speculative_ngram else None
 
 
 def server_settings(args: argparse.Namespace):
@@ -131,7 +180,9 @@ def server_settings(args: argparse.Namespace):
         model_name=args.served_model_name or (args.model or "SmolLM2-135M-Instruct"),
         max_concurrent_requests=args.max_concurrent_requests, max_input_tokens=args.max_input_tokens,
         max_total_tokens=args.max_total_tokens, max_request_bytes=args.max_request_bytes,
-        request_body_seconds=args.request_body_seconds,
+        request_body_seconds=args.request_body_seconds, header_timeout_seconds=args.header_timeout,
+        max_connections=args.max_connections,
+        write_timeout_seconds=args.write_timeout,
         default_max_tokens=args.default_max_tokens, api_key=args.api_key, cors_origins=args.cors_allow_origin,
         max_sequences_per_request=args.max_sequences_per_request, engine_stall_seconds=args.engine_stall_seconds,
         tool_call_parser=None if args.tool_call_parser == "auto" else args.tool_call_parser,
@@ -160,7 +211,8 @@ def main(args: argparse.Namespace) -> int:
     source = args.model if args.model is not None else default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=args.gguf_file, dtype=args.dtype,
-                                                 device=args.device, quantization_config=args.quantize, **parallel)
+                                                 device=args.device, quantization_config=args.quantize,
+                                                 precision=args.precision, **parallel)
     if parallel and parallel["tensor_parallel"].rank != 0:
         from ..engine.parallel_runner import follow_steps
 

@@ -47,7 +47,7 @@ def serve_replicas(args: argparse.Namespace, settings, engine_config, adapters: 
     source = str(args.model if args.model is not None else default_model_path())
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=args.gguf_file)
     load_kwargs = {"gguf_file": args.gguf_file, "dtype": args.dtype, "device": args.device,
-                   "quantization_config": args.quantize}
+                   "quantization_config": args.quantize, "precision": args.precision}
     spec = ReplicaSpec(source, load_kwargs, engine_config, threads, adapters, args.engine_stall_seconds)
     try:
         app = build_replica_app(spec, args.data_parallel_size, tokenizer, settings)

@@ -18,6 +18,7 @@ from ..kernels.system import available_memory
 from .adapters import check_adapter, load_adapter, prefix_root, unload_adapter
 from .block_manager import BlockManager
 from .detokenize import SequenceText
+from .draft_model import DraftModelProposer, check_draft_model
 from .limits import RequestLimits, check_per_step_costs, check_request
 from .parallel_runner import make_runner
 from .outputs import CompletionOutput, RequestOutput
@@ -43,6 +44,22 @@ class EngineConfig:
     speculative: SpeculativeConfig | None = None  # the default for requests that set no `speculative` of their own
     # drafts run only while a step's positions stay within this (speculation.Speculator): a busy batch skips them
     speculative_step_tokens: int = 8  # measured: a 16-position step already cost 2.6x an 8-row one (docs/decoding.md)
+    # a model with the target's tokenizer (a loaded CausalLM, or a source loaded like the target) drafting for
+    # speculative method "draft_model"
+    draft_model: object | None = None
+    enforce_eager: bool = False  # vLLM's switch: no CUDA graphs for decode steps (the policy captures them on CUDA)
+
+
+def draft_proposer(draft_model, target) -> DraftModelProposer | None:
+    if draft_model is None:
+        return None
+    if isinstance(draft_model, str) or hasattr(draft_model, "__fspath__"):
+        from ..auto import AutoModelForCausalLM
+
+        draft_model = AutoModelForCausalLM.from_pretrained(draft_model, progress=False, dtype=target.dtype,
+                                                           device=target.device)
+    check_draft_model(draft_model, target)
+    return DraftModelProposer(draft_model)
 
 
 def _available_memory() -> int:
@@ -89,12 +106,14 @@ class LLMEngine:
         num_blocks = pool_blocks(model, self.config)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        self.runner = make_runner(model, num_blocks, self.config.block_size)  # tensor-parallel rank 0 or plain
+        # tensor-parallel rank 0 or plain
+        self.runner = make_runner(model, num_blocks, self.config.block_size, self.config.enforce_eager)
         self.capacity_tokens = num_blocks * self.config.block_size
         self.limits = RequestLimits.of_engine(self.max_model_len, self.capacity_tokens)
         self._requests: dict[str, _Request] = {}
         self._pending_final: list[RequestOutput] = []
-        self.speculator = Speculator(self.config.speculative, self.config.speculative_step_tokens)
+        self.speculator = Speculator(self.config.speculative, self.config.speculative_step_tokens,
+                                     draft_proposer(self.config.draft_model, model))
         self.tokens_in = 0
         self.tokens_out = 0
         self.last_step_tokens = 0  # tokens computed by the latest step (prompt chunks + decodes)
@@ -123,6 +142,7 @@ class LLMEngine:
         max_tokens = check_request(len(prompt_token_ids), params.max_tokens, limits or self.limits)
         check_per_step_costs(params.stop, params.stop_token_ids, params.logit_bias)
         check_adapter(self.runner.model, params.adapter)
+        self.speculator.check(params.speculative)
         if params.structured_output is not None and (self.tokenizer is None or not self.eos_token_ids):
             raise ValueError("structured output needs the engine to have a tokenizer and the model's eos token id")
         return max_tokens

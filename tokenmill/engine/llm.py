@@ -10,6 +10,26 @@ from .adapters import LoRARequest, adapter_of_request
 from .engine import EngineConfig, LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .spec_params import speculative_config
+
+
+def speculative_settings(engine_kwargs: dict) -> dict:
+    """vLLM's `speculative_config={"model": source, "num_speculative_tokens": k, ...}` as the engine's
+    settings: `draft_model` (a source or a loaded model) and the default `speculative` (method "draft_model"
+    when a model is named, else the dict's own)."""
+    settings = dict(engine_kwargs)
+    given = settings.pop("speculative_config", None)
+    if given is not None:
+        if not isinstance(given, dict):
+            raise ValueError(f"speculative_config must be a dict, got {type(given).__name__}")
+        given = dict(given)
+        if "model" in given:
+            settings["draft_model"] = given.pop("model")
+            given.setdefault("method", "draft_model")
+        settings["speculative"] = given
+    if "speculative" in settings:  # a SpeculativeConfig, or its dict / int spelling as a request's
+        settings["speculative"] = speculative_config(settings["speculative"])
+    return settings
 
 
 class LLM:
@@ -42,6 +62,7 @@ class LLM:
         self.tokenizer = tokenizer
         if tensor_parallel_size != 1 and model.execution_policy.parallel != "tensor":
             raise ValueError("tensor_parallel_size needs a model source (folder, .gguf, hub id), not a loaded model")
+        engine_kwargs = speculative_settings(engine_kwargs)
         self.engine = LLMEngine(model, tokenizer, EngineConfig(**engine_kwargs))
         self._ids = itertools.count()
 

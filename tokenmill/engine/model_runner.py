@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cache.paged import PagedBatchCache, PagedKVPool, build_layout
+from .decode_graphs import DecodeGraphs
 from .scheduler import ScheduledChunk
 
 # relative cost of one gathered context slot (keys + values read, copied, attended, in every layer), and of the
@@ -86,11 +87,18 @@ class StepInputs:
 class ModelRunner:
     failure: str | None = None  # why steps can no longer run (a tensor-parallel rank died), for health checks
 
-    def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None):
+    def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
+                 graphs: bool | None = None, capture=None):
+        """graphs: replay decode steps from captured graphs (decode_graphs.py); None: where the model's execution
+        policy captures them (CUDA). capture: how (default CUDA graphs; the tests pass the CPU stand-in)."""
         self.model = model.eval()
         self.device = model.device
         self.block_size = block_size
-        self.pool = PagedKVPool(num_blocks, block_size, kv_dtype or model.dtype, self.device)
+        if graphs is None:
+            graphs = capture is not None or model.execution_policy.captures_decode_steps
+        # with graphs, one block more than the engine counts: padding rows of a captured step write there
+        self.pool = PagedKVPool(num_blocks + int(graphs), block_size, kv_dtype or model.dtype, self.device)
+        self.graphs = DecodeGraphs(model, self.pool, num_blocks, capture) if graphs else None
 
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk], all_logits_rows: set[int] = frozenset()
@@ -120,6 +128,11 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, step: StepInputs) -> torch.Tensor:
         """The model's logits [rows, kept positions, vocab] for one step, its keys/values written to the pool."""
+        self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
+        if self.graphs is not None and self.graphs.serves(step):
+            logits = self.graphs.run(step)
+            if logits is not None:
+                return logits
         rows = step.rows
         layout, attention_mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.block_size,
                                                          self.device)
@@ -127,7 +140,6 @@ class ModelRunner:
         input_ids = torch.zeros(len(rows.counts) * query, dtype=torch.long)
         input_ids[layout.new_rows.cpu()] = torch.tensor(step.tokens, dtype=torch.long)
         cache = PagedBatchCache(self.pool, layout)
-        self.model.execution_policy.apply_threads()  # the policy is the one place the thread count is decided
         out = self.model(input_ids=input_ids.view(-1, query).to(self.device), attention_mask=attention_mask,
                          position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=step.keep,
                          adapter_names=step.adapters)

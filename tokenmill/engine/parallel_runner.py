@@ -54,11 +54,12 @@ class TensorParallelRunner(ModelRunner):
             raise failure from error
 
 
-def make_runner(model, num_blocks: int, block_size: int) -> ModelRunner:
-    """The runner for this model's execution policy: rank 0 of a tensor-parallel group, or a plain one."""
+def make_runner(model, num_blocks: int, block_size: int, eager: bool = False) -> ModelRunner:
+    """The runner for this model's execution policy: rank 0 of a tensor-parallel group, or a plain one (eager:
+    never replaying decode steps from captured graphs)."""
     if model.execution_policy.parallel == "tensor":
         return TensorParallelRunner(model, num_blocks, block_size)
-    return ModelRunner(model, num_blocks, block_size)
+    return ModelRunner(model, num_blocks, block_size, graphs=False if eager else None)
 
 
 def follow_steps(model) -> None:

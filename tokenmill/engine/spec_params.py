@@ -8,12 +8,14 @@ from dataclasses import dataclass
 MAX_SPECULATIVE_TOKENS = 16
 MAX_LOOKUP_NGRAM = 32
 FIELDS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min")
+METHODS = ("ngram", "draft_model")  # prompt lookup; or the engine's draft model (engine/draft_model.py)
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """Prompt-lookup (n-gram) drafting: up to `num_speculative_tokens` tokens copied from after the latest
-    earlier match of the sequence's last n tokens (n from prompt_lookup_max down to prompt_lookup_min).
+    """Up to `num_speculative_tokens` drafts per step. method "ngram" (prompt lookup): tokens copied from after
+    the latest earlier match of the sequence's last n tokens (n from prompt_lookup_max down to prompt_lookup_min);
+    "draft_model": the engine's draft model's greedy continuation (the prompt_lookup fields are not read).
     num_speculative_tokens 0 turns speculation off for the request (overriding a server default)."""
 
     num_speculative_tokens: int
@@ -26,7 +28,8 @@ class SpeculativeConfig:
             return isinstance(value, int) and not isinstance(value, bool)
 
         checks = [
-            (self.method == "ngram", f"speculative.method must be 'ngram' (prompt lookup), got {self.method!r}"),
+            (self.method in METHODS, f"speculative.method must be 'ngram' (prompt lookup) or 'draft_model' (the "
+                                     f"server's draft model), got {self.method!r}"),
             (integer(self.num_speculative_tokens) and 0 <= self.num_speculative_tokens <= MAX_SPECULATIVE_TOKENS,
              f"speculative.num_speculative_tokens must be an integer in [0, {MAX_SPECULATIVE_TOKENS}], "
              f"got {self.num_speculative_tokens!r}"),

@@ -1,7 +1,8 @@
-"""Speculative decoding inside the engine: prompt-lookup (n-gram) drafts, verified in the same step.
+"""Speculative decoding inside the engine: prompt-lookup (n-gram) or draft-model drafts, verified in the same step.
 
 Before a step, each decoding sequence that opted in (or the engine's default) gets drafts: the tokens that
-followed an earlier occurrence of its last n tokens (`generation/drafters.py`, the drafter generate() uses).
+followed an earlier occurrence of its last n tokens (`generation/drafters.py`, the drafter generate() uses), or
+a draft model's greedy continuation (`draft_model.py`).
 The scheduler runs them as extra query positions of that sequence's chunk, like a short prefill chunk, so one
 forward yields logits after the last token and after every draft. Verification then picks tokens exactly as
 the non-speculative engine would, one position at a time (same sampler, same seeded generator, same stop
@@ -19,6 +20,7 @@ import torch
 
 from ..generation.drafters import PromptLookupDrafter
 from .block_manager import BlockManager
+from .draft_model import DraftModelError, DraftModelProposer
 from .sampler import NO_TOKEN, needs_slow_path
 from .scheduler import ScheduledChunk, Scheduler
 from .sequence import Sequence
@@ -31,11 +33,14 @@ def draft_limit(seq: Sequence, config: SpeculativeConfig, max_model_len: int) ->
     return min(config.num_speculative_tokens, left - 1)
 
 
-def propose_drafts(seq: Sequence, config: SpeculativeConfig, max_model_len: int, budget: int) -> list[int]:
+def propose_drafts(seq: Sequence, config: SpeculativeConfig, max_model_len: int, budget: int,
+                   draft_model: DraftModelProposer | None = None) -> list[int]:
     """At most `budget` drafts (what is left of the step's speculative token budget)."""
     limit = min(draft_limit(seq, config, max_model_len), budget)
     if limit <= 0:
         return []
+    if config.method == "draft_model":
+        return draft_model.propose(seq, limit)
     drafter = PromptLookupDrafter(config.num_speculative_tokens, config.prompt_lookup_max, config.prompt_lookup_min)
     drafts, _ = drafter.propose(torch.tensor([seq.all_token_ids], dtype=torch.long), limit)
     return drafts[0].tolist()
@@ -51,8 +56,12 @@ def release_blocks_past(seq: Sequence, blocks: BlockManager) -> None:
 class Speculator:
     """Drafts before a step, verifies after it, and counts drafted and accepted tokens."""
 
-    def __init__(self, default: SpeculativeConfig | None = None, step_tokens: int = 8):
+    def __init__(self, default: SpeculativeConfig | None = None, step_tokens: int = 8,
+                 draft_model: DraftModelProposer | None = None):
+        self.draft_model = draft_model
         self.default = default if default is not None and default.enabled else None
+        if self.default is not None:
+            self.check(self.default)
         # a step runs every row as wide as its widest (one row per decoding sequence, 1 + its drafts): drafts go
         # only while rows x width stays within this many positions: below it a CPU step is bound by reading the
         # weights (more positions come nearly free), above it by arithmetic (each padded position costs its share)
@@ -60,6 +69,12 @@ class Speculator:
         self.draft_tokens = 0  # drafts run through the model
         self.accepted_tokens = 0  # of which the target model agreed with
         self.verify_steps = 0  # sequence-steps that verified at least one draft
+
+    def check(self, config: SpeculativeConfig | None) -> None:
+        """Refuse a request (or default) for draft-model drafts where the engine has no draft model."""
+        if config is not None and config.enabled and config.method == "draft_model" and self.draft_model is None:
+            raise DraftModelError("speculative.method 'draft_model' needs a draft model: this engine has none "
+                                  "(serve --draft-model PATH, or LLM(..., draft_model=...))")
 
     def config_of(self, seq: Sequence) -> SpeculativeConfig | None:
         config = seq.params.speculative if seq.params.speculative is not None else self.default
@@ -70,13 +85,15 @@ class Speculator:
         step_tokens // (decoding sequences) - 1, and none while a prompt is still being read (its rows already
         make the step compute-bound)."""
         live = [seq for seq in running if not seq.is_finished]
+        if self.draft_model is not None:
+            self.draft_model.keep_only(live)
         if not live or any(seq.num_uncomputed_tokens > 1 for seq in live):
             return
         budget = self.step_tokens // len(live) - 1
         for seq in live:
             config = self.config_of(seq)
             if config is not None and budget > 0:
-                seq.draft_token_ids = propose_drafts(seq, config, max_model_len, budget)
+                seq.draft_token_ids = propose_drafts(seq, config, max_model_len, budget, self.draft_model)
 
     def verify(self, chunk: ScheduledChunk, logits: torch.Tensor, choose: Callable, append: Callable,
                scheduler: Scheduler, constrained: bool) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
 import sys
 import time
@@ -173,7 +174,10 @@ def _rank_main(rank: int, size: int, host: str, port: int, timeout_s: float, thr
 
 
 def _spawned_rank(rank: int, *rest) -> None:
-    """A spawned rank: bad input (which rank 0 reports as well) is one line on stderr and exit code 1."""
+    """A spawned rank: bad input (which rank 0 reports as well) is one line on stderr and exit code 1. Ctrl-C at
+    the terminal reaches every process of the group: a spawned rank ignores it, and rank 0 alone decides (it
+    stops the turn for all, or exits and takes its daemon ranks with it), even while this rank still loads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _rank_main(rank, *rest)
     except ValueError as error:

@@ -1,9 +1,10 @@
 """The execution policy: how a loaded model runs, decided once by the loader from the request and the machine.
 
-One frozen object names the device, the dtype, the weight format, the kernel set, the attention backend and
-the thread count (later the parallel layout). The model holds it (`model.execution_policy`) and hands its kernel
-set to every forward; nothing else in the package switches a layer's arithmetic. A combination that cannot run
-is refused here, with the reason, rather than quietly changed.
+One frozen object names the device, the dtype, the weight format, the kernel set, the attention backend, the
+thread count, the parallel layout and the precision of the block matmuls. The model holds it
+(`model.execution_policy`), hands its kernel set to every forward and sets its quantized layers' precision from
+it; nothing else in the package switches a layer's arithmetic. A combination that cannot run is refused here,
+with the reason, rather than quietly changed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ WEIGHT_FORMATS = ("dense", "gguf-blocks")
 KERNEL_SETS = ("native", "exact", "torch", "triton")
 ATTENTION_BACKENDS = ("sdpa", "eager", "native")
 PARALLEL_LAYOUTS = ("single", "tensor")  # one process; or the weights split over `collectives.size` ranks
+# "exact": float32 arithmetic on the dequantized block values (what transformers computes on the same weights);
+# "fast": activations quantized to int8 per 32-block and integer dot products, on the block types that have such
+# a kernel (kernels/gguf_types.py INT8_KERNEL_TYPES); every other layer stays exact. See docs/performance.md.
+PRECISIONS = ("exact", "fast")
 
 _KERNEL_MEANING = {"native": "C kernels (RMSNorm, SwiGLU, rotary, attention)",
                    "exact": "C kernels only where bit-identical to ATen (rotary)", "torch": "ATen only",
@@ -44,6 +49,8 @@ class ExecutionPolicy:
     # thread tuner sets `with_threads(n)`, the engine's runner applies it); the C kernels use as many as torch
     threads: int = 1
     parallel: str = "single"
+    # "fast": int8 activations in the block matmuls that have an integer kernel (PRECISIONS); GGUF blocks only
+    precision: str = "exact"
     # device_map's placement (modules on devices and disk); None: the whole model on `device`
     placement: DevicePlacement | None = None
     # the ranks' group under parallel="tensor" (row-parallel all-reduces, vocabulary gathers); one process: SINGLE
@@ -52,7 +59,8 @@ class ExecutionPolicy:
     def __post_init__(self):
         object.__setattr__(self, "device", torch.device(self.device))
         for name, allowed in (("weight_format", WEIGHT_FORMATS), ("kernels", KERNEL_SETS),
-                              ("attention", ATTENTION_BACKENDS), ("parallel", PARALLEL_LAYOUTS)):
+                              ("attention", ATTENTION_BACKENDS), ("parallel", PARALLEL_LAYOUTS),
+                              ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ExecutionPolicyError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.kernels == "triton" and self.device.type != "cuda":
@@ -63,6 +71,9 @@ class ExecutionPolicy:
         if self.weight_format == "gguf-blocks" and self.kernels != "native":
             raise ExecutionPolicyError(f"GGUF block weights are multiplied by the native kernels; "
                                        f"kernels={self.kernels!r} needs dense weights")
+        if self.precision == "fast" and self.weight_format != "gguf-blocks":
+            raise ExecutionPolicyError(_FAST_NEEDS_BLOCKS + f"; this policy has {self.weight_format} weights on "
+                                       f"{self.device} {_dtype_name(self.dtype)}")
         if self.attention == "native" and self.kernels not in ("native", "triton"):
             raise ExecutionPolicyError(f"the native attention kernel belongs to kernels='native' (C) or 'triton' "
                                        f"(CUDA), not {self.kernels!r}")
@@ -90,6 +101,10 @@ class ExecutionPolicy:
         return dataclasses.replace(self, collectives=collectives,
                                    parallel="tensor" if collectives.size > 1 else "single")
 
+    def with_precision(self, precision: str) -> ExecutionPolicy:
+        """The same policy computing the block matmuls at `precision` ("exact" or "fast")."""
+        return dataclasses.replace(self, precision=precision)
+
     def with_threads(self, threads: int) -> ExecutionPolicy:
         """The same policy on `threads` intra-op threads."""
         return dataclasses.replace(self, threads=threads)
@@ -101,6 +116,12 @@ class ExecutionPolicy:
             torch.set_num_threads(self.threads)
 
     @property
+    def captures_decode_steps(self) -> bool:
+        """Whether the engine replays decode steps from CUDA graphs (engine/decode_graphs.py): on one CUDA device,
+        where launches, not arithmetic, bound a small decode step."""
+        return self.device.type == "cuda" and self.parallel == "single" and self.placement is None
+
+    @property
     def attn_implementation(self) -> str:
         """What attention modules fall back to where no kernel serves: SDPA behind the native kernel."""
         return "sdpa" if self.attention == "native" else self.attention
@@ -108,13 +129,15 @@ class ExecutionPolicy:
     def as_dict(self) -> dict:
         return {"device": str(self.device), "dtype": _dtype_name(self.dtype), "weight_format": self.weight_format,
                 "kernels": self.kernels, "attention": self.attention, "threads": self.threads,
-                "parallel": self.parallel, "tp_rank": self.collectives.rank, "tp_size": self.collectives.size,
+                "precision": self.precision, "parallel": self.parallel, "tp_rank": self.collectives.rank,
+                "tp_size": self.collectives.size,
                 **({} if self.placement is None else {"placement": self.placement.describe()})}
 
     def describe(self) -> str:
         placed = "" if self.placement is None else f", placed: {self.placement.describe()}"
         return (f"{self.device} {_dtype_name(self.dtype)}, {self.weight_format} weights, {self.kernels} kernels "
-                f"({_KERNEL_MEANING[self.kernels]}), {self.attention} attention, {self.threads} thread(s), "
+                f"({_KERNEL_MEANING[self.kernels]}), {self.attention} attention, {self.precision} precision, "
+                f"{self.threads} thread(s), "
                 + ("single device" if self.parallel == "single"
                    else f"tensor parallel rank {self.collectives.rank} of {self.collectives.size}") + placed)
 
@@ -122,6 +145,11 @@ class ExecutionPolicy:
         """'field: old → new' for each field that differs, for messages."""
         mine, theirs = self.as_dict(), other.as_dict()
         return [f"{name}: {theirs[name]} → {mine[name]}" for name in mine if mine[name] != theirs[name]]
+
+
+_FAST_NEEDS_BLOCKS = ("precision='fast' quantizes the activations of GGUF block matmuls to int8, so it needs "
+                      "block weights kept quantized on the CPU in float32 (a GGUF file, or quantization_config / "
+                      "--quantize)")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -148,7 +176,8 @@ def check_device_present(device: torch.device) -> torch.device:
 
 def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, gguf: bool = False,
                   keep_quantized: bool | None = None, kernels: str | None = None,
-                  attn_implementation: str | None = None, threads: int | None = None) -> ExecutionPolicy:
+                  attn_implementation: str | None = None, threads: int | None = None,
+                  precision: str = "exact") -> ExecutionPolicy:
     """The policy for a request (from_pretrained's arguments) on this machine; compiles the C kernels when it
     picks them, so the first forward does not.
 
@@ -156,8 +185,11 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
     kernels: None picks native with GGUF blocks, exact for other float32 CPU models, torch elsewhere.
     attn_implementation: "sdpa" (or None) is the native kernel under native kernels, SDPA otherwise; "eager";
     "native" asks for the kernel explicitly.
+    precision: "exact" (float32 arithmetic) or "fast" (int8 activations where a kernel exists; block weights only).
     """
     device = check_device_present(torch.device(device))
+    if precision not in PRECISIONS:
+        raise ExecutionPolicyError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if kernels is not None and kernels not in KERNEL_SETS:
         raise ExecutionPolicyError(f"kernels must be one of {KERNEL_SETS} or None, got {kernels!r}")
     if attn_implementation == "flash_attention_2":  # transformers' name: SDPA's flash backend serves it
@@ -192,9 +224,14 @@ def choose_policy(*, device: torch.device | str = "cpu", dtype: torch.dtype = to
         kernels = "native" if gguf and keep_quantized is not False else "exact"
     blocks = gguf and keep_quantized is not False and kernels == "native"
     native_attention = kernels in ("native", "triton") and attn_implementation in (None, "sdpa", "native")
+    if precision == "fast" and not blocks:
+        why = ("the checkpoint has float weights" if not gguf else
+               f"this load makes them dense (keep_quantized={keep_quantized}, {device} {_dtype_name(dtype)}, "
+               f"{kernels} kernels)")
+        raise ExecutionPolicyError(f"{_FAST_NEEDS_BLOCKS}; {why}")
     return ExecutionPolicy(device=device, dtype=dtype, weight_format="gguf-blocks" if blocks else "dense",
                            kernels=kernels, attention="native" if native_attention else attn_implementation or "sdpa",
-                           threads=threads or torch.get_num_threads())
+                           threads=threads or torch.get_num_threads(), precision=precision)
 
 
 def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: torch.dtype | None) -> ExecutionPolicy:
@@ -209,9 +246,10 @@ def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: to
         return dataclasses.replace(policy, device=device, dtype=dtype)
     if device.type == "cuda" and _triton_present():
         return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="triton",
+                                   precision="exact",
                                    attention="native" if policy.attention in ("native", "sdpa") else policy.attention)
     return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="torch",
-                               attention=policy.attn_implementation)
+                               attention=policy.attn_implementation, precision="exact")
 
 
 def _triton_present() -> bool:
@@ -222,8 +260,9 @@ def _triton_present() -> bool:
 
 def dequantized_policy(policy: ExecutionPolicy) -> ExecutionPolicy:
     """The policy once GGUF blocks become dense float weights: only the C kernels that match ATen bit for bit
-    stay, so the model computes transformers' arithmetic again."""
+    stay, so the model computes transformers' arithmetic again (precision "exact": no int8 kernel takes them)."""
     if policy.weight_format == "dense":
         return policy
     kernels = policy.kernels if policy.kernels in ("torch", "triton") else "exact"
-    return dataclasses.replace(policy, weight_format="dense", kernels=kernels, attention=policy.attn_implementation)
+    return dataclasses.replace(policy, weight_format="dense", kernels=kernels, attention=policy.attn_implementation,
+                               precision="exact")

@@ -225,33 +225,42 @@ def int8_supports(ggml_type: int) -> bool:
     return lib is not None and bool(lib.tm_int8_supports(ggml_type))
 
 
-def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [..., k] float32 (k a multiple of 32) -> (int8 q [..., k], float32 scales and int32 sums of q, each
-    [..., k / 32]): per 32-block d = amax / 127, q = nearbyint(x * (1 / d)) in float32 (0 for an all-zero block)."""
+def quantize_int8(x: torch.Tensor, digits: int = 2) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                                torch.Tensor]:
+    """x [..., k] float32 (k a multiple of 32) -> (int8 q [..., k], the second digits q_low [..., k] or None for
+    digits=1, float32 scales and int32 sums of the block integers, each [..., k / 32]). Per 32-block
+    d = amax / 127, q = nearbyint(x * (1 / d)) in float32 (0 for an all-zero block); digits=2 adds
+    q_low = nearbyint((x * (1 / d) - q) * 128), the block integers become 128 q + q_low and the scale d / 128."""
     x = x.contiguous()
     k = x.shape[-1]
     if x.dtype != torch.float32 or k % 32:
         raise ValueError(f"int8 activations need float32 with a last dimension divisible by 32, got {x.dtype} {k}")
+    if digits not in (1, 2):
+        raise ValueError(f"int8 activations have 1 or 2 digits, got {digits}")
     q = torch.empty(x.shape, dtype=torch.int8)
+    q_low = torch.empty(x.shape, dtype=torch.int8) if digits == 2 else None
     scales = torch.empty(x.shape[:-1] + (k // 32,), dtype=torch.float32)
     sums = torch.empty(scales.shape, dtype=torch.int32)
-    library().tm_quantize_int8(x.data_ptr(), x.numel() // k, k, q.data_ptr(), scales.data_ptr(), sums.data_ptr())
-    return q, scales, sums
+    library().tm_quantize_int8(x.data_ptr(), x.numel() // k, k, q.data_ptr(), None if q_low is None else
+                               q_low.data_ptr(), scales.data_ptr(), sums.data_ptr())
+    return q, q_low, scales, sums
 
 
-def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
-    """precision="fast": like `matmul`, with x quantized to int8 per 32-block and integer block dot products."""
+def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int,
+                digits: int = 2) -> torch.Tensor:
+    """precision="fast": like `matmul`, with x quantized per 32-block to `digits` int8 digits (quantize_int8) and
+    integer block dot products."""
     _check_blocks(blocks, x)
     if x.shape[-1] != in_features:
         raise ValueError(f"the input's last dimension is {x.shape[-1]}, the weight takes {in_features}")
     if not int8_supports(ggml_type):
         raise ValueError(f"precision='fast' has no integer kernel for ggml type {ggml_type}")
-    q, scales, sums = quantize_int8(x)
+    q, q_low, scales, sums = quantize_int8(x, digits)
     rows = blocks.shape[0]
     out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
     status = library().tm_matmul_int8(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, q.data_ptr(),
-                                      scales.data_ptr(), sums.data_ptr(), x.numel() // in_features, out.data_ptr(),
-                                      _threads())
+                                      None if q_low is None else q_low.data_ptr(), scales.data_ptr(),
+                                      sums.data_ptr(), x.numel() // in_features, out.data_ptr(), _threads())
     if status:
         raise RuntimeError(f"int8 matmul failed (status {status}) for ggml type {ggml_type}")
     return out

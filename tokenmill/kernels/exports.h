@@ -25,12 +25,14 @@ int tm_dequant_rows(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t 
 int tm_rows_avx512(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t start, int64_t end,
                    int64_t n_rows, int64_t k, const float *x, const float *xp, int64_t m, float *y, float *scratch);
 
-/* precision="fast" (gguf_int8.c): x [rows, k] -> int8 q, per-32-block scales and int sums of q; then W x
- * from those in integer dot products. tm_int8_supports: 1 for the weight types tm_matmul_int8 takes. */
+/* precision="fast" (gguf_int8.c): x [rows, k] -> int8 q (and second digits q_low, or NULL for one digit),
+ * per-32-block scales and int sums of the block integers; then W x from those in integer dot products.
+ * tm_int8_supports: 1 for the weight types tm_matmul_int8 takes. */
 int tm_int8_supports(int ggml_type);
-int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, float *scales, int32_t *sums);
+int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, int8_t *q_low, float *scales,
+                     int32_t *sums);
 int tm_matmul_int8(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, const int8_t *xq,
-                   const float *scales, const int32_t *sums, int64_t m, float *y, int threads);
+                   const int8_t *xq_low, const float *scales, const int32_t *sums, int64_t m, float *y, int threads);
 
 int tm_rms_norm(const float *x, int64_t rows, int64_t dim, const float *w, float eps, int unit_offset, float *out,
                 int threads);

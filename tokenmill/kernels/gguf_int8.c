@@ -5,8 +5,13 @@
  * them is an exact int32 sum, scaled once by d_w * d_x in float. Integer sums run on AVX-512 VNNI
  * (dpbusd) where the build targets it, AVX2 (maddubs + madd) otherwise, and portable C on other CPUs.
  * Served weight types: Q4_0, Q4_1, Q8_0 (tm_int8_supports).
+ *
+ * digits = 2 adds a second int8 digit per value: low = round((x / d - q) * 128) in -64..64, so the block holds
+ * the integers 128 q + low at scale d / 128 (16-bit resolution, 1/128 of one digit's rounding error). The dot
+ * products stay int8 x uint8 (two per block, the first shifted by 7 bits); every sum is still exact in int32.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "exports.h"
@@ -28,7 +33,10 @@ static inline float half_to_float(const uint8_t *p) {
 
 int tm_int8_supports(int ggml_type) { return ggml_type == 2 || ggml_type == 3 || ggml_type == 8; }
 
-int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, float *scales, int32_t *sums) {
+/* q_low: the second digits (digits = 2), or NULL for one digit; scales and sums are those of the block's
+ * integers (q, or 128 q + q_low) */
+int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, int8_t *q_low, float *scales,
+                     int32_t *sums) {
     if (k % 32) return -1;
     for (int64_t b = 0; b < rows * k / 32; b++) {
         const float *xb = x + b * 32;
@@ -37,10 +45,16 @@ int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, float *
         const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
         int32_t total = 0;
         for (int j = 0; j < 32; j++) {
-            q[b * 32 + j] = (int8_t)nearbyintf(xb[j] * inverse);
-            total += q[b * 32 + j];
+            const float scaled = xb[j] * inverse, high = nearbyintf(scaled);
+            q[b * 32 + j] = (int8_t)high;
+            if (q_low) {  /* scaled - high is exact (same binade), and so is its product with 128 */
+                q_low[b * 32 + j] = (int8_t)nearbyintf((scaled - high) * 128.0f);
+                total += 128 * (int32_t)high + q_low[b * 32 + j];
+            } else {
+                total += (int32_t)high;
+            }
         }
-        scales[b] = d;
+        scales[b] = q_low ? d * 0.0078125f : d;
         sums[b] = total;
     }
     return 0;
@@ -67,6 +81,15 @@ static inline int32_t int8_dot(const int8_t *wq, const int8_t *xq) {
     for (int j = 0; j < 32; j++) total += wq[j] * xq[j];
     return total;
 }
+
+/* the block's dot with its activation integers: q, or 128 q + q_low with a second digit */
+static inline int32_t nibble_dots(const uint8_t *qs, const int8_t *xq, const int8_t *xq_low) {
+    return xq_low ? 128 * nibble_dot(qs, xq) + nibble_dot(qs, xq_low) : nibble_dot(qs, xq);
+}
+
+static inline int32_t int8_dots(const int8_t *wq, const int8_t *xq, const int8_t *xq_low) {
+    return xq_low ? 128 * int8_dot(wq, xq) + int8_dot(wq, xq_low) : int8_dot(wq, xq);
+}
 #endif
 
 #if defined(TM_AVX512) || defined(TM_AVX2)
@@ -81,30 +104,44 @@ static inline __m256i lanes_u8_s8(__m256i a, __m256i b) {
 
 static inline float half_fast(const uint8_t *p) { return _cvtsh_ss((uint16_t)(p[0] | (p[1] << 8))); }
 
+/* activations as the second operand: signed by the weights' signs where the first operand is |w| (Q8_0) */
+static inline __m256i activations(const int8_t *xq, int signed_weights, __m256i w) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+    return signed_weights ? _mm256_sign_epi8(x, w) : x;
+}
+
+/* the block's int32 lanes of unsigned a times the activation integers: q, or 128 q + q_low with a second digit */
+static inline __m256i block_lanes(__m256i a, int signed_weights, __m256i w, const int8_t *xq, const int8_t *xq_low) {
+    const __m256i high = lanes_u8_s8(a, activations(xq, signed_weights, w));
+    if (!xq_low) return high;
+    const __m256i low = lanes_u8_s8(a, activations(xq_low, signed_weights, w));
+    return _mm256_add_epi32(_mm256_slli_epi32(high, 7), low);
+}
+
 /* vector form: int32 lanes scaled and summed in eight float lanes, reduced once per row */
-static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const float *scales,
-                     const int32_t *sums) {
+static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const int8_t *xq_low,
+                     const float *scales, const int32_t *sums) {
+    const __m256i unused = _mm256_setzero_si256();
     __m256 acc = _mm256_setzero_ps();
     float offsets = 0.0f;  /* Q4_0's -8 and Q4_1's minimum, times the block's activation sum */
-    for (int64_t b = 0; b < blocks; b++, xq += 32) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+    for (int64_t b = 0; b < blocks; b++, xq += 32, xq_low = xq_low ? xq_low + 32 : NULL) {
         __m256i lanes;
         float scale;
         if (ggml_type == 2) {
             const uint8_t *block = row + b * 18;
             scale = half_fast(block) * scales[b];
-            lanes = lanes_u8_s8(nibbles(block + 2), x);
+            lanes = block_lanes(nibbles(block + 2), 0, unused, xq, xq_low);
             offsets += scale * (float)(-8 * sums[b]);
         } else if (ggml_type == 3) {
             const uint8_t *block = row + b * 20;
             scale = half_fast(block) * scales[b];
-            lanes = lanes_u8_s8(nibbles(block + 4), x);
+            lanes = block_lanes(nibbles(block + 4), 0, unused, xq, xq_low);
             offsets += half_fast(block + 2) * scales[b] * (float)sums[b];
         } else {
             const uint8_t *block = row + b * 34;
             const __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2));
             scale = half_fast(block) * scales[b];
-            lanes = lanes_u8_s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            lanes = block_lanes(_mm256_sign_epi8(w, w), 1, w, xq, xq_low);
         }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(scale), acc);
     }
@@ -115,34 +152,35 @@ static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const in
 }
 #else
 /* one weight row against one quantized activation row: sum over blocks of float(block scale) * int dot */
-static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const float *scales,
-                     const int32_t *sums) {
+static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const int8_t *xq_low,
+                     const float *scales, const int32_t *sums) {
     float total = 0.0f;
-    for (int64_t b = 0; b < blocks; b++, xq += 32) {
+    for (int64_t b = 0; b < blocks; b++, xq += 32, xq_low = xq_low ? xq_low + 32 : NULL) {
         if (ggml_type == 2) {  /* Q4_0: (u - 8) * d */
             const uint8_t *block = row + b * 18;
-            total += half_to_float(block) * scales[b] * (float)(nibble_dot(block + 2, xq) - 8 * sums[b]);
+            total += half_to_float(block) * scales[b] * (float)(nibble_dots(block + 2, xq, xq_low) - 8 * sums[b]);
         } else if (ggml_type == 3) {  /* Q4_1: u * d + m */
             const uint8_t *block = row + b * 20;
-            total += half_to_float(block) * scales[b] * (float)nibble_dot(block + 4, xq);
+            total += half_to_float(block) * scales[b] * (float)nibble_dots(block + 4, xq, xq_low);
             total += half_to_float(block + 2) * scales[b] * (float)sums[b];
         } else {  /* Q8_0: q * d */
             const uint8_t *block = row + b * 34;
-            total += half_to_float(block) * scales[b] * (float)int8_dot((const int8_t *)(block + 2), xq);
+            total += half_to_float(block) * scales[b] * (float)int8_dots((const int8_t *)(block + 2), xq, xq_low);
         }
     }
     return total;
 }
 #endif
 
+/* xq_low: the second digits of tm_quantize_int8, or NULL for one digit */
 int tm_matmul_int8(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, const int8_t *xq,
-                   const float *scales, const int32_t *sums, int64_t m, float *y, int threads) {
+                   const int8_t *xq_low, const float *scales, const int32_t *sums, int64_t m, float *y, int threads) {
     if (!tm_int8_supports(ggml_type) || k % 32) return -1;
     const int64_t blocks = k / 32;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n = 0; n < n_rows; n++)
         for (int64_t r = 0; r < m; r++)
-            y[r * n_rows + n] = row_dot(w + n * row_bytes, ggml_type, blocks, xq + r * k, scales + r * blocks,
-                                        sums + r * blocks);
+            y[r * n_rows + n] = row_dot(w + n * row_bytes, ggml_type, blocks, xq + r * k,
+                                        xq_low ? xq_low + r * k : NULL, scales + r * blocks, sums + r * blocks);
     return 0;
 }

@@ -41,3 +41,15 @@ def parse(text: str) -> dict[int, BlockType]:
 
 TYPES: dict[int, BlockType] = parse(HEADER.read_text())
 BY_NAME: dict[str, BlockType] = {block_type.name: block_type for block_type in TYPES.values()}
+
+# precision="fast": the block types whose layers switch to int8 activations: those gguf_int8.c multiplies, its
+# results held to the exact integer arithmetic by tests/kernels/test_gguf_int8.py. Another type (Q4_K, Q6_K
+# first) joins only with a kernel both exact against its integer arithmetic and faster than its float32 kernel;
+# until then its layers, as every other type's, stay exact in fast mode.
+INT8_KERNEL_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_1", "Q8_0"})
+
+
+def has_int8_kernel(type_id: int) -> bool:
+    """Whether layers of this block type switch to int8 activations under precision="fast"."""
+    block_type = TYPES.get(type_id)
+    return block_type is not None and block_type.name in INT8_KERNEL_TYPES

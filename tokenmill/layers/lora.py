@@ -6,6 +6,11 @@ forward builds a `LoraBatch` (which adapter each batch row uses) and hands it do
 a layer computes a projection as `lora.project(self.q_proj, x)`: the base output (float or quantized kernel
 matmul) plus x @ A^T @ B^T for the rows whose adapter targets that linear. Rows are grouped by adapter, so a
 batch mixing adapters costs one pair of small matmuls per adapter present, never a copy of a base weight.
+
+A mixture-of-experts block's stacked expert weights and router weight are bare parameters, not linears (peft
+targets them with `target_parameters`): their deltas are keyed by (module, parameter name), a stacked
+[experts, out, in] parameter's delta holds one A and one B per expert, and the block computes each product as
+`lora.project_parameter(module, name, x, expert, token_rows)`.
 """
 
 from __future__ import annotations
@@ -14,20 +19,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass
 class LowRank:
     """One adapter's delta on one linear: x @ a.T @ b.T (b already multiplied by the adapter's scale)."""
 
-    a: torch.Tensor  # [rank, in_features]
-    b: torch.Tensor  # [out_features, rank], scaled
+    a: torch.Tensor  # [rank, in_features], or [experts, rank, in_features] on a stacked expert parameter
+    b: torch.Tensor  # [out_features, rank], scaled, or [experts, out_features, rank]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.a.T) @ self.b.T
 
+    def expert(self, index: int) -> LowRank:
+        """One expert's delta of a stacked parameter's."""
+        return LowRank(self.a[index], self.b[index])
+
     def dense(self) -> torch.Tensor:
-        """The delta as an [out, in] matrix (for merging), computed in float32 at least."""
+        """The delta as an [out, in] matrix, or [experts, out, in] (for merging), computed in float32 at least."""
         wide = torch.promote_types(self.a.dtype, torch.float32)
         return self.b.to(wide) @ self.a.to(wide)
 
@@ -54,6 +64,30 @@ class LoraBatch:
         """A fused projection's output ([a | b | ...] of `fused.linears`) plus each part's delta."""
         out = fused(x)
         return self._add_deltas(out, x, fused.linears) if self.groups else out
+
+    def project_parameter(self, module: nn.Module, parameter: str, x: torch.Tensor, expert: int | None = None,
+                          token_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ W^T for a bare weight W = module.<parameter> (one expert's slice of a stacked one when `expert` is
+        given) plus each row's adapter delta on it. `token_rows`: which rows of this batch x holds (the tokens an
+        expert was routed), where the groups' row indices refer to the whole batch."""
+        weight = getattr(module, parameter)
+        out = F.linear(x, weight if expert is None else weight[expert])
+        deltas = self.deltas.get((module, parameter)) if self.groups else None
+        if not deltas:
+            return out
+        for name, rows in self.groups:
+            low_rank = deltas.get(name)
+            if low_rank is None:
+                continue
+            if expert is not None:
+                low_rank = low_rank.expert(expert)
+            if rows is None:
+                out = out + low_rank(x).to(out.dtype)
+                continue
+            if token_rows is not None:  # positions in x of this group's rows
+                rows = torch.isin(token_rows, rows).nonzero().squeeze(1)
+            out = out.index_add(0, rows, low_rank(x.index_select(0, rows)).to(out.dtype))
+        return out
 
     def _add_deltas(self, out: torch.Tensor, x: torch.Tensor, linears: list[nn.Module]) -> torch.Tensor:
         per_linear = [self.deltas.get(linear) for linear in linears]
@@ -89,16 +123,29 @@ class LoraBatch:
 NO_LORA = LoraBatch({}, [])  # no adapter: every projection is the base linear alone
 
 
-class LoraAdapters:
-    """The adapters a model holds: name → {linear module: LowRank}, which one is active, and whether enabled.
+def _target(root: nn.Module, name: str):
+    """A delta's key: the linear module `name`, or (module, parameter name) for a bare parameter's path."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        owner, _, parameter = name.rpartition(".")
+        module = root.get_submodule(owner)
+        if not isinstance(getattr(module, parameter, None), nn.Parameter):
+            raise
+        return module, parameter
 
-    Keyed by module object (found by the assembly from the adapter's names): a forward's lookup is a dict hit.
-    `rebind` follows a model whose modules were replaced (dequantize()).
+
+class LoraAdapters:
+    """The adapters a model holds: name → {target: LowRank}, which one is active, and whether enabled.
+
+    A target is a linear module or (module, parameter name) for a bare parameter, found by the assembly from the
+    adapter's names: a forward's lookup is a dict hit. `rebind` follows a model whose modules were replaced
+    (dequantize()).
     """
 
     def __init__(self):
-        self.by_name: dict[str, dict[str, LowRank]] = {}  # adapter → {module name: delta}
-        self._deltas: dict[nn.Module, dict[str, LowRank]] = {}
+        self.by_name: dict[str, dict[str, LowRank]] = {}  # adapter → {module or parameter path: delta}
+        self._deltas: dict = {}  # target (module, or (module, parameter name)) → {adapter: delta}
         self.active: str | None = None
         self.enabled = True
         self.load_ids: dict[str, int] = {}  # a fresh id per load: a reloaded name is a different adapter
@@ -134,10 +181,10 @@ class LoraAdapters:
 
     def rebind(self, root: nn.Module) -> None:
         """Map each target's module object to its deltas again (after the model's modules changed)."""
-        deltas: dict[nn.Module, dict[str, LowRank]] = {}
+        deltas: dict = {}
         for adapter, targets in self.by_name.items():
-            for module_name, low_rank in targets.items():
-                deltas.setdefault(root.get_submodule(module_name), {})[adapter] = low_rank
+            for target_name, low_rank in targets.items():
+                deltas.setdefault(_target(root, target_name), {})[adapter] = low_rank
         self._deltas = deltas
 
     def to(self, device=None, dtype=None) -> None:
@@ -167,13 +214,21 @@ class LoraAdapters:
     def merge(self, name: str, root: nn.Module) -> None:
         """Add the adapter's dense delta into each target's float weight, in place (fused views follow)."""
         self.require(name)
-        for module_name, low_rank in self.by_name[name].items():
-            module = root.get_submodule(module_name)
-            if not isinstance(module, nn.Linear):
-                raise TypeError(f"{module_name} holds {type(module).__name__} weights; merging needs float weights "
+        weights = {}
+        for target_name in self.by_name[name]:
+            target = _target(root, target_name)
+            if isinstance(target, tuple):  # a bare parameter (stacked experts, a router)
+                target = getattr(*target)
+                if not target.is_floating_point():
+                    raise TypeError(f"{target_name} is {target.dtype}; merging needs float weights")
+                weights[target_name] = target
+                continue
+            if not isinstance(target, nn.Linear):
+                raise TypeError(f"{target_name} holds {type(target).__name__} weights; merging needs float weights "
                                 f"(call model.dequantize() first, or keep the adapter unmerged: it runs on top of "
                                 f"the GGUF block kernels)")
-        for module_name, low_rank in self.by_name[name].items():
-            weight = root.get_submodule(module_name).weight
+            weights[target_name] = target.weight
+        for target_name, low_rank in self.by_name[name].items():
+            weight = weights[target_name]
             with torch.no_grad():
                 weight.copy_((weight.float() + low_rank.dense().to(weight.device)).to(weight.dtype))

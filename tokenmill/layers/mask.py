@@ -15,6 +15,12 @@ class AttentionMask:
     is_causal: bool
 
 
+def _capturing(padding_mask: torch.Tensor) -> bool:
+    """A CUDA graph is being recorded: no host sync may happen, so the mask is built as if padded (exact for a
+    full mask too: every key is then present)."""
+    return padding_mask.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def build_attention_mask(
     padding_mask: torch.Tensor | None,
     past_length: int,
@@ -25,7 +31,7 @@ def build_attention_mask(
 ) -> AttentionMask:
     """padding_mask: [batch, past + query] with 1 for tokens and 0 for padding (transformers' attention_mask)."""
     kv_length = past_length + query_length
-    has_padding = padding_mask is not None and not bool(padding_mask.all())
+    has_padding = padding_mask is not None and (_capturing(padding_mask) or not bool(padding_mask.all()))
     window_matters = sliding_window is not None and kv_length > sliding_window
     if not has_padding and not window_matters:
         if query_length == 1:

@@ -3,6 +3,10 @@
 Checkpoints keep one Linear per expert (`experts.<e>.<name>.weight`); the module keeps them stacked
 (`experts.gate_up_proj` [E, 2*I, H], `experts.down_proj` [E, H, I]) as transformers v5 and the GGUF
 loader do. `fuse_expert_weights` / `split_expert_weights` convert between the two layouts.
+
+LoRA reaches the stacked experts and the router's weight as bare parameters (`lora_parameters`, in the order
+the modules register them, as transformers' do: peft nests its wrappers in that order), through
+`LoraBatch.project_parameter`; the batch's row selection is flattened to token rows by the block.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ _PER_EXPERT = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>\
 class TopKRouter(nn.Module):
     """Softmax over every expert in float32, keep the k largest; `normalize` rescales them to sum to 1."""
 
+    lora_parameters = ("weight",)
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, normalize: bool):
         super().__init__()
         if not 0 < top_k <= num_experts:
@@ -31,9 +37,10 @@ class TopKRouter(nn.Module):
         self.top_k = top_k
         self.normalize = normalize
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [n, hidden] → (routing weights [n, k] in the activation dtype, expert ids [n, k])."""
-        probs = torch.softmax(F.linear(tokens, self.weight).float(), dim=-1)
+    def forward(self, tokens: torch.Tensor, lora: LoraBatch = NO_LORA) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [n, hidden] → (routing weights [n, k] in the activation dtype, expert ids [n, k]); `lora`'s
+        rows are token rows."""
+        probs = torch.softmax(lora.project_parameter(self, "weight", tokens).float(), dim=-1)
         top_weights, top_ids = torch.topk(probs, self.top_k, dim=-1)
         if self.normalize:
             top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
@@ -43,18 +50,23 @@ class TopKRouter(nn.Module):
 class Experts(nn.Module):
     """E gated MLPs; each token runs only through the experts the router picked for it."""
 
+    lora_parameters = ("gate_up_proj", "down_proj")
+
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str = "silu"):
         super().__init__()
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.act = activation(act)
 
-    def forward(self, tokens: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+                lora: LoraBatch = NO_LORA) -> torch.Tensor:
+        """`lora`'s rows are token rows."""
         out = torch.zeros_like(tokens)
         for expert in expert_ids.unique().tolist():
             token_rows, slots = torch.where(expert_ids == expert)
-            gate, up = F.linear(tokens[token_rows], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            expert_out = F.linear(self.act(gate) * up, self.down_proj[expert])
+            gate, up = lora.project_parameter(self, "gate_up_proj", tokens[token_rows], expert,
+                                              token_rows).chunk(2, dim=-1)
+            expert_out = lora.project_parameter(self, "down_proj", self.act(gate) * up, expert, token_rows)
             out.index_add_(0, token_rows, expert_out * weights[token_rows, slots, None])
         return out
 
@@ -75,11 +87,11 @@ class SparseMoeBlock(nn.Module):
     def forward(self, hidden: torch.Tensor, ops: TorchOps = TORCH_OPS, lora: LoraBatch = NO_LORA) -> torch.Tensor:
         shape = hidden.shape
         tokens = hidden.reshape(-1, shape[-1])
-        weights, expert_ids = self.gate(tokens)
+        token_lora = lora.flattened(shape[1])  # rows of `tokens` are (batch row, position) pairs
+        weights, expert_ids = self.gate(tokens, token_lora)
         # tensor parallelism: each rank's experts hold a slice of every expert's intermediate width
-        out = ops.all_reduce(self.experts(tokens, expert_ids, weights))
+        out = ops.all_reduce(self.experts(tokens, expert_ids, weights, token_lora))
         if self.shared_expert is not None:
-            token_lora = lora.flattened(shape[1])  # rows of `tokens` are (batch row, position) pairs
             shared = self.shared_expert(tokens, ops, token_lora)
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(token_lora.project(self.shared_expert_gate, tokens)) * shared

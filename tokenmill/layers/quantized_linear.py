@@ -1,7 +1,9 @@
 """Linear and embedding layers whose weights stay in GGUF block formats (Q4_0 … Q8_0, K-quants, IQ4).
 
 The arithmetic is float32 on exactly the values a dequantizer produces; only the storage differs, so a
-decode step reads ~4.5 bits per weight instead of 32 (see kernels/gguf_blocks.c). `state_dict()` yields the
+decode step reads ~4.5 bits per weight instead of 32 (see kernels/gguf_blocks.c). Under the execution policy's
+precision "fast" a linear layer whose block type has an integer kernel (INT8_KERNEL_TYPES) quantizes its input
+to int8 per 32 values instead (kernels/gguf_int8.c); `set_precision` below is how the model applies the policy. `state_dict()` yields the
 dequantized float weights under the usual names, so saving and converting see an ordinary model.
 """
 
@@ -15,10 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import kernels
+from ..execution.policy import PRECISIONS
+from ..kernels.gguf_types import has_int8_kernel
 from ..kernels.system import ONEDNN_LINEAR
 
 # above this many activation rows (a long prefill) one dense matmul over the dequantized weight is faster
 DENSE_ABOVE_ROWS = 96
+# precision "fast": int8 digits per activation (kernels.quantize_int8). One digit (llama.cpp's Q8_0 activations)
+# kept SmolLM2 Q4_1's teacher-forced top-1 at 96.3% of float32's; two reach the docs' bound (docs/performance.md)
+ACTIVATION_DIGITS = 2
 
 
 @dataclass
@@ -72,14 +79,20 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return F.linear(x, weight, bias)
 
 
-def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input)."""
+def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
+                   integer: bool = False) -> torch.Tensor:
+    """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input).
+    integer: x quantized to int8 per 32 values and integer block dot products (precision "fast"), up to
+    DENSE_ABOVE_ROWS rows; a longer prefill runs the dense float32 GEMM in either precision."""
     x32 = x if x.dtype == torch.float32 else x.float()
     rows = x32.numel() // weight.in_features
     if rows > DENSE_ABOVE_ROWS:
         out = dense_linear(x32, _dequantized_in_scratch(weight), bias)
     else:
-        out = kernels.matmul(x32, weight.blocks, weight.ggml_type, weight.in_features)
+        if integer:
+            out = kernels.matmul_int8(x32, weight.blocks, weight.ggml_type, weight.in_features, ACTIVATION_DIGITS)
+        else:
+            out = kernels.matmul(x32, weight.blocks, weight.ggml_type, weight.in_features)
         if bias is not None:
             out = out + bias
     return out if out.dtype == x.dtype else out.to(x.dtype)
@@ -115,12 +128,25 @@ class QuantizedLinear(BlockStorage):
         super().__init__(weight)
         self.in_features, self.out_features = weight.in_features, weight.shape[0]
         self.bias = nn.Parameter(torch.empty(self.out_features, device="meta"), requires_grad=False) if bias else None
+        self.integer_activations = False  # precision "fast" on a type with an int8 kernel (set_precision)
+
+    def set_precision(self, precision: str) -> bool:
+        """Compute in `precision` ("exact" or "fast"); True if this layer now takes int8 activations (fast mode
+        on a block type in INT8_KERNEL_TYPES whose kernel is built), False if it computes in float32."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.integer_activations = (precision == "fast" and has_int8_kernel(self.ggml_type)
+                                    and self.in_features % 32 == 0 and kernels.int8_supports(self.ggml_type))
+        return self.integer_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernel_matmul(x, self.quantized_weight, None if self.bias is None else self.bias.float())
+        return _kernel_matmul(x, self.quantized_weight, None if self.bias is None else self.bias.float(),
+                              self.integer_activations)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, ggml_type={self.ggml_type}"
+        fast = ", int8 activations" if self.integer_activations else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, ggml_type={self.ggml_type}"
+                + fast)
 
 
 class QuantizedEmbedding(BlockStorage):
@@ -173,7 +199,13 @@ class QuantizedFusedProjection:
         return True  # one kernel pass over stacked rows is never slower than several
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernel_matmul(x, self.weight, self.bias)
+        # the layers share one type, so one precision: the first one's (set_precision sets them all alike)
+        return _kernel_matmul(x, self.weight, self.bias, self.linears[0].integer_activations)
+
+
+def set_precision(model: nn.Module, precision: str) -> int:
+    """Every quantized linear layer of `model` computing in `precision`; the number now on int8 activations."""
+    return sum(module.set_precision(precision) for module in model.modules() if isinstance(module, QuantizedLinear))
 
 
 def is_quantized(module: nn.Module) -> bool:

@@ -2,7 +2,9 @@
 
 PEFT saves `base_model.model.<module path>.lora_A.weight` ([r, in]) and `.lora_B.weight` ([out, r]); the delta
 on that module's output is x @ A^T @ B^T * scale, scale = lora_alpha / r (lora_alpha / sqrt(r) with
-use_rslora), with per-module r and alpha from rank_pattern / alpha_pattern. What changes the arithmetic in
+use_rslora), with per-module r and alpha from rank_pattern / alpha_pattern. LoRA on bare parameters
+(`target_parameters`: stacked MoE experts, routers) is saved the same way under the owning module's path, one
+`.base_layer` deeper per further parameter of that module; the assembly tells them apart. What changes the arithmetic in
 ways this reader does not reproduce (DoRA, bias terms, modules_to_save's full copies, other PEFT types) is
 refused by name rather than silently ignored.
 """
@@ -33,9 +35,9 @@ class AdapterError(ValueError):
 class LoraModule:
     """One target module of a LoRA adapter, in the names and layout of the base checkpoint."""
 
-    a: torch.Tensor  # [r, in]
-    b: torch.Tensor  # [out, r]
-    scale: float
+    a: torch.Tensor  # [r, in] ([experts * r, in] on a stacked expert parameter)
+    b: torch.Tensor  # [out, r] ([out, r * experts])
+    scale: float  # for a module target (a parameter target's rank is per expert: the assembly works it out)
 
 
 @dataclass
@@ -55,7 +57,6 @@ def _refuse_unsupported(config: dict, where: Path) -> None:
         "modules_to_save": "modules_to_save (full copies of modules such as lm_head) are not supported; "
                            "train the adapter without them or merge it with peft first",
         "layers_to_transform": "layers_to_transform is not supported",
-        "target_parameters": "target_parameters (LoRA on raw parameters such as fused MoE experts) is not supported",
         "trainable_token_indices": "trainable_token_indices is not supported",
     }
     for field, reason in refused.items():

@@ -21,7 +21,7 @@ from ..execution.policy import ExecutionPolicy, ExecutionPolicyError, dequantize
 from ..layers.attention import Attention
 from ..layers.lora import NO_LORA, LoraAdapters, LoraBatch
 from ..layers.mask import AttentionMask, build_attention_mask
-from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized
+from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized, set_precision
 from ..layers.rope import RotaryEmbedding
 
 
@@ -113,6 +113,17 @@ class CausalLM(nn.Module):
         # how the model runs; the loader replaces this ATen-only default with the policy it chose
         self.execution_policy = ExecutionPolicy()
         self.lora_adapters = LoraAdapters()  # loaded LoRA adapters (assembly/adapters.py loads them)
+
+    @property
+    def execution_policy(self) -> ExecutionPolicy:
+        """How the model runs (execution/policy.py): the kernel set each forward receives, and the precision
+        its quantized layers compute in, which assigning a policy sets on them (the architectures never see it)."""
+        return self._execution_policy
+
+    @execution_policy.setter
+    def execution_policy(self, policy: ExecutionPolicy) -> None:
+        self._execution_policy = policy
+        set_precision(self, policy.precision)
 
     # ---- hooks an architecture may override ----
     @classmethod

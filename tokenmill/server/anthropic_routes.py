@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..engine.async_engine import EngineStepError
 from .anthropic_protocol import MessagesRequest, content_blocks, stop_reason, tool_use_block
@@ -66,16 +67,21 @@ class _BlockStream:
         return _event({"type": "content_block_delta", "index": self.index, "delta": delta})
 
 
+def _prepare(state: ServerState, body: MessagesRequest):
+    tool_choice, parallel = body.openai_tool_choice()
+    plan = plan_chat(state, body.chat_messages(), body.tool_specs(), tool_choice, parallel,
+                     body.template_kwargs(), body.structured_output())
+    return plan, state.validate(plan.prompt_ids, replace(body.sampling_params(),
+                                                         structured_output=plan.structured_output,
+                                                         skip_special_tokens=plan.skip_special_tokens))
+
+
 @router.post("/v1/messages")
 async def messages(body: MessagesRequest, request: Request):
     state: ServerState = request.app.state.tokenmill
     state.check_model(body.model)
-    tool_choice, parallel = body.openai_tool_choice()
-    plan = plan_chat(state, body.chat_messages(), body.tool_specs(), tool_choice, parallel,
-                     body.template_kwargs(), body.structured_output())
+    plan, params = await run_in_threadpool(_prepare, state, body)  # template, tokenizing and grammar: CPU work
     prompt = plan.prompt_ids
-    params = state.validate(prompt, replace(body.sampling_params(), structured_output=plan.structured_output,
-                                            skip_special_tokens=plan.skip_special_tokens))
     stops = list(body.stop_sequences or [])
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
                "model": state.settings.model_name}

@@ -9,19 +9,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..engine.sampling_params import SamplingParams, check_structured_output
 from ..engine.spec_params import speculative_config
 from .errors import APIError
+from .tgi_protocol import spec_from_tgi
+
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema", "json", "regex")
 
 
 def spec_from_openai(response_format: dict | None = None, **guided) -> tuple[str, object] | None:
-    """OpenAI `response_format` ({"type": "json_schema" | "json_object" | "text"}) or vLLM's extra
-    `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` → (kind, value), None when unconstrained."""
+    """OpenAI `response_format` ({"type": "json_schema" | "json_object" | "text"}), TGI's grammar shape of it
+    ({"type": "json" | "json_object" | "json_schema" | "regex", "value": ...}, as huggingface_hub's InferenceClient
+    sends it) or vLLM's extra `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` → (kind, value),
+    None when unconstrained."""
     chosen = {key: value for key, value in guided.items() if value is not None}
     unknown = set(chosen) - {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}
     if unknown:
         raise ValueError(f"unknown structured-output parameter(s): {sorted(unknown)}")
     kind = (response_format or {}).get("type", "text")
-    if kind not in ("text", "json_object", "json_schema"):
-        raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
-    if kind != "text":
+    if kind not in RESPONSE_FORMAT_TYPES:
+        raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema' (or TGI's 'json' "
+                         f"or 'regex' with a value), got {kind!r}")
+    if kind == "text":
+        if (response_format or {}).get("value") is not None:
+            raise ValueError("response_format type 'text' takes no value")
+    else:
         chosen["response_format"] = response_format
     if len(chosen) > 1:
         raise ValueError(f"ask for one kind of structured output at a time, got {sorted(chosen)}")
@@ -29,18 +38,29 @@ def spec_from_openai(response_format: dict | None = None, **guided) -> tuple[str
         return None
     name, value = next(iter(chosen.items()))
     if name == "response_format":
-        if kind == "json_object":
-            return "json_schema", {"type": "object"}
-        schema = (value.get("json_schema") or {}).get("schema")
-        if schema is None:
-            raise ValueError("response_format json_schema needs json_schema.schema")
-        if not isinstance(schema, dict):
-            raise ValueError(f"response_format json_schema.schema must be a JSON schema object, got "
-                             f"{type(schema).__name__}")
-        return "json_schema", schema
+        return _spec_from_response_format(value)
     kinds = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
              "guided_grammar": "grammar"}
     return kinds[name], value
+
+
+def _spec_from_response_format(response_format: dict) -> tuple[str, object]:
+    kind, value = response_format["type"], response_format.get("value")
+    if value is not None:  # TGI's shape; huggingface_hub rewrites OpenAI's json_schema to json_object + value
+        if response_format.get("json_schema") is not None:
+            raise ValueError("response_format takes json_schema (OpenAI) or value (TGI), not both")
+        return spec_from_tgi({"type": "json" if kind == "json_object" else kind, "value": value})
+    if kind in ("json", "regex"):
+        raise ValueError(f"response_format type {kind!r} needs a value (TGI's grammar shape)")
+    if kind == "json_object":
+        return "json_schema", {"type": "object"}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if schema is None:
+        raise ValueError("response_format json_schema needs json_schema.schema")
+    if not isinstance(schema, dict):
+        raise ValueError(f"response_format json_schema.schema must be a JSON schema object, got "
+                         f"{type(schema).__name__}")
+    return "json_schema", schema
 
 
 class StreamOptions(BaseModel):
@@ -52,8 +72,9 @@ class StreamOptions(BaseModel):
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["text", "json_object", "json_schema", "json", "regex"]
     json_schema: dict[str, Any] | None = None  # {"name": ..., "schema": {...}, "strict": ...}
+    value: Any = None  # TGI's shape: the schema (json, json_object), {"name", "schema"} (json_schema) or the regex
 
 
 class _Sampling(BaseModel):
@@ -160,6 +181,14 @@ class ChatMessage(BaseModel):
     content: Union[str, list[ContentPart], None] = None
 
 
+def _may_omit_content(message: ChatMessage) -> bool:
+    """OpenAI's rule: content may be null or absent only in an assistant message that calls tools (tool_calls,
+    or the deprecated function_call) and in the deprecated function role's result."""
+    extra = message.model_extra or {}
+    calls = extra.get("tool_calls") or extra.get("function_call")
+    return (message.role == "assistant" and bool(calls)) or message.role == "function"
+
+
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False, strict=True)
 
@@ -185,7 +214,7 @@ class FunctionName(BaseModel):
 class NamedToolChoice(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False, strict=True)
 
-    type: Literal["function"]
+    type: Literal["function"] = "function"  # TGI (and huggingface_hub) send {"function": {"name": ...}} alone
     function: FunctionName
 
 
@@ -222,8 +251,15 @@ class ChatCompletionRequest(_Sampling):
 
     def plain_messages(self) -> list[dict[str, Any]]:
         messages = []
-        for message in self.messages:
+        for index, message in enumerate(self.messages):
             content = message.content
+            if content is None and not _may_omit_content(message):
+                raise APIError(422, f"messages[{index}].content: a {message.role!r} message needs content (a "
+                                    "string or content parts); only an assistant message with tool_calls may omit it",
+                               param=f"messages[{index}].content")
+            if content == [] and not _may_omit_content(message):  # OpenAI's schema: at least one part
+                raise APIError(422, f"messages[{index}].content: an empty list of content parts",
+                               param=f"messages[{index}].content")
             if isinstance(content, list):  # content parts: only text is served
                 texts = []
                 for part in content:

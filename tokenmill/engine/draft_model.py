@@ -1,0 +1,82 @@
+"""Draft-model speculation in the engine: a smaller model with the target's vocabulary drafts each sequence's
+next tokens greedily, with one KV cache per sequence kept between steps.
+
+The drafts are a deterministic function of the sequence's tokens, so the engine's verification (speculation.py:
+pick each token exactly as without drafts, keep going while it equals the draft) leaves greedy output unchanged
+and a seeded sampled one identical, whatever the draft model is; a better draft model only accepts more. A
+sequence's cache is cut back to the tokens it shares with the sequence after verification (rejected drafts are
+dropped), so the draft model reads each verified token once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..cache.dynamic import DynamicCache
+from .sequence import Sequence
+
+
+class DraftModelError(ValueError):
+    """A draft model that cannot draft for this target (vocabulary), or a request for one the engine lacks."""
+
+
+def check_draft_model(draft, target) -> None:
+    """The draft's ids must be the target's: its vocabulary no larger (padded tails differ between sizes of one
+    family), and both read by the same tokenizer (the caller's promise: ids carry no tokenizer here)."""
+    draft_vocab, target_vocab = draft.config.vocab_size, target.config.vocab_size
+    if draft_vocab > target_vocab:
+        raise DraftModelError(f"the draft model's vocabulary ({draft_vocab} ids) is larger than the target's "
+                              f"({target_vocab}): a draft model must share the target's tokenizer")
+
+
+@dataclass
+class _DraftState:
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    fed: list[int] = field(default_factory=list)  # the ids whose keys/values the cache holds, in order
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+class DraftModelProposer:
+    """Greedy drafts from `model` for each running sequence (keyed by request id and choice)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self.max_positions = model.config.max_position_embeddings
+        self._states: dict[tuple[str, int], _DraftState] = {}
+
+    def keep_only(self, live: list[Sequence]) -> None:
+        """Forget the caches of sequences that finished or left the running set (a preempted one re-reads)."""
+        keys = {(seq.request_id, seq.index) for seq in live}
+        for key in [key for key in self._states if key not in keys]:
+            del self._states[key]
+
+    @torch.inference_mode()
+    def propose(self, seq: Sequence, limit: int) -> list[int]:
+        """At most `limit` drafts after the sequence's tokens (fewer near the draft model's context length)."""
+        ids = seq.all_token_ids
+        limit = min(limit, self.max_positions - len(ids))
+        if limit <= 0:
+            return []
+        state = self._states.setdefault((seq.request_id, seq.index), _DraftState())
+        kept = min(shared_prefix(state.fed, ids), len(ids) - 1)  # the last token is fed again for its logits
+        state.cache.crop(kept)
+        del state.fed[kept:]
+        step, drafts = ids[kept:], []
+        for _ in range(limit):
+            out = self.model(input_ids=torch.tensor([step], device=self.model.device), past_key_values=state.cache,
+                             use_cache=True, logits_to_keep=1)
+            state.fed.extend(step)
+            token = int(out.logits[0, -1].argmax())
+            drafts.append(token)
+            step = [token]
+        return drafts
