@@ -169,19 +169,21 @@ def test_bad_arguments_are_refused(tiny_folder):
         cli.main(["bench", "-m", str(tiny_folder), "--vs", "vllm", "--no-progress"])
     with pytest.raises(SystemExit, match="--weights takes gguf, dense, auto or a quantization method"):
         cli.main(["bench", "-m", str(tiny_folder), "--weights", "int4", "--no-progress"])
-    with pytest.raises(SystemExit, match=r"q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4, q2_k, q3_k, q4_k, q5_k, q6_k\), "
+    with pytest.raises(SystemExit, match=r"q8_0, q4_0, q4_1, q5_0, q5_1, nf4, fp4, q2_k, q3_k, q4_k, q5_k, q6_k, q4_k_m\), "
                                          r"not \['iq4_xs'\]"):
         cli.main(["bench", "-m", str(tiny_folder), "--quantize", "iq4_xs", "--no-progress"])
 
 
 def test_quantize_at_load_joins_the_weights_sweep(tiny_folder, tmp_path):
     argv = ["bench", "-m", str(tiny_folder), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
-            "--warmup", "0", "--quantize", "nf4", "--no-progress", "--no-plots", "-o", str(tmp_path)]
+            "--warmup", "0", "--quantize", "nf4", "--quantize", "q4_k_m", "--no-progress", "--no-plots",
+            "-o", str(tmp_path)]
     assert cli.main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert [point["weights"] for point in report["points"]] == ["auto", "nf4"]
+    assert [point["weights"] for point in report["points"]] == ["auto", "nf4", "q4_k_m"]
     weights = {name: info["weight_bytes"] for name, info in report["models"].items()}
     assert weights["tokenmill float32 sdpa nf4"] < weights["tokenmill float32 sdpa"]
+    assert weights["tokenmill float32 sdpa q4_k_m"] < weights["tokenmill float32 sdpa"]
 
 
 def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):

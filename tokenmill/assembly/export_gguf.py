@@ -102,7 +102,7 @@ def _add_special_ids(writer, config) -> None:
 
 
 def save_gguf(model, path: str | os.PathLike, file_type: str = "f16", tokenizer=None) -> Path:
-    """Write `model` (and `tokenizer`, if given: a tokenmill Tokenizer with a byte-level BPE vocabulary) to a
+    """Write `model` (and `tokenizer`, if given: a tokenmill Tokenizer: byte-level or SentencePiece BPE) to a
     GGUF file that tokenmill and llama.cpp load; `file_type` is one of EXPORT_TYPES. Returns the path."""
     gguf = _gguf()
     config, path = model.config, Path(path)
