@@ -5,7 +5,8 @@ perplexity over tests/data's text (teacher-forced), logit cosine and top-1 agree
 
 Writes a markdown table (with the command that made it) and a perplexity-vs-bytes PNG:
 
-    python scripts/quant_quality.py --output docs/quant-quality.md --plot docs/images/quant-quality.png
+    python scripts/quant_quality.py --models smollm2 --output docs/quant-quality.md \\
+        --plot docs/images/quant-quality-smollm2.png
 
 Quality only: speed needs a quiet machine (`tokenmill bench --quantize nf4 ...`, see the doc).
 """
@@ -23,7 +24,7 @@ import torch
 
 from tokenmill import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from tokenmill.assembly.quantize import QUANTIZERS
-from tokenmill.bench.quant_quality import compare, final_hidden, simulated_bitsandbytes
+from tokenmill.bench.quant_quality import compare, simulated_bitsandbytes, teacher_forced_logits
 from tokenmill.cli import main as cli_main
 from tokenmill.kernels.gguf_types import TYPES
 from tokenmill.layers.quantized_linear import BlockStorage
@@ -83,9 +84,9 @@ def measure(name: str, workdir: Path, tokens: int | None, methods: tuple[str, ..
     ids = AutoTokenizer.from_pretrained(folder)(TEXT.read_text(), return_tensors="pt").input_ids
     ids = ids[:, :tokens] if tokens else ids
     reference = AutoModelForCausalLM.from_pretrained(folder, progress=False)
-    reference_hidden = final_hidden(reference, ids)
+    expected = teacher_forced_logits(reference, ids)
     rows = [{"kind": "float32", "method": "float32", "how": "(none)", "blocks": "",
-             "quality": compare(reference, reference, ids, reference_hidden)}]
+             "quality": compare(reference, ids, expected)}]
     print(f"{name}: {ids.shape[1]} tokens, float32 done", flush=True)
     for method in methods:
         started = time.perf_counter()
@@ -94,13 +95,13 @@ def measure(name: str, workdir: Path, tokens: int | None, methods: tuple[str, ..
         model = AutoModelForCausalLM.from_pretrained(folder, progress=False, **arguments)
         rows.append({"kind": "tokenmill", "method": method,
                      "how": BITSANDBYTES_SPELLING.get(method, f"`{{\"method\": \"{method}\"}}`"),
-                     "blocks": block_types(model), "quality": compare(model, reference, ids, reference_hidden)})
+                     "blocks": block_types(model), "quality": compare(model, ids, expected)})
         del model
         print(f"{name}: {method} done in {time.perf_counter() - started:.0f} s", flush=True)
     for method, description in SIMULATED.items():
         with simulated_bitsandbytes(reference, method) as stored:
             rows.append({"kind": "bitsandbytes (simulated)", "method": f"bnb {method}", "how": description,
-                         "blocks": "", "quality": compare(reference, reference, ids, reference_hidden, stored)})
+                         "blocks": "", "quality": compare(reference, ids, expected, stored)})
         print(f"{name}: bnb {method} done", flush=True)
     return ids.shape[1], rows
 
@@ -145,17 +146,16 @@ def plot(results: dict[str, tuple[int, list[dict]]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-BEGIN, END = "<!-- quant_quality.py: begin -->", "<!-- quant_quality.py: end -->"
-
-
-def write_between_markers(path: Path, text: str) -> None:
-    """Replace what lies between the markers of an existing document (its prose stays), else write the file."""
+def write_between_markers(path: Path, text: str, models: str) -> None:
+    """Replace what lies between this model list's markers in an existing document (its prose and the other
+    runs' tables stay); without them, append the marked section."""
+    begin, end = f"<!-- quant_quality.py --models {models}: begin -->", "<!-- quant_quality.py: end -->"
     old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        path.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}")
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        path.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
     else:
-        path.write_text(f"{BEGIN}\n{text}{END}\n")
+        path.write_text(f"{old}{begin}\n{text}{end}\n")
 
 
 def main() -> None:
@@ -182,7 +182,7 @@ def main() -> None:
               f"rounding: no timing in this table).\n")
     text = header + "\n" + "\n".join(table(MODELS[name][0], *results[name]) for name in names)
     if args.output:
-        write_between_markers(args.output, text)
+        write_between_markers(args.output, text, ",".join(names))
     else:
         print(text)
     if args.plot:

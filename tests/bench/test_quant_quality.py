@@ -14,7 +14,8 @@ from torch import nn
 from tokenmill import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from tokenmill.bench import quant_quality
 from tokenmill.bench.quant_quality import (compare, double_quantized, final_hidden, four_bit_blocks, int8_activations,
-                                           int8_rows, signed_dynamic_map, simulated_bitsandbytes)
+                                           int8_rows, signed_dynamic_map, simulated_bitsandbytes,
+                                           teacher_forced_logits)
 from tokenmill.loading.dequant import FP4_VALUES, NF4_VALUES
 
 TEXT = Path(__file__).resolve().parent.parent / "data" / "pride_and_prejudice_ch1-2.txt"
@@ -36,14 +37,16 @@ def test_compare_equals_the_measures_computed_from_whole_logits(tiny_llama, tiny
         other.lm_head.weight.mul_(1 + 0.3 * torch.randn(other.lm_head.weight.shape, generator=generator,
                                                         dtype=torch.float64))
         logits, expected = other(ids).logits[0], tiny_float64(ids).logits[0]
-    quality = compare(other, tiny_float64, ids)
+    reference = teacher_forced_logits(tiny_float64, ids)
+    assert torch.allclose(reference, expected, rtol=0, atol=FLOAT64_SLACK * expected.abs().max().item())
+    quality = compare(other, ids, reference)
     log_probs = torch.log_softmax(logits[:-1], -1).gather(1, ids[0, 1:, None])
     assert math.isclose(quality.perplexity, math.exp(-log_probs.mean().item()), rel_tol=FLOAT64_SLACK)
     cosine = torch.nn.functional.cosine_similarity(logits, expected, dim=-1).mean().item()
     assert math.isclose(quality.logit_cosine, cosine, rel_tol=FLOAT64_SLACK)
     agreement = (logits.argmax(-1) == expected.argmax(-1)).double().mean().item()
     assert quality.top1_agreement == agreement and 0 < agreement < 1  # the perturbed head changes some argmaxes
-    same = compare(tiny_float64, tiny_float64, ids)
+    same = compare(tiny_float64, ids, reference)
     assert same.top1_agreement == 1 and math.isclose(same.logit_cosine, 1, rel_tol=FLOAT64_SLACK)
     assert final_hidden(tiny_float64, ids).shape == (ids.shape[1], tiny_float64.config.hidden_size)
 
@@ -51,7 +54,9 @@ def test_compare_equals_the_measures_computed_from_whole_logits(tiny_llama, tiny
 def test_compare_refuses_ids_it_cannot_score(tiny_float64):
     for ids in (torch.tensor([[3]]), torch.tensor([3, 4, 5]), torch.tensor([[3, 4], [5, 6]])):
         with pytest.raises(ValueError, match="one row of at least 2 tokens"):
-            compare(tiny_float64, tiny_float64, ids)
+            compare(tiny_float64, ids, torch.zeros(2, 64))
+    with pytest.raises(ValueError, match="cover 3 positions, ids 4"):
+        compare(tiny_float64, torch.tensor([[3, 4, 5, 6]]), torch.zeros(3, 64))
 
 
 def test_int8_rows_round_each_row_to_127_steps_of_its_absmax():
@@ -154,9 +159,9 @@ def first_400_tokens(smollm2_folder):
 
 @pytest.fixture(scope="module")
 def smollm2_reference(smollm2_folder, first_400_tokens):
-    """The float32 model and its final hidden states over the 400 tokens (one forward for both tests)."""
+    """The float32 model and its logits over the 400 tokens (one forward for both tests)."""
     model = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False)
-    return model, final_hidden(model, first_400_tokens)
+    return model, teacher_forced_logits(model, first_400_tokens)
 
 
 @pytest.mark.parametrize("arguments, bitsandbytes, floor", [
@@ -175,10 +180,10 @@ def test_smollm2_top1_at_least_bitsandbytes_and_its_floor(smollm2_folder, first_
     94.5%), NF4 74.5% (bitsandbytes' NF4 70.75%). The int8 floor leaves 3 of the 400 positions for near-tie
     argmaxes that another CPU's float32 summation order may flip; NF4's is bitsandbytes' own level. The floors
     guard the quantizers against regressions; the comparison with bitsandbytes is the claim the docs make."""
-    reference, reference_hidden = smollm2_reference
+    reference, expected = smollm2_reference
     model = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False, **arguments)
-    ours = compare(model, reference, first_400_tokens, reference_hidden)
+    ours = compare(model, first_400_tokens, expected)
     with simulated_bitsandbytes(reference, bitsandbytes) as stored:
-        theirs = compare(reference, reference, first_400_tokens, reference_hidden, stored)
+        theirs = compare(reference, first_400_tokens, expected, stored)
     assert ours.top1_agreement >= theirs.top1_agreement, (ours, theirs)
     assert ours.top1_agreement >= floor, ours

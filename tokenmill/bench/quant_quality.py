@@ -69,31 +69,38 @@ def final_hidden(model, ids: torch.Tensor) -> torch.Tensor:
     return capture.hidden[0]
 
 
-def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model.lm_head(hidden)
+def logit_chunks(model, ids: torch.Tensor):
+    """The logits [positions, vocab] for `ids` [1, positions], LOGIT_CHUNK positions at a time (one forward)."""
+    hidden = final_hidden(model, ids)
     cap = getattr(model, "final_logit_softcap", None)
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    for start in range(0, hidden.shape[0], LOGIT_CHUNK):
+        with torch.no_grad():
+            logits = model.lm_head(hidden[start:start + LOGIT_CHUNK])
+        yield logits if cap is None else torch.tanh(logits / cap) * cap
 
 
-def compare(model, reference, ids: torch.Tensor, reference_hidden: torch.Tensor | None = None,
-            model_bytes: int | None = None) -> Quality:
-    """`model` against `reference` (the float32 model) over every position of `ids` [1, positions]: perplexity
-    of `model` on the text, and cosine / top-1 agreement of its logits with the reference's."""
+def teacher_forced_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """[positions, vocab]: the reference every quantized model is compared with."""
+    return torch.cat(list(logit_chunks(model, ids)))
+
+
+def compare(model, ids: torch.Tensor, reference_logits: torch.Tensor, model_bytes: int | None = None) -> Quality:
+    """`model` over every position of `ids` [1, positions]: its perplexity on the text, and the cosine / top-1
+    agreement of its logits with `reference_logits` (teacher_forced_logits of the float32 model)."""
     if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 2:
         raise ValueError(f"ids must be one row of at least 2 tokens, got shape {tuple(ids.shape)}")
-    hidden = final_hidden(model, ids)
-    reference_hidden = final_hidden(reference, ids) if reference_hidden is None else reference_hidden
+    if reference_logits.shape[0] != ids.shape[1]:
+        raise ValueError(f"reference_logits cover {reference_logits.shape[0]} positions, ids {ids.shape[1]}")
     targets = ids[0, 1:]
-    negative_log_likelihood, cosine, agree = 0.0, 0.0, 0
-    for start in range(0, ids.shape[1], LOGIT_CHUNK):
-        span = slice(start, start + LOGIT_CHUNK)
-        logits, expected = head_logits(model, hidden[span]), head_logits(reference, reference_hidden[span])
+    negative_log_likelihood, cosine, agree, start = 0.0, 0.0, 0, 0
+    for logits in logit_chunks(model, ids):
+        expected = reference_logits[start:start + logits.shape[0]]
         cosine += torch.nn.functional.cosine_similarity(logits.double(), expected.double(), dim=-1).sum().item()
         agree += int((logits.argmax(-1) == expected.argmax(-1)).sum())
-        scored = targets[span]  # position t predicts token t + 1: the last position has no target
+        scored = targets[start:start + logits.shape[0]]  # position t predicts token t + 1: the last has none
         log_probs = torch.log_softmax(logits[:len(scored)].double(), -1)
         negative_log_likelihood -= log_probs.gather(1, scored[:, None]).sum().item()
+        start += logits.shape[0]
     positions = ids.shape[1]
     return Quality(weight_bytes(model) if model_bytes is None else model_bytes,
                    math.exp(negative_log_likelihood / (positions - 1)), cosine / positions, agree / positions)
