@@ -48,7 +48,7 @@ def test_second_digit_is_the_rounded_remainder_in_128ths():
 
 
 @pytest.mark.parametrize("type_name", INT8_TYPES)
-@pytest.mark.parametrize("rows_of_x", [1, 3])
+@pytest.mark.parametrize("rows_of_x", [1, 3, 6])  # 6: a full tile of 4 activation rows and a tail of 2
 @pytest.mark.parametrize("digits", [1, 2])
 def test_int8_matmul_equals_the_integer_arithmetic(type_name, rows_of_x, digits):
     rows, columns = 37, 256
@@ -64,6 +64,17 @@ def test_int8_matmul_equals_the_integer_arithmetic(type_name, rows_of_x, digits)
     terms = activations.abs() @ weights.abs().T
     bound = (2 * columns // 32 + 3) * UNIT_ROUNDOFF[torch.float32] * terms
     assert ((out.double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("type_name", INT8_TYPES)
+@pytest.mark.parametrize("digits", [1, 2])
+def test_each_row_is_the_same_whatever_rows_are_computed_with_it(type_name, digits):
+    # the kernel unpacks each weight block once for up to 4 activation rows: a row's sums keep their order
+    blocks = random_blocks(type_name, 19, 256, seed=7)
+    x = torch.randn(7, 256, generator=torch.Generator().manual_seed(8))
+    together = kernels.matmul_int8(x, blocks, TYPE_IDS[type_name], 256, digits)
+    alone = torch.cat([kernels.matmul_int8(x[i:i + 1], blocks, TYPE_IDS[type_name], 256, digits) for i in range(7)])
+    assert torch.equal(together, alone)
 
 
 @pytest.mark.parametrize("digits, cosine_floor", [(1, 0.999), (2, 0.999999)])

@@ -246,15 +246,22 @@ def quantize_int8(x: torch.Tensor, digits: int = 2) -> tuple[torch.Tensor, torch
     return q, q_low, scales, sums
 
 
+_INT8_TYPES_SEEN: set[int] = set()  # types int8_supports confirmed: asked once, not once per call
+
+
 def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int,
                 digits: int = 2) -> torch.Tensor:
     """precision="fast": like `matmul`, with x quantized per 32-block to `digits` int8 digits (quantize_int8) and
     integer block dot products."""
-    _check_blocks(blocks, x)
+    # the checks every call needs, cheapest first (as `matmul`'s): a decode step makes ~200 of these calls
+    if not (x.dtype is torch.float32 and x.is_cpu and blocks.is_cpu and blocks.dtype is torch.uint8
+            and blocks.dim() == 2 and blocks.is_contiguous()):
+        _check_blocks(blocks, x)
     if x.shape[-1] != in_features:
         raise ValueError(f"the input's last dimension is {x.shape[-1]}, the weight takes {in_features}")
-    if not int8_supports(ggml_type):
+    if ggml_type not in _INT8_TYPES_SEEN and not int8_supports(ggml_type):
         raise ValueError(f"precision='fast' has no integer kernel for ggml type {ggml_type}")
+    _INT8_TYPES_SEEN.add(ggml_type)
     q, q_low, scales, sums = quantize_int8(x, digits)
     rows = blocks.shape[0]
     out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)

@@ -21,6 +21,8 @@
 #include <immintrin.h>
 #endif
 
+#define INT8_TILE 4 /* activation rows sharing one unpacked weight block */
+
 /* float16 bits -> float through float32 arithmetic: exact for every finite half (subnormals included) */
 static inline float half_to_float(const uint8_t *p) {
     uint32_t h = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
@@ -118,12 +120,61 @@ static inline __m256i block_lanes(__m256i a, int signed_weights, __m256i w, cons
     return _mm256_add_epi32(_mm256_slli_epi32(high, 7), low);
 }
 
-/* vector form: int32 lanes scaled and summed in eight float lanes, reduced once per row */
+/* vector form: `count` (1..INT8_TILE) activation rows against one weight row, each weight block unpacked once
+ * for all of them; per row, int32 lanes scaled and summed in eight float lanes and reduced once. Each row's sums
+ * run in the same order whatever `count` is, so a row's result does not depend on the rows beside it. */
+static inline __attribute__((always_inline)) void rows_dot_n(
+        const uint8_t *row, int ggml_type, int64_t blocks, int64_t k, const int8_t *xq, const int8_t *xq_low,
+        const float *scales, const int32_t *sums, const int count, float *out) {
+    __m256 acc[INT8_TILE];
+    float offsets[INT8_TILE];  /* Q4_0's -8 and Q4_1's minimum, times the block's activation sum */
+    for (int i = 0; i < INT8_TILE; i++) {
+        acc[i] = _mm256_setzero_ps();
+        offsets[i] = 0.0f;
+    }
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i a, w = _mm256_setzero_si256();
+        float weight_scale, weight_min = 0.0f;
+        int signed_weights = 0;
+        if (ggml_type == 2) {
+            const uint8_t *block = row + b * 18;
+            weight_scale = half_fast(block);
+            a = nibbles(block + 2);
+        } else if (ggml_type == 3) {
+            const uint8_t *block = row + b * 20;
+            weight_scale = half_fast(block);
+            weight_min = half_fast(block + 2);
+            a = nibbles(block + 4);
+        } else {
+            const uint8_t *block = row + b * 34;
+            w = _mm256_loadu_si256((const __m256i *)(block + 2));
+            weight_scale = half_fast(block);
+            a = _mm256_sign_epi8(w, w);
+            signed_weights = 1;
+        }
+        for (int i = 0; i < INT8_TILE && i < count; i++) {
+            const int64_t at = i * k + b * 32, block_at = i * blocks + b;
+            const float scale = weight_scale * scales[block_at];
+            const __m256i lanes = block_lanes(a, signed_weights, w, xq + at, xq_low ? xq_low + at : NULL);
+            if (ggml_type == 2) offsets[i] += scale * (float)(-8 * sums[block_at]);
+            if (ggml_type == 3) offsets[i] += weight_min * scales[block_at] * (float)sums[block_at];
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(scale), acc[i]);
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc[i]), _mm256_extractf128_ps(acc[i], 1));
+        half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        half = _mm_add_ss(half, _mm_movehdup_ps(half));
+        out[i] = _mm_cvtss_f32(half) + offsets[i];
+    }
+}
+
+/* one activation row (a decode step): the same sums in the same order as rows_dot_n's, without its tiling */
 static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const int8_t *xq_low,
                      const float *scales, const int32_t *sums) {
     const __m256i unused = _mm256_setzero_si256();
     __m256 acc = _mm256_setzero_ps();
-    float offsets = 0.0f;  /* Q4_0's -8 and Q4_1's minimum, times the block's activation sum */
+    float offsets = 0.0f;
     for (int64_t b = 0; b < blocks; b++, xq += 32, xq_low = xq_low ? xq_low + 32 : NULL) {
         __m256i lanes;
         float scale;
@@ -150,6 +201,17 @@ static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const in
     half = _mm_add_ss(half, _mm_movehdup_ps(half));
     return _mm_cvtss_f32(half) + offsets;
 }
+
+/* rows_dot_n with `count` a constant in each copy, so its accumulators live in registers */
+static void rows_dot(const uint8_t *row, int ggml_type, int64_t blocks, int64_t k, const int8_t *xq,
+                     const int8_t *xq_low, const float *scales, const int32_t *sums, int count, float *out) {
+    switch (count) {
+        case 1: out[0] = row_dot(row, ggml_type, blocks, xq, xq_low, scales, sums); break;
+        case 2: rows_dot_n(row, ggml_type, blocks, k, xq, xq_low, scales, sums, 2, out); break;
+        case 3: rows_dot_n(row, ggml_type, blocks, k, xq, xq_low, scales, sums, 3, out); break;
+        default: rows_dot_n(row, ggml_type, blocks, k, xq, xq_low, scales, sums, INT8_TILE, out); break;
+    }
+}
 #else
 /* one weight row against one quantized activation row: sum over blocks of float(block scale) * int dot */
 static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const int8_t *xq, const int8_t *xq_low,
@@ -170,6 +232,13 @@ static float row_dot(const uint8_t *row, int ggml_type, int64_t blocks, const in
     }
     return total;
 }
+
+static void rows_dot(const uint8_t *row, int ggml_type, int64_t blocks, int64_t k, const int8_t *xq,
+                     const int8_t *xq_low, const float *scales, const int32_t *sums, int count, float *out) {
+    for (int i = 0; i < count; i++)
+        out[i] = row_dot(row, ggml_type, blocks, xq + i * k, xq_low ? xq_low + i * k : NULL, scales + i * blocks,
+                         sums + i * blocks);
+}
 #endif
 
 /* xq_low: the second digits of tm_quantize_int8, or NULL for one digit */
@@ -179,8 +248,12 @@ int tm_matmul_int8(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n
     const int64_t blocks = k / 32;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n = 0; n < n_rows; n++)
-        for (int64_t r = 0; r < m; r++)
-            y[r * n_rows + n] = row_dot(w + n * row_bytes, ggml_type, blocks, xq + r * k,
-                                        xq_low ? xq_low + r * k : NULL, scales + r * blocks, sums + r * blocks);
+        for (int64_t r = 0; r < m; r += INT8_TILE) {
+            const int count = m - r < INT8_TILE ? (int)(m - r) : INT8_TILE;
+            float out[INT8_TILE];
+            rows_dot(w + n * row_bytes, ggml_type, blocks, k, xq + r * k, xq_low ? xq_low + r * k : NULL,
+                     scales + r * blocks, sums + r * blocks, count, out);
+            for (int i = 0; i < count; i++) y[(r + i) * n_rows + n] = out[i];
+        }
     return 0;
 }
