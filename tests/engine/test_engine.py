@@ -322,3 +322,87 @@ def test_per_step_costs_are_capped_per_request(tiny_model, kwargs, message):
 def test_out_of_range_numbers_are_refused_up_front(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)
+
+
+# ---- the engine's own arithmetic and bookkeeping, checked by value (no oracle needed) ----
+
+def test_the_default_kv_budget_is_a_fifth_of_available_memory_capped(monkeypatch):
+    from tokenmill.engine import engine as engine_module
+
+    budgets = {}
+    for available in (5 << 30, 20 << 30, None):
+        monkeypatch.setattr(engine_module, "available_memory", lambda value=available: value)
+        budgets[available] = engine_module.default_kv_memory()
+    assert budgets == {5 << 30: (5 << 30) // 5, 20 << 30: 2 << 30, None: (4 << 30) // 5}  # unknown: 4 GiB assumed
+
+
+def test_pool_blocks_from_a_count_or_a_memory_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    from tokenmill.engine import engine as engine_module
+
+    model = SimpleNamespace(dtype=torch.float16, config=SimpleNamespace(
+        num_hidden_layers=2, num_key_value_heads=3, head_dim=8))  # K and V: 2 x 2 x 3 x 8 x 2 bytes = 192 a token
+    monkeypatch.setattr(engine_module, "available_memory", lambda: 192 * 16 * 50)
+    assert engine_module.pool_blocks(model, EngineConfig(num_blocks=7, kv_cache_memory=10 ** 9)) == 7
+    assert engine_module.pool_blocks(model, EngineConfig(block_size=16, kv_cache_memory=192 * 16 * 10 + 5)) == 10
+    assert engine_module.pool_blocks(model, EngineConfig(block_size=16)) == 10  # a fifth of 50 blocks' worth
+    assert engine_module.pool_blocks(model, EngineConfig(block_size=16, kv_cache_memory=1)) == 1  # never 0
+
+
+def test_eos_ids_from_the_generation_config_model_config_and_tokenizer():
+    from types import SimpleNamespace
+
+    def model(generation, config):
+        return SimpleNamespace(generation_config=None if generation is None else
+                               SimpleNamespace(eos_token_id=generation), config=SimpleNamespace(eos_token_id=config))
+
+    tokenizer = SimpleNamespace(eos_token_id=9)
+    assert LLMEngine._eos_ids(model([2, 3], 4), tokenizer) == [2, 3, 9]  # the generation config wins over config
+    assert LLMEngine._eos_ids(model((5,), 4), None) == [5]
+    assert LLMEngine._eos_ids(model(None, 4), tokenizer) == [4, 9]  # no generation config: the model's
+    assert LLMEngine._eos_ids(model(None, None), SimpleNamespace(eos_token_id=9)) == [9]
+    assert LLMEngine._eos_ids(model(9, None), tokenizer) == [9]  # the tokenizer's already there: once
+    assert LLMEngine._eos_ids(SimpleNamespace(config=SimpleNamespace(eos_token_id=None)), None) == []
+    ids = LLMEngine._eos_ids(model(torch.tensor(6), None), None)
+    assert ids == [6] and type(ids[0]) is int
+
+
+def test_the_not_finite_message_names_the_choice_and_its_parameters():
+    from tokenmill.engine.engine import _not_finite_message
+    from tokenmill.engine.sequence import Sequence
+
+    seq = Sequence("r", 2, [1], SamplingParams(temperature=0.5, repetition_penalty=1.5, presence_penalty=0.25,
+                                               frequency_penalty=-0.5))
+    assert _not_finite_message(seq) == (
+        "choice 2 has no finite next-token distribution (NaN or infinite logits): the model's logits or this "
+        "request's own parameters (temperature=0.5, repetition_penalty=1.5, presence_penalty=0.25, "
+        "frequency_penalty=-0.5) overflowed; only this request was stopped")
+
+
+def test_stats_of_an_engine_mid_run(tiny_model):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4, max_num_seqs=1))
+    assert engine.stats() == {"num_running": 0, "num_waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 32,
+                              "prefix_cache_hit_rate": 0.0, "preemptions": 0, **engine.speculator.stats()}
+    engine.add_request("a", list(range(1, 10)), _greedy(4))
+    engine.add_request("b", list(range(1, 6)), _greedy(4))
+    engine.step()  # one sequence at a time: "a" runs (9 tokens: 3 blocks), "b" waits
+    assert engine.stats() == {"num_running": 1, "num_waiting": 1, "kv_blocks_used": 3, "kv_blocks_total": 32,
+                              "prefix_cache_hit_rate": 0.0, "preemptions": 0, "spec_draft_tokens": 0,
+                              "spec_accepted_tokens": 0, "spec_verify_steps": 0, "spec_acceptance_rate": 0.0,
+                              "spec_tokens_per_step": 1.0}
+
+
+def test_abort_all_ends_every_request_unreported_and_frees_every_block(tiny_model):
+    from tokenmill.engine.sequence import Sequence
+
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4, max_num_seqs=1))
+    engine.add_request("a", list(range(1, 10)), _greedy(8))
+    engine.add_request("b", list(range(1, 6)), _greedy(8))
+    engine.step()
+    orphan = Sequence("orphan", 0, [1, 2, 3], _greedy(4))  # queued with no request behind it
+    engine.scheduler.add(orphan)
+    assert engine.abort_all() == ["a", "b"]
+    assert engine.step() == [] and not engine.has_unfinished_requests()
+    assert not engine.scheduler.running and not engine.scheduler.waiting and engine.blocks.num_used_blocks == 0
+    assert orphan.finish_reason == "abort"

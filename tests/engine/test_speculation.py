@@ -225,6 +225,8 @@ def test_a_step_drafts_within_its_token_budget():
     assert drafts_with(5, decoding) == [0, 0, 0]  # 3 x 2 would exceed 5: no drafts
     prefilling = Sequence("p", 0, [9] * 5, params)  # a prompt still being read: the step is compute-bound
     assert drafts_with(100, [*decoding, prefilling]) == [0, 0, 0]
+    prefilling.num_computed_tokens = 3  # its last two prompt tokens still to read: as compute-bound
+    assert drafts_with(100, [*decoding, prefilling]) == [0, 0, 0]
 
 # ---- verification on fixed logits (no model): which tokens are appended, what is computed, what is freed ----
 
