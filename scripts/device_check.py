@@ -85,7 +85,9 @@ def decode_rates(oracle, model, vocab: int, batches=(1, 8, 64)) -> dict:
     for batch in batches:
         ids = torch.randint(3, vocab, (batch, 512)).to(DEVICE)
         greedy = dict(max_new_tokens=128, min_new_tokens=128, do_sample=False)
-        for label, engine, extra in (("tokenmill", model, {}), ("transformers", oracle, {"pad_token_id": 0})):
+        runs = (("tokenmill", model, {}), ("tokenmill static+graph", model, {"cache_implementation": "static"}),
+                ("transformers", oracle, {"pad_token_id": 0}))
+        for label, engine, extra in runs:
             engine.generate(ids[:, :32], max_new_tokens=4, do_sample=False, **extra)  # warm-up
             seconds = synchronized_seconds(lambda: engine.generate(ids, **greedy, **extra))
             rates.setdefault(f"batch {batch}", {})[label] = batch * 128 / seconds

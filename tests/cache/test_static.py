@@ -115,3 +115,27 @@ def test_two_queries_see_causally():
     layer.update(*_kv(2))
     mask, _ = layer.visible_mask(None, True, 2)
     assert mask.tolist() == [[[[True, False, False, False], [True, True, False, False]]]]
+
+
+def test_write_at_a_position_tensor_then_advance():
+    """A captured step writes at a device tensor's slot without touching the length; advance counts it after."""
+    from tokenmill.cache.static import StaticCache
+
+    cache = StaticCache(max_cache_len=6)
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
+    cache.update(keys, keys + 100, 0)
+    slot = torch.tensor([3])
+    cache.write_at(slot)
+    step = torch.full((2, 1, 1, 2), -7.0)
+    stored_keys, stored_values = cache.update(step, step - 1, 0)
+    assert cache.get_seq_length() == 3  # untouched by the update
+    assert torch.equal(stored_keys[:, :, 3], step[:, :, 0]) and torch.equal(stored_values[:, :, 3], step[:, :, 0] - 1)
+    assert cache.layers[0].filled.tolist() == [True, True, True, True, False, False]
+    slot.fill_(4)  # the same tensor refilled: the next write goes there
+    cache.update(step * 2, step, 0)
+    assert torch.equal(cache.layers[0].keys[:, :, 4], step[:, :, 0] * 2)
+    cache.write_at(None)
+    cache.advance(2)
+    assert cache.get_seq_length() == 5
+    cache.update(step * 3, step, 0)  # back to writing at the length
+    assert torch.equal(cache.layers[0].keys[:, :, 5], step[:, :, 0] * 3) and cache.get_seq_length() == 6

@@ -22,6 +22,9 @@ class StaticLayer(LayerCache):
         self.values: torch.Tensor | None = None
         self.filled: torch.Tensor | None = None  # [max_cache_len] bool: which slots hold a position
         self.length = 0
+        # a captured decode step writes at this device tensor's slot [1], and its length advances outside the
+        # graph (StaticCache.write_at / advance): the update then reads no Python state
+        self.position: torch.Tensor | None = None
 
     def _allocate(self, keys: torch.Tensor) -> None:
         batch, kv_heads, _, head_dim = keys.shape
@@ -36,6 +39,11 @@ class StaticLayer(LayerCache):
     def update(self, keys, values):
         if self.keys is None:
             self._allocate(keys)
+        if self.position is not None:
+            self.keys.index_copy_(2, self.position, keys.to(self.keys.dtype))
+            self.values.index_copy_(2, self.position, values.to(self.values.dtype))
+            self.filled.index_fill_(0, self.position, True)
+            return self.keys, self.values
         start, count = self.length, keys.shape[-2]
         if start + count > self.max_cache_len:
             raise ValueError(
@@ -94,3 +102,14 @@ class StaticCache(Cache):
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
+
+    def write_at(self, position: torch.Tensor | None) -> None:
+        """Every layer writes one token at `position` (a [1] long tensor on the cache's device, refilled before
+        each captured step), or, with None, at its length again."""
+        for layer in self.layers:
+            layer.position = position
+
+    def advance(self, count: int = 1) -> None:
+        """Count `count` more positions as stored (what update() does itself outside a captured step)."""
+        for layer in self.layers:
+            layer.length += count

@@ -19,6 +19,7 @@ from .logits_process import LogitsProcessorList, build_logits_processor
 from .non_finite import logits_are_finite, non_finite_error
 from .outputs import GenerateDecoderOnlyOutput
 from .sampling import draw
+from .static_graph import static_graph_for
 from .stopping_criteria import StoppingCriteriaList, build_stopping_criteria
 from .vocab_reduce import argmax_rows
 
@@ -84,12 +85,17 @@ def decode_steps(model, request: GenerationRequest) -> Iterator[tuple[torch.Tens
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     step_ids = input_ids[:, cache.get_seq_length():]
+    graph = static_graph_for(model, cache, attention_mask, config)  # None: every step eagerly
     step = 0
     while True:
         positions = positions_from_mask(attention_mask)[:, -step_ids.shape[1]:]
-        out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        raw_logits = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+        logits = None
+        if graph is not None and step > 0 and not graph.failed:
+            logits = graph.logits(step_ids, positions)
+        if logits is None:
+            logits = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        raw_logits = logits[:, -1, :].to(dtype=torch.float32, copy=True)
         if not logits_are_finite(raw_logits):  # before sampling, which would fail on NaN probabilities
             raise non_finite_error(model, raw_logits, input_ids, attention_mask, step)
         scores = request.processors(input_ids, raw_logits)
