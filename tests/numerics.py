@@ -108,6 +108,16 @@ def assert_runs_agree(first: torch.Tensor, second: torch.Tensor, reduction: int,
 _FLOAT64_TWINS: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
 
 
+def assert_same_model(loaded, reference, ids: torch.Tensor, label: str) -> None:
+    """Two float32 models meant to hold the same weights (a file read back, the values it was written from): logits
+    within assert_runs_agree's bound, and the same 8 greedy tokens."""
+    with torch.no_grad():
+        assert_runs_agree(loaded(ids).logits, reference(ids).logits, reduction_len(reference.config, ids.shape[1]),
+                          matmuls(reference.config), label)
+    assert torch.equal(loaded.generate(ids, max_new_tokens=8, do_sample=False),
+                       reference.generate(ids, max_new_tokens=8, do_sample=False))
+
+
 def float64_twin(oracle: torch.nn.Module) -> torch.nn.Module:
     """The oracle's weights widened exactly to float64 (made once per oracle): the exact reference."""
     if oracle not in _FLOAT64_TWINS:

@@ -18,7 +18,7 @@ from tokenmill.cli import main as cli_main
 from tokenmill.config import ModelConfig
 from tokenmill.loading.safetensors import read_folder_weights
 
-from numerics import assert_runs_agree, matmuls, reduction_len
+from numerics import assert_runs_agree, assert_same_model, matmuls, reduction_len
 
 IDS = torch.tensor([[1, 5, 9, 33, 2, 17, 60, 4, 4, 21]])
 
@@ -36,14 +36,6 @@ def reference_model(folder, file_type: str):
     weights = read_folder_weights(folder, torch.float32, progress=False)
     weights = {name: exported_values(tensor, file_type) for name, tensor in weights.items()}
     return build_model(ModelConfig.from_json_file(folder / "config.json"), weights, source=folder)
-
-
-def assert_same_model(loaded, reference, ids, label: str) -> None:
-    with torch.no_grad():
-        assert_runs_agree(loaded(ids).logits, reference(ids).logits, reduction_len(reference.config, ids.shape[1]),
-                          matmuls(reference.config), label)
-    assert torch.equal(loaded.generate(ids, max_new_tokens=8, do_sample=False),
-                       reference.generate(ids, max_new_tokens=8, do_sample=False))
 
 
 @pytest.mark.parametrize("file_type", ["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])

@@ -21,7 +21,7 @@ from tokenmill.cli import main as cli_main
 from tokenmill.config import ModelConfig
 from tokenmill.loading.safetensors import read_folder_weights
 
-from numerics import assert_runs_agree, matmuls, reduction_len
+from numerics import assert_runs_agree, assert_same_model, matmuls, reduction_len
 
 IDS = torch.tensor([[2, 5, 9, 33, 2, 17, 60, 4, 4, 21, 90, 7]])  # longer than the 4-token window
 
@@ -75,11 +75,7 @@ def test_tiny_gemma3_reloads_in_tokenmill_to_the_exported_values(tiny_gemma3, tm
     loaded = AutoModelForCausalLM.from_pretrained(path, progress=False)
     assert loaded.config.model_type == "gemma3_text" and loaded.config.num_hidden_layers == 7
     reference = reference_model(tiny_gemma3, file_type)
-    with torch.no_grad():
-        assert_runs_agree(loaded(IDS).logits, reference(IDS).logits, reduction_len(reference.config, IDS.shape[1]),
-                          matmuls(reference.config), file_type)
-    assert torch.equal(loaded.generate(IDS, max_new_tokens=8, do_sample=False),
-                       reference.generate(IDS, max_new_tokens=8, do_sample=False))
+    assert_same_model(loaded, reference, IDS, file_type)
     if file_type == "f32":  # the very values: the same logits as the model it was written from
         source = AutoModelForCausalLM.from_pretrained(tiny_gemma3, progress=False)
         with torch.no_grad():

@@ -17,7 +17,7 @@ from tokenmill.loading.gguf import one_thread_per_op
 from tokenmill.loading.safetensors import read_folder_weights
 from tokenmill.models.registry import families
 
-from numerics import assert_runs_agree, matmuls, reduction_len
+from numerics import assert_runs_agree, assert_same_model, matmuls, reduction_len
 
 IDS = torch.tensor([[1, 5, 9, 33, 2, 17, 60, 4, 4, 21]])
 FILE_TYPES = {"q2_k": gguf.LlamaFileType.MOSTLY_Q2_K, "q3_k": gguf.LlamaFileType.MOSTLY_Q3_K_S,
@@ -75,11 +75,7 @@ def test_k_quant_export_loads_back_to_the_quantized_model(wide_llama, tmp_path, 
     loaded = AutoModelForCausalLM.from_pretrained(path, progress=False)
     assert loaded.is_quantized()
     reference = reference_model(wide_llama, file_type)
-    with torch.no_grad():
-        assert_runs_agree(loaded(IDS).logits, reference(IDS).logits, reduction_len(reference.config, IDS.shape[1]),
-                          matmuls(reference.config), file_type)
-    assert torch.equal(loaded.generate(IDS, max_new_tokens=8, do_sample=False),
-                       reference.generate(IDS, max_new_tokens=8, do_sample=False))
+    assert_same_model(loaded, reference, IDS, file_type)
 
 
 def test_transformers_reads_a_q4_k_m_file(wide_llama, tmp_path):

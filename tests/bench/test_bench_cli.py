@@ -186,12 +186,16 @@ def test_quantize_at_load_joins_the_weights_sweep(tiny_folder, tmp_path):
     assert weights["tokenmill float32 sdpa q4_k_m"] < weights["tokenmill float32 sdpa"]
 
 
-def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):
-    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
-            "--warmup", "0", "--weights", "gguf,dense", "--no-progress", "--no-plots", "--memory-in-process",
-            "-o", str(tmp_path)]
+def _sweep_report(model, tmp_path, *flags) -> dict:
+    """bench.json of a one-repeat 4+3-token run of `model` with `flags` (memory measured in-process)."""
+    argv = ["bench", "-m", str(model), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
+            "--warmup", "0", *flags, "--no-progress", "--no-plots", "--memory-in-process", "-o", str(tmp_path)]
     assert cli.main(argv) == 0
-    report = json.loads((tmp_path / "bench.json").read_text())
+    return json.loads((tmp_path / "bench.json").read_text())
+
+
+def test_gguf_weight_kinds_are_a_sweep_dimension(smollm2_gguf, tmp_path):
+    report = _sweep_report(smollm2_gguf, tmp_path, "--weights", "gguf,dense")
     assert [point["weights"] for point in report["points"]] == ["gguf", "dense"]
     weights = {name: info["weight_bytes"] for name, info in report["models"].items()}
     # Q4_1/Q8_0 blocks against float32: about 4.5-8.5 bits per weight instead of 32
@@ -272,11 +276,7 @@ def test_placement_options_are_refused_where_they_would_do_nothing(tiny_folder):
 
 
 def test_precisions_are_a_sweep_dimension(smollm2_gguf, tmp_path):
-    argv = ["bench", "-m", str(smollm2_gguf), "--prompt-lengths", "4", "--new-tokens", "3", "--repeats", "1",
-            "--warmup", "0", "--precision", "exact,fast", "--no-progress", "--no-plots", "--memory-in-process",
-            "-o", str(tmp_path)]
-    assert cli.main(argv) == 0
-    report = json.loads((tmp_path / "bench.json").read_text())
+    report = _sweep_report(smollm2_gguf, tmp_path, "--precision", "exact,fast")
     assert [point["precision"] for point in report["points"]] == ["exact", "fast"]
     policies = {name: info["execution_policy"]["precision"] for name, info in report["models"].items()}
     assert policies == {"tokenmill float32 sdpa": "exact", "tokenmill float32 sdpa fast": "fast"}

@@ -91,10 +91,11 @@ def test_the_draft_cache_is_cut_back_to_the_verified_tokens(other_draft):
     drafts = proposer.propose(seq, 3)
     assert len(drafts) == 3
     state = proposer._states[("r", 0)]
-    assert state.fed == [5, 9, 2, 40, 7, drafts[0], drafts[1]]  # the last draft is not fed yet
+    assert state.seen[0].tolist() == [5, 9, 2, 40, 7, drafts[0], drafts[1]]  # the last draft is not fed yet
     seq.output_token_ids = [drafts[0], (drafts[1] + 1) % 96]  # the first draft accepted, the second rejected
     again = proposer.propose(seq, 2)
-    assert state.fed[:6] == seq.all_token_ids[:6] and state.fed[6] == seq.all_token_ids[6]
+    fed = state.seen[0].tolist()
+    assert fed[:6] == seq.all_token_ids[:6] and fed[6] == seq.all_token_ids[6]
     assert again == DraftModelProposer(model).propose(seq, 2)  # as if the draft model read the tokens afresh
 
 

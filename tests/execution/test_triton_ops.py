@@ -80,16 +80,29 @@ def test_generate_with_the_dynamic_cache(tiny_folder, kernel_calls, fused_calls)
     assert fused_calls == {"rms_norm", "rotary", "silu_mul"}  # the model's element-wise work went to Triton too
 
 
+PROMPTS = [[1, 5, 9, 13, 40, 7], [3, 4, 5], [8, 8, 2, 90, 14, 2, 6, 7, 1]]
+
+
+def _engine_tokens(folder, triton: bool = False, capture=None):
+    """Greedy tokens of PROMPTS through the engine (ATen, or the Triton set; capture: decode steps replayed from
+    graphs), and the engine's runner."""
+    from tokenmill.engine.model_runner import ModelRunner
+
+    model = AutoModelForCausalLM.from_pretrained(folder, progress=False, kernels="torch")
+    if triton:
+        _with_triton(model)
+    llm = LLM(model, skip_tokenizer_init=True, num_blocks=32, block_size=4)
+    if capture is not None:
+        llm.engine.runner = ModelRunner(model, 32, 4, capture=capture)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS],
+                           SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    return [o.outputs[0].token_ids for o in outputs], llm.engine.runner
+
+
 def test_engine_steps_read_the_paged_pool(tiny_folder, kernel_calls):
-    prompts = [[1, 5, 9, 13, 40, 7], [3, 4, 5], [8, 8, 2, 90, 14, 2, 6, 7, 1]]
-    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-    plain = LLM(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"),
-                skip_tokenizer_init=True, num_blocks=32, block_size=4)
-    expected = plain.generate([{"prompt_token_ids": p} for p in prompts], params)
-    model = _with_triton(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"))
-    engine = LLM(model, skip_tokenizer_init=True, num_blocks=32, block_size=4)
-    got = engine.generate([{"prompt_token_ids": p} for p in prompts], params)
-    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    expected, _ = _engine_tokens(tiny_folder)
+    got, _ = _engine_tokens(tiny_folder, triton=True)
+    assert got == expected
     assert kernel_calls and all(kernel_calls)  # every call read the pool through slot tables
 
 
@@ -97,16 +110,8 @@ def test_engine_decode_steps_replayed_from_graphs(tiny_folder, kernel_calls):
     """The engine's captured decode steps (engine/decode_graphs.py, the CPU stand-in for CUDA graphs) with the
     Triton kernel reading the pool through padded slot tables: the eager engine's greedy tokens."""
     from tokenmill.execution.graphs import EagerStandIn
-    from tokenmill.engine.model_runner import ModelRunner
 
-    prompts = [[1, 5, 9, 13, 40, 7], [3, 4, 5], [8, 8, 2, 90, 14, 2, 6, 7, 1]]
-    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-    plain = LLM(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"),
-                skip_tokenizer_init=True, num_blocks=32, block_size=4)
-    expected = plain.generate([{"prompt_token_ids": p} for p in prompts], params)
-    model = _with_triton(AutoModelForCausalLM.from_pretrained(tiny_folder, progress=False, kernels="torch"))
-    engine = LLM(model, skip_tokenizer_init=True, num_blocks=32, block_size=4)
-    engine.engine.runner = runner = ModelRunner(model, 32, 4, capture=EagerStandIn())
-    got = engine.generate([{"prompt_token_ids": p} for p in prompts], params)
-    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    expected, _ = _engine_tokens(tiny_folder)
+    got, runner = _engine_tokens(tiny_folder, triton=True, capture=EagerStandIn())
+    assert got == expected
     assert (4, 64) in runner.graphs.graphs and all(kernel_calls)  # 3 rows padded to 4, read in place

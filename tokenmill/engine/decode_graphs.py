@@ -75,13 +75,13 @@ class DecodeGraphs:
         layout, mask, positions = build_layout(rows.tables, rows.starts, rows.counts, self.pool.block_size,
                                                self.pool.device)
         batch, columns = layout.context_slots.shape
-        width = padded_columns(columns)
-        graph = self.graphs.get((padded_batch(batch), width))
+        shape = (padded_batch(batch), padded_columns(columns))
+        graph = self.graphs.get(shape)
         fresh = graph is None
         if fresh:
-            graph = self._buffers(padded_batch(batch), width)
+            graph = self._buffers(*shape)
         self._fill(graph, step.tokens, layout, mask, positions)
-        if fresh and not self._capture(graph, padded_batch(batch), width):
+        if fresh and not self._capture(graph, *shape):
             return None
         graph.replay()
         return graph.logits[:batch]

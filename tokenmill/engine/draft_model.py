@@ -10,12 +10,13 @@ dropped), so the draft model reads each verified token once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from ..cache.dynamic import DynamicCache
+from ..generation.config import GenerationConfig
+from ..generation.drafters import AssistantDrafter
+from ..generation.logits_base import LogitsProcessorList
 from .sequence import Sequence
+from .spec_params import MAX_SPECULATIVE_TOKENS
 
 
 class DraftModelError(ValueError):
@@ -31,28 +32,22 @@ def check_draft_model(draft, target) -> None:
                               f"({target_vocab}): a draft model must share the target's tokenizer")
 
 
-@dataclass
-class _DraftState:
-    cache: DynamicCache = field(default_factory=DynamicCache)
-    fed: list[int] = field(default_factory=list)  # the ids whose keys/values the cache holds, in order
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    count = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        count += 1
-    return count
+def _greedy_drafter(model) -> AssistantDrafter:
+    """generate()'s assistant drafter, greedy, unprocessed logits, never stopping early on its own doubt (the
+    engine's limit sets the length)."""
+    config = GenerationConfig(do_sample=False, num_assistant_tokens=MAX_SPECULATIVE_TOKENS,
+                              num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+    return AssistantDrafter(model, LogitsProcessorList(), config)
 
 
 class DraftModelProposer:
-    """Greedy drafts from `model` for each running sequence (keyed by request id and choice)."""
+    """Greedy drafts from `model` for each running sequence (keyed by request id and choice): one assistant
+    drafter (generation/drafters.py) per sequence, whose cache follows the sequence's verified tokens."""
 
     def __init__(self, model):
         self.model = model.eval()
         self.max_positions = model.config.max_position_embeddings
-        self._states: dict[tuple[str, int], _DraftState] = {}
+        self._states: dict[tuple[str, int], AssistantDrafter] = {}
 
     def keep_only(self, live: list[Sequence]) -> None:
         """Forget the caches of sequences that finished or left the running set (a preempted one re-reads)."""
@@ -67,16 +62,8 @@ class DraftModelProposer:
         limit = min(limit, self.max_positions - len(ids))
         if limit <= 0:
             return []
-        state = self._states.setdefault((seq.request_id, seq.index), _DraftState())
-        kept = min(shared_prefix(state.fed, ids), len(ids) - 1)  # the last token is fed again for its logits
-        state.cache.crop(kept)
-        del state.fed[kept:]
-        step, drafts = ids[kept:], []
-        for _ in range(limit):
-            out = self.model(input_ids=torch.tensor([step], device=self.model.device), past_key_values=state.cache,
-                             use_cache=True, logits_to_keep=1)
-            state.fed.extend(step)
-            token = int(out.logits[0, -1].argmax())
-            drafts.append(token)
-            step = [token]
-        return drafts
+        key = (seq.request_id, seq.index)
+        if key not in self._states:
+            self._states[key] = _greedy_drafter(self.model)
+        drafts, _ = self._states[key].propose(torch.tensor([ids], dtype=torch.long), limit)
+        return drafts[0].tolist()
