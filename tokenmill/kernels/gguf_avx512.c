@@ -192,6 +192,11 @@ static inline const float *x_at(const float *x, const int packed, int64_t k, int
     return packed ? x + (e / 16 * mb + r) * 16 : x + (r0 + r) * k + e;
 }
 
+#include "gguf_ktiles.h" /* tile_q4k, tile_q6k */
+
+#define Q4_K_ID 12 /* gguf_types.h */
+#define Q6_K_ID 14
+
 /* y[(r0 + r) * ldy + n0 + i] = x[r0 + r] . W[n0 + i] for a tile of `nb` weight rows by `mb` activation rows
  * (both compile-time constants). One accumulator per output, fed block by block and vector by vector in the
  * same order whatever the tile: results do not depend on how many rows are computed together. */
@@ -199,6 +204,14 @@ static inline __attribute__((always_inline)) void tile_dot(int type, int block_e
                                                           const uint8_t *w, int64_t row_bytes, int64_t n0,
                                                           const int nb, const float *x, int64_t k, int64_t r0,
                                                           const int mb, const int packed, float *y, int64_t ldy) {
+    if (type == Q4_K_ID) { /* super-blocks: tiles that unpack a few vectors of each row at a time */
+        tile_q4k(w, row_bytes, n0, nb, x, k, r0, mb, packed, y, ldy);
+        return;
+    }
+    if (type == Q6_K_ID) {
+        tile_q6k(w, row_bytes, n0, nb, x, k, r0, mb, packed, y, ldy);
+        return;
+    }
     __m512 acc[16]; /* acc[i * mb + r], nb * mb <= 16: packed, so all stay in registers */
     for (int i = 0; i < nb; i++)
         for (int r = 0; r < mb; r++) acc[i * mb + r] = _mm512_setzero_ps();
