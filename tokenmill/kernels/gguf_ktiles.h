@@ -54,18 +54,30 @@ static inline void q4k_pair(const uint8_t *b, const float *dl, const float *ml, 
     w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(second, 4), odd);
 }
 
+/* Q4_K sub-block `sub` alone (2 vectors), as q4k_pair */
+static inline void q4k_sub(const uint8_t *b, const float *dl, const float *ml, int sub, __m512 *w) {
+    const __m512 table = _mm512_sub_ps(_mm512_mul_ps(nibble_values(), _mm512_set1_ps(dl[sub])),
+                                       _mm512_set1_ps(ml[sub]));
+    const uint8_t *chunk = b + 16 + 32 * (sub / 2);
+    for (int half = 0; half < 2; half++) {
+        __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(chunk + 16 * half)));
+        w[half] = _mm512_permutexvar_ps(sub & 1 ? _mm512_srli_epi32(bytes, 4) : bytes, table);
+    }
+}
+
 /* prefetch the same block PREFETCH_ROWS rows ahead, a cache line at a time (as tile_dot) */
 #define PREFETCH_BLOCK(row, row_bytes, i, block_bytes)                                                      \
     for (int offset_ = 0; offset_ < (block_bytes); offset_ += 64)                                           \
     _mm_prefetch((const char *)((row) + (PREFETCH_ROWS + (i)) * (row_bytes) + offset_), _MM_HINT_T0)
 
-/* acc[i * mb + r] += w[v] * x[r] at vector `vector` of the row (e + 16 * vector columns in) */
-#define MULTIPLY_IN(i, w, count, first_vector)                                                              \
+/* acc[i * mb + r] += w[i][v] * x[r] at vector `first_vector + v` of the block (columns e + 16 * that on), for
+ * v < count and all rows i < nb: each vector of x is loaded once for all weight rows */
+#define MULTIPLY_IN(w, count, first_vector)                                                                 \
     for (int v_ = 0; v_ < (count); v_++)                                                                    \
-        for (int r_ = 0; r_ < mb; r_++)                                                                     \
-            acc[(i) * mb + r_] = _mm512_fmadd_ps(                                                           \
-                (w)[v_], _mm512_loadu_ps(x_at(x, packed, k, r0, mb, r_, e + 16 * ((first_vector) + v_))),  \
-                acc[(i) * mb + r_])
+        for (int r_ = 0; r_ < mb; r_++) {                                                                   \
+            const __m512 xv_ = _mm512_loadu_ps(x_at(x, packed, k, r0, mb, r_, e + 16 * ((first_vector) + v_))); \
+            for (int i_ = 0; i_ < nb; i_++) acc[i_ * mb + r_] = _mm512_fmadd_ps((w)[i_][v_], xv_, acc[i_ * mb + r_]); \
+        }
 
 /* tile_dot for Q4_K (same arguments, same results) */
 static inline __attribute__((always_inline)) void tile_q4k(const uint8_t *w, int64_t row_bytes, int64_t n0,
@@ -80,12 +92,19 @@ static inline __attribute__((always_inline)) void tile_q4k(const uint8_t *w, int
             PREFETCH_BLOCK(row, row_bytes, i, 144);
             q4k_scales(row + i * row_bytes, dl[i], ml[i]);
         }
-        for (int p = 0; p < 4; p++)
-            for (int i = 0; i < nb; i++) {
-                __m512 values[4];
-                q4k_pair(row + i * row_bytes, dl[i], ml[i], p, values);
-                MULTIPLY_IN(i, values, 4, 4 * p);
+        if (nb * (4 + mb) <= 28) { /* a sub-block pair of every row in registers with the accumulators */
+            for (int p = 0; p < 4; p++) {
+                __m512 values[TILE_N][4];
+                for (int i = 0; i < nb; i++) q4k_pair(row + i * row_bytes, dl[i], ml[i], p, values[i]);
+                MULTIPLY_IN(values, 4, 4 * p);
             }
+        } else { /* 4 x 4 tiles: one sub-block at a time, the pair's bytes loaded twice */
+            for (int sub = 0; sub < 8; sub++) {
+                __m512 values[TILE_N][2];
+                for (int i = 0; i < nb; i++) q4k_sub(row + i * row_bytes, dl[i], ml[i], sub, values[i]);
+                MULTIPLY_IN(values, 2, 2 * sub);
+            }
+        }
     }
     STORE_TILE(acc, nb, mb);
 }
@@ -137,16 +156,16 @@ static inline __attribute__((always_inline)) void tile_q6k(const uint8_t *w, int
         for (int h = 0; h < 2; h++) {
             __m512i first[TILE_N], second[TILE_N];
             for (int i = 0; i < nb; i++) q6k_half(row + i * row_bytes, h, &first[i], &second[i]);
-            for (int lane = 0; lane < 4; lane++)
-                for (int i = 0; i < nb; i++) {
-                    __m512 values[1] = {q6k_group(first[i], lane, dl[i][8 * h + lane])};
-                    MULTIPLY_IN(i, values, 1, 8 * h + lane);
-                }
-            for (int lane = 0; lane < 4; lane++)
-                for (int i = 0; i < nb; i++) {
-                    __m512 values[1] = {q6k_group(second[i], lane, dl[i][8 * h + 4 + lane])};
-                    MULTIPLY_IN(i, values, 1, 8 * h + 4 + lane);
-                }
+            for (int lane = 0; lane < 4; lane++) {
+                __m512 values[TILE_N][1];
+                for (int i = 0; i < nb; i++) values[i][0] = q6k_group(first[i], lane, dl[i][8 * h + lane]);
+                MULTIPLY_IN(values, 1, 8 * h + lane);
+            }
+            for (int lane = 0; lane < 4; lane++) {
+                __m512 values[TILE_N][1];
+                for (int i = 0; i < nb; i++) values[i][0] = q6k_group(second[i], lane, dl[i][8 * h + 4 + lane]);
+                MULTIPLY_IN(values, 1, 8 * h + 4 + lane);
+            }
         }
     }
     STORE_TILE(acc, nb, mb);
