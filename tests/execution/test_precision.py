@@ -98,7 +98,12 @@ def test_the_setter_switches_only_types_with_an_integer_kernel():
         assert layer(type_name).set_precision("fast") is False
     switched = layer("Q4_1")
     switched.set_precision("fast")
+    with torch.inference_mode():
+        switched(torch.randn(1, 256))
+    # the packed layout (where the build has one) is made by the first fast forward, dropped by exact mode
+    assert (switched.int8_packing.packed is not None) == kernels.int8_packs(BY_NAME["Q4_1"].type_id)
     assert switched.set_precision("exact") is False and not switched.integer_activations
+    assert switched.int8_packing.packed is None
     assert "int8 activations" in repr(switched.set_precision("fast") and switched)
     with pytest.raises(ValueError, match="precision must be one of"):
         layer("Q4_0").set_precision("int8")

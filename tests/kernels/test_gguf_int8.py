@@ -47,11 +47,25 @@ def test_second_digit_is_the_rounded_remainder_in_128ths():
     assert ((integers.double() * steps - x.double()).abs() <= steps / 2 * (1 + 1e-6)).all()
 
 
+def packed_or_none(blocks: torch.Tensor, type_name: str, columns: int, packed: bool) -> torch.Tensor | None:
+    """pack_int8 of the blocks if `packed` and this build has the packed kernel; where it has none, pack_int8
+    refuses the type by name and the test runs the GGUF-layout kernel."""
+    if not packed:
+        return None
+    if not kernels.int8_packs(TYPE_IDS[type_name]):
+        with pytest.raises(ValueError, match="no packed int8 layout"):
+            kernels.pack_int8(blocks, TYPE_IDS[type_name], columns)
+        return None
+    return kernels.pack_int8(blocks, TYPE_IDS[type_name], columns)
+
+
 @pytest.mark.parametrize("type_name", INT8_TYPES)
-@pytest.mark.parametrize("rows_of_x", [1, 3, 6])  # 6: a full tile of 4 activation rows and a tail of 2
+# 6: a full tile of 4 activation rows and a tail of 2; 11: the packed kernel's tile of 8 and a tail of 3
+@pytest.mark.parametrize("rows_of_x", [1, 3, 6, 11])
 @pytest.mark.parametrize("digits", [1, 2])
-def test_int8_matmul_equals_the_integer_arithmetic(type_name, rows_of_x, digits):
-    rows, columns = 37, 256
+@pytest.mark.parametrize("packed", [False, True])
+def test_int8_matmul_equals_the_integer_arithmetic(type_name, rows_of_x, digits, packed):
+    rows, columns = 37, 256  # 37: two full groups of 16 packed rows and a group of 5
     blocks = random_blocks(type_name, rows, columns, seed=3)
     weights = reference(blocks, type_name, columns).double()  # d * q (+ m): exact in float64
     x = torch.randn(rows_of_x, columns, generator=torch.Generator().manual_seed(4))
@@ -59,7 +73,8 @@ def test_int8_matmul_equals_the_integer_arithmetic(type_name, rows_of_x, digits)
     integers = q.double() if q_low is None else 128 * q.double() + q_low.double()
     activations = integers * scales.double().repeat_interleave(32, dim=-1)
     exact = activations @ weights.T  # the same integer products and scales, summed in float64
-    out = kernels.matmul_int8(x, blocks, TYPE_IDS[type_name], columns, digits)
+    out = kernels.matmul_int8(x, blocks, TYPE_IDS[type_name], columns, digits,
+                              packed_or_none(blocks, type_name, columns, packed))
     # per block: d_w * d_x and its product with the exact int sum round once each, then 2 * blocks float sums
     terms = activations.abs() @ weights.abs().T
     bound = (2 * columns // 32 + 3) * UNIT_ROUNDOFF[torch.float32] * terms
@@ -68,13 +83,34 @@ def test_int8_matmul_equals_the_integer_arithmetic(type_name, rows_of_x, digits)
 
 @pytest.mark.parametrize("type_name", INT8_TYPES)
 @pytest.mark.parametrize("digits", [1, 2])
-def test_each_row_is_the_same_whatever_rows_are_computed_with_it(type_name, digits):
-    # the kernel unpacks each weight block once for up to 4 activation rows: a row's sums keep their order
+@pytest.mark.parametrize("packed", [False, True])
+def test_each_row_is_the_same_whatever_rows_are_computed_with_it(type_name, digits, packed):
+    # the kernels unpack each weight block once for up to 4 (packed: 8) activation rows: a row's sums keep
+    # their order
     blocks = random_blocks(type_name, 19, 256, seed=7)
-    x = torch.randn(7, 256, generator=torch.Generator().manual_seed(8))
-    together = kernels.matmul_int8(x, blocks, TYPE_IDS[type_name], 256, digits)
-    alone = torch.cat([kernels.matmul_int8(x[i:i + 1], blocks, TYPE_IDS[type_name], 256, digits) for i in range(7)])
+    layout = packed_or_none(blocks, type_name, 256, packed)
+    x = torch.randn(11, 256, generator=torch.Generator().manual_seed(8))
+    together = kernels.matmul_int8(x, blocks, TYPE_IDS[type_name], 256, digits, layout)
+    alone = torch.cat([kernels.matmul_int8(x[i:i + 1], blocks, TYPE_IDS[type_name], 256, digits, layout)
+                       for i in range(11)])
     assert torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("type_name", INT8_TYPES)
+def test_the_packed_layout_has_the_blocks_size_and_is_checked(type_name):
+    type_id = TYPE_IDS[type_name]
+    blocks = random_blocks(type_name, 32, 128, seed=9)
+    if not kernels.int8_packs(type_id):
+        with pytest.raises(ValueError, match="no packed int8 layout"):
+            kernels.pack_int8(blocks, type_id, 128)
+        return
+    packed = kernels.pack_int8(blocks, type_id, 128)
+    assert packed.dtype == torch.uint8 and packed.numel() == blocks.numel()  # 32 rows: two full groups
+    assert kernels.pack_int8(blocks[:17].contiguous(), type_id, 128).numel() == blocks.numel()  # padded to 32
+    with pytest.raises(ValueError, match="cannot pack"):
+        kernels.pack_int8(blocks, type_id, 96)  # the row bytes hold 128 columns
+    with pytest.raises(ValueError, match="no packed int8 layout"):
+        kernels.pack_int8(random_blocks("Q4_K", 2, 256), TYPE_IDS["Q4_K"], 256)
 
 
 @pytest.mark.parametrize("digits, cosine_floor", [(1, 0.999), (2, 0.999999)])

@@ -249,10 +249,33 @@ def quantize_int8(x: torch.Tensor, digits: int = 2) -> tuple[torch.Tensor, torch
 _INT8_TYPES_SEEN: set[int] = set()  # types int8_supports confirmed: asked once, not once per call
 
 
+def int8_packs(ggml_type: int) -> bool:
+    """True where this build multiplies the type from weights repacked by `pack_int8` (AVX-512 VNNI)."""
+    lib = library()
+    return lib is not None and bool(lib.tm_int8_packs(ggml_type))
+
+
+def pack_int8(blocks: torch.Tensor, ggml_type: int, in_features: int) -> torch.Tensor:
+    """The block weights [rows, row_bytes] in gguf_int8_packed.c's layout (rows in groups of 16, each block's
+    values interleaved across the group's rows): a flat uint8 tensor of the same size, rounded up to 16 rows,
+    for `matmul_int8(..., packed=...)`."""
+    _check_blocks(blocks)
+    if not int8_packs(ggml_type):
+        raise ValueError(f"this kernel build has no packed int8 layout for ggml type {ggml_type}")
+    rows = blocks.shape[0]
+    size = (rows + 15) // 16 * (in_features // 32) * library().tm_int8_group_block_bytes(ggml_type)
+    packed = torch.empty(size, dtype=torch.uint8)
+    if library().tm_int8_pack(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, packed.data_ptr(),
+                              _threads()):
+        raise ValueError(f"cannot pack a [{rows}, {blocks.shape[1]}] byte tensor of ggml type {ggml_type} with "
+                         f"{in_features} columns")
+    return packed
+
+
 def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_features: int,
-                digits: int = 2) -> torch.Tensor:
+                digits: int = 2, packed: torch.Tensor | None = None) -> torch.Tensor:
     """precision="fast": like `matmul`, with x quantized per 32-block to `digits` int8 digits (quantize_int8) and
-    integer block dot products."""
+    integer block dot products; from `packed` (pack_int8 of these blocks) where given, the faster kernel."""
     # the checks every call needs, cheapest first (as `matmul`'s): a decode step makes ~200 of these calls
     if not (x.dtype is torch.float32 and x.is_cpu and blocks.is_cpu and blocks.dtype is torch.uint8
             and blocks.dim() == 2 and blocks.is_contiguous()):
@@ -262,8 +285,17 @@ def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_featur
     if ggml_type not in _INT8_TYPES_SEEN and not int8_supports(ggml_type):
         raise ValueError(f"precision='fast' has no integer kernel for ggml type {ggml_type}")
     _INT8_TYPES_SEEN.add(ggml_type)
-    q, q_low, scales, sums = quantize_int8(x, digits)
     rows = blocks.shape[0]
+    if packed is not None:
+        if not x.is_contiguous():
+            x = x.contiguous()
+        out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
+        status = library().tm_matmul_int8_packed(packed.data_ptr(), ggml_type, rows, in_features, x.data_ptr(),
+                                                 x.numel() // in_features, digits, out.data_ptr(), _threads())
+        if status:
+            raise RuntimeError(f"packed int8 matmul failed (status {status}) for ggml type {ggml_type}")
+        return out
+    q, q_low, scales, sums = quantize_int8(x, digits)
     out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
     status = library().tm_matmul_int8(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, q.data_ptr(),
                                       None if q_low is None else q_low.data_ptr(), scales.data_ptr(),

@@ -24,7 +24,8 @@ from pathlib import Path
 from .cpu import cpu_flags
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / name for name in ("gguf_blocks.c", "gguf_avx512.c", "gguf_int8.c", "elementwise.c", "attention.c")]
+SOURCES = [HERE / name for name in (
+    "gguf_blocks.c", "gguf_avx512.c", "gguf_int8.c", "gguf_int8_packed.c", "elementwise.c", "attention.c")]
 EXPORTS = HERE / "exports.h"
 ISA_VARIABLE = "TOKENMILL_KERNEL_ISA"
 ISAS = ("native", "avx512", "avx2", "scalar")

@@ -33,6 +33,16 @@ int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, int8_t 
                      int32_t *sums);
 int tm_matmul_int8(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, const int8_t *xq,
                    const int8_t *xq_low, const float *scales, const int32_t *sums, int64_t m, float *y, int threads);
+/* precision="fast" over weights repacked once (gguf_int8_packed.c, AVX-512 VNNI builds): tm_int8_packs 1 where
+ * this build has it for the type; tm_int8_group_block_bytes: packed bytes per 16 rows and 32-value block (the
+ * packed size is ceil(n_rows / 16) * k / 32 times it); tm_matmul_int8_packed quantizes x itself (as
+ * tm_quantize_int8, `digits` 1 or 2) */
+int tm_int8_packs(int ggml_type);
+int tm_int8_group_block_bytes(int ggml_type);
+int tm_int8_pack(const uint8_t *w, int64_t row_bytes, int ggml_type, int64_t n_rows, int64_t k, uint8_t *out,
+                 int threads);
+int tm_matmul_int8_packed(const uint8_t *packed, int ggml_type, int64_t n_rows, int64_t k, const float *x,
+                          int64_t m, int digits, float *y, int threads);
 
 int tm_rms_norm(const float *x, int64_t rows, int64_t dim, const float *w, float eps, int unit_offset, float *out,
                 int threads);

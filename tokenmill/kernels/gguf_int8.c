@@ -35,11 +35,43 @@ static inline float half_to_float(const uint8_t *p) {
 
 int tm_int8_supports(int ggml_type) { return ggml_type == 2 || ggml_type == 3 || ggml_type == 8; }
 
+#if defined(TM_AVX512)
+/* one 32-value block as the scalar loop below quantizes it: the same float32 operations lane by lane
+ * (roundscale to nearest even is nearbyintf under the default rounding mode), so the same bytes */
+static void quantize_block_avx512(const float *xb, int8_t *q, int8_t *q_low, float *scale, int32_t *sum) {
+    const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const float d = amax / 127.0f, inverse = d > 0.0f ? 1.0f / d : 0.0f;
+    const int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m512i total = _mm512_setzero_si512();
+    for (int half = 0; half < 2; half++) {
+        const __m512 scaled = _mm512_mul_ps(half ? x1 : x0, _mm512_set1_ps(inverse));
+        const __m512 high = _mm512_roundscale_ps(scaled, nearest);
+        __m512i integers = _mm512_cvtps_epi32(high);
+        _mm_storeu_si128((__m128i *)(q + 16 * half), _mm512_cvtepi32_epi8(integers));
+        if (q_low) {
+            const __m512 low = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(scaled, high), _mm512_set1_ps(128.0f)),
+                                                    nearest);
+            const __m512i low_integers = _mm512_cvtps_epi32(low);
+            _mm_storeu_si128((__m128i *)(q_low + 16 * half), _mm512_cvtepi32_epi8(low_integers));
+            integers = _mm512_add_epi32(_mm512_slli_epi32(integers, 7), low_integers);
+        }
+        total = _mm512_add_epi32(total, integers);
+    }
+    *scale = q_low ? d * 0.0078125f : d;
+    *sum = _mm512_reduce_add_epi32(total);
+}
+#endif
+
 /* q_low: the second digits (digits = 2), or NULL for one digit; scales and sums are those of the block's
  * integers (q, or 128 q + q_low) */
 int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, int8_t *q_low, float *scales,
                      int32_t *sums) {
     if (k % 32) return -1;
+#if defined(TM_AVX512)
+    for (int64_t b = 0; b < rows * k / 32; b++)
+        quantize_block_avx512(x + b * 32, q + b * 32, q_low ? q_low + b * 32 : NULL, scales + b, sums + b);
+#else
     for (int64_t b = 0; b < rows * k / 32; b++) {
         const float *xb = x + b * 32;
         float amax = 0.0f;
@@ -59,6 +91,7 @@ int tm_quantize_int8(const float *x, int64_t rows, int64_t k, int8_t *q, int8_t 
         scales[b] = q_low ? d * 0.0078125f : d;
         sums[b] = total;
     }
+#endif
     return 0;
 }
 

@@ -80,18 +80,42 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return F.linear(x, weight, bias)
 
 
+class Int8Packing:
+    """precision "fast": a weight's blocks repacked once into the integer kernel's interleaved layout
+    (kernels.pack_int8, AVX-512 VNNI builds; the same size as the blocks), kept while the layer runs in fast
+    mode and the blocks stay the same tensor. Exact mode reads the GGUF blocks and drops the packed copy."""
+
+    __slots__ = ("source", "packed")
+
+    def __init__(self):
+        self.source: torch.Tensor | None = None
+        self.packed: torch.Tensor | None = None  # None also where this build has no packed kernel
+
+    def of(self, weight: QuantizedWeight) -> torch.Tensor | None:
+        if self.source is not weight.blocks:
+            packs = kernels.int8_packs(weight.ggml_type)
+            self.packed = kernels.pack_int8(weight.blocks, weight.ggml_type, weight.in_features) if packs else None
+            self.source = weight.blocks
+        return self.packed
+
+    def drop(self) -> None:
+        self.source = self.packed = None
+
+
 def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
-                   integer: bool = False) -> torch.Tensor:
+                   packing: Int8Packing | None = None) -> torch.Tensor:
     """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input).
-    integer: x quantized to int8 per 32 values and integer block dot products (precision "fast"), up to
-    DENSE_ABOVE_ROWS rows; a longer prefill runs the dense float32 GEMM in either precision."""
+    packing (precision "fast"): x quantized to int8 per 32 values and integer block dot products, from the
+    packed layout where the build has one, up to DENSE_ABOVE_ROWS rows; a longer prefill runs the dense float32
+    GEMM in either precision."""
     x32 = x if x.dtype == torch.float32 else x.float()
     rows = x32.numel() // weight.in_features
     if rows > DENSE_ABOVE_ROWS:
         out = dense_linear(x32, _dequantized_in_scratch(weight), bias)
     else:
-        if integer:
-            out = kernels.matmul_int8(x32, weight.blocks, weight.ggml_type, weight.in_features, ACTIVATION_DIGITS)
+        if packing is not None:
+            out = kernels.matmul_int8(x32, weight.blocks, weight.ggml_type, weight.in_features, ACTIVATION_DIGITS,
+                                      packing.of(weight))
         else:
             out = kernels.matmul(x32, weight.blocks, weight.ggml_type, weight.in_features)
         if bias is not None:
@@ -130,6 +154,7 @@ class QuantizedLinear(BlockStorage):
         self.in_features, self.out_features = weight.in_features, weight.shape[0]
         self.bias = nn.Parameter(torch.empty(self.out_features, device="meta"), requires_grad=False) if bias else None
         self.integer_activations = False  # precision "fast" on a type with an int8 kernel (set_precision)
+        self.int8_packing = Int8Packing()
 
     def set_precision(self, precision: str) -> bool:
         """Compute in `precision` ("exact" or "fast"); True if this layer now takes int8 activations (fast mode
@@ -138,11 +163,13 @@ class QuantizedLinear(BlockStorage):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.integer_activations = (precision == "fast" and has_int8_kernel(self.ggml_type)
                                     and self.in_features % 32 == 0 and kernels.int8_supports(self.ggml_type))
+        if not self.integer_activations:
+            self.int8_packing.drop()
         return self.integer_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _kernel_matmul(x, self.quantized_weight, None if self.bias is None else self.bias.float(),
-                              self.integer_activations)
+                              self.int8_packing if self.integer_activations else None)
 
     def extra_repr(self) -> str:
         fast = ", int8 activations" if self.integer_activations else ""
@@ -183,6 +210,7 @@ class QuantizedFusedProjection:
         has_bias = linears[0].bias is not None
         self.bias = torch.cat([linear.bias.float() for linear in linears]) if has_bias else None
         self._stacked = [linear.blocks for linear in linears]  # the row views made above
+        self.int8_packing = Int8Packing()  # the stacked rows' packed layout (precision "fast")
 
     @staticmethod
     def fusable(linears: list[nn.Module]) -> bool:
@@ -201,7 +229,10 @@ class QuantizedFusedProjection:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # the layers share one type, so one precision: the first one's (set_precision sets them all alike)
-        return _kernel_matmul(x, self.weight, self.bias, self.linears[0].integer_activations)
+        if not self.linears[0].integer_activations:
+            self.int8_packing.drop()
+            return _kernel_matmul(x, self.weight, self.bias)
+        return _kernel_matmul(x, self.weight, self.bias, self.int8_packing)
 
 
 def set_precision(model: nn.Module, precision: str) -> int:
