@@ -74,6 +74,18 @@ def test_without_kernels_the_dequantized_weights_run_dense_with_one_warning(tiny
         assert torch.equal(model(ids).logits, reference(ids).logits)  # the same ATen operations on the same values
 
 
+def test_double_quant_warns_that_it_stores_the_same_blocks(tiny_llama):
+    _, folder = tiny_llama
+    plain = AutoModelForCausalLM.from_pretrained(folder, progress=False, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4"))
+    with pytest.warns(RuntimeWarning, match="bnb_4bit_use_double_quant=True has no effect") as caught:
+        doubled = AutoModelForCausalLM.from_pretrained(folder, progress=False, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True))
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    blocks = [name for name, _ in plain.named_buffers() if name.endswith(".blocks")]
+    assert blocks and all(torch.equal(plain.get_buffer(name), doubled.get_buffer(name)) for name in blocks)
+
+
 @pytest.fixture(scope="module")
 def text_ids(smollm2_folder):
     return AutoTokenizer.from_pretrained(smollm2_folder)(TEXT.read_text(), return_tensors="pt").input_ids

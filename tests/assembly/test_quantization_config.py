@@ -22,7 +22,9 @@ def test_transformers_defaults():
     ({"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                 bnb_4bit_compute_dtype=torch.bfloat16,
                                                 bnb_4bit_use_double_quant=True)},
-     QuantizationPlan("nf4", compute_dtype=torch.bfloat16)),
+     QuantizationPlan("nf4", compute_dtype=torch.bfloat16, double_quant=True)),
+    ({"quantization_config": BitsAndBytesConfig(load_in_8bit=True, bnb_4bit_use_double_quant=True)},
+     QuantizationPlan("q8_0")),  # a 4-bit field: no effect on load_in_8bit, as in transformers
     ({"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["mlp"])},
      QuantizationPlan("q8_0", ("mlp",))),
     ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,

@@ -56,8 +56,9 @@ def load_config(source, gguf_file: str | None = None, **hub_kwargs) -> ModelConf
 
 
 def warn_about_quantized_compute(plan: QuantizationPlan, policy) -> None:
-    """One warning where the model will not run as the request implies: blocks without kernels to multiply
-    them become dense float weights (the quantized values, float speed); the kernels compute in float32."""
+    """A warning for each way the model will not run as the request implies: blocks without kernels to multiply
+    them become dense float weights (the quantized values, float speed); the kernels compute in float32; double
+    quantization stores nothing less."""
     if policy.weight_format == "dense":
         warnings.warn(f"tokenmill: {plan.method} blocks run on the CPU kernels in float32 only, and this model "
                       f"runs as {policy.describe()}: its weights are quantized to {plan.method} and dequantized "
@@ -66,6 +67,11 @@ def warn_about_quantized_compute(plan: QuantizationPlan, policy) -> None:
     elif plan.compute_dtype not in (None, torch.float32):
         warnings.warn(f"tokenmill: bnb_4bit_compute_dtype={plan.compute_dtype} has no effect on the CPU: the "
                       f"block kernels compute in float32", RuntimeWarning, stacklevel=4)
+    if plan.double_quant:
+        warnings.warn(f"tokenmill: bnb_4bit_use_double_quant=True has no effect: {plan.method} blocks keep one "
+                      f"float16 scale per 32 weights (4.5 bits per weight; bitsandbytes' double quantization "
+                      f"stores 8-bit scales of blocks of 64, about 4.13), and the kernels read no other "
+                      f"layout", RuntimeWarning, stacklevel=4)
 
 
 def tensor_parallel_group(tp_plan: str | None, tp_size: int | None,

@@ -93,6 +93,7 @@ class QuantizationPlan:
     skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
     embeddings: bool = False
     compute_dtype: torch.dtype | None = None  # bitsandbytes' bnb_4bit_compute_dtype, as asked
+    double_quant: bool = False  # bnb_4bit_use_double_quant, as asked (the blocks are the same: a warning says so)
 
 
 LOAD_METHODS = (*QUANTIZERS, *MIXTURES)  # every method quantizing at load makes
@@ -127,7 +128,8 @@ def _bitsandbytes_plan(config: BitsAndBytesConfig) -> QuantizationPlan | None:
         return None
     skip = config.llm_int8_skip_modules
     return QuantizationPlan(config.method, DEFAULT_SKIP_MODULES if skip is None else tuple(skip),
-                            compute_dtype=config.bnb_4bit_compute_dtype if config.load_in_4bit else None)
+                            compute_dtype=config.bnb_4bit_compute_dtype if config.load_in_4bit else None,
+                            double_quant=bool(config.bnb_4bit_use_double_quant and config.load_in_4bit))
 
 
 def _plan_of_dict(request: dict) -> QuantizationPlan | None:
