@@ -76,7 +76,7 @@ def _gemm_rows(calibration: dict) -> list[tuple[str, object]]:
     rows = [("gemm calibration", f"{calibration['state']}; default rule: {calibration['default']}"),
             ("gemm cache", calibration["cache"] if calibration["shapes"] else
              f"{calibration['cache']} (none yet: written at the first load of a GGUF model)")]
-    return rows + [(f"gemm {key}", rule) for key, rule in calibration["shapes"].items()]
+    return rows + [("gemm rule", f"{key}: {rule}") for key, rule in calibration["shapes"].items()]
 
 
 def _execution_policy(args: argparse.Namespace):
