@@ -128,6 +128,26 @@ def test_info_system_reports_the_kernels_in_use(monkeypatch, capsys):
     assert code == 1 and "give it no checkpoint" in err
 
 
+def test_info_system_reports_this_machines_gemm_rules(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from tokenmill import kernels
+    from tokenmill.execution.calibration import GemmRule, fingerprint, shape_key, write_cache, cache_path
+
+    monkeypatch.setenv("TOKENMILL_CACHE", str(tmp_path))
+    code, out, _ = run(["info", "--system"], monkeypatch, capsys)
+    assert code == 0 and "gemm calibration      off (TOKENMILL_GEMM_CALIBRATION=0)" in out and "none yet" in out
+    print_ = fingerprint(torch.get_num_threads(), kernels.build_id())
+    key, rule = shape_key(3072, 576, 3, False), GemmRule(128, "torch")
+    write_cache(cache_path(print_), print_, {key: {"dense_above": 128, "backend": "torch", "complete": True,
+                                                   "timings": {256: {"block": 2.0, "onednn": 1.5, "torch": 1.0}}}})
+    monkeypatch.setenv("TOKENMILL_GEMM_CALIBRATION", "1")
+    code, out, _ = run(["info", "--system"], monkeypatch, capsys)
+    assert code == 0 and "gemm calibration      on;" in out and f"gemm rule             {key}: {rule.describe()}" in out
+    code, out, _ = run(["info", "--system", "--json"], monkeypatch, capsys)
+    assert json.loads(out)["gemm_calibration"]["shapes"] == {key: rule.describe()}
+
+
 def test_info_shows_the_execution_policy(monkeypatch, capsys, tmp_path):
     import transformers
 

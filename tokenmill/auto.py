@@ -26,7 +26,7 @@ class AutoModelForCausalLM:
                         kernels: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
                         load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
                         offload_folder=None, tp_plan: str | None = None, tp_size: int | None = None,
-                        precision: str = "exact", **hub_kwargs):
+                        precision: str = "exact", gemm_calibration: bool | None = None, **hub_kwargs):
         """keep_quantized (GGUF only): keep block-quantized weights in their format and compute in float32
         with tokenmill's CPU kernels (same values, ~7x less memory traffic). None: yes when the model runs in
         float32 on the CPU and the kernels could be built; False: dequantize every tensor at load.
@@ -41,6 +41,9 @@ class AutoModelForCausalLM:
         ({0: "20GiB", "cpu": "30GiB"}), offload_folder: transformers' placement over GPUs, the CPU and disk
         (decoder layers read from their file while they run); `model.hf_device_map` reports it, see
         assembly/device_map.py.
+        gemm_calibration (GGUF blocks): time the block kernel against the dense GEMMs on this model's shapes once
+        per machine and use the faster per shape and row count (True), or keep the constants (False); None:
+        TOKENMILL_GEMM_CALIBRATION (on unless 0), see execution/calibration.py.
         tp_plan="auto" (under torchrun): this process loads its rank's share of a tensor-parallel model
         (assembly/tensor_parallel.py); tp_size, if given, must equal the launcher's WORLD_SIZE."""
         return load_model(source, dtype=dtype, device=device, gguf_file=gguf_file,
@@ -49,7 +52,7 @@ class AutoModelForCausalLM:
                           quantization_config=quantization_config, load_in_8bit=load_in_8bit,
                           load_in_4bit=load_in_4bit, device_map=device_map, max_memory=max_memory,
                           offload_folder=offload_folder, tp_plan=tp_plan, tp_size=tp_size, precision=precision,
-                          **hub_kwargs)
+                          gemm_calibration=gemm_calibration, **hub_kwargs)
 
 
 class AutoTokenizer:

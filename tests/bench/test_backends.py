@@ -91,3 +91,20 @@ def test_batches_and_other_caches_are_declined(backend):
     assert backend.unsupported_reason(Workload(4, 4, 1)) is None
     with pytest.raises(ValueError, match="needs a .gguf model"):
         LlamaCppBackend(backend.path.with_suffix(".bin"))
+
+
+def test_the_uncalibrated_tokenmill_keeps_the_constants_and_the_bench_records_each_plan(smollm2_gguf, tmp_path,
+                                                                                        monkeypatch):
+    from tokenmill.bench.backends import make_backend
+
+    monkeypatch.setenv("TOKENMILL_CACHE", str(tmp_path))
+    monkeypatch.setenv("TOKENMILL_GEMM_CALIBRATION", "1")  # on, as outside the tests
+    monkeypatch.setenv("TOKENMILL_GEMM_CALIBRATION_BUDGET", "0")  # one row count: bounded test time
+    plans = {}
+    for name in ("tokenmill", "tokenmill-uncalibrated"):
+        backend = make_backend(name, smollm2_gguf)
+        backend.model("float32", "sdpa", "gguf")
+        plans[name] = backend.load_info[("float32", "sdpa", "gguf", "exact")]["execution_policy"]["gemm"]
+    assert plans["tokenmill"]["source"].startswith("calibrated")
+    assert plans["tokenmill-uncalibrated"]["source"].startswith("off")
+    assert plans["tokenmill-uncalibrated"]["fallback"].startswith("block kernel up to 96 rows")

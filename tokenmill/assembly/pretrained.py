@@ -8,7 +8,9 @@ import warnings
 import torch
 
 from ..execution.parallel import SINGLE, Collectives, TensorParallelError, check_tp_size, init_from_env
+from ..execution.calibration import GemmPlan, forced_rule, gemm_plan
 from ..execution.policy import choose_policy
+from .. import kernels
 from ..config import ModelConfig
 from ..generation.config import generation_config_of
 from ..loading.gguf import GGUFCheckpoint
@@ -20,6 +22,7 @@ from .prequantized import packed_format, read_prequantized
 from .quantization_config import QuantizationConfigError, QuantizationPlan, quantization_plan
 from .tensor_parallel import shard_model
 from ..kernels.system import return_freed_memory
+from ..layers.quantized_linear import gemm_runners
 from .weights import build_model
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -96,13 +99,32 @@ def check_tp_config(config: ModelConfig, collectives: Collectives) -> None:
         check_tp_size(collectives.size, heads, config.get("num_key_value_heads") or heads)
 
 
+def apply_gemm_plan(model, requested: bool | None) -> None:
+    """Give a block-weight model its GEMM plan: each shape's switch to a dense GEMM measured on this machine
+    (or read from its cache) at load, so no request's first step pays for it; requested: from_pretrained's
+    gemm_calibration (None: TOKENMILL_GEMM_CALIBRATION). A placed or tensor-parallel model keeps the default
+    rule: its ranks would time each other's load, and offloaded layers the disk."""
+    policy = model.execution_policy
+    if policy.weight_format != "gguf-blocks":
+        return
+    if policy.placement is not None or policy.parallel != "single":
+        forced = forced_rule()
+        plan = GemmPlan("default (not measured under device_map or tensor parallelism)") if forced is None \
+            else GemmPlan("forced by TOKENMILL_GEMM_BACKEND", fallback=forced)
+    else:
+        policy.apply_threads()
+        plan = gemm_plan(gemm_runners(model), policy.threads, kernels.build_id(), enabled=requested)
+    model.execution_policy = policy.with_gemm(plan)
+
+
 def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
                attn_implementation: str = "sdpa", allow_pickle: bool = False,
                progress: bool = True, torch_dtype=None, keep_quantized: bool | None = None,
                kernel_set: str | None = None, quantization_config=None, load_in_8bit: bool | None = None,
                load_in_4bit: bool | None = None, device_map=None, max_memory: dict | None = None,
                offload_folder=None, tp_plan: str | None = None, tp_size: int | None = None,
-               tensor_parallel: Collectives | None = None, precision: str = "exact", **hub_kwargs):
+               tensor_parallel: Collectives | None = None, precision: str = "exact",
+               gemm_calibration: bool | None = None, **hub_kwargs):
     """AutoModelForCausalLM.from_pretrained (see its docstring); the request and the machine make the model's
     execution policy, and an impossible combination raises ExecutionPolicyError before any weight is read.
     tensor_parallel: the group this process is one rank of (spawned by tokenmill); tp_plan="auto": torchrun's."""
@@ -166,6 +188,7 @@ def load_model(source, *, dtype=None, device=None, gguf_file: str | None = None,
     if device_map is not None:
         place_model(model, device_map, max_memory, offload_folder)
     shard_model(model, collectives)  # this rank's slices copied, the whole tensors freed below
+    apply_gemm_plan(model, gemm_calibration)
     return_freed_memory()
     model.generation_config = generation_config_of(resolved, gguf)
     model.name_or_path = str(source)

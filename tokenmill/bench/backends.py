@@ -99,6 +99,7 @@ class Backend:
 
 class TokenmillBackend(Backend):
     name = "tokenmill"
+    gemm_calibration: bool | None = None  # TOKENMILL_GEMM_CALIBRATION's choice (on unless 0)
 
     def unsupported_reason(self, workload) -> str | None:
         if workload.precision == "fast" and workload.weights == "dense":
@@ -112,11 +113,11 @@ class TokenmillBackend(Backend):
             return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                         attn_implementation=attn, progress=False,
                                                         quantization_config=weights, precision=precision,
-                                                        **self.placement)
+                                                        gemm_calibration=self.gemm_calibration, **self.placement)
         return AutoModelForCausalLM.from_pretrained(self.source, gguf_file=self.gguf_file, dtype=dtype,
                                                     attn_implementation=attn, progress=False,
                                                     keep_quantized=WEIGHT_KINDS[weights], precision=precision,
-                                                    **self.placement)
+                                                    gemm_calibration=self.gemm_calibration, **self.placement)
 
     def execution_policy(self, model) -> dict:
         return model.execution_policy.as_dict()
@@ -126,6 +127,14 @@ class TokenmillBackend(Backend):
         if cache == "sliding_window":  # a window as long as the context: exact, measures the kind's overhead
             kwargs["cache_config"] = {"sliding_window": 1 << 20}
         return kwargs
+
+
+class UncalibratedTokenmillBackend(TokenmillBackend):
+    """tokenmill with the block matmuls' GEMM switch at its constants (gemm_calibration=False): measures what
+    the per-machine calibration (execution/calibration.py) gains, interleaved with the calibrated run."""
+
+    name = "tokenmill-uncalibrated"
+    gemm_calibration = False
 
 
 class TransformersBackend(Backend):
@@ -218,7 +227,8 @@ class LlamaCppBackend(Backend):
         return None
 
 
-BACKENDS = {"tokenmill": TokenmillBackend, "transformers": TransformersBackend, "llama.cpp": LlamaCppBackend}
+BACKENDS = {"tokenmill": TokenmillBackend, "tokenmill-uncalibrated": UncalibratedTokenmillBackend,
+            "transformers": TransformersBackend, "llama.cpp": LlamaCppBackend}
 
 
 def make_backend(name: str, source: Path, gguf_file: str | None = None, placement: dict | None = None) -> Backend:

@@ -125,7 +125,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per setting (medians reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first")
     parser.add_argument("--vs", action="append", default=[], metavar="ENGINE",
-                        help="also run this engine, interleaved: transformers, or llama.cpp (needs llama-cpp-python)")
+                        help="also run this engine, interleaved: transformers, llama.cpp (needs llama-cpp-python), "
+                             "or tokenmill-uncalibrated (the GEMM switch at its constants, not measured per machine)")
     parser.add_argument("--limit-search", action="store_true",
                         help="grow the sequence until memory runs out (or the context ends), then report it")
     parser.add_argument("--limit-start", type=int, default=256, help="first sequence length of the limit search")
@@ -165,9 +166,10 @@ def _options(args: argparse.Namespace):
 
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit("tokenmill: error: --repeats must be >= 1 and --warmup >= 0")
-    unknown = [name for name in args.vs if name not in ("transformers", "llama.cpp")]
+    unknown = [name for name in args.vs if name not in ("transformers", "llama.cpp", "tokenmill-uncalibrated")]
     if unknown:
-        raise SystemExit(f"tokenmill: error: --vs supports transformers (and llama.cpp), not {unknown}")
+        raise SystemExit(f"tokenmill: error: --vs supports transformers, llama.cpp and tokenmill-uncalibrated, "
+                         f"not {unknown}")
     from ..assembly.quantization_config import LOAD_METHODS as methods
 
     weights = list(dict.fromkeys(args.weights + [method.lower() for method in args.quantize]))

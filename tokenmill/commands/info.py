@@ -45,11 +45,16 @@ def _print_rows(rows: list[tuple[str, object]]) -> None:
 
 
 def system_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import kernels
+    from ..execution.calibration import describe_machine
     from ..kernels.system import describe
 
     if args.model is not None or args.gguf_file is not None:
         raise ValueError("info --system describes this machine: give it no checkpoint")
     info = describe()
+    info["gemm_calibration"] = describe_machine(torch.get_num_threads(), kernels.build_id())
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -62,8 +67,16 @@ def system_main(args: argparse.Namespace) -> int:
         ("block kernels", f"{built} (TOKENMILL_KERNEL_ISA={blocks['requested_isa']})"),
         ("gemm dense / prefill", f"{info['gemm']['dense']} / {info['gemm']['prefill']}"),
         ("torch", f"{torch_info['version']}, {torch_info['threads']} threads"),
-    ])
+    ] + _gemm_rows(info["gemm_calibration"]))
     return 0
+
+
+def _gemm_rows(calibration: dict) -> list[tuple[str, object]]:
+    """The block matmuls' GEMM switch: the setting, then each measured shape's rule (out x in : type : kernel)."""
+    rows = [("gemm calibration", f"{calibration['state']}; default rule: {calibration['default']}"),
+            ("gemm cache", calibration["cache"] if calibration["shapes"] else
+             f"{calibration['cache']} (none yet: written at the first load of a GGUF model)")]
+    return rows + [("gemm rule", f"{key}: {rule}") for key, rule in calibration["shapes"].items()]
 
 
 def _execution_policy(args: argparse.Namespace):

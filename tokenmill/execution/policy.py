@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import kernels
+from .calibration import GemmPlan
 from .ops import ExactOps, NativeOps, TorchOps, TritonOps
 from .placement import DevicePlacement
 from .parallel import SINGLE, Collectives
@@ -53,6 +54,9 @@ class ExecutionPolicy:
     precision: str = "exact"
     # device_map's placement (modules on devices and disk); None: the whole model on `device`
     placement: DevicePlacement | None = None
+    # GGUF blocks: when each block matmul shape switches to a dense GEMM, and through which library (measured per
+    # machine at load, execution/calibration.py); None: the default rule (dense above 96 rows, oneDNN)
+    gemm: GemmPlan | None = None
     # the ranks' group under parallel="tensor" (row-parallel all-reduces, vocabulary gathers); one process: SINGLE
     collectives: Collectives = field(default=SINGLE, compare=False, repr=False)
 
@@ -77,6 +81,9 @@ class ExecutionPolicy:
         if self.attention == "native" and self.kernels not in ("native", "triton"):
             raise ExecutionPolicyError(f"the native attention kernel belongs to kernels='native' (C) or 'triton' "
                                        f"(CUDA), not {self.kernels!r}")
+        if self.gemm is not None and self.weight_format != "gguf-blocks":
+            raise ExecutionPolicyError(f"a GEMM plan applies to GGUF block weights; this policy has "
+                                       f"{self.weight_format} weights")
         if self.threads < 1:
             raise ExecutionPolicyError(f"threads must be at least 1, got {self.threads}")
         if (self.parallel == "tensor") != (self.collectives.size > 1):
@@ -105,6 +112,10 @@ class ExecutionPolicy:
         """The same policy computing the block matmuls at `precision` ("exact" or "fast")."""
         return dataclasses.replace(self, precision=precision)
 
+    def with_gemm(self, plan: GemmPlan | None) -> ExecutionPolicy:
+        """The same policy with `plan` deciding the block matmuls' dense GEMM (None: the default rule)."""
+        return dataclasses.replace(self, gemm=plan)
+
     def with_threads(self, threads: int) -> ExecutionPolicy:
         """The same policy on `threads` intra-op threads."""
         return dataclasses.replace(self, threads=threads)
@@ -131,7 +142,8 @@ class ExecutionPolicy:
                 "kernels": self.kernels, "attention": self.attention, "threads": self.threads,
                 "precision": self.precision, "parallel": self.parallel, "tp_rank": self.collectives.rank,
                 "tp_size": self.collectives.size,
-                **({} if self.placement is None else {"placement": self.placement.describe()})}
+                **({} if self.placement is None else {"placement": self.placement.describe()}),
+                **({} if self.gemm is None else {"gemm": self.gemm.as_dict()})}
 
     def describe(self) -> str:
         placed = "" if self.placement is None else f", placed: {self.placement.describe()}"
@@ -246,10 +258,10 @@ def moved_policy(policy: ExecutionPolicy, device: torch.device | None, dtype: to
         return dataclasses.replace(policy, device=device, dtype=dtype)
     if device.type == "cuda" and _triton_present():
         return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="triton",
-                                   precision="exact",
+                                   precision="exact", gemm=None,
                                    attention="native" if policy.attention in ("native", "sdpa") else policy.attention)
     return dataclasses.replace(policy, device=device, dtype=dtype, weight_format="dense", kernels="torch",
-                               attention=policy.attn_implementation, precision="exact")
+                               attention=policy.attn_implementation, precision="exact", gemm=None)
 
 
 def _triton_present() -> bool:
@@ -265,4 +277,4 @@ def dequantized_policy(policy: ExecutionPolicy) -> ExecutionPolicy:
         return policy
     kernels = policy.kernels if policy.kernels in ("torch", "triton") else "exact"
     return dataclasses.replace(policy, weight_format="dense", kernels=kernels, attention=policy.attn_implementation,
-                               precision="exact")
+                               precision="exact", gemm=None)

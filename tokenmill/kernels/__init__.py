@@ -14,6 +14,7 @@ import ctypes
 import functools
 import subprocess
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -36,6 +37,13 @@ def build_isa() -> str | None:
     """What the loaded kernels were compiled for ("avx512", "avx2" or "scalar"), None without kernels."""
     lib = library()
     return None if lib is None else lib.tm_build_isa().decode()
+
+
+def build_id() -> str | None:
+    """The loaded library's file name stem (its hash covers sources, flags, compiler and CPU), None without
+    kernels: what a measurement of the kernels (execution/calibration.py) is valid for."""
+    lib = library()
+    return None if lib is None else Path(lib._name).stem
 
 
 def available() -> bool:

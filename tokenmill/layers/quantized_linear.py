@@ -18,12 +18,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import kernels
+from ..execution.calibration import DEFAULT_DENSE_ABOVE, DEFAULT_RULE, GemmPlan, GemmRule, Runner, shape_key
 from ..execution.policy import PRECISIONS
 from ..kernels.gguf_types import has_int8_kernel
 from ..kernels.system import ONEDNN_LINEAR
 
-# above this many activation rows (a long prefill) one dense matmul over the dequantized weight is faster
-DENSE_ABOVE_ROWS = 96
+# above this many activation rows (a long prefill) one dense matmul over the dequantized weight is faster: the
+# default rule, which the execution policy's GemmPlan replaces per shape with one measured on this machine
+DENSE_ABOVE_ROWS = DEFAULT_DENSE_ABOVE
 # precision "fast": int8 digits per activation (kernels.quantize_int8). One digit (llama.cpp's Q8_0 activations)
 # kept SmolLM2 Q4_1's teacher-forced top-1 at 96.3% of float32's; two reach the docs' bound (docs/performance.md)
 ACTIVATION_DIGITS = 2
@@ -71,11 +73,15 @@ def _dequantized_in_scratch(weight: QuantizedWeight) -> torch.Tensor:
                                    out=buffer[:need].view(weight.shape))
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear on float32 CPU tensors through oneDNN (bundled with torch) rather than MKL's sgemm, which on
-    the AMD CPUs here runs at about half the speed (512 x 576 x 3072: ~430 against ~175 GFLOP/s on 2 cores).
-    The sums are ordered differently from MKL's, as the GGUF kernels' already are; elsewhere F.linear."""
-    if ONEDNN_LINEAR and kernels.serves_float32(*(t for t in (x, weight, bias) if t is not None)):
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 backend: str = DEFAULT_RULE.backend) -> torch.Tensor:
+    """F.linear on float32 CPU tensors through oneDNN (bundled with torch; backend "onednn") or torch's own
+    GEMM (backend "torch": MKL's sgemm where torch has MKL). On the AMD CPUs here oneDNN runs at about twice
+    MKL's speed (512 x 576 x 3072: ~430 against ~175 GFLOP/s on 2 cores); on an Intel host they were even,
+    hence the per-machine choice (execution/calibration.py). The sums are ordered differently from MKL's, as the
+    GGUF kernels' already are; where oneDNN cannot serve (autograd, another dtype), F.linear."""
+    if backend == "onednn" and ONEDNN_LINEAR and kernels.serves_float32(*(t for t in (x, weight, bias)
+                                                                          if t is not None)):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -103,15 +109,15 @@ class Int8Packing:
 
 
 def _kernel_matmul(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None,
-                   packing: Int8Packing | None = None) -> torch.Tensor:
+                   packing: Int8Packing | None = None, rule: GemmRule = DEFAULT_RULE) -> torch.Tensor:
     """x @ W.T (+ bias) in float32, returned in x's dtype (no conversions at all for float32 input).
     packing (precision "fast"): x quantized to int8 per 32 values and integer block dot products, from the
-    packed layout where the build has one, up to DENSE_ABOVE_ROWS rows; a longer prefill runs the dense float32
-    GEMM in either precision."""
+    packed layout where the build has one, up to `rule.dense_above` rows; past it the weight is dequantized and
+    multiplied by `rule.backend`'s float32 GEMM in either precision."""
     x32 = x if x.dtype == torch.float32 else x.float()
     rows = x32.numel() // weight.in_features
-    if rows > DENSE_ABOVE_ROWS:
-        out = dense_linear(x32, _dequantized_in_scratch(weight), bias)
+    if rule.dense_above is not None and rows > rule.dense_above:
+        out = dense_linear(x32, _dequantized_in_scratch(weight), bias, rule.backend)
     else:
         if packing is not None:
             out = kernels.matmul_int8(x32, weight.blocks, weight.ggml_type, weight.in_features, ACTIVATION_DIGITS,
@@ -149,6 +155,8 @@ class BlockStorage(nn.Module):
 
 
 class QuantizedLinear(BlockStorage):
+    gemm_rule = DEFAULT_RULE  # when to switch to a dense GEMM: the policy's GemmPlan (set_gemm_plan)
+
     def __init__(self, weight: QuantizedWeight, bias: bool = False):
         super().__init__(weight)
         self.in_features, self.out_features = weight.in_features, weight.shape[0]
@@ -169,7 +177,7 @@ class QuantizedLinear(BlockStorage):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _kernel_matmul(x, self.quantized_weight, None if self.bias is None else self.bias.float(),
-                              self.int8_packing if self.integer_activations else None)
+                              self.int8_packing if self.integer_activations else None, self.gemm_rule)
 
     def extra_repr(self) -> str:
         fast = ", int8 activations" if self.integer_activations else ""
@@ -201,6 +209,8 @@ class QuantizedFusedProjection:
     added and each layer still works alone.
     """
 
+    gemm_rule = DEFAULT_RULE  # its stacked shape's rule (set_gemm_plan)
+
     def __init__(self, linears: list[QuantizedLinear]):
         self.linears = linears
         self.weight = QuantizedWeight(torch.cat([linear.blocks for linear in linears]), linears[0].ggml_type,
@@ -231,13 +241,57 @@ class QuantizedFusedProjection:
         # the layers share one type, so one precision: the first one's (set_precision sets them all alike)
         if not self.linears[0].integer_activations:
             self.int8_packing.drop()
-            return _kernel_matmul(x, self.weight, self.bias)
-        return _kernel_matmul(x, self.weight, self.bias, self.int8_packing)
+            return _kernel_matmul(x, self.weight, self.bias, None, self.gemm_rule)
+        return _kernel_matmul(x, self.weight, self.bias, self.int8_packing, self.gemm_rule)
 
 
 def set_precision(model: nn.Module, precision: str) -> int:
     """Every quantized linear layer of `model` computing in `precision`; the number now on int8 activations."""
     return sum(module.set_precision(precision) for module in model.modules() if isinstance(module, QuantizedLinear))
+
+
+def _block_matmuls(model: nn.Module) -> list[tuple[object, QuantizedWeight, bool]]:
+    """(layer, weight, int8 activations) for each block matmul a forward runs: the fused projections (held by
+    attention and MLP modules as attributes) and the quantized linears not fused into one."""
+    fused = [value for module in model.modules() for value in vars(module).values()
+             if isinstance(value, QuantizedFusedProjection)]
+    members = {id(linear) for projection in fused for linear in projection.linears}
+    found = [(projection, projection.weight, projection.linears[0].integer_activations) for projection in fused]
+    return found + [(module, module.quantized_weight, module.integer_activations) for module in model.modules()
+                    if isinstance(module, QuantizedLinear) and id(module) not in members]
+
+
+def _key(weight: QuantizedWeight, integer: bool) -> str:
+    return shape_key(weight.shape[0], weight.in_features, weight.ggml_type, integer)
+
+
+def gemm_runners(model: nn.Module) -> dict[str, tuple[int, Runner]]:
+    """{shape key: (in_features, run(backend, x))} over `model`'s block matmuls, the most used shapes first: what execution/calibration.py times, running exactly the dispatch's code paths."""
+    uses, runners = {}, {}
+    for _, weight, integer in _block_matmuls(model):
+        key = _key(weight, integer)
+        uses[key] = uses.get(key, 0) + 1
+        if key not in runners:
+            runners[key] = (weight.in_features, _runner(weight, integer))
+    # the shapes every layer runs first; an output head (one per model, one row per prefill) last
+    return {key: runners[key] for key in sorted(runners, key=lambda key: -uses[key])}
+
+
+def _runner(weight: QuantizedWeight, integer: bool) -> Runner:
+    def run(backend: str, x: torch.Tensor) -> torch.Tensor:
+        rule = GemmRule(None, DEFAULT_RULE.backend) if backend == "block" else GemmRule(0, backend)
+        return _kernel_matmul(x, weight, None, integer, rule)
+    return run
+
+
+def set_gemm_plan(model: nn.Module, plan: GemmPlan | None) -> None:
+    """Each block matmul of `model` switching to a dense GEMM as `plan` says for its shape (None: the default)."""
+    for layer, weight, integer in _block_matmuls(model):
+        rule = DEFAULT_RULE if plan is None else plan.rule(_key(weight, integer))
+        if rule == DEFAULT_RULE:
+            layer.__dict__.pop("gemm_rule", None)
+        else:
+            layer.gemm_rule = rule
 
 
 def is_quantized(module: nn.Module) -> bool:

@@ -21,7 +21,7 @@ from ..execution.policy import ExecutionPolicy, ExecutionPolicyError, dequantize
 from ..layers.attention import Attention
 from ..layers.lora import NO_LORA, LoraAdapters, LoraBatch
 from ..layers.mask import AttentionMask, build_attention_mask
-from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized, set_precision
+from ..layers.quantized_linear import QuantizedEmbedding, dense_copy, is_quantized, set_gemm_plan, set_precision
 from ..layers.rope import RotaryEmbedding
 
 
@@ -124,6 +124,7 @@ class CausalLM(nn.Module):
     def execution_policy(self, policy: ExecutionPolicy) -> None:
         self._execution_policy = policy
         set_precision(self, policy.precision)
+        set_gemm_plan(self, policy.gemm)  # after the precision: a shape's rule depends on its kernel
 
     # ---- hooks an architecture may override ----
     @classmethod
