@@ -33,7 +33,8 @@ MODULES = {
     "model_runner": ("tokenmill/engine/model_runner.py", ["tests/engine/test_model_runner.py"]),
     # with the tiny-Llama speculation tests, which reach _verify_drafts (the SmolLM2 ones left out, as below)
     "engine": ("tokenmill/engine/engine.py",
-               ["tests/engine/test_engine.py", "tests/engine/test_speculation.py", "-k", "not one_greedy_request and "
+               ["tests/engine/test_engine.py", "tests/engine/test_speculation.py", "tests/engine/test_structured_engine.py",
+                "tests/engine/test_adapters.py", "tests/engine/test_engine_drafts.py", "-k", "not one_greedy_request and "
                 "not stops_inside and not eos_inside and not eight_concurrent"]),
     "llm": ("tokenmill/engine/llm.py", ["tests/engine/test_llm.py"]),
     # the fake-core loop tests run first: a mutant they kill costs no model load
@@ -64,6 +65,8 @@ MODULES = {
 # their tests build and run the tiny Llama for every mutant (about 20 s each here): run only when named or --all
 MODEL_MODULES = {"engine", "model_runner", "async_engine", "llm", "speculation"}
 
+BACKSTOP_CONSTANT_S = 60.0
+
 STATUS_LINE = re.compile(r"^\s*(\S+): (\S+)")
 
 
@@ -77,6 +80,12 @@ def _config(module: str, tests: list[str]) -> str:
         f"pytest_add_cli_args_test_selection = [{quoted}]\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         "process_isolation = \"forkserver\"\n"  # torch is not fork-safe: a forked mutant can spin on a dead thread pool
+        'also_copy = ["conftest.py"]\n'  # scripts/mutation_conftest.py: the per-test watchdog (a hang reads "timeout")
+        # mutmut's own limit on a mutant's whole run, (sum of its tests' clean durations + constant) x multiplier
+        # from the fork, counts the session's fixtures (a model load) too: on a loaded machine its default (+1 s,
+        # x15) can end a mutant whose tests pass; kept only as a backstop behind the per-test watchdog
+        f"timeout_constant = {BACKSTOP_CONSTANT_S}\n"
+        "timeout_multiplier = 15.0\n"
     )
 
 
@@ -89,6 +98,7 @@ def _prepare(name: str, keep: bool) -> Path:
         link = folder / linked
         if not link.exists():
             link.symlink_to(ROOT / linked)
+    shutil.copyfile(ROOT / "scripts" / "mutation_conftest.py", folder / "conftest.py")
     module, tests = MODULES[name]
     (folder / "pyproject.toml").write_text(_config(module, tests))
     return folder

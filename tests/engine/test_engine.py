@@ -406,3 +406,15 @@ def test_abort_all_ends_every_request_unreported_and_frees_every_block(tiny_mode
     assert engine.step() == [] and not engine.has_unfinished_requests()
     assert not engine.scheduler.running and not engine.scheduler.waiting and engine.blocks.num_used_blocks == 0
     assert orphan.finish_reason == "abort"
+
+
+def test_unfinished_requests_include_queued_ones_and_unreported_aborts(tiny_model):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=32, block_size=4))
+    assert not engine.has_unfinished_requests()
+    engine.add_request("a", [1, 2, 3], _greedy(4))
+    assert engine.has_unfinished_requests()  # queued, nothing reported yet
+    engine.abort_request("a")
+    assert engine.has_unfinished_requests()  # no request left, but its final output is still to be reported
+    [output] = engine.step()
+    assert output.finished and output.outputs[0].finish_reason == "abort"
+    assert not engine.has_unfinished_requests()

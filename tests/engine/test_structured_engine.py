@@ -142,3 +142,31 @@ def test_finished_grammar_outranks_min_tokens(tiny_model, char_tokenizer):
         choice = output.outputs[0]
         assert choice.finish_reason == "stop" and len(choice.token_ids) == 3 and choice.token_ids[-1] == EOS
         assert re.fullmatch("[0-9]{2}", _text(char_tokenizer, choice.token_ids))
+
+
+def test_constrained_requests_that_draft_match_the_plain_engine(tiny_model, char_tokenizer):
+    """Drafted rows pick their tokens under the request's grammar, one position at a time: greedy and seeded
+    choices equal the engine's without drafts, and drafts did run (a prompt full of the grammar's characters
+    gives prompt lookup its matches)."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2, "prompt_lookup_min": 1}
+    prompt = _prompt(char_tokenizer, "12-ab 34-cd 12-ab 34-cd 1")
+
+    def requests(speculative):
+        return {"greedy": (prompt, SamplingParams(max_tokens=12, temperature=0, structured_output=("regex", REGEX),
+                                                  speculative=speculative)),
+                "seeded": (prompt, SamplingParams(max_tokens=12, temperature=0.8, seed=4, n=2,
+                                                  structured_output=("regex", REGEX), speculative=speculative))}
+
+    def engine():
+        return LLMEngine(tiny_model, char_tokenizer, EngineConfig(num_blocks=64, block_size=4,
+                                                                  speculative_step_tokens=12), eos_token_ids=[EOS])
+
+    plain = _run(engine(), requests(None))
+    drafting = engine()
+    drafted = _run(drafting, requests(spec))
+    assert drafting.stats()["spec_draft_tokens"] > 0
+    for name, output in plain.items():
+        for plain_choice, drafted_choice in zip(output.outputs, drafted[name].outputs):
+            assert drafted_choice.token_ids == plain_choice.token_ids, name
+            assert plain_choice.finish_reason == "stop" and drafted[name].error is None
+            assert re.fullmatch(REGEX, _text(char_tokenizer, plain_choice.token_ids))
