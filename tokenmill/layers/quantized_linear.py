@@ -278,9 +278,11 @@ def gemm_runners(model: nn.Module) -> dict[str, tuple[int, Runner]]:
 
 
 def _runner(weight: QuantizedWeight, integer: bool) -> Runner:
+    packing = Int8Packing() if integer else None  # packed on the first (warm-up) call, as the layer does
+
     def run(backend: str, x: torch.Tensor) -> torch.Tensor:
         rule = GemmRule(None, DEFAULT_RULE.backend) if backend == "block" else GemmRule(0, backend)
-        return _kernel_matmul(x, weight, None, integer, rule)
+        return _kernel_matmul(x, weight, None, packing, rule)
     return run
 
 
