@@ -9,13 +9,6 @@
 #ifndef TOKENMILL_GGUF_KTILES_H
 #define TOKENMILL_GGUF_KTILES_H
 
-/* the float16 at p and the one after it, as floats (d, dmin) */
-static inline __m128 two_halves(const uint8_t *p) {
-    int32_t word;
-    __builtin_memcpy(&word, p, 4);
-    return _mm_cvtph_ps(_mm_cvtsi32_si128(word));
-}
-
 /* eight bytes (a uint64) -> eight floats */
 static inline __m256 bytes_to_floats(uint64_t bytes) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)bytes)));
@@ -33,9 +26,10 @@ static inline void q4k_scales(const uint8_t *b, float *dl, float *ml) {
     const uint32_t six = 0x3F3F3F3Fu, nibble = 0x0F0F0F0Fu, top = 0x30303030u;
     const uint64_t scales = (uint64_t)(s03 & six) | (uint64_t)((low47 & nibble) | ((s03 >> 2) & top)) << 32;
     const uint64_t mins = (uint64_t)(m03 & six) | (uint64_t)(((low47 >> 4) & nibble) | ((m03 >> 2) & top)) << 32;
-    const __m128 dm = two_halves(b);
-    _mm256_storeu_ps(dl, _mm256_mul_ps(_mm256_broadcastss_ps(dm), bytes_to_floats(scales)));
-    _mm256_storeu_ps(ml, _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), bytes_to_floats(mins)));
+    __m512 d, dmin;
+    broadcast_two_halves(b, &d, &dmin);
+    _mm256_storeu_ps(dl, _mm256_mul_ps(_mm512_castps512_ps256(d), bytes_to_floats(scales)));
+    _mm256_storeu_ps(ml, _mm256_mul_ps(_mm512_castps512_ps256(dmin), bytes_to_floats(mins)));
 }
 
 /* Q4_K sub-blocks 2p and 2p + 1 (64 values, 4 vectors): the low and the high nibbles of the same 32 bytes, each
