@@ -217,7 +217,8 @@ static inline void block_scales(const uint8_t *scales, int ggml_type, int64_t bl
         const __m512 super_d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + super * 64)));
         const __m512 super_m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + super * 64 + 32)));
         *d = _mm512_mul_ps(super_d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)));
-        *m = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(super_m, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(minimums))));
+        const __m512 minimum = _mm512_mul_ps(super_m, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(minimums)));
+        *m = _mm512_sub_ps(_mm512_setzero_ps(), minimum);  /* exact mode's w = q (d sc) - dmin mn */
     } else if (ggml_type == Q6_K) {
         *d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + super * 32)));
         *first = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(scales + supers * 32 + b * 32)));
