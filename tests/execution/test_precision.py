@@ -73,6 +73,24 @@ def test_fast_mode_keeps_the_stated_quality_bound(smollm2):
     assert top1 >= TOP1_FLOOR, f"top-1 agreement {top1:.4f}"
 
 
+def test_fast_mode_keeps_the_bound_on_k_quants(smollm2_folder, smollm2):
+    # SmolLM2 quantized at load to llama.cpp's Q4_K_M mixture: its 1536-wide down projections become Q4_K and
+    # Q6_K (the 576-wide rows fit no 256-value super-block: Q5_0 and Q8_0), so the K-quant kernels face the bound
+    _, ids = smollm2
+    model = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False, quantization_config="q4_k_m")
+    exact = teacher_forced_logits(model, ids).double()
+    model.execution_policy = model.execution_policy.with_precision("fast")
+    switched = {TYPES[module.ggml_type].name for module in model.modules()
+                if isinstance(module, QuantizedLinear) and module.integer_activations}
+    packed_build = kernels.int8_packs(BY_NAME["Q4_K"].type_id)
+    assert switched == ({"Q4_K", "Q6_K", "Q8_0"} if packed_build else {"Q8_0"})
+    fast = teacher_forced_logits(model, ids).double()
+    cosine = torch.nn.functional.cosine_similarity(fast, exact, dim=-1)
+    top1 = (fast.argmax(-1) == exact.argmax(-1)).double().mean().item()
+    assert cosine.min().item() >= COSINE_FLOOR, f"lowest cosine {cosine.min().item():.6f}"
+    assert top1 >= TOP1_FLOOR, f"top-1 agreement {top1:.4f}"
+
+
 def test_exact_mode_is_unchanged_by_a_trip_through_fast(smollm2):
     model, ids = smollm2
     prompt = ids[:, :40]
@@ -94,7 +112,9 @@ def test_the_setter_switches_only_types_with_an_integer_kernel():
 
     for type_name in ("Q4_0", "Q4_1", "Q8_0"):
         assert layer(type_name).set_precision("fast") is True
-    for type_name in ("Q4_K", "Q6_K", "Q5_0", "IQ4_NL"):  # no integer kernel (yet): they stay exact
+    for type_name in ("Q4_K", "Q6_K"):  # only the packed kernel (AVX-512 VNNI builds) takes them
+        assert layer(type_name).set_precision("fast") is kernels.int8_packs(BY_NAME[type_name].type_id)
+    for type_name in ("Q5_K", "Q5_0", "IQ4_NL"):  # no integer kernel (yet): they stay exact
         assert layer(type_name).set_precision("fast") is False
     switched = layer("Q4_1")
     switched.set_precision("fast")
@@ -113,9 +133,9 @@ def test_the_registry_lists_only_types_the_integer_kernel_serves():
     assert INT8_KERNEL_TYPES  # fast mode switches something
     for type_id, block_type in TYPES.items():
         if has_int8_kernel(type_id):
-            assert kernels.int8_supports(type_id), block_type.name
-    # the K-quants join only with a kernel exact against their integer arithmetic and faster than float32's
-    assert not {"Q4_K", "Q6_K"} & INT8_KERNEL_TYPES
+            # Q4_K and Q6_K: only where the build has the packed kernel; the others in every build
+            assert kernels.int8_supports(type_id) or (block_type.name in ("Q4_K", "Q6_K")
+                                                      and not kernels.int8_packs(type_id)), block_type.name
 
 
 def test_dequantizing_returns_to_exact(smollm2_gguf):

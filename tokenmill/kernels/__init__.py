@@ -228,9 +228,10 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed
 
 
 def int8_supports(ggml_type: int) -> bool:
-    """True where `matmul_int8` (precision="fast") serves this weight type: Q4_0, Q4_1, Q8_0."""
+    """True where `matmul_int8` (precision="fast") serves this weight type: Q4_0, Q4_1, Q8_0 in any build, and
+    the types only the packed kernel takes (Q4_K, Q6_K) where this build has it (int8_packs)."""
     lib = library()
-    return lib is not None and bool(lib.tm_int8_supports(ggml_type))
+    return lib is not None and bool(lib.tm_int8_supports(ggml_type) or lib.tm_int8_packs(ggml_type))
 
 
 def quantize_int8(x: torch.Tensor, digits: int = 2) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
@@ -303,6 +304,8 @@ def matmul_int8(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int, in_featur
         if status:
             raise RuntimeError(f"packed int8 matmul failed (status {status}) for ggml type {ggml_type}")
         return out
+    if not library().tm_int8_supports(ggml_type):
+        raise ValueError(f"ggml type {ggml_type} has only the packed integer kernel: pass packed=pack_int8(...)")
     q, q_low, scales, sums = quantize_int8(x, digits)
     out = torch.empty(x.shape[:-1] + (rows,), dtype=torch.float32)
     status = library().tm_matmul_int8(blocks.data_ptr(), blocks.shape[1], ggml_type, rows, in_features, q.data_ptr(),

@@ -42,11 +42,12 @@ def parse(text: str) -> dict[int, BlockType]:
 TYPES: dict[int, BlockType] = parse(HEADER.read_text())
 BY_NAME: dict[str, BlockType] = {block_type.name: block_type for block_type in TYPES.values()}
 
-# precision="fast": the block types whose layers switch to int8 activations: those gguf_int8.c multiplies, its
-# results held to the exact integer arithmetic by tests/kernels/test_gguf_int8.py. Another type (Q4_K, Q6_K
-# first) joins only with a kernel both exact against its integer arithmetic and faster than its float32 kernel;
-# until then its layers, as every other type's, stay exact in fast mode.
-INT8_KERNEL_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_1", "Q8_0"})
+# precision="fast": the block types whose layers switch to int8 activations: those gguf_int8.c (any build) or
+# gguf_int8_packed.c (AVX-512 VNNI builds; Q4_K and Q6_K only there) multiplies, their results held to the exact
+# integer arithmetic by tests/kernels/test_gguf_int8.py. A type joins only with a kernel both exact against its
+# integer arithmetic and faster than its float32 kernel; other types' layers (and Q4_K / Q6_K layers in a build
+# without the packed kernel) stay exact in fast mode.
+INT8_KERNEL_TYPES: frozenset[str] = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"})
 
 
 def has_int8_kernel(type_id: int) -> bool:

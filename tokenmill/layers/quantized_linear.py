@@ -3,9 +3,10 @@
 The arithmetic is float32 on exactly the values a dequantizer produces; only the storage differs, so a
 decode step reads ~4.5 bits per weight instead of 32 (see kernels/gguf_blocks.c). Under the execution policy's
 precision "fast" a linear layer whose block type has an integer kernel (INT8_KERNEL_TYPES) quantizes its input
-per 32 values to int8 digits and multiplies in integers instead (kernels/gguf_int8.c); `set_precision` below is
-how the model applies the policy. `state_dict()` yields the dequantized float weights under the usual names, so
-saving and converting see an ordinary model.
+per 32 values to int8 digits and multiplies in integers instead (kernels/gguf_int8.c, or gguf_int8_packed.c over
+the weight repacked once by Int8Packing); `set_precision` below is how the model applies the policy.
+`state_dict()` yields the dequantized float weights under the usual names, so saving and converting see an
+ordinary model.
 """
 
 from __future__ import annotations
