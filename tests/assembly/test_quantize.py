@@ -10,8 +10,8 @@ from gguf import GGMLQuantizationType, quants
 from torch import nn
 
 from tokenmill import kernels
-from tokenmill.assembly.quantize import (QUANTIZERS, SCALE_FACTORS, quantize_code_book_absmax, quantize_modules,
-                                        quantize_weight)
+from tokenmill.assembly.quantize import (QUANTIZERS, SCALE_FACTORS, code_book_codes, quantize_code_book_absmax,
+                                        quantize_modules, quantize_weight)
 from tokenmill.kernels.gguf_types import BY_NAME
 from tokenmill.loading.dequant import FP4_VALUES, NF4_VALUES, dequantize
 
@@ -46,6 +46,18 @@ def nearest_entries(blocks: torch.Tensor, d: torch.Tensor, values: tuple[float, 
     nearest = (scaled.unsqueeze(-1) - table).abs().amin(-1)
     assert torch.all((scaled - table[codes]).abs() <= nearest + 1e-6)
     return table[codes] * d
+
+
+@pytest.mark.parametrize("values", [NF4_VALUES, FP4_VALUES])
+def test_code_book_codes_count_the_midpoints_strictly_below(values):
+    """The lookup table's codes equal a binary search's, on the midpoints themselves and one float step either
+    side of them (where a bin's correction decides), on huge values and on both zeros."""
+    table = torch.tensor(values, dtype=torch.float32)
+    midpoints = (table[1:] + table[:-1]) / 2
+    scaled = torch.cat((torch.randn(100_000, generator=torch.Generator().manual_seed(3)), midpoints,
+                        torch.nextafter(midpoints, torch.tensor(9.0)), torch.nextafter(midpoints, torch.tensor(-9.0)),
+                        torch.tensor([1e30, -1e30, 0.0, -0.0, 2.0, -2.0])))
+    assert torch.equal(code_book_codes(scaled, values), torch.bucketize(scaled, midpoints))
 
 
 @pytest.mark.parametrize("values", [NF4_VALUES, FP4_VALUES])

@@ -121,12 +121,34 @@ def pack_blocks(type_name: str, d: torch.Tensor, codes: torch.Tensor) -> torch.T
     raise ValueError(f"no block packer for {type_name}")
 
 
+CODE_LUT_BINS = 4096  # bins of code_book_codes' lookup table over [-CODE_LUT_REACH, CODE_LUT_REACH)
+CODE_LUT_REACH = 2.0
+_code_luts: dict[tuple[float, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _code_lut(values: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The midpoints padded with -inf below and +inf above, and each bin's count of midpoints below its edge."""
+    if values not in _code_luts:
+        table = torch.tensor(values, dtype=torch.float32)
+        midpoints = (table[1:] + table[:-1]) / 2
+        edges = torch.linspace(-CODE_LUT_REACH, CODE_LUT_REACH, CODE_LUT_BINS + 1)[:-1]
+        infinity = torch.tensor([float("inf")])
+        _code_luts[values] = (torch.cat((-infinity, midpoints)), torch.cat((midpoints, infinity)),
+                              torch.bucketize(edges, midpoints))
+    return _code_luts[values]
+
+
 def code_book_codes(scaled: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
     """The index of the code-book entry for each scaled weight: how many midpoints between neighbouring
-    entries lie strictly below it (the nearest entry; a weight on a midpoint takes the lower one)."""
-    table = torch.tensor(values, dtype=torch.float32)
-    midpoints = (table[1:] + table[:-1]) / 2
-    return torch.bucketize(scaled, midpoints)
+    entries lie strictly below it (the nearest entry; a weight on a midpoint takes the lower one). Read from a
+    table of fine bins (about twice as fast as a binary search), then corrected by one comparison either way:
+    exact as long as no bin holds two midpoints (the closest, FP4's, are 0.0026 apart; a bin is 0.001)."""
+    below, above, lut = _code_lut(values)
+    bins = ((scaled + CODE_LUT_REACH) * (CODE_LUT_BINS / (2 * CODE_LUT_REACH))).clamp_(0, CODE_LUT_BINS - 1)
+    codes = lut[bins.long()]
+    codes -= (scaled <= below[codes]).long()  # a midpoint in the bin above the value (or rounding)
+    codes += (scaled > above[codes]).long()  # a midpoint in the value's bin, below it
+    return codes
 
 
 def _stored_scale(d: torch.Tensor) -> torch.Tensor:
