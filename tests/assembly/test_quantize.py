@@ -1,5 +1,6 @@
 """Float → block quantizers: the GGUF types byte for byte as gguf-py's reference quantizers (ggml-quants.c's
-arithmetic); NF4 / FP4 against their definition (d = float16 absmax, the code-book entry between midpoints)."""
+arithmetic); NF4 / FP4 against their definition (the code-book entry between midpoints for the stored float16
+scale: bitsandbytes' absmax, or the searched scale, never a worse fit)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from gguf import GGMLQuantizationType, quants
 from torch import nn
 
 from tokenmill import kernels
-from tokenmill.assembly.quantize import QUANTIZERS, quantize_modules, quantize_weight
-from tokenmill.loading.dequant import FP4_VALUES, NF4_VALUES
+from tokenmill.assembly.quantize import (QUANTIZERS, SCALE_FACTORS, code_book_codes, quantize_code_book_absmax,
+                                        quantize_modules, quantize_weight)
+from tokenmill.kernels.gguf_types import BY_NAME
+from tokenmill.loading.dequant import FP4_VALUES, NF4_VALUES, dequantize
+
+
+NAMES = {NF4_VALUES: BY_NAME["NF4"].type_id, FP4_VALUES: BY_NAME["FP4"].type_id}
 
 
 def sample_weights(rows: int = 48, columns: int = 128) -> torch.Tensor:
@@ -30,21 +36,56 @@ def test_gguf_types_equal_gguf_py_byte_for_byte(method):
     assert torch.equal(blocks, torch.from_numpy(expected))
 
 
-@pytest.mark.parametrize("method, values", [("nf4", NF4_VALUES), ("fp4", FP4_VALUES)])
-def test_code_book_types_follow_their_definition(method, values):
-    weight = sample_weights()
-    quantized = quantize_weight(weight, method)
+def nearest_entries(blocks: torch.Tensor, d: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
+    """The definition: each weight's code-book entry for stored scales d [n, 1], the midpoint rule spelled out."""
     table = torch.tensor(values, dtype=torch.float32)
-    blocks = weight.reshape(-1, 32)
-    d = blocks.abs().amax(1, keepdim=True).half().float()
     scaled = blocks / torch.where(d == 0, torch.ones_like(d), d)
     midpoints = (table[1:] + table[:-1]) / 2
     codes = (scaled.unsqueeze(-1) > midpoints).sum(-1)  # how many midpoints lie strictly below
-    expected = (table[codes] * d).view_as(weight)
-    assert torch.equal(quantized.dequantize(), expected)
     # the entry is the nearest one (up to float32 rounding of the midpoints)
     nearest = (scaled.unsqueeze(-1) - table).abs().amin(-1)
     assert torch.all((scaled - table[codes]).abs() <= nearest + 1e-6)
+    return table[codes] * d
+
+
+@pytest.mark.parametrize("values", [NF4_VALUES, FP4_VALUES])
+def test_code_book_codes_count_the_midpoints_strictly_below(values):
+    """The lookup table's codes equal a binary search's, on the midpoints themselves and one float step either
+    side of them (where a bin's correction decides), on huge values and on both zeros."""
+    table = torch.tensor(values, dtype=torch.float32)
+    midpoints = (table[1:] + table[:-1]) / 2
+    scaled = torch.cat((torch.randn(100_000, generator=torch.Generator().manual_seed(3)), midpoints,
+                        torch.nextafter(midpoints, torch.tensor(9.0)), torch.nextafter(midpoints, torch.tensor(-9.0)),
+                        torch.tensor([1e30, -1e30, 0.0, -0.0, 2.0, -2.0])))
+    assert torch.equal(code_book_codes(scaled, values), torch.bucketize(scaled, midpoints))
+
+
+@pytest.mark.parametrize("values", [NF4_VALUES, FP4_VALUES])
+def test_absmax_code_book_blocks_follow_bitsandbytes_definition(values):
+    blocks = sample_weights().reshape(-1, 32)
+    quantized = quantize_code_book_absmax(blocks, values)
+    d = blocks.abs().amax(1, keepdim=True).half().float()
+    assert torch.equal(quantized[:, :2].contiguous().view(torch.float16).float(), d)
+    assert torch.equal(dequantize(quantized.reshape(-1), NAMES[values], (blocks.numel(),)).view_as(blocks),
+                       nearest_entries(blocks, d, values))
+
+
+@pytest.mark.parametrize("method, values", [("nf4", NF4_VALUES), ("fp4", FP4_VALUES)])
+def test_code_book_types_take_the_nearest_entries_of_a_searched_scale(method, values):
+    weight = sample_weights()
+    weight[3, :32] = torch.linspace(-0.1, 0.02, 32)  # mostly negative: NF4 mirrored (8 entries below 0) fits better
+    blocks = weight.reshape(-1, 32)
+    quantized = quantize_weight(weight, method)
+    d = quantized.blocks.view(-1, 18)[:, :2].contiguous().view(torch.float16).float()
+    searched = quantized.dequantize().reshape(-1, 32)
+    assert torch.equal(searched, nearest_entries(blocks, d, values))
+    absmax = dequantize(quantize_code_book_absmax(blocks, values).reshape(-1), NAMES[values], (blocks.numel(),)).view_as(blocks)
+    searched_error, absmax_error = (blocks - searched).square().sum(1), (blocks - absmax).square().sum(1)
+    assert torch.all(searched_error <= absmax_error)  # never worse than bitsandbytes' scale, block by block
+    assert searched_error.sum() < 0.9 * absmax_error.sum()  # and better overall on normal weights
+    assert torch.all(d.abs() <= blocks.abs().amax(1, keepdim=True) / SCALE_FACTORS[-1])
+    assert (d[3 * 4] < 0).item() == (method == "nf4")  # FP4 is symmetric: its mirror is no other fit
+    assert torch.equal(searched[0], blocks[0])  # the all-zero block stays zero
 
 
 @pytest.mark.parametrize("method", sorted(QUANTIZERS))

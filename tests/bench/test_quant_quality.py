@@ -168,19 +168,21 @@ def smollm2_reference(smollm2_folder, first_400_tokens):
 
 @pytest.mark.parametrize("arguments, bitsandbytes, floor", [
     ({"load_in_8bit": True}, "int8", 0.97),
-    ({"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")}, "nf4", 0.70)])
+    ({"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")}, "nf4", 0.75)])
 def test_smollm2_top1_at_least_bitsandbytes_and_its_floor(smollm2_folder, first_400_tokens, smollm2_reference,
                                                           arguments, bitsandbytes, floor):
     """Teacher-forced top-1 agreement with float32 over the text's first 400 tokens.
 
     Ours at least bitsandbytes' (simulated on the same float weights): Q8_0's blocks of 32 adapt to the weights
     more finely than LLM.int8's one scale per row and leave the activations in float; NF4 uses the same code
-    book over blocks of 32 instead of 64 (a float16 scale: the same bytes per weight).
+    book over blocks of 32 instead of 64 (a float16 scale: the same bytes per weight), each block's scale
+    searched for the least squared error rather than its absmax.
     The floors are what this text and model measure, less a margin, not the issue's targets (98% / 85%):
     SmolLM2-135M's float weights are themselves dequantized Q4_1, so a second 4-bit rounding lands on top of
     the first, and a 135M model has little redundancy. Measured: load_in_8bit 97.75% (bitsandbytes' LLM.int8
-    94.5%), NF4 74.5% (bitsandbytes' NF4 70.75%). The int8 floor leaves 3 of the 400 positions for near-tie
-    argmaxes that another CPU's float32 summation order may flip; NF4's is bitsandbytes' own level. The floors
+    94.5%), NF4 77.5% with the searched scales (74.5% with absmax scales; bitsandbytes' NF4 70.75%). The int8
+    floor leaves 3 of the 400 positions for near-tie argmaxes that another CPU's float32 summation order may
+    flip; NF4's leaves 10, and still fails the absmax scales' 74.5%. The floors
     guard the quantizers against regressions; the comparison with bitsandbytes is the claim the docs make."""
     reference, expected = smollm2_reference
     model = AutoModelForCausalLM.from_pretrained(smollm2_folder, progress=False, **arguments)
