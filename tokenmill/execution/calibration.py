@@ -50,11 +50,11 @@ DEFAULT_BUDGET_S = 0.5
 # whose rows do not depend on their batch-mates, and one dequantization per call cannot pay for itself there
 ROW_COUNTS = (512, 256, 128, 96, 32)
 MIN_DENSE_ABOVE = 8
-REPEATS = 3  # median of three runs after one warm-up
+REPEATS = 3  # median of three runs after one warm-up, the backends taking turns
 # a measured difference under 10% is within a shared host's noise: such a tie goes the default rule's way, so
 # noise leaves today's behaviour rather than flipping a path
 MARGIN = 1.10
-CACHE_FORMAT = 2  # 2: ties within MARGIN go the default way; no win of the block kernel extrapolated
+CACHE_FORMAT = 3  # 2: ties within MARGIN go the default way, no block-kernel win extrapolated; 3: interleaved
 PROGRESS_AFTER_S = 1.0
 
 
@@ -154,16 +154,20 @@ class Stopwatch:
     def left(self) -> float:
         return self.deadline - self.clock()
 
-    def median(self, run: Runner, backend: str, x: torch.Tensor, repeats: int = REPEATS) -> float:
-        times = []
+    def medians(self, run: Runner, backends: tuple[str, ...], x: torch.Tensor,
+                repeats: int = REPEATS) -> dict[str, float]:
+        """{backend: median seconds of `repeats` runs}, the backends taking turns within each repeat, so that a
+        neighbour's burst slows all of them rather than one."""
+        times = {backend: [] for backend in backends}
         for _ in range(repeats):
-            start = self.clock()
-            run(backend, x)
-            times.append(self.clock() - start)
+            for backend in backends:
+                start = self.clock()
+                run(backend, x)
+                times[backend].append(self.clock() - start)
         if not self.announced and self.progress is not None and self.clock() - self.started > PROGRESS_AFTER_S:
             self.announced = True
             self.progress()
-        return statistics.median(times)
+        return {backend: statistics.median(values) for backend, values in times.items()}
 
 
 def block_won(row: dict[str, float], rows: int) -> bool:
@@ -194,7 +198,7 @@ def measure_shape(run: Runner, in_features: int, watch: Stopwatch, timings: dict
             continue
         if not first and (watch.expired() or warm_s * rows / warm_rows * REPEATS > watch.left()):
             return False
-        timings[rows] = {backend: watch.median(run, backend, x[:rows]) for backend in backends}
+        timings[rows] = watch.medians(run, backends, x[:rows])
         first = False
         if block_won(timings[rows], rows):
             return True

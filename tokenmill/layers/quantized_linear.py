@@ -267,7 +267,8 @@ def _key(weight: QuantizedWeight, integer: bool) -> str:
 
 
 def gemm_runners(model: nn.Module) -> dict[str, tuple[int, Runner]]:
-    """{shape key: (in_features, run(backend, x))} over `model`'s block matmuls, the most used shapes first: what execution/calibration.py times, running exactly the dispatch's code paths."""
+    """{shape key: (in_features, run(backend, x))} over `model`'s block matmuls, the most used shapes first:
+    what execution/calibration.py times, running exactly the dispatch's code paths."""
     uses, runners = {}, {}
     for _, weight, integer in _block_matmuls(model):
         key = _key(weight, integer)
