@@ -418,3 +418,15 @@ def test_unfinished_requests_include_queued_ones_and_unreported_aborts(tiny_mode
     [output] = engine.step()
     assert output.finished and output.outputs[0].finish_reason == "abort"
     assert not engine.has_unfinished_requests()
+
+
+def test_prompt_ids_are_checked_against_the_vocabulary_and_limits_can_be_narrowed(tiny_model):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    assert engine.validate([0, 95], SamplingParams(max_tokens=3)) == 3  # both ends of [0, 96) are ids
+    for bad in ([96], [-1]):
+        with pytest.raises(ValueError, match=rf"prompt token ids out of range \[0, 96\): \{bad}"):
+            engine.validate(bad, SamplingParams(max_tokens=3))
+    narrow = engine.limits.narrowed(max_total_tokens=8)
+    with pytest.raises(ValueError, match="exceeds the limit of 8 tokens"):
+        engine.validate([1, 2, 3], SamplingParams(max_tokens=6), narrow)
+    assert engine.validate([1, 2, 3], SamplingParams(max_tokens=6)) == 6  # the engine's own limits otherwise

@@ -1,5 +1,6 @@
-"""What the engine counts as it runs (on the tiny Llama): prompt tokens taken in, tokens generated, the tokens
-each step computed (the thread tuner's per-step work) and each sequence's first-token time."""
+"""What the engine counts and reports as it runs (on the tiny Llama): prompt tokens taken in, tokens generated,
+the tokens each step computed (the thread tuner's per-step work), each sequence's first-token time and each
+choice's seed."""
 
 from types import SimpleNamespace
 
@@ -39,3 +40,34 @@ def test_the_first_token_time_is_the_clock_at_the_first_token(tiny_model, monkey
     while engine.has_unfinished_requests():
         engine.step()
     assert seq.first_token_time == 100 and len(seq.output_token_ids) == 3
+
+
+def test_each_choice_reports_the_seed_that_reproduces_it(tiny_model):
+    from tokenmill.engine.sampler import choice_seed
+
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    engine.add_request("seeded", [1, 2, 3], SamplingParams(temperature=1.0, seed=11, n=2, max_tokens=5,
+                                                           ignore_eos=True))
+    engine.add_request("random", [1, 2, 3], SamplingParams(temperature=1.0, max_tokens=5, ignore_eos=True))
+    engine.add_request("greedy", [1, 2, 3], _greedy(2))
+    finished = _run_all(engine)
+    assert [c.seed for c in finished["seeded"].outputs] == [choice_seed(11, 0), choice_seed(11, 1)]
+    assert finished["greedy"].outputs[0].seed is None
+    drawn = finished["random"].outputs[0]
+    assert isinstance(drawn.seed, int)
+    # the reported seed of an unseeded choice is its generator's: the same stream again gives the same tokens
+    again = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    params = SamplingParams(temperature=1.0, max_tokens=5, ignore_eos=True)
+    again.add_request("replay", [1, 2, 3], params)
+    [seq] = again._requests["replay"].seqs
+    seq.generator.manual_seed(drawn.seed)
+    assert _run_all(again)["replay"].outputs[0].token_ids == drawn.token_ids
+
+
+def _run_all(engine: LLMEngine) -> dict:
+    finished = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output
+    return finished
