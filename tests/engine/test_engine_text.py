@@ -53,3 +53,25 @@ def test_special_tokens_are_skipped_or_kept_as_asked(tiny_model, char_tokenizer)
                                                           "keep": (prompt, eos_only(False))})
     assert finished["skip"].token_ids == finished["keep"].token_ids == [EOS] * 3
     assert finished["skip"].text == "" and finished["keep"].text == "<eos>" * 3
+
+
+def test_streamed_deltas_add_up_to_each_choices_output(tiny_model, char_tokenizer):
+    """Each step reports what is new since the last report: the deltas of a choice, joined, are its final
+    tokens, text and logprobs, and only the last report is finished."""
+    engine = _engine(tiny_model, char_tokenizer)
+    prompt = list(char_tokenizer.encode("The end is", add_special_tokens=False))
+    engine.add_request("r", prompt, SamplingParams(max_tokens=7, temperature=0.8, seed=2, n=2, logprobs=1,
+                                                   ignore_eos=True, logit_bias={EOS: -100.0}))
+    reports = []
+    while engine.has_unfinished_requests():
+        reports += [output for output in engine.step() if output.request_id == "r"]
+    assert [report.finished for report in reports] == [False] * (len(reports) - 1) + [True]
+    assert len(reports) > 2  # one report a step: the deltas are really split
+    final = reports[-1].outputs
+    for index, choice in enumerate(final):
+        deltas = [report.outputs[index] for report in reports]
+        assert [t for d in deltas for t in d.delta_token_ids] == choice.token_ids and len(choice.token_ids) == 7
+        assert "".join(d.delta_text for d in deltas) == choice.text == char_tokenizer.decode(choice.token_ids)
+        assert [lp for d in deltas for lp in d.delta_logprobs] == choice.logprobs and len(choice.logprobs) == 7
+        assert [d.index for d in deltas] == [index] * len(deltas)
+    assert final[0].token_ids != final[1].token_ids  # two choices, each its own
