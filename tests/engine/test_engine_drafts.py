@@ -141,3 +141,18 @@ def test_a_plain_row_whose_token_fails_to_append_fails_alone(tiny_model, hf_gree
     for name, seed in (("before", 7), ("after", 9)):
         assert finished[name].error is None and finished[name].outputs[0].token_ids == hf_greedy(_prompt(seed), 6)
     assert engine.blocks.num_used_blocks == 0
+
+
+def test_a_draft_model_given_as_a_path_loads_quietly_in_the_targets_dtype(tiny_llama_dir, capfd):
+    from pathlib import Path
+
+    from tokenmill.auto import AutoModelForCausalLM
+    from tokenmill.engine.engine import draft_proposer
+
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16, progress=False)
+    capfd.readouterr()
+    proposer = draft_proposer(Path(tiny_llama_dir), target)  # a path object, not only a string, is a source
+    assert proposer.model is not target and proposer.model.dtype == torch.bfloat16
+    assert proposer.model.device == target.device
+    assert capfd.readouterr().err == ""  # no progress bar for the draft model's load
+    assert draft_proposer(None, target) is None
