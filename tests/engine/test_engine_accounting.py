@@ -53,6 +53,8 @@ def test_each_choice_reports_the_seed_that_reproduces_it(tiny_model):
     finished = _run_all(engine)
     assert [c.seed for c in finished["seeded"].outputs] == [choice_seed(11, 0), choice_seed(11, 1)]
     assert finished["greedy"].outputs[0].seed is None
+    # no tokenizer, no text: every text field is empty
+    assert {(c.text, c.delta_text) for o in finished.values() for c in o.outputs} == {("", "")}
     drawn = finished["random"].outputs[0]
     assert isinstance(drawn.seed, int)
     # the reported seed of an unseeded choice is its generator's: the same stream again gives the same tokens

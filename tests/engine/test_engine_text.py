@@ -58,16 +58,24 @@ def test_special_tokens_are_skipped_or_kept_as_asked(tiny_model, char_tokenizer)
 def test_streamed_deltas_add_up_to_each_choices_output(tiny_model, char_tokenizer):
     """Each step reports what is new since the last report: the deltas of a choice, joined, are its final
     tokens, text and logprobs, and only the last report is finished."""
-    engine = _engine(tiny_model, char_tokenizer)
     prompt = list(char_tokenizer.encode("The end is", add_special_tokens=False))
-    engine.add_request("r", prompt, SamplingParams(max_tokens=7, temperature=0.8, seed=2, n=2, logprobs=1,
-                                                   ignore_eos=True, logit_bias={EOS: -100.0}))
+
+    def params(stop):
+        return SamplingParams(max_tokens=7, temperature=0.8, seed=2, n=2, logprobs=1, ignore_eos=True,
+                              logit_bias={EOS: -100.0}, stop=stop)
+
+    plain = _run(_engine(tiny_model, char_tokenizer), {"r": (prompt, params(None))})["r"]
+    # a stop string that begins with the last character and is never generated ("\n" is no token here): the
+    # last character is held back as a possible stop until the final report releases it
+    engine = _engine(tiny_model, char_tokenizer)
+    engine.add_request("r", prompt, params([plain.text[-1] + "\n"]))
     reports = []
     while engine.has_unfinished_requests():
         reports += [output for output in engine.step() if output.request_id == "r"]
     assert [report.finished for report in reports] == [False] * (len(reports) - 1) + [True]
     assert len(reports) > 2  # one report a step: the deltas are really split
     final = reports[-1].outputs
+    assert final[0].text == plain.text and final[0].finish_reason == "length"
     for index, choice in enumerate(final):
         deltas = [report.outputs[index] for report in reports]
         assert [t for d in deltas for t in d.delta_token_ids] == choice.token_ids and len(choice.token_ids) == 7
