@@ -33,9 +33,11 @@ MODULES = {
     "model_runner": ("tokenmill/engine/model_runner.py", ["tests/engine/test_model_runner.py"]),
     # with the tiny-Llama speculation tests, which reach _verify_drafts (the SmolLM2 ones left out, as below)
     "engine": ("tokenmill/engine/engine.py",
-               ["tests/engine/test_engine.py", "tests/engine/test_speculation.py", "tests/engine/test_structured_engine.py",
-                "tests/engine/test_adapters.py", "tests/engine/test_engine_drafts.py", "-k", "not one_greedy_request and "
-                "not stops_inside and not eos_inside and not eight_concurrent"]),
+               ["tests/engine/test_engine.py", "tests/engine/test_speculation.py",
+                "tests/engine/test_structured_engine.py", "tests/engine/test_adapters.py",
+                "tests/engine/test_engine_drafts.py", "tests/engine/test_engine_accounting.py",
+                "tests/engine/test_engine_text.py", "tests/engine/test_draft_model.py",
+                "-k", "not one_greedy_request and not stops_inside and not eos_inside and not eight_concurrent"]),
     "llm": ("tokenmill/engine/llm.py", ["tests/engine/test_llm.py"]),
     # the fake-core loop tests run first: a mutant they kill costs no model load
     "async_engine": ("tokenmill/engine/async_engine.py",

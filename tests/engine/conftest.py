@@ -1,5 +1,7 @@
 """A tiny random Llama saved with transformers' own classes, loaded by tokenmill (the engine's test model)."""
 
+import json
+
 import pytest
 import torch
 
@@ -48,3 +50,24 @@ def hf_greedy(hf_tiny):
         return memo[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer(tmp_path_factory):
+    """A byte-level BPE with one token per printable ASCII character (no merges; byte-level spells space "Ġ")
+    and an eos token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from tokenmill.tokenizer.tokenizer import Tokenizer as MillTokenizer
+
+    printable = [chr(c) for c in range(0x20, 0x7F)]  # 95 one-character tokens + eos (id 95) = the tiny model's 96
+    vocab = {("Ġ" if ch == " " else ch): i for i, ch in enumerate(printable)}
+    vocab["<eos>"] = len(printable)
+    backend = Tokenizer(models.BPE(vocab, [], unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<eos>"])
+    folder = tmp_path_factory.mktemp("char-tokenizer")
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    return MillTokenizer.from_folder(folder)

@@ -366,6 +366,11 @@ def test_eos_ids_from_the_generation_config_model_config_and_tokenizer():
     assert LLMEngine._eos_ids(SimpleNamespace(config=SimpleNamespace(eos_token_id=None)), None) == []
     ids = LLMEngine._eos_ids(model(torch.tensor(6), None), None)
     assert ids == [6] and type(ids[0]) is int
+    # configs without the attribute at all (not None): each source is optional
+    bare = SimpleNamespace(generation_config=SimpleNamespace(), config=SimpleNamespace())
+    assert LLMEngine._eos_ids(bare, SimpleNamespace()) == []
+    assert LLMEngine._eos_ids(SimpleNamespace(generation_config=SimpleNamespace(), config=SimpleNamespace(
+        eos_token_id=4)), None) == [4]
 
 
 def test_the_not_finite_message_names_the_choice_and_its_parameters():
@@ -418,3 +423,15 @@ def test_unfinished_requests_include_queued_ones_and_unreported_aborts(tiny_mode
     [output] = engine.step()
     assert output.finished and output.outputs[0].finish_reason == "abort"
     assert not engine.has_unfinished_requests()
+
+
+def test_prompt_ids_are_checked_against_the_vocabulary_and_limits_can_be_narrowed(tiny_model):
+    engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
+    assert engine.validate([0, 95], SamplingParams(max_tokens=3)) == 3  # both ends of [0, 96) are ids
+    for bad in ([96], [-1]):
+        with pytest.raises(ValueError, match=rf"^prompt token ids out of range \[0, 96\): \{bad}$"):
+            engine.validate(bad, SamplingParams(max_tokens=3))
+    narrow = engine.limits.narrowed(max_total_tokens=8)
+    with pytest.raises(ValueError, match="exceeds the limit of 8 tokens"):
+        engine.validate([1, 2, 3], SamplingParams(max_tokens=6), narrow)
+    assert engine.validate([1, 2, 3], SamplingParams(max_tokens=6)) == 6  # the engine's own limits otherwise

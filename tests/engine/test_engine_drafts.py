@@ -120,3 +120,39 @@ def test_a_drafted_sequence_whose_request_is_gone_is_finished_and_its_blocks_fre
     assert gone not in engine.scheduler.running
     assert finished["kept"].outputs[0].token_ids == hf_greedy(_prompt(5), 10)
     assert not engine.scheduler.has_unfinished() and engine.blocks.num_used_blocks == 0
+
+
+def test_a_plain_row_whose_token_fails_to_append_fails_alone(tiny_model, hf_greedy):
+    """The same rule without drafts: the failing request ends with the error, the others in its step go on."""
+    engine = _engine(tiny_model)
+    append = engine._append_token
+
+    def failing_for_bad(seq, token):
+        if seq.request_id == "bad" and seq.output_token_ids:
+            raise RuntimeError("boom")
+        append(seq, token)
+
+    engine._append_token = failing_for_bad
+    for name, seed in (("before", 7), ("bad", 8), ("after", 9)):  # rows on both sides of the failing one
+        engine.add_request(name, _prompt(seed), _greedy(6, speculative=None))
+    finished = _run_all(engine)
+    assert finished["bad"].error == "generation failed for this request: RuntimeError('boom')"
+    assert finished["bad"].outputs[0].token_ids == hf_greedy(_prompt(8), 1)
+    for name, seed in (("before", 7), ("after", 9)):
+        assert finished[name].error is None and finished[name].outputs[0].token_ids == hf_greedy(_prompt(seed), 6)
+    assert engine.blocks.num_used_blocks == 0
+
+
+def test_a_draft_model_given_as_a_path_loads_quietly_in_the_targets_dtype(tiny_llama_dir, capfd):
+    from pathlib import Path
+
+    from tokenmill.auto import AutoModelForCausalLM
+    from tokenmill.engine.engine import draft_proposer
+
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16, progress=False)
+    capfd.readouterr()
+    proposer = draft_proposer(Path(tiny_llama_dir), target)  # a path object, not only a string, is a source
+    assert proposer.model is not target and proposer.model.dtype == torch.bfloat16
+    assert proposer.model.device == target.device
+    assert capfd.readouterr().err == ""  # no progress bar for the draft model's load
+    assert draft_proposer(None, target) is None

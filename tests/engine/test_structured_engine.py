@@ -12,32 +12,11 @@ from tokenmill.engine.engine import EngineConfig, LLMEngine
 from tokenmill.engine.sampling_params import SamplingParams
 from tokenmill.generation.constrained import StructuredOutputProcessor
 
-PRINTABLE = [chr(c) for c in range(0x20, 0x7F)]  # 95 one-character tokens + eos = the tiny model's 96
-EOS = 95
+EOS = 95  # the char_tokenizer fixture's eos (tests/engine/conftest.py)
 REGEX = r"[0-9]{2,4}-[a-f]{1,3}"  # at most 8 characters: ends well within max_tokens
 SCHEMA = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 99},
                                            "ok": {"type": "boolean"}},
           "required": ["id", "ok"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="module")
-def char_tokenizer(tmp_path_factory):
-    """A byte-level BPE with one token per printable ASCII character (no merges; byte-level spells space "Ġ")
-    and an eos token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    from tokenmill.tokenizer.tokenizer import Tokenizer as MillTokenizer
-
-    vocab = {("Ġ" if ch == " " else ch): i for i, ch in enumerate(PRINTABLE)}
-    vocab["<eos>"] = EOS
-    backend = Tokenizer(models.BPE(vocab, [], unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(["<eos>"])
-    folder = tmp_path_factory.mktemp("char-tokenizer")
-    backend.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
-    return MillTokenizer.from_folder(folder)
 
 
 def _run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
