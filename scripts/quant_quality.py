@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's tokenmill, whatever is installed
 from tokenmill import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from tokenmill.assembly.quantize import QUANTIZERS
 from tokenmill.bench.backends import TokenmillBackend

@@ -4,7 +4,8 @@ each resolved to one `QuantizationPlan` (a block type of assembly/quantize.py an
 
 On the CPU bitsandbytes' formats become blocks the C kernels run: int8 → Q8_0 (blocks of 32, a float16 scale;
 LLM.int8's per-row scales and outlier threshold do not apply), NF4 / FP4 → bitsandbytes' code books over blocks
-of 32 with a float16 absmax (bitsandbytes: blocks of 64, a float32 absmax, 8-bit absmax with double quant).
+of 32 with a float16 scale searched for the least squared error (bitsandbytes: blocks of 64, a float32 absmax,
+8-bit absmax with double quant; here double quant changes nothing, and loading says so).
 """
 
 from __future__ import annotations
