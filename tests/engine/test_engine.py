@@ -358,7 +358,10 @@ def test_eos_ids_from_the_generation_config_model_config_and_tokenizer():
                                SimpleNamespace(eos_token_id=generation), config=SimpleNamespace(eos_token_id=config))
 
     tokenizer = SimpleNamespace(eos_token_id=9)
-    assert LLMEngine._eos_ids(model([2, 3], 4), tokenizer) == [2, 3, 9]  # the generation config wins over config
+    configured = model([2, 3], 4)
+    assert LLMEngine._eos_ids(configured, tokenizer) == [2, 3, 9]  # the generation config wins over config
+    assert configured.generation_config.eos_token_id == [2, 3]  # read, not extended in place
+    assert LLMEngine._eos_ids(model((5,), 4), tokenizer) == [5, 9]
     assert LLMEngine._eos_ids(model((5,), 4), None) == [5]
     assert LLMEngine._eos_ids(model(None, 4), tokenizer) == [4, 9]  # no generation config: the model's
     assert LLMEngine._eos_ids(model(None, None), SimpleNamespace(eos_token_id=9)) == [9]
@@ -428,6 +431,8 @@ def test_unfinished_requests_include_queued_ones_and_unreported_aborts(tiny_mode
 def test_prompt_ids_are_checked_against_the_vocabulary_and_limits_can_be_narrowed(tiny_model):
     engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4))
     assert engine.validate([0, 95], SamplingParams(max_tokens=3)) == 3  # both ends of [0, 96) are ids
+    with pytest.raises(ValueError, match=r"\): \[96, 97, 98, 99, 100\]$"):  # the first five named
+        engine.validate(list(range(96, 103)), SamplingParams(max_tokens=3))
     for bad in ([96], [-1]):
         with pytest.raises(ValueError, match=rf"^prompt token ids out of range \[0, 96\): \{bad}$"):
             engine.validate(bad, SamplingParams(max_tokens=3))

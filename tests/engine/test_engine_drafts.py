@@ -156,3 +156,19 @@ def test_a_draft_model_given_as_a_path_loads_quietly_in_the_targets_dtype(tiny_l
     assert proposer.model.device == target.device
     assert capfd.readouterr().err == ""  # no progress bar for the draft model's load
     assert draft_proposer(None, target) is None
+
+
+def test_drafted_rows_hold_eos_back_until_min_tokens(tiny_model, hf_greedy):
+    """Drafted rows pick tokens with the engine's eos ids like plain rows: eos is blocked before min_tokens."""
+    prompt = _prompt(10)
+    eos = hf_greedy(prompt, 3)[2]  # a token greedy decoding reaches early
+
+    def run(speculative):
+        engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4), eos_token_ids=[eos])
+        engine.add_request("r", prompt, SamplingParams(temperature=0, max_tokens=12, min_tokens=8,
+                                                       speculative=speculative))
+        return _run_all(engine)["r"].outputs[0], engine.stats()["spec_draft_tokens"]
+
+    (plain, _), (drafted, drafts) = run(None), run(SPEC)
+    assert drafts > 0 and drafted.token_ids == plain.token_ids
+    assert eos not in plain.token_ids[:7]

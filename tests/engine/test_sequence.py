@@ -47,8 +47,9 @@ def test_status_values_and_finished():
 def test_recompute_drops_the_cache_keeps_the_outputs_and_counts():
     seq = _seq(outputs=(7,))
     seq.status, seq.block_table, seq.block_hashes, seq.num_computed_tokens = SequenceStatus.RUNNING, [4, 5], [9], 4
+    seq.draft_token_ids = [3, 3]  # drafts of the step it was preempted from
     seq.reset_for_recompute()
-    assert (seq.block_table, seq.block_hashes, seq.num_computed_tokens) == ([], [], 0)
+    assert (seq.block_table, seq.block_hashes, seq.num_computed_tokens, seq.draft_token_ids) == ([], [], 0, [])
     assert seq.status is SequenceStatus.WAITING and seq.output_token_ids == [7] and seq.num_preemptions == 1
     seq.reset_for_recompute()
     assert seq.num_preemptions == 2
