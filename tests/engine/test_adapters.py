@@ -10,6 +10,7 @@ from tokenmill.engine import LLM, EngineConfig, LLMEngine, LoRARequest, Sampling
 from tokenmill.engine.adapters import AdapterInUseError, UnknownAdapterError
 
 from lora_oracle import make_adapter
+from engine_steps import run_to_completion
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -46,14 +47,6 @@ def _prompts(count, seed, vocab=96):
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
-def _run(engine):
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    return finished
-
 
 def _peft_greedy(wrapped, prompt, new_tokens):
     with torch.no_grad():
@@ -67,7 +60,7 @@ def test_mixed_adapter_batches_equal_each_request_alone(model, adapters, hf_tiny
     choice = ["alpha", None, "beta", "alpha", "beta", None]
     for i, (prompt, name) in enumerate(zip(prompts, choice)):
         engine.add_request(str(i), prompt, _greedy(8, name))
-    finished = _run(engine)
+    finished = run_to_completion(engine)
     for i, (prompt, name) in enumerate(zip(prompts, choice)):
         expected = hf_greedy(prompt, 8) if name is None else _peft_greedy(adapters[name][1], prompt, 8)
         assert finished[str(i)].outputs[0].token_ids == expected, f"request {i} ({name})"
@@ -83,7 +76,7 @@ def test_prefix_cache_is_never_shared_across_adapters(model, adapters, hf_greedy
     cached = {}
     for request_id, name in runs:
         engine.add_request(request_id, prompt, _greedy(4, name))
-        output = _run(engine)[request_id]
+        output = run_to_completion(engine)[request_id]
         cached[request_id] = output.num_cached_tokens
         expected = hf_greedy(prompt, 4) if name is None else _peft_greedy(adapters[name][1], prompt, 4)
         assert output.outputs[0].token_ids == expected, request_id
@@ -101,7 +94,7 @@ def test_unknown_and_busy_adapters_are_clear_errors(model, adapters):
     engine.add_request("busy", [1, 2, 3], _greedy(3, "alpha"))
     with pytest.raises(AdapterInUseError, match="used by 1 unfinished request"):
         engine.unload_adapter("alpha")
-    _run(engine)
+    run_to_completion(engine)
     engine.unload_adapter("alpha")
     assert loaded.lora_adapters.names() == ["beta"]
     with pytest.raises(UnknownAdapterError):

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
 from tokenmill.engine import engine as engine_module
 
+from engine_steps import run_to_completion
+
 
 def _greedy(max_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
@@ -50,7 +52,7 @@ def test_each_choice_reports_the_seed_that_reproduces_it(tiny_model):
                                                            ignore_eos=True))
     engine.add_request("random", [1, 2, 3], SamplingParams(temperature=1.0, max_tokens=5, ignore_eos=True))
     engine.add_request("greedy", [1, 2, 3], _greedy(2))
-    finished = _run_all(engine)
+    finished = run_to_completion(engine)
     assert [c.seed for c in finished["seeded"].outputs] == [choice_seed(11, 0), choice_seed(11, 1)]
     assert finished["greedy"].outputs[0].seed is None
     # no tokenizer, no text: every text field is empty
@@ -63,13 +65,5 @@ def test_each_choice_reports_the_seed_that_reproduces_it(tiny_model):
     again.add_request("replay", [1, 2, 3], params)
     [seq] = again._requests["replay"].seqs
     seq.generator.manual_seed(drawn.seed)
-    assert _run_all(again)["replay"].outputs[0].token_ids == drawn.token_ids
+    assert run_to_completion(again)["replay"].outputs[0].token_ids == drawn.token_ids
 
-
-def _run_all(engine: LLMEngine) -> dict:
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    return finished

@@ -7,6 +7,8 @@ import torch
 from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
 from tokenmill.engine.sequence import SequenceStatus
 
+from engine_steps import run_to_completion
+
 SPEC = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2, "prompt_lookup_min": 1}
 
 
@@ -24,14 +26,6 @@ def _engine(tiny_model) -> LLMEngine:
     # room for two drafting sequences in one step: 2 x (1 + 3 drafts) positions
     return LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4, speculative_step_tokens=8))
 
-
-def _run_all(engine: LLMEngine) -> dict:
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    return finished
 
 
 def _wrap_run(engine: LLMEngine, before=None, poison=None):
@@ -66,7 +60,7 @@ def test_a_drafted_row_with_non_finite_logits_fails_alone(tiny_model, hf_greedy)
     drafted = _wrap_run(engine, poison=poison)
     engine.add_request("good", _prompt(1), _greedy(10))
     engine.add_request("bad", _prompt(2), _greedy(10))
-    finished = _run_all(engine)
+    finished = run_to_completion(engine)
     assert drafted["bad"] == 1 and drafted["good"] > 0  # the bad request ended at its first drafted row
     bad = finished["bad"].outputs[0]
     assert bad.finish_reason == "error" and bad.token_ids == hf_greedy(_prompt(2), len(bad.token_ids))
@@ -90,7 +84,7 @@ def test_a_drafted_row_whose_tokens_fail_to_append_fails_alone(tiny_model, hf_gr
     engine.speculator.verify = failing_for_bad
     engine.add_request("good", _prompt(3), _greedy(10))
     engine.add_request("bad", _prompt(4), _greedy(10))
-    finished = _run_all(engine)
+    finished = run_to_completion(engine)
     assert finished["bad"].error == "generation failed for this request: RuntimeError('boom')"
     bad = finished["bad"].outputs[0]
     assert bad.finish_reason == "error" and bad.token_ids == hf_greedy(_prompt(4), len(bad.token_ids)) and \
@@ -113,7 +107,7 @@ def test_a_drafted_sequence_whose_request_is_gone_is_finished_and_its_blocks_fre
             engine._requests.pop("gone", None)
 
     drafted = _wrap_run(engine, before=drop_gone)
-    finished = _run_all(engine)
+    finished = run_to_completion(engine)
     assert drafted["gone"] == 1 and "gone" not in finished
     assert gone.status is SequenceStatus.FINISHED and gone.finish_reason == "abort"
     assert gone.draft_token_ids == [] and gone.block_table == []
@@ -135,7 +129,7 @@ def test_a_plain_row_whose_token_fails_to_append_fails_alone(tiny_model, hf_gree
     engine._append_token = failing_for_bad
     for name, seed in (("before", 7), ("bad", 8), ("after", 9)):  # rows on both sides of the failing one
         engine.add_request(name, _prompt(seed), _greedy(6, speculative=None))
-    finished = _run_all(engine)
+    finished = run_to_completion(engine)
     assert finished["bad"].error == "generation failed for this request: RuntimeError('boom')"
     assert finished["bad"].outputs[0].token_ids == hf_greedy(_prompt(8), 1)
     for name, seed in (("before", 7), ("after", 9)):
@@ -167,7 +161,7 @@ def test_drafted_rows_hold_eos_back_until_min_tokens(tiny_model, hf_greedy):
         engine = LLMEngine(tiny_model, config=EngineConfig(num_blocks=64, block_size=4), eos_token_ids=[eos])
         engine.add_request("r", prompt, SamplingParams(temperature=0, max_tokens=12, min_tokens=8,
                                                        speculative=speculative))
-        return _run_all(engine)["r"].outputs[0], engine.stats()["spec_draft_tokens"]
+        return run_to_completion(engine)["r"].outputs[0], engine.stats()["spec_draft_tokens"]
 
     (plain, _), (drafted, drafts) = run(None), run(SPEC)
     assert drafts > 0 and drafted.token_ids == plain.token_ids

@@ -4,18 +4,14 @@ and special tokens are kept or skipped as the request asks."""
 
 from tokenmill.engine import EngineConfig, LLMEngine, SamplingParams
 
+from engine_steps import run_to_completion
+
 EOS = 95  # the char_tokenizer fixture's eos
 
 
 def _run(engine, requests):
-    for request_id, (prompt, params) in requests.items():
-        engine.add_request(request_id, prompt, params)
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output.outputs[0]
-    return finished
+    """Each request's first (only) choice."""
+    return {request_id: output.outputs[0] for request_id, output in run_to_completion(engine, requests).items()}
 
 
 def _engine(tiny_model, char_tokenizer):

@@ -12,22 +12,13 @@ from tokenmill.engine.engine import EngineConfig, LLMEngine
 from tokenmill.engine.sampling_params import SamplingParams
 from tokenmill.generation.constrained import StructuredOutputProcessor
 
+from engine_steps import run_to_completion
+
 EOS = 95  # the char_tokenizer fixture's eos (tests/engine/conftest.py)
 REGEX = r"[0-9]{2,4}-[a-f]{1,3}"  # at most 8 characters: ends well within max_tokens
 SCHEMA = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 99},
                                            "ok": {"type": "boolean"}},
           "required": ["id", "ok"], "additionalProperties": False}
-
-
-def _run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
-    for request_id, (prompt, params) in requests.items():
-        engine.add_request(request_id, prompt, params)
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    return finished
 
 
 def _prompt(char_tokenizer, text: str) -> list[int]:
@@ -58,7 +49,7 @@ def test_constrained_and_free_requests_share_a_batch(tiny_model, hf_tiny, hf_gre
                                                       structured_output=("regex", REGEX)))
     requests["json"] = (json_prompt, SamplingParams(max_tokens=40, temperature=1.0, seed=3, n=3,
                                                     structured_output=("json_schema", SCHEMA)))
-    finished = _run(engine, requests)
+    finished = run_to_completion(engine, requests)
 
     for name, prompt in free.items():  # a neighbour's grammar must not touch a free row
         assert finished[name].outputs[0].token_ids == hf_greedy(prompt, 12), name
@@ -87,12 +78,12 @@ def test_constrained_choices_survive_preemption(tiny_model, char_tokenizer):
                                                 structured_output=("regex", REGEX)))
                 for i, prompt in enumerate(prompts)}
 
-    roomy = _run(LLMEngine(tiny_model, char_tokenizer, EngineConfig(num_blocks=128, block_size=4),
+    roomy = run_to_completion(LLMEngine(tiny_model, char_tokenizer, EngineConfig(num_blocks=128, block_size=4),
                            eos_token_ids=[EOS]), requests())
     tight_engine = LLMEngine(tiny_model, char_tokenizer, EngineConfig(num_blocks=12, block_size=4, max_num_seqs=8,
                                                                       enable_prefix_caching=False),
                              eos_token_ids=[EOS])
-    tight = _run(tight_engine, requests())
+    tight = run_to_completion(tight_engine, requests())
     assert tight_engine.scheduler.num_preemptions > 0, "the pool was meant to force preemption"
     for request_id, output in roomy.items():
         for roomy_choice, tight_choice in zip(output.outputs, tight[request_id].outputs):
@@ -117,7 +108,7 @@ def test_finished_grammar_outranks_min_tokens(tiny_model, char_tokenizer):
     for temperature in (0.0, 1.0):
         params = SamplingParams(max_tokens=10, min_tokens=8, temperature=temperature, seed=0,
                                 structured_output=("regex", "[0-9]{2}"))
-        output = _run(engine, {f"t{temperature}": (_prompt(char_tokenizer, "n: "), params)})[f"t{temperature}"]
+        output = run_to_completion(engine, {f"t{temperature}": (_prompt(char_tokenizer, "n: "), params)})[f"t{temperature}"]
         choice = output.outputs[0]
         assert choice.finish_reason == "stop" and len(choice.token_ids) == 3 and choice.token_ids[-1] == EOS
         assert re.fullmatch("[0-9]{2}", _text(char_tokenizer, choice.token_ids))
@@ -140,9 +131,9 @@ def test_constrained_requests_that_draft_match_the_plain_engine(tiny_model, char
         return LLMEngine(tiny_model, char_tokenizer, EngineConfig(num_blocks=64, block_size=4,
                                                                   speculative_step_tokens=12), eos_token_ids=[EOS])
 
-    plain = _run(engine(), requests(None))
+    plain = run_to_completion(engine(), requests(None))
     drafting = engine()
-    drafted = _run(drafting, requests(spec))
+    drafted = run_to_completion(drafting, requests(spec))
     assert drafting.stats()["spec_draft_tokens"] > 0
     for name, output in plain.items():
         for plain_choice, drafted_choice in zip(output.outputs, drafted[name].outputs):
